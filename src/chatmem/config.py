@@ -1,0 +1,145 @@
+"""Settings: one object, nested groups, each read from `CHATMEM_*` variables and `.env`.
+
+The variable names that scripts rely on (SPEC §6) are fixed by each group's prefix:
+`CHATMEM_REDIS_URL`, `CHATMEM_DATA_DIR`, `CHATMEM_LLM_BASE_URL`, `CHATMEM_LLM_API_KEY`,
+`CHATMEM_LLM_MODEL`, `CHATMEM_AUTH_KEYS`, `CHATMEM_AUTH_JWT_SECRET`, `CHATMEM_LOCAL_MODEL_PATH`.
+Settings are built by `create_app(settings)` and the CLI, never at import time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import platformdirs
+from pydantic import AliasChoices, BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _group(prefix: str) -> SettingsConfigDict:
+    return SettingsConfigDict(
+        env_prefix=prefix, env_file=".env", extra="ignore", populate_by_name=True
+    )
+
+
+class RedisSettings(BaseSettings):
+    model_config = _group("CHATMEM_REDIS_")
+
+    # None ⇒ embedded redis-server on a unix socket in the data dir.
+    url: str | None = None
+    cluster: bool = False
+    sentinel_master: str = "mymaster"
+    sentinel_password: str | None = None
+    socket_timeout_s: float = 2.0
+    connect_timeout_s: float = 2.0
+    pool_timeout_s: float = 2.0
+    max_connections: int = 64
+    wait_replicas: int = 0
+    wait_timeout_ms: int = 500
+
+
+class MemorySettings(BaseSettings):
+    model_config = _group("CHATMEM_MEMORY_")
+
+    max_messages: int = Field(100, ge=2, le=100_000)
+    default_ttl_s: int = Field(24 * 3600, ge=60)
+    window_size: int = Field(10, ge=1, le=20)
+    max_context_messages: int = Field(50, ge=1)
+    max_context_tokens: int = Field(20_000, ge=1)
+    max_message_chars: int = Field(4000, ge=1)
+
+
+class ModelPrice(BaseModel):
+    """US dollars per one million tokens."""
+
+    input_per_1m: float = 0.0
+    output_per_1m: float = 0.0
+
+
+def _default_prices() -> dict[str, ModelPrice]:
+    return {
+        "gpt-3.5-turbo": ModelPrice(input_per_1m=0.5, output_per_1m=1.5),
+        "gpt-4": ModelPrice(input_per_1m=30.0, output_per_1m=60.0),
+        "gpt-4o": ModelPrice(input_per_1m=2.5, output_per_1m=10.0),
+        "gpt-4o-mini": ModelPrice(input_per_1m=0.15, output_per_1m=0.6),
+        "deepseek-chat": ModelPrice(input_per_1m=0.27, output_per_1m=1.1),
+    }
+
+
+class LLMSettings(BaseSettings):
+    model_config = _group("CHATMEM_LLM_")
+
+    provider: Literal["auto", "openai", "local"] = "auto"
+    base_url: str | None = None
+    api_key: str | None = None
+    model: str | None = None
+    temperature: float = 0.7
+    max_tokens: int = 512
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 60.0
+    max_retries: int = 2
+    retry_backoff_s: float = 0.25
+    # Context window assumed for remote models whose window is not known.
+    context_window: int = 128_000
+    local_model_path: Path | None = Field(
+        None, validation_alias=AliasChoices("CHATMEM_LOCAL_MODEL_PATH", "local_model_path")
+    )
+    local_n_ctx: int = 2048
+    local_threads: int | None = None
+    local_queue_size: int = 16
+    prices: dict[str, ModelPrice] = Field(default_factory=_default_prices)
+
+    @property
+    def resolved_provider(self) -> Literal["openai", "local"]:
+        if self.provider != "auto":
+            return self.provider
+        return "openai" if (self.base_url or self.api_key) else "local"
+
+
+class AuthSettings(BaseSettings):
+    model_config = _group("CHATMEM_AUTH_")
+
+    # Comma-separated `key=user_id` or `key=user_id:admin` entries.
+    keys: str = ""
+    jwt_secret: str | None = None
+    jwt_admin_claim: str = "admin"
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.keys.strip() or self.jwt_secret)
+
+
+class LimitSettings(BaseSettings):
+    model_config = _group("CHATMEM_LIMITS_")
+
+    requests_per_minute: int = 120
+    streams_per_user: int = 4
+    session_lock_ttl_ms: int = 120_000
+    session_lock_wait_ms: int = 1500
+    idempotency_ttl_s: int = 24 * 3600
+
+
+class ServerSettings(BaseSettings):
+    model_config = _group("CHATMEM_SERVER_")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    shutdown_grace_s: float = 10.0
+
+
+def _default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("chatmem"))
+
+
+class Settings(BaseSettings):
+    model_config = _group("CHATMEM_")
+
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    characters_dir: Path | None = None
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    memory: MemorySettings = Field(default_factory=MemorySettings)
+    llm: LLMSettings = Field(default_factory=LLMSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)

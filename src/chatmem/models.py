@@ -1,0 +1,163 @@
+"""The domain's values: messages, session meta, usage, characters.
+
+Messages and meta are slotted dataclasses because the store builds them on every turn;
+characters are pydantic models because they are validated from YAML, JSON and cards.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Role(StrEnum):
+    USER = "user"
+    ASSISTANT = "assistant"
+    SYSTEM = "system"
+
+
+class SessionState(StrEnum):
+    ACTIVE = "ACTIVE"
+    INACTIVE = "INACTIVE"
+    ENDED = "ENDED"
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def now_s() -> float:
+    return round(time.time(), 3)
+
+
+@dataclass(slots=True)
+class Message:
+    role: Role
+    content: str
+    token_count: int = 0
+    msg_id: str = field(default_factory=new_id)
+    timestamp: float = field(default_factory=now_s)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    # Position in the session since it was created (1-based); set by the store on reads.
+    seq: int = 0
+
+    def to_llm(self) -> dict[str, str]:
+        return {"role": self.role.value, "content": self.content}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "msg_id": self.msg_id,
+            "role": self.role.value,
+            "content": self.content,
+            "timestamp": self.timestamp,
+            "token_count": self.token_count,
+            "metadata": self.metadata,
+            "seq": self.seq,
+        }
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+            "cost_usd": round(self.cost_usd, 8),
+        }
+
+
+@dataclass(slots=True)
+class SessionMeta:
+    session_id: str
+    user_id: str
+    character_id: str
+    title: str = ""
+    state: SessionState = SessionState.ACTIVE
+    created_at: float = 0.0
+    last_active_at: float = 0.0
+    message_count: int = 0
+    total_tokens: int = 0
+    usage: Usage = field(default_factory=Usage)
+    ttl_s: int = 0
+    window_size: int = 10
+    preview: str = ""
+    preview_role: str = ""
+    # Read-time facts, not stored fields.
+    ttl_remaining_s: int = 0
+    stored_messages: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "session_id": self.session_id,
+            "user_id": self.user_id,
+            "character_id": self.character_id,
+            "title": self.title,
+            "state": self.state.value,
+            "created_at": self.created_at,
+            "last_active_at": self.last_active_at,
+            "message_count": self.message_count,
+            "stored_messages": self.stored_messages,
+            "total_tokens": self.total_tokens,
+            "usage": self.usage.to_dict(),
+            "ttl_s": self.ttl_s,
+            "ttl_remaining_s": self.ttl_remaining_s,
+            "window_size": self.window_size,
+            "preview": self.preview,
+            "preview_role": self.preview_role,
+        }
+
+
+@dataclass(slots=True)
+class UserTotals:
+    user_id: str
+    message_count: int = 0
+    total_tokens: int = 0
+    usage: Usage = field(default_factory=Usage)
+    session_count: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "user_id": self.user_id,
+            "message_count": self.message_count,
+            "total_tokens": self.total_tokens,
+            "usage": self.usage.to_dict(),
+            "session_count": self.session_count,
+        }
+
+
+class ModelParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = None
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    max_tokens: int | None = Field(None, ge=1, le=32_768)
+
+
+class Character(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")
+    name: str = Field(min_length=1, max_length=200)
+    system_prompt: str = Field("", max_length=50_000)
+    greeting: str = Field("", max_length=10_000)
+    description: str = Field("", max_length=10_000)
+    params: ModelParams = Field(default_factory=ModelParams)
+    # Instructions appended after the history (Card V2 post_history_instructions).
+    post_history_instructions: str = Field("", max_length=10_000)
+    # What a Card V2 import carried that chatmem does not use, kept for export.
+    extensions: dict[str, Any] = Field(default_factory=dict)
+    builtin: bool = False
