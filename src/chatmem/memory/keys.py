@@ -71,3 +71,8 @@ def session_keys(user_id: str, session_id: str) -> list[str]:
         user_sessions_key(user_id),
         user_totals_key(user_id),
     ]
+
+
+def session_stop_key(user_id: str, session_id: str) -> str:
+    """Set by a stop request; the process streaming that session's turn watches it."""
+    return f"{_user(user_id)}:s:{validate_id(session_id, 'session id')}:stop"
