@@ -76,3 +76,8 @@ def session_keys(user_id: str, session_id: str) -> list[str]:
 def session_stop_key(user_id: str, session_id: str) -> str:
     """Set by a stop request; the process streaming that session's turn watches it."""
     return f"{_user(user_id)}:s:{validate_id(session_id, 'session id')}:stop"
+
+
+def characters_key() -> str:
+    """HASH of API-created characters: id → Character JSON (shared by every process)."""
+    return f"{PREFIX}:characters"
