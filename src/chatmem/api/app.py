@@ -1,0 +1,121 @@
+"""create_app(settings): the FastAPI application with its parts built in the lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.responses import FileResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+
+from chatmem import __version__
+from chatmem.api import errors
+from chatmem.api.deps import AppParts
+from chatmem.api.middleware import RequestIdMiddleware
+from chatmem.api.routes import health, sessions, users
+from chatmem.auth import Authenticator, warn_if_exposed
+from chatmem.characters import CharacterRegistry
+from chatmem.config import Settings
+from chatmem.coordination import Coordinator
+from chatmem.memory.connection import make_redis
+from chatmem.memory.embedded import EmbeddedRedis
+from chatmem.memory.store import RedisMemoryStore
+from chatmem.metrics import Metrics
+from chatmem.providers.base import ChatProvider
+from chatmem.providers.factory import make_provider
+from chatmem.service import ChatService
+
+log = logging.getLogger("chatmem")
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+
+
+async def build_parts(settings: Settings, provider: ChatProvider | None = None) -> AppParts:
+    embedded = None
+    url = settings.redis.url
+    if url is None:
+        embedded = EmbeddedRedis(settings.data_dir)
+        url = await asyncio.to_thread(embedded.start)
+    redis = make_redis(url, settings.redis)
+    metrics = Metrics()
+    mem = settings.memory
+    store = RedisMemoryStore(
+        redis,
+        max_messages=mem.max_messages,
+        default_ttl_s=mem.default_ttl_s,
+        default_window=mem.window_size,
+        on_op=metrics.observe_store_op,
+    )
+    characters = CharacterRegistry(redis, settings.characters_dir)
+    lim = settings.limits
+    coordinator = Coordinator(
+        redis,
+        lock_ttl_ms=lim.session_lock_ttl_ms,
+        lock_wait_ms=lim.session_lock_wait_ms,
+        requests_per_minute=lim.requests_per_minute,
+        streams_per_user=lim.streams_per_user,
+    )
+    provider = provider or make_provider(settings.llm)
+    service = ChatService(settings, store, provider, characters, coordinator, metrics)
+    return AppParts(
+        settings=settings,
+        redis=redis,
+        store=store,
+        service=service,
+        characters=characters,
+        authenticator=Authenticator(settings.auth),
+        metrics=metrics,
+        embedded=embedded,
+    )
+
+
+async def close_parts(parts: AppParts) -> None:
+    await parts.service.provider.aclose()
+    await parts.redis.aclose()
+    if parts.embedded is not None:
+        await asyncio.to_thread(parts.embedded.stop)
+
+
+def create_app(
+    settings: Settings | None = None, *, provider: ChatProvider | None = None
+) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        warning = warn_if_exposed(settings.server.host, settings.auth)
+        if warning:
+            log.warning(warning)
+        parts = await build_parts(settings, provider)
+        app.state.parts = parts
+        try:
+            yield
+        finally:
+            await close_parts(parts)
+
+    app = FastAPI(
+        title="chatmem",
+        version=__version__,
+        description="Chat backend with conversation memory in Redis.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(RequestIdMiddleware)
+    errors.install(app)
+    for module in (health, sessions, users):
+        app.include_router(module.router)
+    if WEB_DIR.is_dir():
+        app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
+
+        @app.get("/", include_in_schema=False)
+        async def index() -> FileResponse:
+            return FileResponse(WEB_DIR / "index.html")
+    else:  # pragma: no cover - the page ships with the package
+
+        @app.get("/", include_in_schema=False)
+        async def docs_redirect() -> RedirectResponse:
+            return RedirectResponse("/docs")
+
+    return app

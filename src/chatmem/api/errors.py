@@ -1,0 +1,79 @@
+"""Map the domain error tree to HTTP: `{"error": {"code", "message"}}` with the right status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from chatmem import errors as e
+
+# Most specific first: the first class an error is an instance of gives its status.
+STATUS: list[tuple[type[e.ChatmemError], int]] = [
+    (e.InvalidInput, 400),
+    (e.NotFound, 404),
+    (e.Conflict, 409),
+    (e.Unauthenticated, 401),
+    (e.Forbidden, 403),
+    (e.RateLimited, 429),
+    (e.StoreUnavailable, 503),
+    (e.ProviderTimeout, 504),
+    (e.ProviderUnavailable, 503),
+    (e.ProviderError, 502),
+]
+
+
+def status_for(exc: e.ChatmemError) -> int:
+    return next((status for cls, status in STATUS if isinstance(exc, cls)), 500)
+
+
+def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, **extra}}
+
+
+def error_response(exc: e.ChatmemError) -> JSONResponse:
+    headers: dict[str, str] = {}
+    if isinstance(exc, e.RateLimited):
+        headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
+    if isinstance(exc, e.Unauthenticated):
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse(
+        error_body(exc.code, exc.message), status_code=status_for(exc), headers=headers
+    )
+
+
+async def _domain(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, e.ChatmemError)
+    return error_response(exc)
+
+
+async def _validation(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    details = [{"loc": list(err.get("loc", ())), "msg": err.get("msg", "")} for err in exc.errors()]
+    first = details[0] if details else {"loc": [], "msg": "invalid request"}
+    where = ".".join(str(p) for p in first["loc"] if p != "body")
+    return JSONResponse(
+        error_body(
+            "invalid_request",
+            f"{where}: {first['msg']}" if where else first["msg"],
+            details=details,
+        ),
+        status_code=422,
+    )
+
+
+async def _http(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return JSONResponse(
+        error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
+    )
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(e.ChatmemError, _domain)
+    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(StarletteHTTPException, _http)

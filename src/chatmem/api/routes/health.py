@@ -1,0 +1,42 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+
+from chatmem.api.deps import Parts
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health")
+async def health(parts: Parts) -> dict[str, Any]:
+    """Liveness, with the Redis status (the seeds' /health shape plus chatmem's)."""
+    try:
+        redis_ok = await parts.store.ping()
+    except Exception:
+        redis_ok = False
+    return {
+        "status": "healthy" if redis_ok else "degraded",
+        "redis": "connected" if redis_ok else "disconnected",
+        "provider": parts.service.provider.info.name,
+    }
+
+
+@router.get("/ready")
+async def ready(parts: Parts) -> JSONResponse:
+    """Ready when Redis answers (the provider is checked by its own seam)."""
+    try:
+        redis_ok = await parts.store.ping()
+    except Exception:
+        redis_ok = False
+    body = {"ready": redis_ok, "redis": redis_ok}
+    return JSONResponse(body, status_code=200 if redis_ok else 503)
+
+
+@router.get("/metrics")
+async def metrics(parts: Parts) -> Response:
+    return Response(parts.metrics.render(), media_type="text/plain; version=0.0.4")

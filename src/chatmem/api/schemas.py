@@ -1,0 +1,37 @@
+"""Request bodies of the native API (responses are the domain values' dicts)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from chatmem.models import SessionState
+
+
+class CreateSession(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    character_id: str | None = Field(None, max_length=64)
+    title: str = Field("", max_length=200)
+    ttl_s: int | None = Field(None, ge=60, le=365 * 24 * 3600)
+    window_size: int | None = Field(None, ge=1, le=20)
+
+
+class UpdateSession(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    title: str | None = Field(None, max_length=200)
+    ttl_s: int | None = Field(None, ge=60, le=365 * 24 * 3600)
+    window_size: int | None = Field(None, ge=1, le=20)
+    state: SessionState | None = None
+
+
+class SendMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # Length is checked by the service so that the error carries its own code.
+    content: str
+    stream: bool = False
+    client_message_id: str | None = Field(None, min_length=1, max_length=128)
+    metadata: dict[str, Any] = Field(default_factory=dict)

@@ -1,0 +1,148 @@
+"""Redis primitives that coordinate API processes: the per-session turn lock, the stop
+signal, the per-user rate limit and the concurrent-stream cap.
+
+They live in Redis, not in process memory, so any number of API processes behind one
+Redis agree on them. Every key carries the user's hash tag.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+
+from chatmem.errors import RateLimited, SessionBusy
+from chatmem.memory import keys
+
+AnyRedis = Redis | RedisCluster
+
+# KEYS[1] - lock key
+# ARGV[1] - the holder's token
+# return 1 if the caller held the lock and released it, else 0
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# KEYS[1] - counter key of the current window
+# ARGV[1] - limit, ARGV[2] - window length in ms
+# return 1 if the request is within the limit, else 0
+_RATE = """
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+if n > tonumber(ARGV[1]) then return 0 end
+return 1
+"""
+
+# KEYS[1] - the user's active-streams ZSET (member: stream token, score: expiry ms)
+# ARGV[1] - now ms, ARGV[2] - cap, ARGV[3] - token, ARGV[4] - expiry ms
+# Entries past their expiry belong to crashed processes and are dropped first.
+# return 1 if the stream may start, else 0
+_STREAM_ENTER = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[4], ARGV[3])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]) - tonumber(ARGV[1]))
+return 1
+"""
+
+
+class Coordinator:
+    def __init__(
+        self,
+        redis: AnyRedis,
+        *,
+        lock_ttl_ms: int,
+        lock_wait_ms: int,
+        requests_per_minute: int,
+        streams_per_user: int,
+    ) -> None:
+        self.redis = redis
+        self.lock_ttl_ms = lock_ttl_ms
+        self.lock_wait_ms = lock_wait_ms
+        self.requests_per_minute = requests_per_minute
+        self.streams_per_user = streams_per_user
+        self._release = redis.register_script(_RELEASE)
+        self._rate = redis.register_script(_RATE)
+        self._stream_enter = redis.register_script(_STREAM_ENTER)
+
+    # --- one turn at a time per session ----------------------------------------------
+
+    async def acquire_turn(self, user_id: str, session_id: str) -> str:
+        """Take the session's turn lock, waiting up to lock_wait_ms; returns the token."""
+        key = keys.session_lock_key(user_id, session_id)
+        token = secrets.token_hex(12)
+        deadline = time.monotonic() + self.lock_wait_ms / 1000
+        delay = 0.01
+        while True:
+            if await self.redis.set(key, token, nx=True, px=self.lock_ttl_ms):
+                return token
+            if time.monotonic() + delay > deadline:
+                raise SessionBusy()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+    async def release_turn(self, user_id: str, session_id: str, token: str) -> None:
+        await self._release(keys=[keys.session_lock_key(user_id, session_id)], args=[token])
+
+    async def turn_in_progress(self, user_id: str, session_id: str) -> bool:
+        return bool(await self.redis.exists(keys.session_lock_key(user_id, session_id)))
+
+    # --- stop ------------------------------------------------------------------------
+
+    async def request_stop(self, user_id: str, session_id: str) -> bool:
+        """Ask whichever process streams this session's turn to stop it.
+
+        Returns whether a turn was in progress.
+        """
+        lock = await self.redis.get(keys.session_lock_key(user_id, session_id))
+        if lock is None:
+            return False
+        await self.redis.set(keys.session_stop_key(user_id, session_id), lock, px=60_000)
+        return True
+
+    async def stop_requested(self, user_id: str, session_id: str, token: str) -> bool:
+        value = await self.redis.get(keys.session_stop_key(user_id, session_id))
+        return value == token
+
+    async def clear_stop(self, user_id: str, session_id: str) -> None:
+        await self.redis.delete(keys.session_stop_key(user_id, session_id))
+
+    # --- limits ----------------------------------------------------------------------
+
+    async def check_rate(self, user_id: str) -> None:
+        if self.requests_per_minute <= 0:
+            return
+        window = int(time.time() // 60)
+        allowed = await self._rate(
+            keys=[keys.user_rate_key(user_id, window)],
+            args=[self.requests_per_minute, 61_000],
+        )
+        if not allowed:
+            raise RateLimited(
+                f"rate limit of {self.requests_per_minute} requests per minute reached",
+                retry_after_s=max(1.0, (60 - time.time() % 60)),
+            )
+
+    async def enter_stream(self, user_id: str) -> str:
+        token = secrets.token_hex(8)
+        if self.streams_per_user <= 0:
+            return token
+        now = int(time.time() * 1000)
+        ok = await self._stream_enter(
+            keys=[keys.user_streams_key(user_id)],
+            args=[now, self.streams_per_user, token, now + self.lock_ttl_ms],
+        )
+        if not ok:
+            raise RateLimited(
+                f"at most {self.streams_per_user} replies at a time per user",
+                retry_after_s=1.0,
+            )
+        return token
+
+    async def leave_stream(self, user_id: str, token: str) -> None:
+        if self.streams_per_user > 0:
+            await self.redis.zrem(keys.user_streams_key(user_id), token)
