@@ -16,7 +16,7 @@ from chatmem import __version__
 from chatmem.api import errors
 from chatmem.api.deps import AppParts
 from chatmem.api.middleware import RequestIdMiddleware
-from chatmem.api.routes import health, sessions, users
+from chatmem.api.routes import characters, health, sessions, users
 from chatmem.auth import Authenticator, warn_if_exposed
 from chatmem.characters import CharacterRegistry
 from chatmem.config import Settings
@@ -104,7 +104,7 @@ def create_app(
     )
     app.add_middleware(RequestIdMiddleware)
     errors.install(app)
-    for module in (health, sessions, users):
+    for module in (health, sessions, users, characters):
         app.include_router(module.router)
     if WEB_DIR.is_dir():
         app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
