@@ -1,0 +1,45 @@
+"""Characters: who the model plays, with its system prompt, greeting and parameters.
+
+`CharacterRegistry` answers lookups across built-ins, a directory and Redis;
+`card_to_character` / `character_to_card` convert Character Card V2 documents.
+"""
+
+from chatmem.characters.card import (
+    CARD_EXTENSION,
+    CARD_SPEC,
+    CHATMEM_EXTENSION,
+    DEFAULT_CARD_PROMPT,
+    USER_NAME,
+    card_to_character,
+    character_to_card,
+    slugify_id,
+)
+from chatmem.characters.files import (
+    BUILTIN_IDS,
+    DEFAULT_CHARACTER_ID,
+    CharacterLoadError,
+    DirectoryLoad,
+    load_builtins,
+    load_directory,
+)
+from chatmem.characters.parse import parse_character
+from chatmem.characters.registry import CharacterRegistry
+
+__all__ = [
+    "BUILTIN_IDS",
+    "CARD_EXTENSION",
+    "CARD_SPEC",
+    "CHATMEM_EXTENSION",
+    "DEFAULT_CARD_PROMPT",
+    "DEFAULT_CHARACTER_ID",
+    "USER_NAME",
+    "CharacterLoadError",
+    "CharacterRegistry",
+    "DirectoryLoad",
+    "card_to_character",
+    "character_to_card",
+    "load_builtins",
+    "load_directory",
+    "parse_character",
+    "slugify_id",
+]
