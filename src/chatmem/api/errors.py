@@ -53,14 +53,11 @@ async def _domain(_: Request, exc: Exception) -> JSONResponse:
 async def _validation(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     details = [{"loc": list(err.get("loc", ())), "msg": err.get("msg", "")} for err in exc.errors()]
-    first = details[0] if details else {"loc": [], "msg": "invalid request"}
-    where = ".".join(str(p) for p in first["loc"] if p != "body")
+    loc = details[0]["loc"] if details else []
+    msg = str(details[0]["msg"]) if details else "invalid request"
+    where = ".".join(str(p) for p in loc if p != "body")
     return JSONResponse(
-        error_body(
-            "invalid_request",
-            f"{where}: {first['msg']}" if where else first["msg"],
-            details=details,
-        ),
+        error_body("invalid_request", f"{where}: {msg}" if where else msg, details=details),
         status_code=422,
     )
 
