@@ -1,8 +1,10 @@
 """How messages and meta are laid out inside Redis.
 
 Messages are compact JSON with one-letter members and the id first (the append script
-reads ids by that prefix). Meta is a flat HASH of short field names. Both stay private
-to the memory package: everything else sees `Message` and `SessionMeta`.
+can rebuild its id index from that prefix). Meta is a flat HASH of short field names.
+Both stay private to the memory package: everything else sees `Message` and
+`SessionMeta`. Decoding runs for every message of every context read, so it builds `Message`
+positionally (tests/test_store_codec.py round-trips every field to catch a reordered model).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from chatmem.models import Message, Role, SessionMeta, SessionState, Usage
 
 _ROLE_CODES = {Role.USER: "u", Role.ASSISTANT: "a", Role.SYSTEM: "s"}
 _CODE_ROLES = {v: k for k, v in _ROLE_CODES.items()}
+_STATES = {s.value: s for s in SessionState}
+_loads = orjson.loads
 
 
 def encode_message(msg: Message) -> str:
@@ -31,20 +35,31 @@ def encode_message(msg: Message) -> str:
 
 
 def decode_message(raw: str | bytes, seq: int = 0) -> Message:
-    doc = orjson.loads(raw)
+    doc = _loads(raw)
     return Message(
-        role=_CODE_ROLES[doc["r"]],
-        content=doc["c"],
-        token_count=doc["n"],
-        msg_id=doc["i"],
-        timestamp=doc["t"],
-        metadata=doc.get("m") or {},
-        seq=seq,
+        _CODE_ROLES[doc["r"]],
+        doc["c"],
+        doc["n"],
+        doc["i"],
+        doc["t"],
+        doc.get("m") or {},
+        seq,
     )
 
 
 def decode_messages(raw: list[Any], first_seq: int) -> list[Message]:
-    return [decode_message(item, first_seq + i) for i, item in enumerate(raw)]
+    roles, loads = _CODE_ROLES, _loads
+    out = []
+    seq = first_seq
+    for item in raw:
+        doc = loads(item)
+        out.append(
+            Message(
+                roles[doc["r"]], doc["c"], doc["n"], doc["i"], doc["t"], doc.get("m") or {}, seq
+            )
+        )
+        seq += 1
+    return out
 
 
 def meta_fields(
@@ -56,25 +71,26 @@ def meta_fields(
 
 def decode_meta(session_id: str, flat: list[Any], *, pttl_ms: int, stored: int) -> SessionMeta:
     h = dict(zip(flat[::2], flat[1::2], strict=True))
+    get = h.get
     return SessionMeta(
         session_id=session_id,
         user_id=h["uid"],
         character_id=h["cid"],
-        title=h.get("title", ""),
-        state=SessionState(h.get("state", "ACTIVE")),
-        created_at=int(h.get("created", 0)) / 1000,
-        last_active_at=int(h.get("active", 0)) / 1000,
-        message_count=int(h.get("count", 0)),
-        total_tokens=int(h.get("tokens", 0)),
+        title=get("title", ""),
+        state=_STATES[get("state", "ACTIVE")],
+        created_at=int(get("created", 0)) / 1000,
+        last_active_at=int(get("active", 0)) / 1000,
+        message_count=int(get("count", 0)),
+        total_tokens=int(get("tokens", 0)),
         usage=Usage(
-            prompt_tokens=int(h.get("ptok", 0)),
-            completion_tokens=int(h.get("ctok", 0)),
-            cost_usd=float(h.get("cost", 0)),
+            prompt_tokens=int(get("ptok", 0)),
+            completion_tokens=int(get("ctok", 0)),
+            cost_usd=float(get("cost", 0)),
         ),
-        ttl_s=int(h.get("ttl", 0)),
-        window_size=int(h.get("window", 10)),
-        preview=h.get("preview", ""),
-        preview_role=h.get("prole", ""),
+        ttl_s=int(get("ttl", 0)),
+        window_size=int(get("window", 10)),
+        preview=get("preview", ""),
+        preview_role=get("prole", ""),
         ttl_remaining_s=max(0, (pttl_ms + 999) // 1000),
         stored_messages=stored,
     )

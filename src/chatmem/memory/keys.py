@@ -1,4 +1,4 @@
-"""Every Redis key chatmem writes, and the id rule that keeps keys safe.
+"""Every Redis key chatmem writes, the limits of the memory store, and the id rule.
 
 All keys of one user carry the hash tag `{u:<user_id>}` so that they share one Redis
 Cluster slot and one Lua script can touch all of a session's keys. Ids are validated
@@ -19,6 +19,17 @@ _ID_RE = re.compile(r"[A-Za-z0-9_.@-]{1,128}")
 # The global user index lives outside every user's slot (admin listing only).
 USERS_INDEX_KEY = f"{PREFIX}:users"
 
+# Limits of the store.
+MIN_TTL_S = 60
+WINDOW_MIN, WINDOW_MAX = 1, 20
+PREVIEW_CHARS = 100
+MAX_TITLE_CHARS = 200
+# One append carries at most this many messages (Lua's unpack() has a stack limit).
+MAX_APPEND_MESSAGES = 1000
+# Message ids remembered per session for idempotent appends: those of the newest
+# min(max_messages, IDEMPOTENCY_WINDOW) stored messages.
+IDEMPOTENCY_WINDOW = 1000
+
 
 def validate_id(value: str, what: str = "id") -> str:
     if not isinstance(value, str) or _ID_RE.fullmatch(value) is None:
@@ -30,52 +41,67 @@ def validate_id(value: str, what: str = "id") -> str:
     return value
 
 
-def _user(user_id: str) -> str:
+def user_tag(user_id: str) -> str:
+    """`cm:{u:<id>}`: the start of every key of the user (and their Cluster hash tag)."""
     return f"{PREFIX}:{{u:{validate_id(user_id, 'user id')}}}"
 
 
+def session_prefix(user_id: str) -> str:
+    """`cm:{u:<id>}:s:`: scripts that walk a user's sessions append `<sid>:<kind>`."""
+    return f"{user_tag(user_id)}:s:"
+
+
+def _session(user_id: str, session_id: str) -> str:
+    return f"{session_prefix(user_id)}{validate_id(session_id, 'session id')}"
+
+
 def session_messages_key(user_id: str, session_id: str) -> str:
-    return f"{_user(user_id)}:s:{validate_id(session_id, 'session id')}:m"
+    """LIST of encoded messages, oldest first."""
+    return f"{_session(user_id, session_id)}:m"
 
 
 def session_meta_key(user_id: str, session_id: str) -> str:
-    return f"{_user(user_id)}:s:{validate_id(session_id, 'session id')}:h"
+    """HASH of the session's meta; its existence is the session's existence."""
+    return f"{_session(user_id, session_id)}:h"
+
+
+def session_ids_key(user_id: str, session_id: str) -> str:
+    """STRING `,id,id,…,` of the ids of the newest stored messages (idempotent appends)."""
+    return f"{_session(user_id, session_id)}:i"
 
 
 def session_lock_key(user_id: str, session_id: str) -> str:
-    return f"{_user(user_id)}:s:{validate_id(session_id, 'session id')}:lock"
-
-
-def user_sessions_key(user_id: str) -> str:
-    """ZSET of the user's session ids scored by last activity (ms)."""
-    return f"{_user(user_id)}:sessions"
-
-
-def user_totals_key(user_id: str) -> str:
-    return f"{_user(user_id)}:totals"
-
-
-def user_rate_key(user_id: str, window: int) -> str:
-    return f"{_user(user_id)}:rate:{window}"
-
-
-def user_streams_key(user_id: str) -> str:
-    return f"{_user(user_id)}:streams"
-
-
-def session_keys(user_id: str, session_id: str) -> list[str]:
-    """KEYS for the session scripts, in their documented order."""
-    return [
-        session_messages_key(user_id, session_id),
-        session_meta_key(user_id, session_id),
-        user_sessions_key(user_id),
-        user_totals_key(user_id),
-    ]
+    return f"{_session(user_id, session_id)}:lock"
 
 
 def session_stop_key(user_id: str, session_id: str) -> str:
     """Set by a stop request; the process streaming that session's turn watches it."""
-    return f"{_user(user_id)}:s:{validate_id(session_id, 'session id')}:stop"
+    return f"{_session(user_id, session_id)}:stop"
+
+
+def user_sessions_key(user_id: str) -> str:
+    """ZSET of the user's session ids scored by last activity (ms)."""
+    return f"{user_tag(user_id)}:sessions"
+
+
+def user_totals_key(user_id: str) -> str:
+    return f"{user_tag(user_id)}:totals"
+
+
+def user_rate_key(user_id: str, window: int) -> str:
+    return f"{user_tag(user_id)}:rate:{window}"
+
+
+def user_streams_key(user_id: str) -> str:
+    return f"{user_tag(user_id)}:streams"
+
+
+def session_keys(user_id: str, session_id: str) -> list[str]:
+    """KEYS for the session scripts, in their documented order (see `scripts`)."""
+    # Built once per call (this is on every turn); equal to the single-key builders above.
+    tag = user_tag(user_id)
+    base = f"{tag}:s:{validate_id(session_id, 'session id')}"
+    return [f"{base}:m", f"{base}:h", f"{base}:i", f"{tag}:sessions", f"{tag}:totals"]
 
 
 def characters_key() -> str:

@@ -2,14 +2,23 @@
 
 Each script's header gives its contract. KEYS follow `keys.session_keys` where a script
 takes a session:
-    KEYS[1] messages LIST (oldest first), KEYS[2] meta HASH,
-    KEYS[3] the user's session index ZSET, KEYS[4] the user's totals HASH.
+    KEYS[1] messages LIST (oldest first), KEYS[2] meta HASH, KEYS[3] message ids STRING,
+    KEYS[4] the user's session index ZSET, KEYS[5] the user's totals HASH.
 Scripts that walk a user's sessions build those keys from a prefix passed in ARGV; that
 is safe under Redis Cluster because every one of them carries the same `{u:<id>}` tag as
 the declared keys, so they live in the slot the script runs on.
 
-Messages are stored as compact JSON whose first member is the id (`{"i":"<id>",…`); the
-append script reads ids by that prefix to refuse a message id it already holds.
+Meta fields: uid, cid, title, window, state, created and active (ms), ttl (s), count and
+tokens (messages and their tokens since creation or the last clear), seq (the seq of the
+newest message ever appended: seqs are 1-based and never reused, so paging cursors stay
+valid while old messages are trimmed or cleared), ptok, ctok, cost (usage), preview and
+prole (the last message's preview and role).
+
+Idempotency: KEYS[3] holds `,id,id,…,` for the newest min(stored, id window) messages, so
+an append finds a repeated id with one plain substring search instead of reading the
+list. Its invariant — it names exactly that many ids, the list's newest, in order — is
+kept by every script that changes the list; if it is missing (it expired a moment before
+the meta, or was lost) the append script rebuilds it from the list.
 """
 
 from __future__ import annotations
@@ -23,130 +32,170 @@ local function extend(key, ttl_ms)
 end
 """
 
-# KEYS[1..4] - session keys (see module docstring)
+# KEYS[1..5] - session keys (see module docstring)
 # ARGV[1] - session id
 # ARGV[2] - now, ms since the epoch
 # ARGV[3] - ttl, seconds
-# ARGV[4] - "create" (fail if it exists) or "ensure" (keep an existing one)
-# ARGV[5] - greeting, encoded message ("" for none)
-# ARGV[6] - greeting's token count
-# ARGV[7] - greeting's preview text
-# ARGV[8..] - meta field, value pairs (uid, cid, title, window, ...)
-# return 1 if created, 0 if it existed already
+# ARGV[4] - greeting, encoded message ("" for none)
+# ARGV[5] - greeting's id, ARGV[6] - its token count, ARGV[7] - its preview text
+# ARGV[8..] - meta field, value pairs (uid, cid, title, window)
+# return {1 if created else 0 (it existed and is left as it was), meta as a flat list,
+#         pttl ms, stored length}
 CREATE_SESSION = (
     _EXTEND
     + """
-if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return {0, redis.call('HGETALL', KEYS[2]), redis.call('PTTL', KEYS[2]),
+          redis.call('LLEN', KEYS[1])}
+end
 local now, ttl_ms = tonumber(ARGV[2]), tonumber(ARGV[3]) * 1000
 local fields = {'state', 'ACTIVE', 'created', ARGV[2], 'active', ARGV[2], 'ttl', ARGV[3],
-                'count', 0, 'tokens', 0, 'ptok', 0, 'ctok', 0, 'cost', 0,
+                'count', 0, 'tokens', 0, 'seq', 0, 'ptok', 0, 'ctok', 0, 'cost', 0,
                 'preview', '', 'prole', ''}
 for i = 8, #ARGV, 2 do
   fields[#fields + 1] = ARGV[i]
   fields[#fields + 1] = ARGV[i + 1]
 end
 redis.call('HSET', KEYS[2], unpack(fields))
-if ARGV[5] ~= '' then
+-- A session id may be reused after a delete or expiry: nothing of the old one survives.
+redis.call('DEL', KEYS[1], KEYS[3])
+local stored = 0
+if ARGV[4] ~= '' then
   local tokens = tonumber(ARGV[6])
-  redis.call('RPUSH', KEYS[1], ARGV[5])
+  redis.call('RPUSH', KEYS[1], ARGV[4])
+  redis.call('SET', KEYS[3], ',' .. ARGV[5] .. ',', 'PX', ttl_ms)
   redis.call('PEXPIRE', KEYS[1], ttl_ms)
-  redis.call('HSET', KEYS[2], 'count', 1, 'tokens', tokens, 'preview', ARGV[7],
+  redis.call('HSET', KEYS[2], 'count', 1, 'tokens', tokens, 'seq', 1, 'preview', ARGV[7],
              'prole', 'assistant')
-  redis.call('HINCRBY', KEYS[4], 'count', 1)
-  redis.call('HINCRBY', KEYS[4], 'tokens', tokens)
+  redis.call('HINCRBY', KEYS[5], 'count', 1)
+  redis.call('HINCRBY', KEYS[5], 'tokens', tokens)
+  stored = 1
 end
 redis.call('PEXPIRE', KEYS[2], ttl_ms)
-redis.call('ZADD', KEYS[3], now, ARGV[1])
-redis.call('HSETNX', KEYS[4], 'created', ARGV[2])
-extend(KEYS[3], ttl_ms)
+redis.call('ZADD', KEYS[4], now, ARGV[1])
+redis.call('HSETNX', KEYS[5], 'created', ARGV[2])
 extend(KEYS[4], ttl_ms)
-return 1
+extend(KEYS[5], ttl_ms)
+return {1, redis.call('HGETALL', KEYS[2]), ttl_ms, stored}
 """
 )
 
-# KEYS[1..4] - session keys
+# KEYS[1..5] - session keys
 # ARGV[1] - session id
 # ARGV[2] - now, ms since the epoch
 # ARGV[3] - max messages kept (older ones are trimmed)
-# ARGV[4] - after the write, return the meta and this many newest messages (-1: return no read)
-# ARGV[5] - preview text, ARGV[6] - preview role (of the last message appended)
-# ARGV[7] - prompt tokens, ARGV[8] - completion tokens, ARGV[9] - cost (usage to add)
-# ARGV[10..] - triples: message id, encoded message, token count
+# ARGV[4] - id window: how many of the newest messages' ids are remembered (<= ARGV[3])
+# ARGV[5] - after the write, return the meta and this many newest messages (-1: no read)
+# ARGV[6] - preview text, ARGV[7] - preview role (of the last message given)
+# ARGV[8] - prompt tokens, ARGV[9] - completion tokens, ARGV[10] - cost (usage to add;
+#           skipped when every message given was a duplicate: a retry pays once)
+# ARGV[11..] - triples: message id, encoded message, token count
 # return nil if the session does not exist (never created, deleted or expired), else
-#   {appended, {duplicate ids}, stored length, meta as a flat list or {}, {messages}, pttl ms}
+#   {appended, {duplicate ids}, stored length, seq of the newest message}
+#   followed, when ARGV[5] >= 0, by: meta as a flat list, pttl ms, {newest messages}
+# This runs on every turn: it reads what it needs with one HMGET and writes the meta with
+# one HSET, because each redis.call costs more than the work most of them do.
 APPEND_MESSAGES = (
     _EXTEND
     + """
-if redis.call('EXISTS', KEYS[2]) == 0 then return nil end
-local held = {}
-if redis.call('LLEN', KEYS[1]) > 0 then
-  for _, item in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
-    local id = string.match(item, '^{"i":"([^"]*)"')
-    if id then held[id] = true end
+local m = redis.call('HMGET', KEYS[2], 'ttl', 'seq', 'count', 'tokens', 'ptok', 'ctok')
+if not m[1] then return nil end
+local ttl_ms = tonumber(m[1]) * 1000
+local max_kept, id_window = tonumber(ARGV[3]), tonumber(ARGV[4])
+local ids = redis.call('GET', KEYS[3])
+if not ids then
+  ids = ','
+  for _, item in ipairs(redis.call('LRANGE', KEYS[1], -id_window, -1)) do
+    ids = ids .. (string.match(item, '^{"i":"([^"]*)"') or '') .. ','
   end
 end
-local appended, tokens, dups, items = 0, 0, {}, {}
-for i = 10, #ARGV, 3 do
+local appended, tokens, dups, items, last_new = 0, 0, {}, {}, false
+for i = 11, #ARGV, 3 do
   local id = ARGV[i]
-  if held[id] then
+  if string.find(ids, ',' .. id .. ',', 1, true) then
     dups[#dups + 1] = id
+    last_new = false
   else
-    held[id] = true
+    ids = ids .. id .. ','
     items[#items + 1] = ARGV[i + 1]
     tokens = tokens + tonumber(ARGV[i + 2])
     appended = appended + 1
+    last_new = true
   end
 end
-local ttl_ms = tonumber(redis.call('HGET', KEYS[2], 'ttl')) * 1000
+local seq, stored = tonumber(m[2]), 0
+local fields = {}
 if appended > 0 then
-  redis.call('RPUSH', KEYS[1], unpack(items))
-  redis.call('LTRIM', KEYS[1], -tonumber(ARGV[3]), -1)
-  redis.call('HINCRBY', KEYS[2], 'count', appended)
-  redis.call('HINCRBY', KEYS[2], 'tokens', tokens)
-  redis.call('HSET', KEYS[2], 'active', ARGV[2], 'state', 'ACTIVE',
-             'preview', ARGV[5], 'prole', ARGV[6])
-  redis.call('HINCRBY', KEYS[4], 'count', appended)
-  redis.call('HINCRBY', KEYS[4], 'tokens', tokens)
+  stored = redis.call('RPUSH', KEYS[1], unpack(items))
+  local before = stored - appended
+  if stored > max_kept then
+    redis.call('LTRIM', KEYS[1], -max_kept, -1)
+    stored = max_kept
+  end
+  -- Drop the ids of trimmed messages (and those beyond the id window) from the front.
+  local excess = math.min(before, id_window) + appended - math.min(stored, id_window)
+  if excess > 0 then
+    local pos = 1
+    for _ = 1, excess do pos = string.find(ids, ',', pos + 1, true) end
+    ids = string.sub(ids, pos)
+  end
+  seq = seq + appended
+  fields = {'seq', seq, 'count', tonumber(m[3]) + appended, 'tokens', tonumber(m[4]) + tokens,
+            'active', ARGV[2], 'state', 'ACTIVE'}
+  if last_new then
+    fields[#fields + 1] = 'preview'
+    fields[#fields + 1] = ARGV[6]
+    fields[#fields + 1] = 'prole'
+    fields[#fields + 1] = ARGV[7]
+  end
+  redis.call('HINCRBY', KEYS[5], 'count', appended)
+  redis.call('HINCRBY', KEYS[5], 'tokens', tokens)
+else
+  stored = redis.call('LLEN', KEYS[1])
 end
-local ptok, ctok, cost = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
-if ptok > 0 or ctok > 0 or cost > 0 then
-  redis.call('HINCRBY', KEYS[2], 'ptok', ptok)
-  redis.call('HINCRBY', KEYS[2], 'ctok', ctok)
-  redis.call('HINCRBYFLOAT', KEYS[2], 'cost', ARGV[9])
-  redis.call('HINCRBY', KEYS[4], 'ptok', ptok)
-  redis.call('HINCRBY', KEYS[4], 'ctok', ctok)
-  redis.call('HINCRBYFLOAT', KEYS[4], 'cost', ARGV[9])
+if appended > 0 or #ARGV < 11 then
+  local ptok, ctok, cost = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
+  if ptok > 0 or ctok > 0 or cost > 0 then
+    fields[#fields + 1] = 'ptok'
+    fields[#fields + 1] = tonumber(m[5]) + ptok
+    fields[#fields + 1] = 'ctok'
+    fields[#fields + 1] = tonumber(m[6]) + ctok
+    redis.call('HINCRBYFLOAT', KEYS[2], 'cost', ARGV[10])
+    redis.call('HINCRBY', KEYS[5], 'ptok', ptok)
+    redis.call('HINCRBY', KEYS[5], 'ctok', ctok)
+    redis.call('HINCRBYFLOAT', KEYS[5], 'cost', ARGV[10])
+  end
 end
-redis.call('PEXPIRE', KEYS[1], ttl_ms)
+if #fields > 0 then redis.call('HSET', KEYS[2], unpack(fields)) end
+if stored > 0 then
+  redis.call('PEXPIRE', KEYS[1], ttl_ms)
+  redis.call('SET', KEYS[3], ids, 'PX', ttl_ms)
+end
 redis.call('PEXPIRE', KEYS[2], ttl_ms)
-redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
-extend(KEYS[3], ttl_ms)
+redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
 extend(KEYS[4], ttl_ms)
-local stored = redis.call('LLEN', KEYS[1])
-local n = tonumber(ARGV[4])
-local meta, msgs = {}, {}
-if n >= 0 then
-  meta = redis.call('HGETALL', KEYS[2])
-  if n > 0 then msgs = redis.call('LRANGE', KEYS[1], -n, -1) end
-end
-return {appended, dups, stored, meta, msgs, ttl_ms}
+extend(KEYS[5], ttl_ms)
+local n = tonumber(ARGV[5])
+if n < 0 then return {appended, dups, stored, seq} end
+local msgs = {}
+if n > 0 and stored > 0 then msgs = redis.call('LRANGE', KEYS[1], -n, -1) end
+return {appended, dups, stored, seq, redis.call('HGETALL', KEYS[2]), ttl_ms, msgs}
 """
 )
 
 # KEYS[1] - messages LIST, KEYS[2] - meta HASH
 # ARGV[1] - how many messages (0: meta only)
 # ARGV[2] - return only messages whose seq is below this (0: the newest)
-# Seqs are 1-based positions since the session began: the first stored message has
-# seq = count - stored + 1, so a cursor stays valid while older messages are trimmed.
+# The first stored message has seq = meta.seq - stored + 1.
 # return nil if the session does not exist, else
-#   {meta as a flat list, pttl ms, stored length, seq of the first message returned, {messages}}
+#   {meta as a flat list, pttl ms, stored length, seq of the first message returned,
+#    {messages}}
 READ_SESSION = """
 local meta = redis.call('HGETALL', KEYS[2])
 if #meta == 0 then return nil end
 local n, before = tonumber(ARGV[1]), tonumber(ARGV[2])
 local stored = redis.call('LLEN', KEYS[1])
-local count = tonumber(redis.call('HGET', KEYS[2], 'count'))
-local first_seq = count - stored + 1
+local first_seq = tonumber(redis.call('HGET', KEYS[2], 'seq')) - stored + 1
 local stop = stored - 1
 if before > 0 then stop = math.min(stop, before - first_seq - 1) end
 local start = math.max(0, stop - n + 1)
@@ -155,14 +204,15 @@ if n > 0 and stop >= 0 then msgs = redis.call('LRANGE', KEYS[1], start, stop) en
 return {meta, redis.call('PTTL', KEYS[2]), stored, first_seq + start, msgs}
 """
 
-# KEYS[1..4] - session keys
+# KEYS[1..5] - session keys
 # ARGV[1] - now, ms since the epoch
 # ARGV[2..] - meta field, value pairs to set; a 'ttl' field (seconds) re-applies the expiry
-# return 0 if the session does not exist, else 1
+# Every key of the session gets its (possibly new) ttl: an update is a write.
+# return nil if the session does not exist, else {meta as a flat list, pttl ms, stored}
 UPDATE_SESSION = (
     _EXTEND
     + """
-if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 0 then return nil end
 local fields = {}
 for i = 2, #ARGV, 2 do
   fields[#fields + 1] = ARGV[i]
@@ -172,32 +222,42 @@ if #fields > 0 then redis.call('HSET', KEYS[2], unpack(fields)) end
 local ttl_ms = tonumber(redis.call('HGET', KEYS[2], 'ttl')) * 1000
 redis.call('PEXPIRE', KEYS[1], ttl_ms)
 redis.call('PEXPIRE', KEYS[2], ttl_ms)
-extend(KEYS[3], ttl_ms)
+redis.call('PEXPIRE', KEYS[3], ttl_ms)
 extend(KEYS[4], ttl_ms)
+extend(KEYS[5], ttl_ms)
+return {redis.call('HGETALL', KEYS[2]), ttl_ms, redis.call('LLEN', KEYS[1])}
+"""
+)
+
+# KEYS[1..5] - session keys
+# ARGV[1] - session id
+# ARGV[2] - now, ms since the epoch
+# The messages go and the session's count and tokens restart at 0; seq, usage and the
+# user's totals stay (seqs are never reused; usage is what was spent).
+# return 0 if the session does not exist, else 1
+CLEAR_SESSION = (
+    _EXTEND
+    + """
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+redis.call('DEL', KEYS[1], KEYS[3])
+redis.call('HSET', KEYS[2], 'count', 0, 'tokens', 0, 'preview', '', 'prole', '',
+           'active', ARGV[2])
+local ttl_ms = tonumber(redis.call('HGET', KEYS[2], 'ttl')) * 1000
+redis.call('PEXPIRE', KEYS[2], ttl_ms)
+redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
+extend(KEYS[4], ttl_ms)
+extend(KEYS[5], ttl_ms)
 return 1
 """
 )
 
-# KEYS[1..4] - session keys
-# ARGV[1] - now, ms since the epoch
-# return 0 if the session does not exist, else 1 (its messages are gone, the session stays)
-CLEAR_SESSION = """
-if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
-local stored = redis.call('LLEN', KEYS[1])
-redis.call('DEL', KEYS[1])
--- Keep seqs monotonic: count stays, so a cursor from before the clear finds nothing.
-redis.call('HSET', KEYS[2], 'preview', '', 'prole', '', 'active', ARGV[1])
-redis.call('PEXPIRE', KEYS[2], tonumber(redis.call('HGET', KEYS[2], 'ttl')) * 1000)
-return 1
-"""
-
-# KEYS[1..4] - session keys
+# KEYS[1..5] - session keys, KEYS[6] - the session's turn lock, KEYS[7] - its stop flag
 # ARGV[1] - session id
 # return 1 if the session existed, else 0
 DELETE_SESSION = """
 local existed = redis.call('EXISTS', KEYS[2])
-redis.call('DEL', KEYS[1], KEYS[2])
-redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[6], KEYS[7])
+redis.call('ZREM', KEYS[4], ARGV[1])
 return existed
 """
 
@@ -223,11 +283,24 @@ return out
 
 # KEYS[1] - the user's session index ZSET, KEYS[2] - the user's totals HASH
 # ARGV[1] - key prefix of the user's sessions ("cm:{u:<id>}:s:")
+# Members whose meta has expired are removed from the index here.
+# return {totals as a flat list, number of live sessions}
+USER_TOTALS = """
+for _, sid in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  if redis.call('EXISTS', ARGV[1] .. sid .. ':h') == 0 then redis.call('ZREM', KEYS[1], sid) end
+end
+return {redis.call('HGETALL', KEYS[2]), redis.call('ZCARD', KEYS[1])}
+"""
+
+# KEYS[1] - the user's session index ZSET, KEYS[2] - the user's totals HASH
+# ARGV[1] - key prefix of the user's sessions ("cm:{u:<id>}:s:")
+# Every key of every indexed session goes (messages, meta, ids, turn lock, stop flag).
 # return the number of sessions deleted
 DELETE_USER = """
 local sids = redis.call('ZRANGE', KEYS[1], 0, -1)
 for _, sid in ipairs(sids) do
-  redis.call('DEL', ARGV[1] .. sid .. ':m', ARGV[1] .. sid .. ':h', ARGV[1] .. sid .. ':lock')
+  local p = ARGV[1] .. sid
+  redis.call('DEL', p .. ':m', p .. ':h', p .. ':i', p .. ':lock', p .. ':stop')
 end
 redis.call('DEL', KEYS[1], KEYS[2])
 return #sids

@@ -2,7 +2,9 @@
 
 Every write is one Lua script (one round trip) that appends, trims, refreshes the TTL of
 every key of the session and updates meta, totals and the user's session index. Every
-read is one script too. Ids are validated by the key builders before any I/O.
+read is one script too, and so is a turn: `append(..., read_last=n)` writes the turn's
+messages and returns the meta and the newest n messages in the same round trip. Ids are
+validated by the key builders before any I/O.
 """
 
 from __future__ import annotations
@@ -16,18 +18,38 @@ from typing import Any
 import redis.exceptions
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.commands.core import AsyncScript
 
 from chatmem.errors import AlreadyExists, InvalidInput, SessionNotFound, StoreUnavailable
 from chatmem.memory import keys, scripts
 from chatmem.memory.codec import decode_messages, decode_meta, encode_message, meta_fields
+from chatmem.memory.keys import MIN_TTL_S, PREVIEW_CHARS, WINDOW_MAX, WINDOW_MIN
 from chatmem.models import Message, SessionMeta, SessionState, Usage, UserTotals, new_id
 
+__all__ = [
+    "MIN_TTL_S",
+    "PREVIEW_CHARS",
+    "WINDOW_MAX",
+    "WINDOW_MIN",
+    "AnyRedis",
+    "AppendResult",
+    "RedisMemoryStore",
+    "SessionSnapshot",
+    "validate_ttl",
+    "validate_window",
+]
+
 AnyRedis = Redis | RedisCluster
-PREVIEW_CHARS = 100
-MIN_TTL_S = 60
-WINDOW_MIN, WINDOW_MAX = 1, 20
 
 OpObserver = Callable[[str, float], None]
+
+# What "Redis cannot be reached in time" looks like from redis-py.
+_UNAVAILABLE = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+)
 
 
 @dataclass(slots=True)
@@ -38,6 +60,8 @@ class AppendResult:
     # Filled only when the append was asked to read back (read_last >= 0).
     meta: SessionMeta | None = None
     messages: list[Message] = field(default_factory=list)
+    # The seq of the session's newest message after the write (0: none yet).
+    last_seq: int = 0
 
 
 @dataclass(slots=True)
@@ -64,9 +88,22 @@ def validate_window(window_size: int) -> int:
     return window_size
 
 
+def _validate_title(title: str) -> str:
+    if len(title) > keys.MAX_TITLE_CHARS:
+        raise InvalidInput(
+            f"title must be at most {keys.MAX_TITLE_CHARS} characters", code="invalid_title"
+        )
+    return title
+
+
 def _preview(msg: Message) -> str:
-    text = " ".join(msg.content.split())
+    # Only the head can show: don't split a 4000-character message to keep 100 of it.
+    text = " ".join(msg.content[: 4 * PREVIEW_CHARS].split())
     return text if len(text) <= PREVIEW_CHARS else text[: PREVIEW_CHARS - 1] + "…"
+
+
+def _not_found(session_id: str) -> SessionNotFound:
+    return SessionNotFound(f"session {session_id!r} not found")
 
 
 class RedisMemoryStore:
@@ -79,10 +116,13 @@ class RedisMemoryStore:
         default_window: int = 10,
         on_op: OpObserver | None = None,
     ) -> None:
+        if max_messages < 1:
+            raise ValueError("max_messages must be at least 1")
         self.redis = redis
         self.max_messages = max_messages
-        self.default_ttl_s = default_ttl_s
-        self.default_window = default_window
+        self.id_window = min(max_messages, keys.IDEMPOTENCY_WINDOW)
+        self.default_ttl_s = validate_ttl(default_ttl_s)
+        self.default_window = validate_window(default_window)
         self._on_op = on_op
         self._create = redis.register_script(scripts.CREATE_SESSION)
         self._append = redis.register_script(scripts.APPEND_MESSAGES)
@@ -91,15 +131,27 @@ class RedisMemoryStore:
         self._clear = redis.register_script(scripts.CLEAR_SESSION)
         self._delete = redis.register_script(scripts.DELETE_SESSION)
         self._list = redis.register_script(scripts.LIST_SESSIONS)
+        self._totals = redis.register_script(scripts.USER_TOTALS)
         self._delete_user = redis.register_script(scripts.DELETE_USER)
+
+    async def _run(self, name: str, script: AsyncScript, ks: list[str], args: list[Any]) -> Any:
+        """Run one script: timed, and connection failures turned into StoreUnavailable."""
+        start = time.perf_counter()
+        try:
+            return await script(keys=ks, args=args)
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"redis unavailable during {name}: {exc}") from exc
+        finally:
+            if self._on_op is not None:
+                self._on_op(name, time.perf_counter() - start)
 
     @asynccontextmanager
     async def _op(self, name: str) -> AsyncIterator[None]:
-        """Time an operation and turn connection failures into StoreUnavailable."""
+        """Like `_run`, for operations made of plain commands."""
         start = time.perf_counter()
         try:
             yield
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"redis unavailable during {name}: {exc}") from exc
         finally:
             if self._on_op is not None:
@@ -121,34 +173,38 @@ class RedisMemoryStore:
     ) -> SessionMeta:
         """Create a session (with its greeting as the first message) and return its meta.
 
-        With `ensure`, an existing session of that id is kept and returned instead of
-        raising AlreadyExists.
+        With `ensure`, an existing session of that id is kept as it is and returned
+        instead of raising AlreadyExists. Costs two round trips: the script, and the
+        global user index (which lives in another Cluster slot).
         """
         sid = keys.validate_id(session_id or new_id(), "session id")
+        ks = keys.session_keys(user_id, sid)
         keys.validate_id(character_id, "character id")
         ttl = validate_ttl(ttl_s if ttl_s is not None else self.default_ttl_s)
         window = validate_window(window_size if window_size is not None else self.default_window)
         fields = meta_fields(
-            user_id=user_id, character_id=character_id, title=title, window_size=window
+            user_id=user_id,
+            character_id=character_id,
+            title=_validate_title(title),
+            window_size=window,
         )
-        args: list[Any] = [
-            sid,
-            _now_ms(),
-            ttl,
-            "ensure" if ensure else "create",
-            encode_message(greeting) if greeting else "",
-            greeting.token_count if greeting else 0,
-            _preview(greeting) if greeting else "",
-        ]
+        args: list[Any] = [sid, _now_ms(), ttl]
+        if greeting is not None:
+            keys.validate_id(greeting.msg_id, "message id")
+            args += [encode_message(greeting), greeting.msg_id, greeting.token_count]
+            args.append(_preview(greeting))
+        else:
+            args += ["", "", 0, ""]
         for name, value in fields.items():
             args += [name, value]
+        # The user index first: a user listed without sessions is filtered out on listing,
+        # while a session whose user is missing from the index would never be listed.
         async with self._op("create_session"):
-            created = await self._create(keys=keys.session_keys(user_id, sid), args=args)
-            if created:
-                await self.redis.zadd(keys.USERS_INDEX_KEY, {user_id: _now_ms()})
+            await self.redis.zadd(keys.USERS_INDEX_KEY, {user_id: _now_ms()})
+        created, flat, pttl, stored = await self._run("create_session", self._create, ks, args)
         if not created and not ensure:
             raise AlreadyExists(f"session {sid!r} already exists")
-        return await self.get_meta(user_id, sid)
+        return decode_meta(sid, flat, pttl_ms=pttl, stored=stored)
 
     async def append(
         self,
@@ -161,19 +217,24 @@ class RedisMemoryStore:
     ) -> AppendResult:
         """Append messages atomically; ids already held by the session are skipped.
 
+        A message id among the session's newest min(max_messages, IDEMPOTENCY_WINDOW)
+        messages is reported in `duplicate_ids` and not stored again; `usage` is added
+        only if at least one message was new (or none were given), so a retry pays once.
         With `read_last >= 0` the same round trip returns the meta and that many newest
         messages as they are after the write.
         """
         if not messages and usage is None:
             raise InvalidInput("nothing to append")
-        for msg in messages:
-            keys.validate_id(msg.msg_id, "message id")
-        last = messages[-1] if messages else None
+        if len(messages) > keys.MAX_APPEND_MESSAGES:
+            raise InvalidInput(f"at most {keys.MAX_APPEND_MESSAGES} messages per append")
+        ks = keys.session_keys(user_id, session_id)
         u = usage or Usage()
+        last = messages[-1] if messages else None
         args: list[Any] = [
             session_id,
             _now_ms(),
             self.max_messages,
+            self.id_window,
             read_last,
             _preview(last) if last else "",
             last.role.value if last else "",
@@ -181,31 +242,35 @@ class RedisMemoryStore:
             u.completion_tokens,
             repr(u.cost_usd),
         ]
+        validate_id = keys.validate_id
         for msg in messages:
-            args += [msg.msg_id, encode_message(msg), msg.token_count]
-        async with self._op("append"):
-            res = await self._append(keys=keys.session_keys(user_id, session_id), args=args)
+            args += (validate_id(msg.msg_id, "message id"), encode_message(msg), msg.token_count)
+        res = await self._run("append", self._append, ks, args)
         if res is None:
-            raise SessionNotFound(f"session {session_id!r} not found")
-        appended, dups, stored, meta_flat, raw_msgs, pttl = res
-        result = AppendResult(appended=appended, duplicate_ids=list(dups), stored=stored)
+            raise _not_found(session_id)
+        result = AppendResult(appended=res[0], duplicate_ids=res[1], stored=res[2], last_seq=res[3])
         if read_last >= 0:
-            result.meta = decode_meta(session_id, meta_flat, pttl_ms=pttl, stored=stored)
-            first_seq = result.meta.message_count - len(raw_msgs) + 1
-            result.messages = decode_messages(raw_msgs, first_seq)
+            raw_msgs = res[6]
+            result.meta = decode_meta(session_id, res[4], pttl_ms=res[5], stored=result.stored)
+            result.messages = decode_messages(raw_msgs, result.last_seq - len(raw_msgs) + 1)
         return result
 
     async def read(
         self, user_id: str, session_id: str, *, last: int, before_seq: int = 0
     ) -> SessionSnapshot:
-        """Meta and up to `last` newest messages (older than `before_seq` when given)."""
+        """Meta and up to `last` newest messages (those older than `before_seq` if given).
+
+        Seqs are 1-based and never reused within a session, so `before_seq` (the seq of
+        the oldest message of the previous page) pages back through history while new
+        messages are appended and old ones trimmed. The cost does not depend on how many
+        messages the session holds.
+        """
         if last < 0 or before_seq < 0:
             raise InvalidInput("limit and before must not be negative")
         ks = keys.session_keys(user_id, session_id)[:2]
-        async with self._op("read"):
-            res = await self._read(keys=ks, args=[last, before_seq])
+        res = await self._run("read", self._read, ks, [last, before_seq])
         if res is None:
-            raise SessionNotFound(f"session {session_id!r} not found")
+            raise _not_found(session_id)
         meta_flat, pttl, stored, first_seq, raw = res
         meta = decode_meta(session_id, meta_flat, pttl_ms=pttl, stored=stored)
         return SessionSnapshot(meta=meta, messages=decode_messages(raw, first_seq))
@@ -223,41 +288,50 @@ class RedisMemoryStore:
         window_size: int | None = None,
         state: SessionState | None = None,
     ) -> SessionMeta:
+        """Change title / ttl / window / state; refreshes the TTL of every session key."""
+        ks = keys.session_keys(user_id, session_id)
         args: list[Any] = [_now_ms()]
         if title is not None:
-            args += ["title", title]
+            args += ["title", _validate_title(title)]
         if ttl_s is not None:
             args += ["ttl", validate_ttl(ttl_s)]
         if window_size is not None:
             args += ["window", validate_window(window_size)]
         if state is not None:
-            args += ["state", SessionState(state).value]
-        async with self._op("update_session"):
-            ok = await self._update(keys=keys.session_keys(user_id, session_id), args=args)
-        if not ok:
-            raise SessionNotFound(f"session {session_id!r} not found")
-        return await self.get_meta(user_id, session_id)
+            try:
+                args += ["state", SessionState(state).value]
+            except ValueError:
+                raise InvalidInput(f"unknown state {state!r}", code="invalid_state") from None
+        res = await self._run("update_session", self._update, ks, args)
+        if res is None:
+            raise _not_found(session_id)
+        flat, pttl, stored = res
+        return decode_meta(session_id, flat, pttl_ms=pttl, stored=stored)
 
     async def clear(self, user_id: str, session_id: str) -> None:
-        """Remove the session's messages; the session and its totals stay."""
-        async with self._op("clear"):
-            ok = await self._clear(keys=keys.session_keys(user_id, session_id), args=[_now_ms()])
-        if not ok:
-            raise SessionNotFound(f"session {session_id!r} not found")
+        """Remove the session's messages; the session, its usage and seqs stay.
+
+        Its message_count and total_tokens restart at 0; the user's totals keep them.
+        """
+        ks = keys.session_keys(user_id, session_id)
+        if not await self._run("clear", self._clear, ks, [session_id, _now_ms()]):
+            raise _not_found(session_id)
 
     async def delete_session(self, user_id: str, session_id: str) -> None:
-        async with self._op("delete_session"):
-            existed = await self._delete(
-                keys=keys.session_keys(user_id, session_id), args=[session_id]
-            )
-        if not existed:
-            raise SessionNotFound(f"session {session_id!r} not found")
+        ks = keys.session_keys(user_id, session_id)
+        ks += [
+            keys.session_lock_key(user_id, session_id),
+            keys.session_stop_key(user_id, session_id),
+        ]
+        if not await self._run("delete_session", self._delete, ks, [session_id]):
+            raise _not_found(session_id)
 
     async def list_sessions(self, user_id: str, *, limit: int = 100) -> list[SessionMeta]:
         """The user's live sessions, most recently active first, with previews."""
-        prefix = keys.session_meta_key(user_id, "x")[: -len("x:h")]
-        async with self._op("list_sessions"):
-            rows = await self._list(keys=[keys.user_sessions_key(user_id)], args=[prefix, limit])
+        ks = [keys.user_sessions_key(user_id)]
+        rows = await self._run(
+            "list_sessions", self._list, ks, [keys.session_prefix(user_id), limit]
+        )
         return [
             decode_meta(sid, flat, pttl_ms=pttl, stored=stored) for sid, pttl, stored, flat in rows
         ]
@@ -265,18 +339,25 @@ class RedisMemoryStore:
     # --- users ----------------------------------------------------------------------
 
     async def delete_user(self, user_id: str) -> int:
-        """Erase all of a user's data; returns how many sessions were deleted."""
-        prefix = keys.session_meta_key(user_id, "x")[: -len("x:h")]
+        """Erase all of a user's data; returns how many sessions were deleted.
+
+        The rate-limit counters and stream slots of the user (short-lived coordination
+        state, not conversation data) are left to expire on their own.
+        """
+        ks = [keys.user_sessions_key(user_id), keys.user_totals_key(user_id)]
+        n: int = await self._run(
+            "delete_user", self._delete_user, ks, [keys.session_prefix(user_id)]
+        )
         async with self._op("delete_user"):
-            n: int = await self._delete_user(
-                keys=[keys.user_sessions_key(user_id), keys.user_totals_key(user_id)],
-                args=[prefix],
-            )
             await self.redis.zrem(keys.USERS_INDEX_KEY, user_id)
         return n
 
     async def list_users(self, *, limit: int = 1000, offset: int = 0) -> list[str]:
-        """Users with live data, most recently seen first (from the global index)."""
+        """Users with live data, newest first by their latest session creation.
+
+        From the global index (never KEYS or SCAN); users whose data has expired are
+        dropped from it here.
+        """
         async with self._op("list_users"):
             users = [
                 str(u)
@@ -296,16 +377,18 @@ class RedisMemoryStore:
         return [u for u, alive in zip(users, live, strict=True) if alive]
 
     async def count_users(self) -> int:
+        """Users in the global index (may include some whose data has just expired)."""
         async with self._op("count_users"):
             n: int = await self.redis.zcard(keys.USERS_INDEX_KEY)
         return n
 
     async def user_totals(self, user_id: str) -> UserTotals:
-        async with self._op("user_totals"):
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.hgetall(keys.user_totals_key(user_id))
-            pipe.zcard(keys.user_sessions_key(user_id))
-            h, n_sessions = await pipe.execute()
+        """Lifetime totals of the user (clearing a session does not lower them)."""
+        ks = [keys.user_sessions_key(user_id), keys.user_totals_key(user_id)]
+        flat, n_sessions = await self._run(
+            "user_totals", self._totals, ks, [keys.session_prefix(user_id)]
+        )
+        h = dict(zip(flat[::2], flat[1::2], strict=True))
         return UserTotals(
             user_id=user_id,
             message_count=int(h.get("count", 0)),
