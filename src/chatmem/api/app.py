@@ -17,6 +17,7 @@ from chatmem.api import errors
 from chatmem.api.deps import AppParts
 from chatmem.api.middleware import RequestIdMiddleware
 from chatmem.api.routes import characters, health, sessions, users
+from chatmem.api.routes.compat import chat_app, companion, simple_chat
 from chatmem.auth import Authenticator, warn_if_exposed
 from chatmem.characters import CharacterRegistry
 from chatmem.config import Settings
@@ -106,6 +107,9 @@ def create_app(
     errors.install(app)
     for module in (health, sessions, users, characters):
         app.include_router(module.router)
+    app.include_router(simple_chat.router)
+    app.include_router(chat_app.router)
+    app.include_router(companion.router)
     if WEB_DIR.is_dir():
         app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
 

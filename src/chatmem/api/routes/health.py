@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Response
@@ -17,12 +18,15 @@ async def health(parts: Parts) -> dict[str, Any]:
     """Liveness, with the Redis status (the seeds' /health shape plus chatmem's)."""
     try:
         redis_ok = await parts.store.ping()
+        total_users = await parts.store.count_users()
     except Exception:
-        redis_ok = False
+        redis_ok, total_users = False, 0
     return {
         "status": "healthy" if redis_ok else "degraded",
         "redis": "connected" if redis_ok else "disconnected",
         "provider": parts.service.provider.info.name,
+        "total_users": total_users,
+        "timestamp": datetime.now().isoformat(),
     }
 
 

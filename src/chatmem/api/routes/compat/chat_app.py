@@ -1,0 +1,166 @@
+"""Seeds 002/003: the chat app with explicit sessions, roles and an SSE stream.
+
+    POST   /chat/start?user_id=[&role=]       → {session_id, message, welcome_message}
+    GET    /chat/stream?user_id=&session_id=&message=[&role=]
+           data: {"content": "…", "type": "chunk"} … data: {"type": "end", "session_id"}
+           data: {"type": "error", "content": "…", "code": "…"} if the turn fails midway
+    GET    /chat/history?user_id=&session_id=  → {session_id, messages, total}
+    GET    /chat/sessions?user_id=             → {user_id, sessions, total}
+    GET    /roles                              → {roles: {id: {name, prompt, description}}}
+    DELETE /chat/session/{session_id}?user_id=
+
+Roles are characters; the seeds' three are built in. A chatmem session belongs to one
+character, chosen at `/chat/start` (`role`, default `assistant`). The seed picked the
+system prompt per message instead: here `role` on `/chat/stream` may be omitted (the
+session's character) or name the session's own; another existing role is a 409
+`role_mismatch` rather than a silent switch, an unknown one a 400 `unsupported_role`
+as in the seed. Errors found before the stream starts (unknown session, empty message,
+busy session) are ordinary JSON errors with their status, not SSE frames.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Query
+from sse_starlette import EventSourceResponse
+
+from chatmem.api.deps import Caller, Service
+from chatmem.api.streaming import sse_response
+from chatmem.auth import resolve_user
+from chatmem.errors import CharacterNotFound, Conflict, InvalidInput
+from chatmem.models import Character, SessionMeta
+from chatmem.service import ChatService, Delta, TurnEvent
+
+router = APIRouter(tags=["seed 002/003: chat app"])
+
+SESSION_CREATED = "聊天会话已创建"
+SESSION_DELETED = "会话已删除"
+
+UserId = Annotated[str, Query(description="the user (with auth on: the caller, or any if admin)")]
+SessionId = Annotated[str, Query(description="a session from /chat/start")]
+
+
+def _data(obj: Any) -> str:
+    return orjson.dumps(obj).decode()
+
+
+def chunk_frame(event: TurnEvent, session_id: str) -> dict[str, str]:
+    """The seed's SSE frames: unnamed events whose data says its `type`."""
+    if isinstance(event, Delta):
+        return {"data": _data({"content": event.text, "type": "chunk"})}
+    return {"data": _data({"type": "end", "session_id": session_id})}
+
+
+def error_frame(code: str, message: str) -> dict[str, str]:
+    return {"data": _data({"type": "error", "content": message, "code": code})}
+
+
+async def _role(service: ChatService, role: str) -> Character:
+    try:
+        return await service.characters.get(role)
+    except CharacterNotFound as exc:
+        raise InvalidInput(f"unsupported role {role[:64]!r}", code="unsupported_role") from exc
+
+
+def _session_row(meta: SessionMeta) -> dict[str, Any]:
+    return {
+        "session_id": meta.session_id,
+        "role": meta.character_id,
+        "title": meta.title,
+        "last_message": meta.preview,
+        "last_timestamp": meta.last_active_at,
+        "message_count": meta.stored_messages,
+        "created_at": meta.created_at,
+    }
+
+
+@router.post("/chat/start")
+async def start_chat(
+    user_id: UserId, caller: Caller, service: Service, role: str = "assistant"
+) -> dict[str, Any]:
+    """A new session with the role's character; its greeting is the first message."""
+    uid = resolve_user(caller, user_id)
+    character = await _role(service, role)
+    meta, greeting = await service.create_session(uid, character.id)
+    return {
+        "session_id": meta.session_id,
+        "message": SESSION_CREATED,
+        "welcome_message": greeting.content if greeting else "",
+        "role": meta.character_id,
+    }
+
+
+@router.get("/chat/stream")
+async def chat_stream(
+    user_id: UserId,
+    session_id: SessionId,
+    message: Annotated[str, Query(description="the user's message")],
+    caller: Caller,
+    service: Service,
+    role: Annotated[str | None, Query(description="the session's role, if given")] = None,
+) -> EventSourceResponse:
+    """Send a message and stream the reply as the seed's SSE frames."""
+    uid = resolve_user(caller, user_id)
+    if role is not None:
+        character = await _role(service, role)
+        meta = await service.store.get_meta(uid, session_id)
+        if meta.character_id != character.id:
+            raise Conflict(
+                f"session {session_id!r} talks to {meta.character_id!r}; "
+                f"start a new session with role={character.id!r} to talk to it",
+                code="role_mismatch",
+            )
+    turn = await service.prepare_turn(uid, session_id, message)
+    sid = turn.session_id
+    return sse_response(
+        turn,
+        lambda event, _rid, _n: chunk_frame(event, sid),
+        lambda code, msg, _rid, _n: error_frame(code, msg),
+    )
+
+
+@router.get("/chat/history")
+async def chat_history(
+    user_id: UserId, session_id: SessionId, caller: Caller, service: Service
+) -> dict[str, Any]:
+    """The session's stored messages, oldest first."""
+    uid = resolve_user(caller, user_id)
+    snap = await service.store.read(uid, session_id, last=service.store.max_messages)
+    return {
+        "session_id": session_id,
+        "messages": [
+            {"role": m.role.value, "content": m.content, "timestamp": m.timestamp}
+            for m in snap.messages
+        ],
+        "total": len(snap.messages),
+    }
+
+
+@router.get("/chat/sessions")
+async def chat_sessions(user_id: UserId, caller: Caller, service: Service) -> dict[str, Any]:
+    """The user's sessions, most recently active first, with a last-message preview."""
+    uid = resolve_user(caller, user_id)
+    metas = await service.store.list_sessions(uid)
+    return {"user_id": uid, "sessions": [_session_row(m) for m in metas], "total": len(metas)}
+
+
+@router.get("/roles")
+async def roles(_: Caller, service: Service) -> dict[str, Any]:
+    """Every character, as the seed's `AI_ROLES`: id → name and prompt."""
+    return {
+        "roles": {
+            ch.id: {"name": ch.name, "prompt": ch.system_prompt, "description": ch.description}
+            for ch in await service.characters.list()
+        }
+    }
+
+
+@router.delete("/chat/session/{session_id}")
+async def delete_session(
+    session_id: str, user_id: UserId, caller: Caller, service: Service
+) -> dict[str, Any]:
+    uid = resolve_user(caller, user_id)
+    await service.store.delete_session(uid, session_id)
+    return {"message": SESSION_DELETED, "session_id": session_id}
