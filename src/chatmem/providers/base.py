@@ -1,0 +1,64 @@
+"""The provider seam: what the chat service needs from a model, and nothing more.
+
+A provider turns a list of chat messages into a stream of `StreamChunk`s. The
+consumer stops a generation by cancelling the task that iterates the stream or by
+calling `aclose()` on it; a provider must then release the upstream promptly (close
+the HTTP response, or stop the local model between two tokens).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationParams:
+    """Per-request options; `None` means the provider's configured default."""
+
+    model: str | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenUsage:
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamChunk:
+    """One step of a reply: a text delta, and/or how and at what cost it ended."""
+
+    text: str = ""
+    # Reasoning models' `reasoning_content`: never part of the reply text.
+    reasoning: str = ""
+    finish_reason: str | None = None
+    # Set when the provider reports usage, usually on the last chunk only.
+    usage: TokenUsage | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """What the rest of chatmem may assume about the default model."""
+
+    name: str
+    context_window: int
+    reports_usage: bool
+
+
+class ChatProvider(Protocol):
+    @property
+    def info(self) -> ModelInfo: ...
+
+    def stream(
+        self, messages: Sequence[Mapping[str, str]], params: GenerationParams
+    ) -> AsyncIterator[StreamChunk]:
+        """Generate a reply; an async generator, cancellable at any await."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections, threads and model memory."""
+        ...

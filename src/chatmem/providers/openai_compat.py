@@ -1,0 +1,342 @@
+"""Any OpenAI-compatible chat endpoint (OpenAI, DeepSeek, DashScope, Ark, vLLM, Ollama…).
+
+Deliberately raw httpx rather than the official `openai` SDK: the SDK builds a
+pydantic object per streamed chunk and costs several times more CPU per relayed
+chunk (bench/provider_bench.py, figures in docs/performance.md), and its own
+retries would retry after the first token. Here the SSE bytes are split and
+parsed with orjson directly, tolerating what compatible servers really send:
+`usage: null`, chunks with empty `choices`, comment lines, `reasoning_content`,
+an `error` object inside the stream, or a plain JSON reply to a streamed request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+import httpx
+import orjson
+
+from chatmem.config import LLMSettings
+from chatmem.errors import (
+    ProviderAuthError,
+    ProviderBadRequest,
+    ProviderError,
+    ProviderRateLimited,
+    ProviderTimeout,
+    ProviderUnavailable,
+)
+from chatmem.providers.base import GenerationParams, ModelInfo, StreamChunk, TokenUsage
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_MODEL = "gpt-4o-mini"
+# Windows of well-known models, used when CHATMEM_LLM_CONTEXT_WINDOW is not set.
+KNOWN_CONTEXT_WINDOWS = {
+    "gpt-3.5-turbo": 16_385,
+    "gpt-4": 8_192,
+    "gpt-4-turbo": 128_000,
+    "gpt-4o": 128_000,
+    "gpt-4o-mini": 128_000,
+}
+MAX_RETRY_DELAY_S = 10.0
+# After `[DONE]` the body should end at once; reading that end lets the
+# connection go back to the pool, but a server that lingers must not hold the reply.
+DRAIN_AFTER_DONE_S = 0.2
+MAX_ERROR_MESSAGE_CHARS = 500
+
+_RETRYABLE = (ProviderUnavailable, ProviderRateLimited, ProviderTimeout)
+
+
+class UpstreamRateLimited(ProviderRateLimited):
+    """The model provider is rate limiting requests (carries its Retry-After)."""
+
+    def __init__(self, message: str, *, retry_after_s: float | None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class OpenAICompatProvider:
+    """Streams chat completions from one OpenAI-compatible base URL.
+
+    Retries (``settings.max_retries``, exponential backoff from
+    ``settings.retry_backoff_s``) happen only while nothing has been relayed to
+    the consumer; once a chunk is out, a failure is raised as is.
+    """
+
+    def __init__(
+        self, settings: LLMSettings, *, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
+        self._settings = settings
+        self._model = settings.model or DEFAULT_MODEL
+        self._base_url = (settings.base_url or DEFAULT_BASE_URL).rstrip("/")
+        headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+        if settings.api_key:
+            headers["Authorization"] = f"Bearer {settings.api_key}"
+        self._client = httpx.AsyncClient(
+            base_url=self._base_url + "/",
+            headers=headers,
+            timeout=httpx.Timeout(
+                connect=settings.connect_timeout_s,
+                read=settings.read_timeout_s,
+                write=settings.read_timeout_s,
+                pool=settings.connect_timeout_s,
+            ),
+            transport=transport,
+        )
+        # Cleared for good the first time the server rejects `stream_options`.
+        self._ask_usage = True
+        if "context_window" in settings.model_fields_set:
+            window = settings.context_window
+        else:
+            window = KNOWN_CONTEXT_WINDOWS.get(self._model, settings.context_window)
+        self._info = ModelInfo(name=self._model, context_window=window, reports_usage=True)
+
+    @property
+    def info(self) -> ModelInfo:
+        return self._info
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def stream(
+        self, messages: Sequence[Mapping[str, str]], params: GenerationParams
+    ) -> AsyncIterator[StreamChunk]:
+        """Stream one reply; cancelling or closing it closes the upstream response."""
+        attempt = 0
+        while True:
+            relayed = False
+            body = self._request_body(messages, params)
+            try:
+                async with self._client.stream("POST", "chat/completions", content=body) as resp:
+                    if resp.status_code >= 400:
+                        raise await _status_error(resp)
+                    async for chunk in _relay(resp):
+                        relayed = True
+                        yield chunk
+                return
+            except ProviderError as exc:
+                error: ProviderError = exc
+            except httpx.HTTPError as exc:
+                error = _transport_error(exc, self._base_url)
+                error.__cause__ = exc
+            if not relayed and self._ask_usage and _rejects_stream_options(error):
+                self._ask_usage = False
+                continue
+            if (
+                relayed
+                or attempt >= self._settings.max_retries
+                or not isinstance(error, _RETRYABLE)
+            ):
+                raise error
+            await asyncio.sleep(self._retry_delay_s(attempt, error))
+            attempt += 1
+
+    def _request_body(
+        self, messages: Sequence[Mapping[str, str]], params: GenerationParams
+    ) -> bytes:
+        s = self._settings
+        body: dict[str, Any] = {
+            "model": params.model or self._model,
+            "messages": [m if type(m) is dict else dict(m) for m in messages],
+            "stream": True,
+            "temperature": s.temperature if params.temperature is None else params.temperature,
+            "max_tokens": params.max_tokens or s.max_tokens,
+        }
+        if self._ask_usage:
+            body["stream_options"] = {"include_usage": True}
+        return orjson.dumps(body)
+
+    def _retry_delay_s(self, attempt: int, error: ProviderError) -> float:
+        # Jitter keeps many turns that failed together from retrying together.
+        delay = self._settings.retry_backoff_s * (2.0**attempt) * random.uniform(0.8, 1.2)
+        if isinstance(error, UpstreamRateLimited) and error.retry_after_s is not None:
+            delay = max(delay, error.retry_after_s)
+        return min(delay, MAX_RETRY_DELAY_S)
+
+
+class _SSEDecoder:
+    """SSE framing, bytes in and `data` payloads out; comments and other fields dropped."""
+
+    __slots__ = ("_data", "_pending")
+
+    def __init__(self) -> None:
+        self._pending = b""
+        self._data: list[bytes] = []
+
+    def feed(self, block: bytes) -> list[bytes]:
+        lines = (self._pending + block).split(b"\n") if self._pending else block.split(b"\n")
+        self._pending = lines.pop()
+        data = self._data
+        payloads = []
+        for line in lines:
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            if line.startswith(b"data:"):
+                data.append(line[6:] if line.startswith(b"data: ") else line[5:])
+            elif not line and data:
+                payloads.append(data[0] if len(data) == 1 else b"\n".join(data))
+                data.clear()
+            # else: a comment (`:`), an `event:`/`id:`/`retry:` field, or an idle blank line
+        return payloads
+
+    def close(self) -> list[bytes]:
+        """Flush an event that the server did not terminate with a blank line."""
+        return self.feed(b"\n\n") if self._pending or self._data else []
+
+
+async def _relay(resp: httpx.Response) -> AsyncIterator[StreamChunk]:
+    """Turn an SSE (or, from lax servers, a plain JSON) body into chunks."""
+    if resp.headers.get("content-type", "").startswith("application/json"):
+        yield _completion_chunk(_loads(await resp.aread()))
+        return
+    decoder = _SSEDecoder()
+    blocks = resp.aiter_bytes()
+    async for block in blocks:
+        for payload in decoder.feed(block):
+            if payload == b"[DONE]":
+                await _drain(blocks)
+                return
+            chunk = _delta_chunk(_loads(payload))
+            if chunk is not None:
+                yield chunk
+    for payload in decoder.close():
+        chunk = None if payload == b"[DONE]" else _delta_chunk(_loads(payload))
+        if chunk is not None:
+            yield chunk
+
+
+async def _drain(blocks: AsyncIterator[bytes]) -> None:
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(DRAIN_AFTER_DONE_S):
+            async for _ in blocks:
+                pass
+
+
+def _loads(payload: bytes) -> Any:
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        raise ProviderUnavailable(
+            f"the model provider sent malformed data: {_clip(payload)}"
+        ) from None
+
+
+def _delta_chunk(event: Any) -> StreamChunk | None:
+    if not isinstance(event, dict):
+        return None
+    if event.get("error"):
+        raise _error_from_body(event, status=None)
+    usage = _usage(event.get("usage"))
+    choices = event.get("choices")
+    if not choices:
+        return StreamChunk(usage=usage) if usage else None
+    choice = choices[0]
+    delta = choice.get("delta") or {}
+    text = delta.get("content") or ""
+    reasoning = delta.get("reasoning_content") or delta.get("reasoning") or ""
+    if not isinstance(reasoning, str):
+        reasoning = ""  # some servers send a structured object here; not reply text
+    finish = choice.get("finish_reason")
+    if not (text or reasoning or finish or usage):
+        return None  # role-only or empty keep-alive delta
+    return StreamChunk(text=text, reasoning=reasoning, finish_reason=finish, usage=usage)
+
+
+def _completion_chunk(body: Any) -> StreamChunk:
+    if not isinstance(body, dict):
+        raise ProviderUnavailable("the model provider sent an unexpected reply")
+    if body.get("error"):
+        raise _error_from_body(body, status=None)
+    choice = (body.get("choices") or [{}])[0]
+    message = choice.get("message") or {}
+    return StreamChunk(
+        text=message.get("content") or "",
+        reasoning=message.get("reasoning_content") or "",
+        finish_reason=choice.get("finish_reason") or "stop",
+        usage=_usage(body.get("usage")),
+    )
+
+
+def _usage(raw: Any) -> TokenUsage | None:
+    if not isinstance(raw, dict):
+        return None
+    return TokenUsage(
+        prompt_tokens=int(raw.get("prompt_tokens") or 0),
+        completion_tokens=int(raw.get("completion_tokens") or 0),
+    )
+
+
+async def _status_error(resp: httpx.Response) -> ProviderError:
+    body = await resp.aread()
+    try:
+        parsed: Any = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        parsed = body.decode("utf-8", "replace")
+    error = _error_from_body(parsed, status=resp.status_code)
+    if isinstance(error, UpstreamRateLimited):
+        error.retry_after_s = _retry_after_s(resp.headers.get("retry-after"))
+    return error
+
+
+def _error_from_body(body: Any, *, status: int | None) -> ProviderError:
+    """Map an upstream error (HTTP status, or an `error` object in the stream)."""
+    message = _upstream_message(body)
+    if status is None and isinstance(body, dict) and isinstance(body.get("error"), dict):
+        code = body["error"].get("code")
+        status = code if isinstance(code, int) else None
+    prefix = f"upstream {status}: " if status else "upstream error: "
+    text = prefix + message
+    if status in (401, 403):
+        return ProviderAuthError(text)
+    if status == 429:
+        return UpstreamRateLimited(text, retry_after_s=None)
+    if status == 408:
+        return ProviderTimeout(text)
+    if status is not None and 400 <= status < 500:
+        return ProviderBadRequest(text)
+    return ProviderUnavailable(text)
+
+
+def _upstream_message(body: Any) -> str:
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict):
+            for key in ("message", "msg", "detail"):
+                if isinstance(err.get(key), str) and err[key]:
+                    return _clip(err[key])
+        if isinstance(err, str) and err:
+            return _clip(err)
+        if isinstance(body.get("detail"), str | list):
+            return _clip(str(body["detail"]))
+    return _clip(body if isinstance(body, str) else orjson.dumps(body).decode())
+
+
+def _clip(text: str | bytes) -> str:
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    text = text.strip() or "(no message)"
+    return text if len(text) <= MAX_ERROR_MESSAGE_CHARS else text[:MAX_ERROR_MESSAGE_CHARS] + "…"
+
+
+def _retry_after_s(header: str | None) -> float | None:
+    try:
+        return max(0.0, float(header)) if header else None
+    except ValueError:
+        return None  # an HTTP date: rare from model APIs, and backoff still applies
+
+
+def _transport_error(exc: httpx.HTTPError, base_url: str) -> ProviderError:
+    if isinstance(exc, httpx.ConnectTimeout):
+        return ProviderTimeout(f"connecting to {base_url} timed out")
+    if isinstance(exc, httpx.TimeoutException):
+        return ProviderTimeout(f"{base_url} did not answer in time ({type(exc).__name__})")
+    if isinstance(exc, httpx.ConnectError):
+        return ProviderUnavailable(f"cannot connect to {base_url}: {exc}")
+    return ProviderUnavailable(f"connection to {base_url} failed: {exc or type(exc).__name__}")
+
+
+def _rejects_stream_options(error: ProviderError) -> bool:
+    return isinstance(error, ProviderBadRequest) and "stream_options" in error.message

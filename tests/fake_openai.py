@@ -1,0 +1,419 @@
+"""A fake OpenAI-compatible server: real sockets, real HTTP/1.1, scripted replies.
+
+It is a small asyncio server of its own rather than a Starlette app, because the
+tests need what a framework hides: dropping a connection in the middle of a
+chunked body, and noticing the instant a client closes a stream it is reading.
+
+    with FakeOpenAI() as fake:                  # a thread serving 127.0.0.1:<free port>
+        fake.script(Reply(text="Hi there", delay_s=0.01), Reply(status=500))
+        settings = LLMSettings(base_url=fake.base_url, api_key="k")
+        ...
+        fake.chat_bodies[-1]["messages"]        # exactly what the model was sent
+        await fake.wait_disconnected()          # a stream was closed by its client
+
+Replies are consumed one per chat request, in order; then `default` answers.
+`python -m tests.fake_openai --chunks N` serves in a process of its own (bench/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import re
+import sys
+import threading
+from collections import deque
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any, Literal
+
+import orjson
+
+UsageMode = Literal["final", "inline", "null", "absent"]
+Outcome = Literal["pending", "completed", "client_closed", "dropped"]
+
+
+@dataclass
+class Reply:
+    """One scripted answer to `POST /v1/chat/completions`."""
+
+    text: str = "Hello from the fake model."
+    # None: one delta per word; n: the text cut into n nearly equal deltas.
+    chunks: int | None = None
+    delay_s: float = 0.0  # before each chunk
+    headers_delay_s: float = 0.0  # before the response starts (for read timeouts)
+    status: int = 200  # anything else: an OpenAI-style error body
+    error_message: str = "fake upstream error"
+    retry_after_s: float | None = None
+    reasoning: str = ""  # sent first, as `reasoning_content` deltas
+    # final: OpenAI's way (`usage: null` on each chunk, then a usage chunk with empty
+    # `choices`, only if stream_options.include_usage); inline: on the finishing
+    # chunk; null: `usage: null` everywhere, never a figure; absent: no field at all.
+    usage: UsageMode = "final"
+    comments: bool = False  # `: keep-alive` comment lines between events
+    empty_choices: bool = False  # an event with `choices: []` and no usage first
+    drop_after: int | None = None  # close the socket after this many text deltas
+    error_in_stream: str | None = None  # an `error` event after the text, then the end
+    plain: bool = False  # a JSON completion even to a streamed request
+    done: bool = True  # end with `data: [DONE]`
+    finish_reason: str = "stop"
+    prompt_tokens: int | None = None  # None: a word count of the request's messages
+
+    def deltas(self) -> list[str]:
+        if self.chunks is None:
+            return re.findall(r"\S+\s*|\s+", self.text)
+        n, size = self.chunks, len(self.text)
+        return [self.text[i * size // n : (i + 1) * size // n] for i in range(n)]
+
+
+@dataclass
+class RecordedRequest:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any  # parsed JSON, or None
+    outcome: Outcome = "pending"  # for chat requests: how the reply ended
+    chunks_sent: int = 0
+
+
+@dataclass
+class _Request:
+    method: str
+    path: str
+    headers: dict[str, str]
+    raw_body: bytes
+
+
+class FakeOpenAI:
+    """An OpenAI-compatible server in a background thread on 127.0.0.1."""
+
+    def __init__(
+        self,
+        *,
+        default: Reply | None = None,
+        model: str = "fake-model",
+        api_key: str | None = None,
+        port: int = 0,
+    ) -> None:
+        self.default = default or Reply()
+        self.model = model
+        self.api_key = api_key  # when set, other bearer tokens get a 401
+        self.port = port
+        self.requests: list[RecordedRequest] = []
+        self.disconnected = threading.Event()  # set when a client closes a stream early
+        self._script: deque[Reply] = deque()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+
+    # -- control, from the test's thread ------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def script(self, *replies: Reply) -> None:
+        """Queue replies for the next chat requests, in order."""
+        self._script.extend(replies)
+
+    @property
+    def chat_requests(self) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.path.endswith("/chat/completions")]
+
+    @property
+    def chat_bodies(self) -> list[Any]:
+        """The JSON bodies of the chat requests received, oldest first."""
+        return [r.body for r in self.chat_requests]
+
+    @property
+    def request_count(self) -> int:
+        return len(self.chat_requests)
+
+    @property
+    def client_disconnects(self) -> int:
+        return sum(r.outcome == "client_closed" for r in self.chat_requests)
+
+    async def wait_disconnected(self, timeout_s: float = 5.0) -> bool:
+        """Wait (without blocking the caller's loop) until a client closes a stream early."""
+        return await asyncio.to_thread(self.disconnected.wait, timeout_s)
+
+    def reset(self) -> None:
+        self._script.clear()
+        self.requests.clear()
+        self.disconnected.clear()
+
+    def start(self) -> FakeOpenAI:
+        ready = threading.Event()
+        self._thread = threading.Thread(
+            target=lambda: asyncio.run(self._serve(ready)), name="fake-openai", daemon=True
+        )
+        self._thread.start()
+        if not ready.wait(10):
+            raise RuntimeError("the fake OpenAI server did not start")
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+            self._thread.join(10)
+            self._loop = self._thread = None
+
+    def __enter__(self) -> FakeOpenAI:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- the server, in its own thread and loop --------------------------------------
+
+    async def _serve(self, ready: threading.Event) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        connections: set[asyncio.Task[None]] = set()
+
+        async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            connections.add(task)
+            try:
+                await self._connection(reader, writer)
+            finally:
+                connections.discard(task)
+
+        server = await asyncio.start_server(on_connect, "127.0.0.1", self.port)
+        self.port = server.sockets[0].getsockname()[1]
+        ready.set()
+        async with server:
+            await self._stop.wait()
+            for task in list(connections):
+                task.cancel()
+            await asyncio.gather(*connections, return_exceptions=True)
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while (request := await _read_request(reader)) is not None:
+                if not await self._answer(request, reader, writer):
+                    break
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    async def _answer(
+        self, req: _Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        """Answer one request; False when the connection must not be reused."""
+        body = orjson.loads(req.raw_body) if req.raw_body.strip() else None
+        record = RecordedRequest(req.method, req.path, req.headers, body)
+        self.requests.append(record)
+        keep_alive = req.headers.get("connection", "").lower() != "close"
+        if self.api_key and req.headers.get("authorization") != f"Bearer {self.api_key}":
+            await _send_json(writer, 401, _error_body(401, "Incorrect API key provided"))
+            return keep_alive
+        if req.method == "GET" and req.path.rstrip("/").endswith("/models"):
+            models = {"object": "list", "data": [{"id": self.model, "object": "model"}]}
+            await _send_json(writer, 200, models)
+            return keep_alive
+        if req.method != "POST" or not req.path.endswith("/chat/completions"):
+            await _send_json(writer, 404, _error_body(404, f"no route {req.path}"))
+            return keep_alive
+        reply = self._script.popleft() if self._script else self.default
+        closed = asyncio.ensure_future(reader.read(1))  # completes when the client hangs up
+        try:
+            await self._reply(reply, body, record, writer, closed)
+            # A byte read by `closed` would be lost, so a connection that sent one is not reused.
+            return keep_alive and record.outcome == "completed" and not closed.done()
+        finally:
+            closed.cancel()
+            # Let the cancelled read finish before the next request reads this stream
+            # (waiting, not awaiting it: a cancellation of this task must not be eaten).
+            await asyncio.wait([closed])
+            if record.outcome == "client_closed":
+                self.disconnected.set()
+
+    async def _reply(
+        self,
+        reply: Reply,
+        body: Any,
+        record: RecordedRequest,
+        writer: asyncio.StreamWriter,
+        closed: asyncio.Future[bytes],
+    ) -> None:
+        if reply.headers_delay_s and await _closed_within(closed, reply.headers_delay_s):
+            record.outcome = "client_closed"
+        elif reply.status != 200:
+            headers = {}
+            if reply.retry_after_s is not None:
+                headers["retry-after"] = f"{reply.retry_after_s:g}"
+            await _send_json(
+                writer, reply.status, _error_body(reply.status, reply.error_message), headers
+            )
+            record.outcome = "completed"
+        elif reply.plain or not (isinstance(body, dict) and body.get("stream")):
+            await _send_json(writer, 200, self._completion(reply, body))
+            record.outcome = "completed"
+        else:
+            await self._stream(reply, body, record, writer, closed)
+
+    async def _stream(
+        self,
+        reply: Reply,
+        request: dict[str, Any],
+        record: RecordedRequest,
+        writer: asyncio.StreamWriter,
+        closed: asyncio.Future[bytes],
+    ) -> None:
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+            b"cache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n"
+        )
+        deltas = reply.deltas()
+        for i, event in enumerate(self._events(reply, request, deltas)):
+            if event is _DROP:
+                await writer.drain()
+                record.outcome = "dropped"
+                return
+            gone = await _closed_within(closed, reply.delay_s) if reply.delay_s else closed.done()
+            if gone:
+                record.outcome = "client_closed"
+                return
+            writer.write(b"%x\r\n%s\r\n" % (len(event), event))
+            record.chunks_sent = i + 1
+            try:
+                await writer.drain()
+            except ConnectionError:
+                record.outcome = "client_closed"
+                return
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        record.outcome = "completed"
+
+    def _events(self, reply: Reply, request: dict[str, Any], deltas: list[str]) -> list[bytes]:
+        wants_usage = bool((request.get("stream_options") or {}).get("include_usage"))
+        usage = self._usage(reply, request, len(deltas))
+        base: dict[str, Any] = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "created": 1_700_000_000,
+            "model": request.get("model") or self.model,
+            "system_fingerprint": "fp_fake",
+        }
+        null_usage = {"usage": None} if reply.usage in ("null", "final") and wants_usage else {}
+
+        def event(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            payload = {**base, "choices": [choice], **null_usage, **extra}
+            return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+        out: list[bytes] = []
+        if reply.empty_choices:
+            out.append(b"data: " + orjson.dumps({**base, "choices": []}) + b"\n\n")
+        out.append(event({"role": "assistant", "content": ""}))
+        for piece in re.findall(r"\S+\s*|\s+", reply.reasoning):
+            out.append(event({"reasoning_content": piece, "content": None}))
+        for n, piece in enumerate(deltas):
+            if reply.drop_after is not None and n == reply.drop_after:
+                return [*out, _DROP]
+            out.append(event({"content": piece}))
+            if reply.comments:
+                out.append(b": keep-alive\n\n")
+        if reply.error_in_stream is not None:
+            err = _error_body(500, reply.error_in_stream)
+            return [*out, b"data: " + orjson.dumps(err) + b"\n\n"]
+        inline = {"usage": usage} if reply.usage == "inline" else {}
+        out.append(event({}, reply.finish_reason, **inline))
+        if reply.usage == "final" and wants_usage:
+            out.append(b"data: " + orjson.dumps({**base, "choices": [], "usage": usage}) + b"\n\n")
+        if reply.done:
+            out.append(b"data: [DONE]\n\n")
+        return out
+
+    def _completion(self, reply: Reply, request: Any) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": reply.text}
+        if reply.reasoning:
+            message["reasoning_content"] = reply.reasoning
+        deltas = reply.deltas()
+        return {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion",
+            "created": 1_700_000_000,
+            "model": (request or {}).get("model") or self.model,
+            "choices": [{"index": 0, "message": message, "finish_reason": reply.finish_reason}],
+            "usage": self._usage(reply, request or {}, len(deltas)),
+        }
+
+    @staticmethod
+    def _usage(reply: Reply, request: dict[str, Any], completion_tokens: int) -> dict[str, int]:
+        prompt = reply.prompt_tokens
+        if prompt is None:
+            messages = request.get("messages") or []
+            prompt = sum(len(str(m.get("content", "")).split()) for m in messages)
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt + completion_tokens,
+        }
+
+
+_DROP = b""  # marks where a reply closes the socket instead of going on
+
+
+async def _closed_within(closed: asyncio.Future[bytes], delay_s: float) -> bool:
+    await asyncio.wait([closed], timeout=delay_s)
+    return closed.done()
+
+
+async def _read_request(reader: asyncio.StreamReader) -> _Request | None:
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError:
+        return None  # the client closed an idle keep-alive connection
+    lines = head.decode("latin-1").split("\r\n")
+    method, path, _ = lines[0].split(" ", 2)
+    headers = {}
+    for line in lines[1:]:
+        if ":" in line:
+            name, value = line.split(":", 1)
+            headers[name.strip().lower()] = value.strip()
+    body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return _Request(method, path, headers, body)
+
+
+def _error_body(status: int, message: str) -> dict[str, Any]:
+    kind = "invalid_request_error" if 400 <= status < 500 else "server_error"
+    return {"error": {"message": message, "type": kind, "param": None, "code": status}}
+
+
+async def _send_json(
+    writer: asyncio.StreamWriter,
+    status: int,
+    payload: Any,
+    headers: dict[str, str] | None = None,
+) -> None:
+    body = orjson.dumps(payload)
+    head = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}"]
+    head += ["content-type: application/json", f"content-length: {len(body)}"]
+    head += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+    await writer.drain()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve until stdin closes; prints `PORT <n>` once listening (for bench/)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--chunks", type=int, default=1000)
+    parser.add_argument("--piece", default="tok ", help="the text of each delta")
+    parser.add_argument("--delay-s", type=float, default=0.0, help="pause before each chunk")
+    args = parser.parse_args(argv)
+    reply = Reply(text=args.piece * args.chunks, chunks=args.chunks, delay_s=args.delay_s)
+    with FakeOpenAI(default=reply, port=args.port) as fake:
+        print(f"PORT {fake.port}", flush=True)
+        sys.stdin.read()
+
+
+if __name__ == "__main__":
+    main()
