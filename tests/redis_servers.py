@@ -6,6 +6,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 from chatmem.memory.embedded import redis_server_binary
 
@@ -75,3 +76,22 @@ class RedisProcess:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+async def all_keys(client: Any) -> set[str]:
+    """Every key on the server (SCAN: fine in tests, never on the request path)."""
+    return {k async for k in client.scan_iter(count=1000)}
+
+
+async def keyspace(client: Any) -> dict[str, tuple[bytes, int]]:
+    """Every key with its serialized value and its remaining TTL in ms."""
+    return {k: (await client.dump(k), await client.pttl(k)) for k in await all_keys(client)}
+
+
+def same_keyspace(
+    a: dict[str, tuple[bytes, int]], b: dict[str, tuple[bytes, int]], ttl_slack_ms: int = 5_000
+) -> bool:
+    """Same keys and values, and no TTL refreshed (TTLs tick down in between)."""
+    return a.keys() == b.keys() and all(
+        a[k][0] == b[k][0] and 0 <= a[k][1] - b[k][1] < ttl_slack_ms for k in a
+    )

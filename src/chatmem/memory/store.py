@@ -177,7 +177,7 @@ class RedisMemoryStore:
         instead of raising AlreadyExists. Costs two round trips: the script, and the
         global user index (which lives in another Cluster slot).
         """
-        sid = keys.validate_id(session_id or new_id(), "session id")
+        sid = keys.validate_id(new_id() if session_id is None else session_id, "session id")
         ks = keys.session_keys(user_id, sid)
         keys.validate_id(character_id, "character id")
         ttl = validate_ttl(ttl_s if ttl_s is not None else self.default_ttl_s)
