@@ -54,6 +54,8 @@ class Reply:
     comments: bool = False  # `: keep-alive` comment lines between events
     empty_choices: bool = False  # an event with `choices: []` and no usage first
     drop_after: int | None = None  # close the socket after this many text deltas
+    stall_after: int | None = None  # pause `stall_s` after this many text deltas
+    stall_s: float = 0.0
     error_in_stream: str | None = None  # an `error` event after the text, then the end
     plain: bool = False  # a JSON completion even to a streamed request
     done: bool = True  # end with `data: [DONE]`
@@ -102,6 +104,7 @@ class FakeOpenAI:
         self.port = port
         self.requests: list[RecordedRequest] = []
         self.disconnected = threading.Event()  # set when a client closes a stream early
+        self.connections = 0  # TCP connections accepted (keep-alive reuse shows here)
         self._script: deque[Reply] = deque()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -142,6 +145,7 @@ class FakeOpenAI:
         self._script.clear()
         self.requests.clear()
         self.disconnected.clear()
+        self.connections = 0
 
     def start(self) -> FakeOpenAI:
         ready = threading.Event()
@@ -176,6 +180,7 @@ class FakeOpenAI:
             task = asyncio.current_task()
             assert task is not None
             connections.add(task)
+            self.connections += 1
             try:
                 await self._connection(reader, writer)
             finally:
@@ -270,18 +275,23 @@ class FakeOpenAI:
             b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
             b"cache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n"
         )
-        deltas = reply.deltas()
-        for i, event in enumerate(self._events(reply, request, deltas)):
+        for event in self._events(reply, request, reply.deltas()):
             if event is _DROP:
                 await writer.drain()
                 record.outcome = "dropped"
                 return
+            if event is _STALL:
+                await writer.drain()
+                if await _closed_within(closed, reply.stall_s):
+                    record.outcome = "client_closed"
+                    return
+                continue
             gone = await _closed_within(closed, reply.delay_s) if reply.delay_s else closed.done()
             if gone:
                 record.outcome = "client_closed"
                 return
             writer.write(b"%x\r\n%s\r\n" % (len(event), event))
-            record.chunks_sent = i + 1
+            record.chunks_sent += 1
             try:
                 await writer.drain()
             except ConnectionError:
@@ -317,6 +327,8 @@ class FakeOpenAI:
         for n, piece in enumerate(deltas):
             if reply.drop_after is not None and n == reply.drop_after:
                 return [*out, _DROP]
+            if reply.stall_after is not None and n == reply.stall_after:
+                out.append(_STALL)
             out.append(event({"content": piece}))
             if reply.comments:
                 out.append(b": keep-alive\n\n")
@@ -358,7 +370,9 @@ class FakeOpenAI:
         }
 
 
-_DROP = b""  # marks where a reply closes the socket instead of going on
+# Markers in a reply's event list (compared by identity).
+_DROP = b"<drop>"  # close the socket here instead of going on
+_STALL = b"<stall>"  # pause here for `stall_s`
 
 
 async def _closed_within(closed: asyncio.Future[bytes], delay_s: float) -> bool:

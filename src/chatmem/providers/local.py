@@ -84,6 +84,11 @@ class LocalLlamaProvider:
             self._info = ModelInfo(name=path.stem, context_window=window, reports_usage=True)
         return self._info
 
+    @property
+    def pending(self) -> int:
+        """Generations running or waiting for the model."""
+        return self._admitted
+
     def load(self) -> None:
         """Load the model now (idempotent, blocking); `warm_up()` is the async form."""
         with self._load_lock:

@@ -1,0 +1,163 @@
+"""LocalLlamaProvider with the real SmolLM2-135M-Instruct model (loaded once per module)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator, Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+
+from chatmem.config import LLMSettings
+from chatmem.errors import ProviderBadRequest, ProviderUnavailable
+from chatmem.providers import GenerationParams, StreamChunk
+from chatmem.providers.local import LocalLlamaProvider, bundled_model_path
+
+MESSAGES = [
+    {"role": "system", "content": "You are a helpful assistant."},
+    {"role": "user", "content": "Name three colours of the rainbow."},
+]
+LONG = GenerationParams(max_tokens=400, temperature=0.8)
+
+
+def local_settings(**overrides: Any) -> LLMSettings:
+    values: dict[str, Any] = {
+        "provider": "local",
+        "local_model_path": None,
+        "local_n_ctx": 2048,
+        "local_queue_size": 1,
+        "max_tokens": 64,
+    }
+    return LLMSettings(**(values | overrides))
+
+
+@pytest.fixture(scope="module")
+def model() -> Iterator[LocalLlamaProvider]:
+    provider = LocalLlamaProvider(local_settings())
+    provider.load()
+    yield provider
+    asyncio.run(provider.aclose())
+
+
+def reply_text(chunks: list[StreamChunk]) -> str:
+    return "".join(c.text for c in chunks)
+
+
+def test_model_info_comes_from_the_gguf_header_without_a_load() -> None:
+    assert bundled_model_path() is not None
+    roomy = LocalLlamaProvider(local_settings(local_n_ctx=1_000_000)).info
+    assert roomy.context_window == 8192  # SmolLM2's trained context
+    small = LocalLlamaProvider(local_settings(local_n_ctx=1024)).info
+    assert (small.name, small.context_window) == ("SmolLM2-135M-Instruct.Q4_1", 1024)
+
+
+def test_a_missing_model_file_is_unavailable(tmp_path: Path) -> None:
+    provider = LocalLlamaProvider(local_settings(local_model_path=tmp_path / "none.gguf"))
+    with pytest.raises(ProviderUnavailable, match=r"none\.gguf"):
+        _ = provider.info
+
+
+@pytest.mark.local_model
+async def test_streams_a_reply_with_usage(model: LocalLlamaProvider) -> None:
+    chunks = [c async for c in model.stream(MESSAGES, GenerationParams(max_tokens=24))]
+    assert reply_text(chunks).strip()
+    last = chunks[-1]
+    assert last.finish_reason in ("stop", "length")
+    assert last.usage is not None
+    assert last.usage.prompt_tokens > 20  # system + user + the template's markers
+    assert 1 <= last.usage.completion_tokens <= 24
+    assert all(c.usage is None for c in chunks[:-1])
+    assert model.info.context_window == 2048
+
+
+@pytest.mark.local_model
+async def test_respects_max_tokens(model: LocalLlamaProvider) -> None:
+    long_answer = [{"role": "user", "content": "Write a long story about a dragon."}]
+    chunks = [
+        c async for c in model.stream(long_answer, GenerationParams(max_tokens=5, temperature=0))
+    ]
+    usage = chunks[-1].usage
+    assert usage is not None
+    assert usage.completion_tokens <= 5
+    assert chunks[-1].finish_reason == "length" or usage.completion_tokens < 5
+
+
+@pytest.mark.local_model
+async def test_cancelling_stops_the_generation_between_tokens(model: LocalLlamaProvider) -> None:
+    first = asyncio.Event()
+    got: list[str] = []
+
+    async def consume() -> None:
+        async for chunk in model.stream(MESSAGES, LONG):
+            got.append(chunk.text)
+            first.set()
+
+    task = asyncio.create_task(consume())
+    await asyncio.wait_for(first.wait(), 30)
+    started = time.perf_counter()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # The cancelled consumer returns once the worker has stopped: the model is free.
+    assert time.perf_counter() - started < 2.0
+    assert model.pending == 0
+    assert len(got) < 100
+
+
+@pytest.mark.local_model
+async def test_closing_the_stream_frees_the_model(model: LocalLlamaProvider) -> None:
+    stream = cast(AsyncGenerator[StreamChunk, None], model.stream(MESSAGES, LONG))
+    await anext(stream)
+    await stream.aclose()
+    assert model.pending == 0
+
+
+@pytest.mark.local_model
+async def test_two_concurrent_requests_are_served_one_after_the_other(
+    model: LocalLlamaProvider,
+) -> None:
+    async def timed(question: str) -> tuple[float, float, str]:
+        messages = [{"role": "user", "content": question}]
+        times, texts = [], []
+        async for chunk in model.stream(messages, GenerationParams(max_tokens=16)):
+            times.append(time.perf_counter())
+            texts.append(chunk.text)
+        return times[0], times[-1], "".join(texts)
+
+    (a_start, a_end, a), (b_start, b_end, b) = await asyncio.gather(
+        timed("What is two plus two?"), timed("What colour is the sky?")
+    )
+    assert a.strip() and b.strip()
+    assert a_end <= b_start or b_end <= a_start
+    assert model.pending == 0
+
+
+@pytest.mark.local_model
+async def test_requests_beyond_the_queue_are_refused(model: LocalLlamaProvider) -> None:
+    running = cast(AsyncGenerator[StreamChunk, None], model.stream(MESSAGES, LONG))
+    queued = cast(AsyncGenerator[StreamChunk, None], model.stream(MESSAGES, LONG))
+    refused = model.stream(MESSAGES, LONG)
+    await anext(running)
+    waiting = asyncio.create_task(anext(queued))
+    await asyncio.sleep(0.05)
+    assert model.pending == 2  # local_queue_size=1: one running, one waiting
+    with pytest.raises(ProviderUnavailable, match="busy"):
+        await anext(refused)
+    waiting.cancel()
+    await asyncio.gather(waiting, return_exceptions=True)
+    await queued.aclose()
+    await running.aclose()
+    assert model.pending == 0
+
+
+@pytest.mark.local_model
+async def test_a_prompt_longer_than_the_context_is_a_bad_request(
+    model: LocalLlamaProvider,
+) -> None:
+    huge = [{"role": "user", "content": "word " * 3000}]
+    with pytest.raises(ProviderBadRequest, match="context window"):
+        async for _ in model.stream(huge, GenerationParams()):
+            pass
+    assert model.pending == 0
