@@ -1,0 +1,296 @@
+"""`chatmem chat`: a terminal chat with streamed replies.
+
+The prompt runs in the main thread (so Ctrl+C and Ctrl+D behave as in any terminal
+program) and the HTTP client in an anyio blocking portal, a loop thread that lives for
+the whole chat; the in-process app's lifespan is entered and left in that one thread.
+Ctrl+C during a reply stops it (the server keeps the partial reply, marked stopped);
+Ctrl+C or Ctrl+D at the prompt quits.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import re
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+from rich.console import Console
+from rich.text import Text
+
+from chatmem.client import ApiError, ChatmemClient, auth_headers, connect
+
+PROMPT = "you › "
+STOP_GRACE_S = 3.0
+HISTORY_ON_RESUME = 6
+# Model output may carry terminal control sequences; only text, newlines and tabs print.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+HELP = """\
+/new [CHARACTER]  start a new session (with another character)
+/history          the session's recent messages
+/sessions         your sessions
+/usage            tokens and cost of this session
+/quit             leave (Ctrl+D does too); Ctrl+C stops a reply"""
+
+
+def printable(text: str) -> str:
+    return _CONTROL.sub("", text)
+
+
+def money(usd: float | int | None) -> str:
+    v = float(usd or 0)
+    return f"${v:.4f}" if v >= 0.0001 or v == 0 else "<$0.0001"
+
+
+@dataclass(slots=True)
+class ChatOptions:
+    url: str | None = None
+    user: str | None = None
+    api_key: str | None = None
+    character: str | None = None
+    session: str | None = None
+    title: str = ""
+
+
+@dataclass
+class TerminalChat:
+    console: Console
+    portal: BlockingPortal
+    api: ChatmemClient
+    names: dict[str, str]
+    session: dict[str, Any] = field(default_factory=dict)
+    echoes_input: bool = field(default_factory=lambda: sys.stdin.isatty())
+
+    # --- setting up -------------------------------------------------------------------
+
+    async def open(self, opts: ChatOptions) -> None:
+        if opts.session:
+            meta = await self.api.session(opts.session)
+            if opts.character and meta["character_id"] != opts.character:
+                raise ApiError(
+                    400,
+                    "character_mismatch",
+                    f"session {opts.session} is with {meta['character_id']!r}, "
+                    f"not {opts.character!r}",
+                )
+            self.session = meta
+            self.banner(resumed=True)
+            for msg in await self.api.history(opts.session, HISTORY_ON_RESUME):
+                self.show_message(msg)
+        else:
+            await self.new_session(opts.character, opts.title)
+
+    async def new_session(self, character: str | None, title: str = "") -> None:
+        data = await self.api.create_session(character, title)
+        self.session = data["session"]
+        self.banner(resumed=False)
+        if data.get("greeting"):
+            self.show_message(data["greeting"])
+
+    def banner(self, *, resumed: bool) -> None:
+        s = self.session
+        verb = "Resuming" if resumed else "New session"
+        line = Text.assemble(
+            (f"{verb} ", "bold"),
+            (printable(s["session_id"]), "cyan"),
+            f" with {printable(self.name())} — /help for commands, Ctrl+C stops a reply",
+        )
+        self.console.print(line, soft_wrap=True)
+
+    def name(self) -> str:
+        cid = str(self.session.get("character_id", ""))
+        return self.names.get(cid, cid)
+
+    def show_message(self, msg: dict[str, Any]) -> None:
+        who = "you" if msg["role"] == "user" else self.name()
+        text = Text.assemble((f"{printable(who)} › ", "bold"), printable(msg["content"]))
+        if (msg.get("metadata") or {}).get("interrupted"):
+            text.append(" [stopped]", "dim")
+        self.console.print(text, soft_wrap=True)
+
+    # --- the loop ---------------------------------------------------------------------
+
+    def run(self) -> None:
+        while True:
+            try:
+                line = self.console.input(PROMPT)
+            except (EOFError, KeyboardInterrupt):
+                self.console.print()
+                return
+            if not self.echoes_input:
+                # Piped input: show it, so that the transcript reads like a chat.
+                self.console.print(Text(printable(line)), soft_wrap=True)
+            text = line.strip()
+            if not text:
+                continue
+            if text.startswith("/"):
+                if not self.command(text):
+                    return
+                continue
+            self.turn(text)
+
+    def command(self, text: str) -> bool:
+        name, _, arg = text.partition(" ")
+        try:
+            if name in ("/quit", "/exit", "/q"):
+                return False
+            if name == "/help":
+                self.console.print(HELP, markup=False, highlight=False)
+            elif name == "/new":
+                self.portal.call(self.new_session, arg.strip() or None)
+            elif name == "/history":
+                msgs = self.portal.call(self.api.history, self.session["session_id"], 20)
+                for msg in msgs:
+                    self.show_message(msg)
+            elif name == "/sessions":
+                for s in self.portal.call(self.api.sessions):
+                    mark = "*" if s["session_id"] == self.session["session_id"] else " "
+                    self.console.print(
+                        Text(
+                            f"{mark} {s['session_id']}  {printable(s['title'])}  "
+                            f"({s['message_count']} messages)"
+                        )
+                    )
+            elif name == "/usage":
+                self.show_usage()
+            else:
+                self.console.print(Text(f"unknown command {name}; /help lists them", "yellow"))
+        except ApiError as exc:
+            self.error(exc)
+        return True
+
+    def show_usage(self) -> None:
+        self.session = self.portal.call(self.api.session, self.session["session_id"])
+        u = self.session.get("usage") or {}
+        self.console.print(
+            Text(
+                f"session: {u.get('prompt_tokens', 0)} prompt + "
+                f"{u.get('completion_tokens', 0)} completion tokens, "
+                f"{money(u.get('cost_usd'))}; {self.session.get('total_tokens', 0)} tokens "
+                "held in memory",
+                "dim",
+            )
+        )
+
+    def error(self, exc: ApiError) -> None:
+        hint = {
+            "session_busy": "another reply is still being written in this session; retry soon",
+            "rate_limited": "too many messages; wait a moment",
+        }.get(exc.code, "")
+        msg = f"error: {exc.message}" + (f" — {hint}" if hint else "")
+        self.console.print(Text(printable(msg), "red"))
+
+    # --- one turn ---------------------------------------------------------------------
+
+    def turn(self, text: str) -> None:
+        future = self.portal.start_task_soon(self.stream, text)
+        try:
+            _wait(future)
+        except KeyboardInterrupt:
+            self.interrupt(future)
+        except ApiError as exc:
+            self.console.print()
+            self.error(exc)
+        except concurrent.futures.CancelledError:
+            pass
+
+    def interrupt(self, future: concurrent.futures.Future[None]) -> None:
+        """Ask the server to stop, let the reply end by itself, else hang up."""
+        with contextlib.suppress(Exception):
+            self.portal.call(self._stop)
+        try:
+            future.result(timeout=STOP_GRACE_S)
+        except (concurrent.futures.TimeoutError, KeyboardInterrupt):
+            future.cancel()
+            with contextlib.suppress(BaseException):
+                future.result(timeout=STOP_GRACE_S)
+            self.console.print(Text(" [stopped]", "dim"))
+        except (ApiError, concurrent.futures.CancelledError):
+            pass
+
+    async def _stop(self) -> None:
+        with anyio.fail_after(STOP_GRACE_S):
+            await self.api.stop(self.session["session_id"])
+
+    async def stream(self, text: str) -> None:
+        sid = self.session["session_id"]
+        status = None
+        if self.console.is_terminal:
+            status = self.console.status(f"{self.name()} is typing…")
+            status.start()
+        started = False
+
+        def begin() -> None:
+            nonlocal started
+            if status is not None:
+                status.stop()
+            if not started:
+                started = True
+                self.console.print(Text(f"{printable(self.name())} › ", "bold"), end="")
+
+        try:
+            async with contextlib.aclosing(self.api.send(sid, text)) as events:
+                async for ev in events:
+                    if ev.event == "delta":
+                        begin()
+                        chunk = printable(str(ev.data.get("content", "")))
+                        self.console.print(Text(chunk), end="", soft_wrap=True)
+                    elif ev.event == "done":
+                        begin()
+                        self.finish(ev.data)
+                    elif ev.event == "error":
+                        if started:
+                            self.console.print()
+                        raise ApiError(200, str(ev.data.get("code")), str(ev.data.get("message")))
+        finally:
+            if status is not None:
+                status.stop()
+
+    def finish(self, done: dict[str, Any]) -> None:
+        message = done.get("message") or {}
+        if (message.get("metadata") or {}).get("interrupted"):
+            self.console.print(Text(" [stopped]", "dim"), end="")
+        self.console.print()
+        u = done.get("usage") or {}
+        self.console.print(
+            Text(
+                f"  {u.get('prompt_tokens', 0)} in + {u.get('completion_tokens', 0)} out tokens"
+                f" · {money(u.get('cost_usd'))}",
+                "dim",
+            )
+        )
+        if done.get("memory", "ok") != "ok":
+            self.console.print(Text(f"  memory: {done['memory']}", "yellow"))
+
+
+def _wait(future: concurrent.futures.Future[None]) -> None:
+    # Short waits keep the main thread responsive to Ctrl+C.
+    while True:
+        try:
+            future.result(timeout=0.2)
+            return
+        except concurrent.futures.TimeoutError:
+            continue
+
+
+async def _character_names(api: ChatmemClient) -> dict[str, str]:
+    data = await api.characters()
+    return {c["id"]: c["name"] for c in data["characters"]}
+
+
+def run_chat(console: Console, opts: ChatOptions) -> None:
+    """Run the chat until the user quits; ApiError for a failure before the first prompt."""
+    headers = auth_headers(opts.user, opts.api_key)
+    with (
+        start_blocking_portal() as portal,
+        portal.wrap_async_context_manager(connect(opts.url, headers)) as http,
+    ):
+        api = ChatmemClient(http)
+        names = portal.call(_character_names, api)
+        chat = TerminalChat(console, portal, api, names)
+        portal.call(chat.open, opts)
+        chat.run()

@@ -1,0 +1,185 @@
+"""A small async client of the native `/v1` API, for the CLI (remote or in-process).
+
+Errors come back as `ApiError(status, code, message)` from the API's
+`{"error": {"code", "message"}}` body; a streamed reply is an async iterator of
+`(event, data)` pairs parsed from its server-sent events.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{message} ({code})" if code else message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class SseEvent:
+    event: str
+    data: Any
+
+
+def auth_headers(user: str | None, api_key: str | None) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    if user:
+        headers["X-User-Id"] = user
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    return headers
+
+
+async def _raise_for_error(res: httpx.Response) -> None:
+    if res.is_success:
+        return
+    await res.aread()
+    code, message = f"http_{res.status_code}", res.reason_phrase or "error"
+    try:
+        err = res.json().get("error") or {}
+        code = str(err.get("code") or code)
+        message = str(err.get("message") or message)
+    except (ValueError, AttributeError):
+        pass
+    if res.status_code == 401:
+        message += " (give an API key with --api-key or CHATMEM_API_KEY)"
+    raise ApiError(res.status_code, code, message)
+
+
+@asynccontextmanager
+async def connect(
+    url: str | None, headers: dict[str, str], timeout_s: float = 30.0
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client of a running server at `url`, or of an in-process app (`url` None)
+    built from the environment's settings, its lifespan run (embedded Redis and all)."""
+    if url:
+        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=timeout_s) as http:
+            yield http
+        return
+    from chatmem.api.app import create_app
+    from chatmem.config import Settings
+    from chatmem.inprocess import app_client
+
+    async with app_client(create_app(Settings()), headers=headers, timeout=timeout_s) as http:
+        yield http
+
+
+def _sid(session_id: str) -> str:
+    return quote(session_id, safe="")
+
+
+async def iter_sse(res: httpx.Response) -> AsyncIterator[SseEvent]:
+    """Parse a text/event-stream body into events (comments and pings skipped)."""
+    event, data = "message", list[str]()
+    async for line in res.aiter_lines():
+        if not line:
+            if data:
+                yield SseEvent(event, json.loads("\n".join(data)))
+            event, data = "message", list[str]()
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "event":
+            event = value
+        elif name == "data":
+            data.append(value)
+    if data:
+        yield SseEvent(event, json.loads("\n".join(data)))
+
+
+class ChatmemClient:
+    def __init__(self, http: httpx.AsyncClient) -> None:
+        self.http = http
+
+    async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            res = await self.http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ApiError(0, "network", f"cannot reach {self.http.base_url}: {exc}") from exc
+        await _raise_for_error(res)
+        return None if res.status_code == 204 else res.json()
+
+    async def characters(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self._json("GET", "/v1/characters")
+        return result
+
+    async def import_card(self, card: Any) -> dict[str, Any]:
+        result: dict[str, Any] = await self._json("POST", "/v1/characters/import", json=card)
+        return result
+
+    async def create_session(self, character_id: str | None, title: str = "") -> dict[str, Any]:
+        body: dict[str, Any] = {"character_id": character_id}
+        if title:
+            body["title"] = title
+        result: dict[str, Any] = await self._json("POST", "/v1/sessions", json=body)
+        return result
+
+    async def session(self, session_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._json("GET", f"/v1/sessions/{_sid(session_id)}")
+        return result
+
+    async def sessions(self, limit: int = 100) -> list[dict[str, Any]]:
+        data = await self._json("GET", "/v1/sessions", params={"limit": limit})
+        sessions: list[dict[str, Any]] = data["sessions"]
+        return sessions
+
+    async def history(self, session_id: str, limit: int = 50) -> list[dict[str, Any]]:
+        """The newest `limit` messages, oldest first (following the API's pages)."""
+        messages: list[dict[str, Any]] = []
+        before: int | None = None
+        while len(messages) < limit:
+            params: dict[str, Any] = {"limit": min(limit - len(messages), 1000)}
+            if before:
+                params["before"] = before
+            page = await self._json(
+                "GET", f"/v1/sessions/{_sid(session_id)}/messages", params=params
+            )
+            messages = page["messages"] + messages
+            before = page.get("next_before")
+            if not before or not page["messages"]:
+                break
+        return messages
+
+    async def stop(self, session_id: str) -> bool:
+        data = await self._json("POST", f"/v1/sessions/{_sid(session_id)}/stop")
+        return bool(data.get("stopped"))
+
+    async def users(self, limit: int = 100) -> dict[str, Any]:
+        result: dict[str, Any] = await self._json("GET", "/v1/admin/users", params={"limit": limit})
+        return result
+
+    async def user(self, user_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._json("GET", f"/v1/admin/users/{_sid(user_id)}")
+        return result
+
+    async def send(self, session_id: str, content: str) -> AsyncGenerator[SseEvent, None]:
+        """Send a message and yield the reply's events as they arrive.
+
+        Closing the iterator early closes the response, which stops the generation.
+        """
+        path = f"/v1/sessions/{_sid(session_id)}/messages"
+        try:
+            async with self.http.stream(
+                "POST",
+                path,
+                json={"content": content, "stream": True},
+                headers={"Accept": "text/event-stream"},
+                timeout=httpx.Timeout(10.0, read=None),
+            ) as res:
+                await _raise_for_error(res)
+                async for event in iter_sse(res):
+                    yield event
+        except httpx.TransportError as exc:
+            raise ApiError(0, "network", f"connection to the server lost: {exc}") from exc

@@ -1,0 +1,96 @@
+"""A real uvicorn serving `create_app(settings)` on a free loopback port, in a thread.
+
+    with LiveServer(settings) as server:       # lifespan run, port bound, ready
+        httpx.get(server.url + "/health")
+
+For tests where sockets matter: browsers, subprocess clients, disconnects. The server's
+event loop lives in its own thread, so sync test code (Playwright's sync API, a
+subprocess) can talk to it while it runs.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from types import TracebackType
+
+import uvicorn
+
+from chatmem.api.app import create_app
+from chatmem.config import Settings
+from chatmem.providers.base import ChatProvider
+
+START_TIMEOUT_S = 20.0
+STOP_TIMEOUT_S = 15.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class LiveServer:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        provider: ChatProvider | None = None,
+        port: int | None = None,
+    ) -> None:
+        self.settings = settings
+        self.port = port or free_port()
+        app = create_app(settings, provider=provider)
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            lifespan="on",
+            # Open streams must not hold a test's teardown for long.
+            timeout_graceful_shutdown=2,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> LiveServer:
+        self._thread = threading.Thread(
+            target=self._server.run, name=f"uvicorn-{self.port}", daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not self._server.started:
+            if not self._thread.is_alive():
+                raise RuntimeError("uvicorn exited during start-up (see the log above)")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"uvicorn did not start within {START_TIMEOUT_S} s")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+        self._server.should_exit = True
+        self._thread.join(STOP_TIMEOUT_S)
+        if self._thread.is_alive():
+            self._server.force_exit = True
+            self._thread.join(STOP_TIMEOUT_S)
+        self._thread = None
+
+    def __enter__(self) -> LiveServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
