@@ -16,9 +16,9 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from chatmem.characters import CharacterRegistry
 from chatmem.config import Settings
@@ -32,6 +32,7 @@ from chatmem.providers.base import ChatProvider, GenerationParams, StreamChunk
 from chatmem.tokens import TOKENS_PER_MESSAGE, cost_usd, count_tokens
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # A turn reads enough history for the widest window, plus the new message.
 TURN_READ_MESSAGES = 2 * WINDOW_MAX + 1
@@ -128,22 +129,34 @@ class Turn:
             svc.metrics.active_streams.dec()
             pump.cancel()
             watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.gather(pump, watcher, return_exceptions=True)
-            if outcome == "interrupted" and parts:
-                # Client gone or provider failed: keep what was said, marked interrupted.
-                await _shielded(
-                    svc._persist_reply(
-                        self,
-                        "".join(parts),
-                        usage_seen,
-                        finish_reason,
-                        interrupted=True,
-                        quiet=True,
-                    )
-                )
-            svc.metrics.turn_latency.labels(outcome).observe(time.perf_counter() - started)
-            await _shielded(svc._finish(self))
+            partial = "".join(parts) if outcome == "interrupted" and parts else None
+            await svc.shielded(
+                self._cleanup(pump, watcher, partial, usage_seen, finish_reason, outcome, started)
+            )
+
+    async def _cleanup(
+        self,
+        pump: asyncio.Task[None],
+        watcher: asyncio.Task[None],
+        partial: str | None,
+        usage_seen: StreamChunk | None,
+        finish_reason: str | None,
+        outcome: str,
+        started: float,
+    ) -> None:
+        """Everything after the stream, as one shielded unit: it must run to its end even
+        when the client's task is cancelled (and, under anyio, re-cancelled) meanwhile."""
+        svc = self.service
+        # asyncio.wait, not gather: cancelling a gather would cancel the pump's own
+        # cleanup too and leave the upstream stream open.
+        await asyncio.wait((pump, watcher))
+        if partial is not None:
+            # Client gone or provider failed: keep what was said, marked interrupted.
+            await svc._persist_reply(
+                self, partial, usage_seen, finish_reason, interrupted=True, quiet=True
+            )
+        svc.metrics.turn_latency.labels(outcome).observe(time.perf_counter() - started)
+        await svc._finish(self)
 
     async def _pump(self, queue: asyncio.Queue[StreamChunk | None]) -> None:
         """Read the provider's stream into the queue; closing it cancels upstream."""
@@ -166,16 +179,6 @@ class Turn:
                 return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), STOP_POLL_S)
-
-
-async def _shielded(coro: Any) -> Any:
-    """Run to completion even if the caller is cancelled meanwhile (then re-raise)."""
-    task = asyncio.ensure_future(coro)
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        await task
-        raise
 
 
 @dataclass(slots=True)
@@ -201,7 +204,25 @@ class ChatService:
         self.coordinator = coordinator
         self.metrics = metrics or Metrics()
         self._local_turns: dict[tuple[str, str], Turn] = {}
+        # Shielded work that outlived a cancelled caller; drained at shutdown.
+        self._background: set[asyncio.Task[Any]] = set()
         self._system_tokens: dict[str, int] = {}
+
+    async def shielded(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run `coro` to completion even if the caller is cancelled meanwhile.
+
+        The caller sees its cancellation at once; the work goes on as a tracked task
+        that `drain()` awaits, so nothing is ever left dangling.
+        """
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return await asyncio.shield(task)
+
+    async def drain(self) -> None:
+        """Wait for shielded work still running (graceful shutdown)."""
+        while self._background:
+            await asyncio.wait(set(self._background))
 
     # --- sessions --------------------------------------------------------------------
 
@@ -269,7 +290,7 @@ class ChatService:
                 user_id, session_id, text, token, idempotency_key, metadata
             )
         except BaseException:
-            await _shielded(self.coordinator.release_turn(user_id, session_id, token))
+            await self.shielded(self.coordinator.release_turn(user_id, session_id, token))
             raise
 
     async def _start_turn(
@@ -394,6 +415,8 @@ class ChatService:
         if interrupted:
             metadata["interrupted"] = True
         msg = Message(Role.ASSISTANT, text, completion, msg_id=turn.reply_id, metadata=metadata)
+        # The turn lock holds the session, so the reply directly follows the user message.
+        msg.seq = turn.user_message.seq + 1
         try:
             await self.store.append(turn.user_id, turn.session_id, [msg], usage=usage)
         except Exception:

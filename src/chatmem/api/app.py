@@ -16,7 +16,7 @@ from chatmem import __version__
 from chatmem.api import errors
 from chatmem.api.deps import AppParts
 from chatmem.api.middleware import RequestIdMiddleware
-from chatmem.api.routes import characters, health, sessions, users
+from chatmem.api.routes import characters, health, openai_compat, sessions, users
 from chatmem.api.routes.compat import chat_app, companion, simple_chat
 from chatmem.auth import Authenticator, warn_if_exposed
 from chatmem.characters import CharacterRegistry
@@ -74,6 +74,7 @@ async def build_parts(settings: Settings, provider: ChatProvider | None = None) 
 
 
 async def close_parts(parts: AppParts) -> None:
+    await parts.service.drain()
     await parts.service.provider.aclose()
     await parts.redis.aclose()
     if parts.embedded is not None:
@@ -105,7 +106,7 @@ def create_app(
     )
     app.add_middleware(RequestIdMiddleware)
     errors.install(app)
-    for module in (health, sessions, users, characters):
+    for module in (health, sessions, users, characters, openai_compat):
         app.include_router(module.router)
     app.include_router(simple_chat.router)
     app.include_router(chat_app.router)

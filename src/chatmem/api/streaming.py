@@ -6,6 +6,7 @@ then persists the partial reply and closes the upstream stream.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -24,9 +25,13 @@ def sse_response(turn: Turn, shape: EventShaper, shape_error: ErrorShaper) -> Ev
     async def frames() -> AsyncIterator[dict[str, Any]]:
         n = 0
         try:
-            async for event in turn.events():
-                n += 1
-                yield shape(event, turn.reply_id, n)
+            # aclosing: when the client goes, sse-starlette closes this generator while it
+            # is suspended at a yield; the turn's own generator must be closed with it
+            # (not left to the garbage collector) so the upstream stream ends now.
+            async with contextlib.aclosing(turn.events()) as events:
+                async for event in events:
+                    n += 1
+                    yield shape(event, turn.reply_id, n)
         except ChatmemError as exc:
             yield shape_error(exc.code, exc.message, turn.reply_id, n + 1)
 

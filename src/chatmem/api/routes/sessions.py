@@ -89,6 +89,7 @@ async def clear(session_id: str, caller: Caller, service: Service) -> dict[str, 
 
 @router.post(
     "/{session_id}/messages",
+    response_model=None,
     responses={200: {"content": {"application/json": {}, "text/event-stream": {}}}},
 )
 async def send_message(
