@@ -1,0 +1,96 @@
+"""200 streams from 20 users over real sockets, half of them abandoned mid-reply: every
+reply reaches only its own user, and every abandoned one is stored as interrupted."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+from chatmem.api.app import create_app
+from tests.api_support import make_test_settings
+from tests.fake_openai import FakeOpenAI, Reply
+from tests.live_uvicorn import serve_in_thread
+
+USERS, SESSIONS_PER_USER = 20, 10
+
+
+class EchoFake(FakeOpenAI):
+    """Answers each request with its own last user message, repeated: a reply that went
+    to the wrong stream would show another user's token."""
+
+    async def _reply(self, reply: Reply, body: Any, *args: Any) -> None:
+        last = body["messages"][-1]["content"]
+        await super()._reply(Reply(text=f"{last} " * 20, delay_s=0.01), body, *args)
+
+
+async def one_stream(c: httpx.AsyncClient, user: str, j: int, abandon: bool) -> dict[str, Any]:
+    h = {"X-User-Id": user}
+    r = await c.post("/v1/sessions", json={}, headers=h)
+    sid = r.json()["session"]["session_id"]
+    token = f"{user}-s{j}"
+    seen: list[str] = []
+    cut = random.randint(1, 6)
+    async with c.stream(
+        "POST", f"/v1/sessions/{sid}/messages", json={"content": token, "stream": True}, headers=h
+    ) as resp:
+        assert resp.status_code == 200
+        event = ""
+        async for line in resp.aiter_lines():
+            if line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("data:") and event == "delta":
+                seen.append(orjson.loads(line[5:])["content"])
+                if abandon and len(seen) >= cut:
+                    break
+    return {"user": user, "sid": sid, "token": token, "seen": seen, "abandoned": abandon}
+
+
+async def storm(base: str) -> list[dict[str, Any]]:
+    limits = httpx.Limits(max_connections=300, max_keepalive_connections=300)
+    async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as c:
+        jobs = [
+            one_stream(c, f"user{u}", j, abandon=(u + j) % 2 == 0)
+            for u in range(USERS)
+            for j in range(SESSIONS_PER_USER)
+        ]
+        results = await asyncio.gather(*jobs)
+        for res in results:
+            assert all(d.strip() == res["token"] for d in res["seen"] if d.strip()), res
+        # Let the server finish storing the abandoned turns, then check every history.
+        await asyncio.sleep(1.0)
+        for res in results:
+            h = {"X-User-Id": res["user"]}
+            for _ in range(50):
+                hist = (await c.get(f"/v1/sessions/{res['sid']}/messages", headers=h)).json()
+                msgs = hist["messages"]
+                if msgs and msgs[-1]["role"] == "assistant" and len(msgs) >= 2:
+                    break
+                await asyncio.sleep(0.1)
+            user_msgs = [m["content"] for m in msgs if m["role"] == "user"]
+            assert user_msgs == [res["token"]]
+            reply = msgs[-1]
+            assert reply["role"] == "assistant"
+            assert set(reply["content"].split()) == {res["token"]}
+            words = len(reply["content"].split())
+            if reply["metadata"].get("interrupted"):
+                assert res["abandoned"] and words < 20
+            else:
+                # An abandoned stream may still have finished before the server noticed.
+                assert words == 20
+        return results
+
+
+def test_cancel_storm_never_crosses_users(
+    redis_url: str, tmp_path: Path, redis_client: Any
+) -> None:
+    with EchoFake() as fake:
+        settings = make_test_settings(redis_url, fake.base_url, tmp_path)
+        with serve_in_thread(create_app(settings)) as base:
+            results = asyncio.run(storm(base))
+        assert len(results) == USERS * SESSIONS_PER_USER
+        assert fake.client_disconnects > 0
