@@ -273,3 +273,16 @@ async def test_with_auth_a_user_id_must_be_the_callers(
         assert (await http.get("/stats", headers=alice)).status_code == 403
         assert (await http.get("/stats", headers=root)).json()["total_users"] == 1
         assert (await http.get("/history/alice")).status_code == 401
+
+
+async def test_a_model_failure_is_a_5xx_and_the_message_is_kept(
+    client: httpx.AsyncClient, fake: FakeOpenAI
+) -> None:
+    fake.script(Reply(status=503, error_message="overloaded"))
+    resp = await client.post("/chat", json={"user_id": "u", "message": "are you there?"})
+    assert resp.status_code in (502, 503)
+    assert error_code(resp).startswith("provider")
+    history = (await client.get("/history/u")).json()
+    assert [(m["role"], m["content"]) for m in history["messages"]] == [("user", "are you there?")]
+    # The next turn works, and the model sees the unanswered message too.
+    assert (await chat(client, "u", "hello?"))["response"] == "Hello from the fake model."

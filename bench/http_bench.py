@@ -1,0 +1,478 @@
+"""chatmem's `POST /chat` next to seed 001's own app, over real HTTP, in one run.
+
+Both apps talk to the same redis-server (seed 001 in DB 1, chatmem in DB 0) and to the
+same fake OpenAI-compatible model (tests/fake_openai.py, in a process of its own); each
+app runs in its own uvicorn process (one worker, uvloop + httptools for both). The load
+is 32 concurrent connections (httpx.AsyncClient), each turn for one of 200 users, for a
+fixed time after a warm-up; the CPU time of every process is read from /proc.
+
+1. The fast fake model: it answers at once (20 deltas, no delay). This is the target
+   comparison: ≥ 10× the seed's turns/s and ≤ 1/10 of its p99.
+2. The same model taking 100 ms before it answers, as any real model does (shorter run).
+3. Streamed turns, one at a time: time to the first token of chatmem's stream (seed
+   004's `POST /api/v1/chat/stream`) next to the fast fake model's own.
+
+Seed 001's code is not in this repository: it is cut out of `../shared/seeds/001_*.txt`
+at run time (the fenced python block that builds the app), and only what LangChain 1.x
+needs is changed: imports (langchain_classic, langchain_core), Redis host/port/db from
+the environment, and an `add_message` on its history class, which LangChain 1.x calls
+to store a turn. Its ChatOpenAI reads the fake's URL and key from OPENAI_BASE_URL /
+OPENAI_API_KEY. Everything else, blocking calls included, runs as the seed wrote it.
+
+    .venv/bin/python bench/http_bench.py [--seconds 20] [--slow-seconds 10] [--streams 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from redis.asyncio import Redis
+
+ROOT = Path(__file__).resolve().parent.parent
+SEEDS_DIR = ROOT.parent / "shared" / "seeds"
+sys.path.insert(0, str(ROOT))
+
+from tests.fake_openai import FakeOpenAI, Reply  # noqa: E402
+from tests.redis_servers import RedisProcess, free_port  # noqa: E402
+
+CONNECTIONS = 32
+USERS = 200
+STREAM_USERS = 10
+TARGET_THROUGHPUT_RATIO = 10.0
+TARGET_P99_RATIO = 0.1
+FAKE_CHUNKS = 20  # the reply: 20 deltas of "tok "
+SLOW_MODEL_DELAY_S = 0.1
+STARTUP_TIMEOUT_S = 60.0
+# A data line carrying text: the fake's deltas and chatmem's frames both say `"content":"…"`.
+TEXT_DATA = re.compile(r'data: ?.*"content":"[^"]')
+
+# (what the seed wrote, what LangChain 1.x needs); each must match exactly once.
+SEED_PATCHES = [
+    (
+        "from langchain.schema import BaseChatMessageHistory, BaseMessage\n",
+        "from langchain_core.chat_history import BaseChatMessageHistory\n"
+        "from langchain_core.messages import BaseMessage\n",
+    ),
+    (
+        "from langchain.schema.messages import HumanMessage, AIMessage\n",
+        "from langchain_core.messages import HumanMessage, AIMessage\n",
+    ),
+    (
+        "from langchain.memory import ConversationBufferMemory\n",
+        "from langchain_classic.memory import ConversationBufferMemory\n",
+    ),
+    (
+        "from langchain.chains import ConversationChain\n",
+        "from langchain_classic.chains import ConversationChain\n",
+    ),
+    ('\nREDIS_HOST = "localhost"\n', '\nREDIS_HOST = os.environ["SEED_REDIS_HOST"]\n'),
+    ("\nREDIS_PORT = 6379\n", '\nREDIS_PORT = int(os.environ["SEED_REDIS_PORT"])\n'),
+    ("\nREDIS_DB = 0\n", '\nREDIS_DB = int(os.environ["SEED_REDIS_DB"])\n'),
+    (
+        "    def clear(self) -> None:\n",
+        "    def add_message(self, message: BaseMessage) -> None:\n"
+        "        # LangChain 1.x stores a turn through add_messages → add_message.\n"
+        "        if isinstance(message, HumanMessage):\n"
+        "            self.add_user_message(message.content)\n"
+        "        else:\n"
+        "            self.add_ai_message(message.content)\n"
+        "\n"
+        "    def clear(self) -> None:\n",
+    ),
+]
+
+
+def extract_seed_app(seeds_dir: Path = SEEDS_DIR) -> str:
+    """Seed 001's app as LangChain 1.x can run it (see the module docstring)."""
+    (path,) = sorted(seeds_dir.glob("001_*.txt"))
+    blocks = re.findall(r"```python\n(.*?)```", path.read_text(encoding="utf-8"), re.S)
+    found: list[str] = [b for b in blocks if "FastAPI(" in b and "RedisChatMessageHistory" in b]
+    if len(found) != 1:
+        raise SystemExit(f"{path}: expected one python block with the app, found {len(found)}")
+    code = found[0]
+    for old, new in SEED_PATCHES:
+        if code.count(old) != 1:
+            raise SystemExit(f"{path}: cannot patch the seed, {old.strip()!r} not found once")
+        code = code.replace(old, new)
+    return "import os\n" + code
+
+
+# --- processes -------------------------------------------------------------------------
+
+
+def serve_fake(delay_s: float) -> None:
+    """The fake model, for `--serve-fake`: prints `PORT <n>`, serves until stdin closes.
+
+    (tests/fake_openai.py's own main delays streamed chunks only; a delay before the
+    response headers holds back the seed's plain completions and chatmem's streams alike.)
+    """
+    text = "tok " * FAKE_CHUNKS
+    reply = Reply(text=text, chunks=FAKE_CHUNKS, headers_delay_s=delay_s)
+    with FakeOpenAI(default=reply) as fake:
+        print(f"PORT {fake.port}", flush=True)
+        sys.stdin.read()
+
+
+@contextmanager
+def fake_model(delay_s: float) -> Iterator[tuple[str, int]]:
+    """The fake model in a process of its own; yields its base URL and pid."""
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--serve-fake", str(delay_s)],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line.startswith("PORT "):
+            raise SystemExit(f"the fake model did not start: {line!r}")
+        yield f"http://127.0.0.1:{int(line.split()[1])}/v1", proc.pid
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextmanager
+def process(
+    args: list[str], *, env: dict[str, str], cwd: Path, log: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("w") as out:
+        proc = subprocess.Popen(args, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def uvicorn(app: str, port: int, *extra: str) -> list[str]:
+    return [
+        *(sys.executable, "-m", "uvicorn", app, *extra, "--host", "127.0.0.1"),
+        *("--port", str(port), "--log-level", "warning", "--no-access-log"),
+    ]
+
+
+def tail(log: Path, chars: int = 3000) -> str:
+    return log.read_text(errors="replace")[-chars:]
+
+
+async def wait_ready(url: str, log: Path) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    async with httpx.AsyncClient() as client:
+        while time.monotonic() < deadline:
+            try:
+                if (await client.get(url)).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.2)
+    raise SystemExit(f"{url} did not come up; its log:\n{tail(log)}")
+
+
+@dataclass
+class Apps:
+    seed_url: str
+    chatmem_url: str
+    fake_url: str
+    pids: dict[str, dict[str, int | None]]  # app name → process name → pid
+
+
+@contextmanager
+def apps(work: Path, redis: RedisProcess, delay_s: float) -> Iterator[Apps]:
+    """The fake model and both apps, configured for it."""
+    with ExitStack() as stack:
+        fake_url, fake_pid = stack.enter_context(fake_model(delay_s))
+        base_env = {
+            k: v for k, v in os.environ.items() if not k.startswith(("CHATMEM_", "OPENAI_"))
+        }
+        seed_env = base_env | {
+            "OPENAI_API_KEY": "bench-key",
+            "OPENAI_BASE_URL": fake_url,
+            "SEED_REDIS_HOST": "127.0.0.1",
+            "SEED_REDIS_PORT": str(redis.port),
+            "SEED_REDIS_DB": "1",
+            "PYTHONWARNINGS": "ignore",
+        }
+        chatmem_env = base_env | {
+            "CHATMEM_REDIS_URL": f"redis://127.0.0.1:{redis.port}/0",
+            "CHATMEM_DATA_DIR": str(work / "data"),
+            "CHATMEM_LLM_PROVIDER": "openai",
+            "CHATMEM_LLM_BASE_URL": fake_url,
+            "CHATMEM_LLM_API_KEY": "bench-key",
+            "CHATMEM_LLM_MODEL": "gpt-3.5-turbo",
+            "CHATMEM_LLM_MAX_RETRIES": "0",
+            # The load is one client: no per-user rate limit or stream cap in the way.
+            "CHATMEM_LIMITS_REQUESTS_PER_MINUTE": "0",
+            "CHATMEM_LIMITS_STREAMS_PER_USER": "0",
+        }
+        seed_port, chatmem_port = free_port(), free_port()
+        seed_log, chatmem_log = work / "seed.log", work / "chatmem.log"
+        seed = stack.enter_context(
+            process(uvicorn("seed001_app:app", seed_port), env=seed_env, cwd=work, log=seed_log)
+        )
+        chatmem_args = uvicorn("chatmem.api.app:create_app", chatmem_port, "--factory")
+        chatmem = stack.enter_context(
+            process(chatmem_args, env=chatmem_env, cwd=work, log=chatmem_log)
+        )
+        shared: dict[str, int | None] = {
+            "fake model": fake_pid,
+            "redis": redis.proc.pid if redis.proc else None,
+            "load client": None,
+        }
+        result = Apps(
+            seed_url=f"http://127.0.0.1:{seed_port}",
+            chatmem_url=f"http://127.0.0.1:{chatmem_port}",
+            fake_url=fake_url,
+            pids={
+                "seed": {"app": seed.pid, **shared},
+                "chatmem": {"app": chatmem.pid, **shared},
+            },
+        )
+        asyncio.run(wait_ready(f"{result.seed_url}/health", seed_log))
+        asyncio.run(wait_ready(f"{result.chatmem_url}/health", chatmem_log))
+        yield result
+
+
+# --- load ------------------------------------------------------------------------------
+
+
+def cpu_s(pid: int | None) -> float:
+    """CPU seconds (user + system) used so far by a process (this one for None)."""
+    if pid is None:
+        return time.process_time()
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Run:
+    name: str
+    latencies_s: list[float] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+    # CPU seconds each process used during the measured span.
+    cpu_s: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def turns_per_s(self) -> float:
+        return len(self.latencies_s) / self.elapsed_s if self.elapsed_s else 0.0
+
+    def ms(self, q: float) -> float:
+        return ms(self.latencies_s, q) if self.latencies_s else float("nan")
+
+    def cpu_ms_per_turn(self, who: str) -> float:
+        return 1000 * self.cpu_s[who] / max(1, len(self.latencies_s))
+
+
+async def load(
+    name: str, base_url: str, *, seconds: float, warmup_s: float, pids: dict[str, int | None]
+) -> Run:
+    """32 connections sending `POST /chat` turns round-robin over 200 users."""
+    run = Run(name)
+    limits = httpx.Limits(max_connections=CONNECTIONS, max_keepalive_connections=CONNECTIONS)
+    counter = iter(range(10**9))
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=120) as client:
+
+        async def worker(until: float, record: bool) -> None:
+            while time.perf_counter() < until:
+                n = next(counter)
+                body = {"user_id": f"bench-user-{n % USERS}", "message": f"message number {n}"}
+                start = time.perf_counter()
+                try:
+                    resp = await client.post("/chat", json=body)
+                    outcome = "ok" if resp.status_code == 200 else f"HTTP {resp.status_code}"
+                except httpx.HTTPError as exc:
+                    outcome = type(exc).__name__
+                if not record:
+                    continue
+                if outcome == "ok":
+                    run.latencies_s.append(time.perf_counter() - start)
+                else:
+                    run.errors[outcome] = run.errors.get(outcome, 0) + 1
+
+        for record, span in ((False, warmup_s), (True, seconds)):
+            cpu_before = {who: cpu_s(pid) for who, pid in pids.items()}
+            start = time.perf_counter()
+            await asyncio.gather(*(worker(start + span, record) for _ in range(CONNECTIONS)))
+            run.elapsed_s = time.perf_counter() - start
+            run.cpu_s = {who: cpu_s(pid) - cpu_before[who] for who, pid in pids.items()}
+    if not run.latencies_s:
+        raise SystemExit(f"{name} answered no turn: {run.errors}")
+    return run
+
+
+async def first_token_s(client: httpx.AsyncClient, url: str, body: dict[str, object]) -> float:
+    """Seconds from sending the request to the first data line that carries text."""
+    start = time.perf_counter()
+    elapsed: float | None = None
+    async with client.stream("POST", url, json=body) as resp:
+        resp.raise_for_status()
+        async for line in resp.aiter_lines():  # read to the end: the turn must finish
+            if elapsed is None and TEXT_DATA.match(line):
+                elapsed = time.perf_counter() - start
+    if elapsed is None:
+        raise SystemExit(f"{url}: the stream carried no text")
+    return elapsed
+
+
+async def first_tokens(fake_url: str, chatmem_url: str, n: int) -> tuple[list[float], list[float]]:
+    """Time to first token, one stream at a time: the fake model alone, then via chatmem."""
+    fake_body: dict[str, object] = {
+        "model": "fake-model",
+        "stream": True,
+        "messages": [{"role": "user", "content": "hello"}],
+    }
+    own, via = [], []
+    async with httpx.AsyncClient(timeout=60) as client:
+        for i in range(n + STREAM_USERS):  # the first round creates each user's conversation
+            t = await first_token_s(client, f"{fake_url}/chat/completions", fake_body)
+            body: dict[str, object] = {"character_id": "companion", "message": f"hello {i}"}
+            client.headers["X-User-Id"] = f"stream-user-{i % STREAM_USERS}"
+            c = await first_token_s(client, f"{chatmem_url}/api/v1/chat/stream", body)
+            if i >= STREAM_USERS:
+                own.append(t)
+                via.append(c)
+    return own, via
+
+
+async def flush(redis: RedisProcess) -> None:
+    client = Redis(port=redis.port)
+    await client.flushall()
+    await client.aclose()
+
+
+async def compare(found: Apps, *, seconds: float, warmup_s: float) -> tuple[Run, Run]:
+    seed = await load(
+        "seed 001 (LangChain)",
+        found.seed_url,
+        seconds=seconds,
+        warmup_s=warmup_s,
+        pids=found.pids["seed"],
+    )
+    chatmem = await load(
+        "chatmem",
+        found.chatmem_url,
+        seconds=seconds,
+        warmup_s=warmup_s,
+        pids=found.pids["chatmem"],
+    )
+    return seed, chatmem
+
+
+# --- report ----------------------------------------------------------------------------
+
+
+def ms(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return 1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def report_load(title: str, seed: Run, chatmem: Run, *, targets: bool) -> bool:
+    print(f"\n{title}")
+    print(f"{'':24}{'turns/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'turns':>7}  errors")
+    for run in (seed, chatmem):
+        errors = ", ".join(f"{k}: {v}" for k, v in run.errors.items()) or "0"
+        print(
+            f"{run.name:24}{run.turns_per_s:9.1f}{run.ms(0.5):9.1f}{run.ms(0.99):9.1f}"
+            f"{len(run.latencies_s):7d}  {errors}"
+        )
+    speedup = chatmem.turns_per_s / seed.turns_per_s
+    p99_ratio = chatmem.ms(0.99) / seed.ms(0.99)
+    met = speedup >= TARGET_THROUGHPUT_RATIO and p99_ratio <= TARGET_P99_RATIO
+    verdict = ""
+    if targets:
+        fast = "met" if speedup >= TARGET_THROUGHPUT_RATIO else "MISSED"
+        p99_ok = "met" if p99_ratio <= TARGET_P99_RATIO else "MISSED"
+        verdict = f"  targets: ≥ 10× {fast}, p99 ≤ 1/10 {p99_ok}"
+    print(
+        f"{'chatmem / seed':24}{speedup:8.2f}×{chatmem.ms(0.5) / seed.ms(0.5):9.3f}"
+        f"{p99_ratio:9.3f}{verdict}"
+    )
+    whos = list(seed.cpu_s)
+    print(f"{'CPU ms per turn':24}" + "".join(f"{who:>13}" for who in whos))
+    for run in (seed, chatmem):
+        print(f"{run.name:24}" + "".join(f"{run.cpu_ms_per_turn(w):13.2f}" for w in whos))
+    return met
+
+
+def report_streams(own: list[float], via: list[float]) -> None:
+    print(f"\nstreamed turns, one at a time, {len(own)} each: time to first token")
+    print(f"{'':28}{'p50 ms':>9}{'p99 ms':>9}{'mean ms':>9}")
+    print(f"{'fake model alone':28}{ms(own, 0.5):9.2f}{ms(own, 0.99):9.2f}")
+    print(f"{'chatmem stream (seed 004)':28}{ms(via, 0.5):9.2f}{ms(via, 0.99):9.2f}")
+    overhead = [v - o for v, o in zip(via, own, strict=True)]
+    print(
+        f"{'chatmem overhead':28}{ms(via, 0.5) - ms(own, 0.5):9.2f}"
+        f"{ms(via, 0.99) - ms(own, 0.99):9.2f}{1000 * statistics.fmean(overhead):9.2f}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--seconds", type=float, default=20.0, help="fast-model load per app")
+    parser.add_argument("--slow-seconds", type=float, default=10.0, help="slow-model load")
+    parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured load first")
+    parser.add_argument("--streams", type=int, default=200, help="streamed turns timed")
+    parser.add_argument("--serve-fake", type=float, metavar="DELAY_S", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_fake is not None:
+        serve_fake(args.serve_fake)
+        return
+    with tempfile.TemporaryDirectory(prefix="chatmem-http-bench-") as tmp:
+        work = Path(tmp)
+        (work / "seed001_app.py").write_text(extract_seed_app(), encoding="utf-8")
+        redis = RedisProcess(work).start()
+        try:
+            with apps(work, redis, 0.0) as fast:
+                print(f"seed 001 cut from {SEEDS_DIR}/001_*.txt; same Redis, same fake model")
+                fast_runs = asyncio.run(compare(fast, seconds=args.seconds, warmup_s=args.warmup))
+                own, via = asyncio.run(first_tokens(fast.fake_url, fast.chatmem_url, args.streams))
+            asyncio.run(flush(redis))
+            with apps(work, redis, SLOW_MODEL_DELAY_S) as slow:
+                slow_runs = asyncio.run(
+                    compare(slow, seconds=args.slow_seconds, warmup_s=args.warmup)
+                )
+        finally:
+            redis.stop()
+    shape = f"{CONNECTIONS} connections, {USERS} users"
+    met = report_load(
+        f"POST /chat, fast fake model (answers at once), {shape}, {args.seconds:g} s each",
+        *fast_runs,
+        targets=True,
+    )
+    report_load(
+        f"POST /chat, the model takes {1000 * SLOW_MODEL_DELAY_S:g} ms to answer, {shape}, "
+        f"{args.slow_seconds:g} s each",
+        *slow_runs,
+        targets=False,
+    )
+    report_streams(own, via)
+    sys.exit(0 if met else 1)
+
+
+if __name__ == "__main__":
+    main()
