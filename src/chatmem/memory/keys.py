@@ -56,7 +56,7 @@ def _session(user_id: str, session_id: str) -> str:
 
 
 def session_messages_key(user_id: str, session_id: str) -> str:
-    """LIST of encoded messages, oldest first."""
+    """LIST of encoded messages, newest first."""
     return f"{_session(user_id, session_id)}:m"
 
 

@@ -2,7 +2,7 @@
 
 Each script's header gives its contract. KEYS follow `keys.session_keys` where a script
 takes a session:
-    KEYS[1] messages LIST (oldest first), KEYS[2] meta HASH, KEYS[3] message ids STRING,
+    KEYS[1] messages LIST (newest first), KEYS[2] meta HASH, KEYS[3] message ids STRING,
     KEYS[4] the user's session index ZSET, KEYS[5] the user's totals HASH.
 Scripts that walk a user's sessions build those keys from a prefix passed in ARGV; that
 is safe under Redis Cluster because every one of them carries the same `{u:<id>}` tag as
@@ -13,6 +13,10 @@ tokens (messages and their tokens since creation or the last clear), seq (the se
 newest message ever appended: seqs are 1-based and never reused, so paging cursors stay
 valid while old messages are trimmed or cleared), ptok, ctok, cost (usage), preview and
 prole (the last message's preview and role).
+
+The messages LIST is newest first so that reading the newest ones starts at its head and
+costs the same at any length (Redis 6 walks a long list from the head to reach a tail
+index). Scripts return messages newest first; the store reverses them.
 
 Idempotency: KEYS[3] holds `,id,id,…,` for the newest min(stored, id window) messages, so
 an append finds a repeated id with one plain substring search instead of reading the
@@ -62,7 +66,7 @@ redis.call('DEL', KEYS[1], KEYS[3])
 local stored = 0
 if ARGV[4] ~= '' then
   local tokens = tonumber(ARGV[6])
-  redis.call('RPUSH', KEYS[1], ARGV[4])
+  redis.call('LPUSH', KEYS[1], ARGV[4])
   redis.call('SET', KEYS[3], ',' .. ARGV[5] .. ',', 'PX', ttl_ms)
   redis.call('PEXPIRE', KEYS[1], ttl_ms)
   redis.call('HSET', KEYS[2], 'count', 1, 'tokens', tokens, 'seq', 1, 'preview', ARGV[7],
@@ -92,7 +96,8 @@ return {1, redis.call('HGETALL', KEYS[2]), ttl_ms, stored}
 # ARGV[11..] - triples: message id, encoded message, token count
 # return nil if the session does not exist (never created, deleted or expired), else
 #   {appended, {duplicate ids}, stored length, seq of the newest message}
-#   followed, when ARGV[5] >= 0, by: meta as a flat list, pttl ms, {newest messages}
+#   followed, when ARGV[5] >= 0, by: meta as a flat list, pttl ms,
+#   {newest messages, newest first}
 # This runs on every turn: it reads what it needs with one HMGET and writes the meta with
 # one HSET, because each redis.call costs more than the work most of them do.
 APPEND_MESSAGES = (
@@ -105,8 +110,9 @@ local max_kept, id_window = tonumber(ARGV[3]), tonumber(ARGV[4])
 local ids = redis.call('GET', KEYS[3])
 if not ids then
   ids = ','
-  for _, item in ipairs(redis.call('LRANGE', KEYS[1], -id_window, -1)) do
-    ids = ids .. (string.match(item, '^{"i":"([^"]*)"') or '') .. ','
+  local items = redis.call('LRANGE', KEYS[1], 0, id_window - 1)
+  for i = #items, 1, -1 do
+    ids = ids .. (string.match(items[i], '^{"i":"([^"]*)"') or '') .. ','
   end
 end
 local appended, tokens, dups, items, last_new = 0, 0, {}, {}, false
@@ -126,10 +132,10 @@ end
 local seq, stored = tonumber(m[2]), 0
 local fields = {}
 if appended > 0 then
-  stored = redis.call('RPUSH', KEYS[1], unpack(items))
+  stored = redis.call('LPUSH', KEYS[1], unpack(items))
   local before = stored - appended
   if stored > max_kept then
-    redis.call('LTRIM', KEYS[1], -max_kept, -1)
+    redis.call('LTRIM', KEYS[1], 0, max_kept - 1)
     stored = max_kept
   end
   -- Drop the ids of trimmed messages (and those beyond the id window) from the front.
@@ -178,7 +184,7 @@ extend(KEYS[5], ttl_ms)
 local n = tonumber(ARGV[5])
 if n < 0 then return {appended, dups, stored, seq} end
 local msgs = {}
-if n > 0 and stored > 0 then msgs = redis.call('LRANGE', KEYS[1], -n, -1) end
+if n > 0 and stored > 0 then msgs = redis.call('LRANGE', KEYS[1], 0, n - 1) end
 return {appended, dups, stored, seq, redis.call('HGETALL', KEYS[2]), ttl_ms, msgs}
 """
 )
@@ -186,22 +192,22 @@ return {appended, dups, stored, seq, redis.call('HGETALL', KEYS[2]), ttl_ms, msg
 # KEYS[1] - messages LIST, KEYS[2] - meta HASH
 # ARGV[1] - how many messages (0: meta only)
 # ARGV[2] - return only messages whose seq is below this (0: the newest)
-# The first stored message has seq = meta.seq - stored + 1.
+# The list is newest first: the message at index i has seq = meta.seq - i.
 # return nil if the session does not exist, else
-#   {meta as a flat list, pttl ms, stored length, seq of the first message returned,
-#    {messages}}
+#   {meta as a flat list, pttl ms, stored length, seq of the oldest message returned,
+#    {messages, newest first}}
 READ_SESSION = """
 local meta = redis.call('HGETALL', KEYS[2])
 if #meta == 0 then return nil end
 local n, before = tonumber(ARGV[1]), tonumber(ARGV[2])
 local stored = redis.call('LLEN', KEYS[1])
-local first_seq = tonumber(redis.call('HGET', KEYS[2], 'seq')) - stored + 1
-local stop = stored - 1
-if before > 0 then stop = math.min(stop, before - first_seq - 1) end
-local start = math.max(0, stop - n + 1)
+local top = tonumber(redis.call('HGET', KEYS[2], 'seq'))
+local first = 0
+if before > 0 then first = math.max(0, top - before + 1) end
+local last = math.min(stored, first + n) - 1
 local msgs = {}
-if n > 0 and stop >= 0 then msgs = redis.call('LRANGE', KEYS[1], start, stop) end
-return {meta, redis.call('PTTL', KEYS[2]), stored, first_seq + start, msgs}
+if n > 0 and last >= first then msgs = redis.call('LRANGE', KEYS[1], first, last) end
+return {meta, redis.call('PTTL', KEYS[2]), stored, top - last, msgs}
 """
 
 # KEYS[1..5] - session keys

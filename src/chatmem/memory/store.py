@@ -252,6 +252,7 @@ class RedisMemoryStore:
         if read_last >= 0:
             raw_msgs = res[6]
             result.meta = decode_meta(session_id, res[4], pttl_ms=res[5], stored=result.stored)
+            raw_msgs.reverse()
             result.messages = decode_messages(raw_msgs, result.last_seq - len(raw_msgs) + 1)
         return result
 
@@ -273,6 +274,7 @@ class RedisMemoryStore:
             raise _not_found(session_id)
         meta_flat, pttl, stored, first_seq, raw = res
         meta = decode_meta(session_id, meta_flat, pttl_ms=pttl, stored=stored)
+        raw.reverse()
         return SessionSnapshot(meta=meta, messages=decode_messages(raw, first_seq))
 
     async def get_meta(self, user_id: str, session_id: str) -> SessionMeta:
