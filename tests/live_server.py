@@ -49,6 +49,8 @@ class LiveServer:
             port=self.port,
             log_level="warning",
             lifespan="on",
+            # uvloop's loop.close() can fail with EBUSY when a thread's server stops.
+            loop="asyncio",
             # Open streams must not hold a test's teardown for long.
             timeout_graceful_shutdown=2,
         )

@@ -55,6 +55,8 @@
     keyReason: $("key-reason"),
   };
 
+  let turnsDone = 0;
+
   const state = {
     characters: new Map(),
     defaultCharacter: "",
@@ -469,8 +471,9 @@
       document.title = "chatmem";
       return;
     }
-    ui.title.textContent = meta.title || characterName(meta.character_id);
-    ui.sessionCharacter.textContent = `with ${characterName(meta.character_id)}`;
+    const name = characterName(meta.character_id);
+    ui.title.textContent = meta.title || name;
+    ui.sessionCharacter.textContent = meta.title && meta.title !== name ? `with ${name}` : "";
     document.title = `${ui.title.textContent} · chatmem`;
     showUsage(meta);
   }
@@ -693,6 +696,8 @@
       setStreaming(false);
       await refreshCurrent();
       ui.input.focus();
+      // For scripts and tests: how many turns this page has finished.
+      document.body.dataset.turns = String(++turnsDone);
     }
   }
 
@@ -752,6 +757,10 @@
   // --- the composer and layout --------------------------------------------------
 
   function autosize() {
+    if (!ui.input.value) {
+      ui.input.style.height = "";
+      return;
+    }
     ui.input.style.height = "auto";
     ui.input.style.height = `${Math.min(ui.input.scrollHeight, 200)}px`;
   }
@@ -768,7 +777,17 @@
     ui.openSidebar.setAttribute("aria-expanded", "false");
   }
 
+  const narrow = window.matchMedia("(max-width: 760px)");
+
+  function setPlaceholder() {
+    ui.input.placeholder = narrow.matches
+      ? "Message…"
+      : "Message…  (Enter sends, Shift+Enter for a new line)";
+  }
+
   function wire() {
+    setPlaceholder();
+    narrow.addEventListener("change", setPlaceholder);
     ui.composer.addEventListener("submit", (e) => {
       e.preventDefault();
       send();
