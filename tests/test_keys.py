@@ -13,6 +13,13 @@ from chatmem.memory.store import AnyRedis, RedisMemoryStore
 from chatmem.models import Message, Role, SessionState, Usage
 from tests.redis_servers import all_keys, keyspace, same_keyspace
 
+
+@pytest.fixture
+def redis_client(contract_client: AnyRedis) -> AnyRedis:
+    """Every test here runs against standalone, Cluster and Sentinel (see conftest)."""
+    return contract_client
+
+
 HOSTILE_IDS = [
     "a}b",
     "a{b",

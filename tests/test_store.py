@@ -13,6 +13,12 @@ from chatmem.models import Message, Role, SessionState, Usage
 from tests.redis_servers import all_keys
 
 
+@pytest.fixture
+def redis_client(contract_client: AnyRedis) -> AnyRedis:
+    """Every test here runs against standalone, Cluster and Sentinel (see conftest)."""
+    return contract_client
+
+
 def msg(role: Role, content: str, tokens: int = 1, msg_id: str | None = None) -> Message:
     m = Message(role, content, tokens)
     if msg_id is not None:

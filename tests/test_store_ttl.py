@@ -16,6 +16,13 @@ from chatmem.memory.store import AnyRedis, RedisMemoryStore
 from chatmem.models import Message, Role, SessionState
 from tests.redis_servers import all_keys
 
+
+@pytest.fixture
+def redis_client(contract_client: AnyRedis) -> AnyRedis:
+    """Every test here runs against standalone, Cluster and Sentinel (see conftest)."""
+    return contract_client
+
+
 TTL_S = 120
 
 
