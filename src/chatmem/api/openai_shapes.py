@@ -1,0 +1,287 @@
+"""OpenAI's chat-completions wire format, shaped from chatmem values (pure: no I/O).
+
+Requests are read leniently, the way OpenAI-compatible servers are used: parameters
+chatmem has no use for (`tools`, `top_p`, `stop`, …) are accepted and ignored. Only the
+last message of `messages` is read, since the server keeps the history (see
+`new_user_text`). Responses follow OpenAI's objects field for field; the streamed
+ones are built as plain dicts, not models, because one is built per relayed token.
+
+The pydantic response models below document `/openapi.json` (and let schemathesis
+check the answers against it); the dicts the routes send must keep to them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from chatmem.errors import InvalidInput
+from chatmem.models import Character, Message, Usage
+from chatmem.service import TurnDone
+
+COMPLETION_ID_PREFIX = "chatcmpl-"
+OWNED_BY = "chatmem"
+FINISH_REASONS = frozenset({"stop", "length", "content_filter", "tool_calls", "function_call"})
+DONE_DATA = "[DONE]"
+
+# --- requests ---------------------------------------------------------------------------
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: str = Field(max_length=64)
+    text: str | None = None
+
+
+class ChatMessageIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = Field(None, max_length=256)
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    """OpenAI's request body; what chatmem does with each field is in the route's doc."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(max_length=256, description="a character id, or any other model name")
+    messages: list[ChatMessageIn] = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = Field(None, max_length=256)
+    metadata: dict[str, str] | None = None
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    n: int | None = Field(None, ge=1, le=1, description="chatmem answers with one choice")
+
+
+def new_user_text(messages: list[ChatMessageIn]) -> str:
+    """The text of the new message: the last one, which must be the user's.
+
+    Everything before it (system or developer prompts, earlier turns) is ignored: the
+    character supplies the system prompt and the session the history, so a client that
+    resends its whole conversation each time still works, and nothing is stored twice.
+    """
+    last = messages[-1]
+    if last.role != "user":
+        raise InvalidInput(
+            f"the last message must be the user's new message, not a {last.role!r} message",
+            code="no_user_message",
+        )
+    content = last.content
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    texts = []
+    for part in content:
+        if part.type != "text" or part.text is None:
+            raise InvalidInput(
+                f"only text content is supported, not {part.type!r}", code="unsupported_content"
+            )
+        texts.append(part.text)
+    return "\n".join(texts)
+
+
+# --- responses --------------------------------------------------------------------------
+
+
+class UsageOut(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class AssistantMessageOut(BaseModel):
+    role: Literal["assistant"]
+    content: str
+    refusal: None = None
+
+
+class ChoiceOut(BaseModel):
+    index: int
+    message: AssistantMessageOut
+    finish_reason: str
+    logprobs: None = None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[ChoiceOut]
+    usage: UsageOut
+    system_fingerprint: None = None
+
+
+class ModelOut(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+    name: str = Field(description="chatmem: the character's display name")
+    character_id: str = Field(description="chatmem: the character this model id talks to")
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[ModelOut]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    code: str
+    param: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+def completion_id(reply_id: str) -> str:
+    return COMPLETION_ID_PREFIX + reply_id
+
+
+def finish_reason(message: Message) -> str:
+    reason = message.metadata.get("finish_reason")
+    return reason if isinstance(reason, str) and reason in FINISH_REASONS else "stop"
+
+
+def usage_fields(done: TurnDone) -> dict[str, int]:
+    """The turn's token usage; a replayed turn reports what the original one used."""
+    usage = done.usage
+    stored = done.message.metadata.get("usage")
+    if done.replayed and isinstance(stored, dict):
+        usage = Usage(
+            int(stored.get("prompt_tokens") or 0), int(stored.get("completion_tokens") or 0)
+        )
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+    }
+
+
+def completion(done: TurnDone, *, model: str, created: int) -> dict[str, Any]:
+    """A `chat.completion` object for a finished turn."""
+    return {
+        "id": completion_id(done.message.msg_id),
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": done.message.content, "refusal": None},
+                "finish_reason": finish_reason(done.message),
+                "logprobs": None,
+            }
+        ],
+        "usage": usage_fields(done),
+        "system_fingerprint": None,
+    }
+
+
+class ChunkShaper:
+    """Builds the `chat.completion.chunk` objects of one streamed reply.
+
+    As OpenAI: the first chunk carries the role, each next one a piece of content, the
+    last one the finish reason. With `include_usage`, every chunk has `usage: null` and
+    a last chunk with no choices carries the usage.
+    """
+
+    __slots__ = ("_base", "include_usage")
+
+    def __init__(self, reply_id: str, *, model: str, created: int, include_usage: bool) -> None:
+        self._base: dict[str, Any] = {
+            "id": completion_id(reply_id),
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "system_fingerprint": None,
+        }
+        self.include_usage = include_usage
+
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        chunk = {
+            **self._base,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        }
+        if self.include_usage:
+            chunk["usage"] = None
+        return chunk
+
+    def role(self) -> dict[str, Any]:
+        return self._chunk({"role": "assistant", "content": ""})
+
+    def content(self, text: str) -> dict[str, Any]:
+        return self._chunk({"content": text})
+
+    def finish(self, done: TurnDone) -> dict[str, Any]:
+        return self._chunk({}, finish_reason(done.message))
+
+    def usage(self, done: TurnDone) -> dict[str, Any]:
+        return {**self._base, "choices": [], "usage": usage_fields(done)}
+
+    def closing(self, done: TurnDone) -> list[dict[str, Any]]:
+        """The chunks that end the reply: the finish reason, then the usage if asked."""
+        return [self.finish(done), self.usage(done)] if self.include_usage else [self.finish(done)]
+
+
+def model_entry(character: Character, *, model_id: str | None = None) -> dict[str, Any]:
+    """A `model` object: a character, under its own id or under `model_id`."""
+    return {
+        "id": model_id or character.id,
+        "object": "model",
+        # Characters carry no creation time; 0 keeps the field an integer, as clients expect.
+        "created": 0,
+        "owned_by": OWNED_BY,
+        "name": character.name,
+        "character_id": character.id,
+    }
+
+
+def model_list(
+    characters: list[Character], *, default: Character, configured_model: str | None
+) -> dict[str, Any]:
+    """Every character as a model, then the configured model name (the default character)."""
+    data = [model_entry(ch) for ch in characters]
+    if configured_model and all(ch.id != configured_model for ch in characters):
+        data.append(model_entry(default, model_id=configured_model))
+    return {"object": "list", "data": data}
+
+
+# --- errors -----------------------------------------------------------------------------
+
+_ERROR_TYPES = {
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    429: "rate_limit_error",
+}
+
+
+def error_type(status: int) -> str:
+    """OpenAI's `error.type` for a status: what SDKs and clients branch on."""
+    if status in _ERROR_TYPES:
+        return _ERROR_TYPES[status]
+    return "server_error" if status >= 500 else "invalid_request_error"
+
+
+def error_body(status: int, code: str, message: str, *, param: str | None = None) -> dict[str, Any]:
+    """OpenAI's error object; `code` and `message` are chatmem's own, as on every route."""
+    return {"error": {"message": message, "type": error_type(status), "code": code, "param": param}}

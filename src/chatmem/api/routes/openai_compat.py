@@ -1,0 +1,297 @@
+"""OpenAI-compatible chat with server-side memory: `POST /v1/chat/completions`, `GET /v1/models`.
+
+Point any OpenAI client (the official SDK included, streaming too) at `<chatmem>/v1`.
+Unlike OpenAI, the server keeps the conversation: the client sends only its new message.
+
+- **Message.** The last message of `messages` is the new one and must have role `user`
+  (else 400 `no_user_message`); text content parts are joined by newlines, other parts
+  are refused (400 `unsupported_content`). Every earlier message — a leading
+  system/developer prompt included — is ignored: the character supplies the system
+  prompt and the session the history, so a client that resends its whole conversation
+  still works and nothing is stored twice.
+- **Session.** The `X-Session-Id` header, or `metadata.session_id` in the body (both
+  given and different: 400 `session_id_mismatch`). A session the caller does not have
+  yet is created on first use, with its character's greeting as its first message.
+  Neither given: the caller's one conversation with the character, the session
+  `char.<character id>` that seed 004's routes use too.
+- **Model.** `model` names the character when it is a character id (`"teacher"`);
+  anything else (`"gpt-4o-mini"`) means the default character. It only chooses the
+  character of a session being created: an existing session keeps its own. The reply
+  echoes `model`; `GET /v1/models` lists the characters and the configured model name.
+- **User.** The caller, as on every route. A body `user` names the user the way the seed
+  routes' `user_id` does: taken as given in open mode or from an admin, otherwise it must
+  be the caller's own id (else 404).
+- **Parameters.** `temperature` is honoured; `max_tokens` / `max_completion_tokens` may
+  lower the reply limit, never raise it (the context budget was reserved for it);
+  `n` must be 1; other OpenAI parameters are accepted and ignored.
+- **Replies.** A `chat.completion` object, or with `stream: true` `chat.completion.chunk`
+  events (`data:` lines only), a usage chunk when `stream_options.include_usage`, then
+  `data: [DONE]`. A failure mid-stream is sent as `data: {"error": …}` with no `[DONE]`,
+  which the SDK raises as an `APIError`. The `X-Session-Id` response header names the
+  session used. An `Idempotency-Key` header makes a retry return the stored reply.
+- **Errors** use OpenAI's shape, `{"error": {"message", "type", "code", "param"}}` with
+  chatmem's machine-readable `code`; invalid bodies are 400 here (OpenAI's status), not
+  the 422 of the native routes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Header, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from sse_starlette import EventSourceResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from chatmem.api import openai_shapes as shapes
+from chatmem.api.deps import AppParts, Caller, Parts, Service
+from chatmem.api.errors import error_response
+from chatmem.api.routes.compat.conversations import character_session_id, create_conversation
+from chatmem.api.streaming import PING_S
+from chatmem.auth import resolve_user
+from chatmem.errors import (
+    CharacterNotFound,
+    ChatmemError,
+    InvalidInput,
+    NotFound,
+    SessionNotFound,
+)
+from chatmem.memory.keys import ID_MAX_CHARS, validate_id
+from chatmem.models import Character
+from chatmem.service import ChatService, Delta, Turn
+
+SESSION_HEADER = "X-Session-Id"
+_ERROR_DESCRIPTIONS: dict[int | str, str] = {
+    400: "invalid request",
+    401: "a credential is required",
+    404: "no such user or model",
+    409: "the session is busy with another turn, or has ended",
+    429: "rate limited",
+    502: "the model provider failed",
+    503: "Redis or the model provider is unavailable",
+    504: "the model provider timed out",
+    # Also keeps FastAPI from documenting a 422: these routes answer 400 instead.
+    "4XX": "any other client error",
+}
+_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": shapes.ErrorResponse, "description": description}
+    for status, description in _ERROR_DESCRIPTIONS.items()
+}
+
+
+class OpenAIErrorRoute(APIRoute):
+    """Answers this router's errors in OpenAI's shape, validation errors as 400."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except ChatmemError as exc:
+                return openai_error_response(exc)
+            except RequestValidationError as exc:
+                return _validation_error(exc)
+            except StarletteHTTPException as exc:
+                return JSONResponse(
+                    shapes.error_body(exc.status_code, "http_error", str(exc.detail)),
+                    status_code=exc.status_code,
+                    headers=exc.headers,
+                )
+
+        return route
+
+
+def openai_error_response(exc: ChatmemError) -> JSONResponse:
+    native = error_response(exc)  # for its status and headers (Retry-After, WWW-Authenticate)
+    headers = {k: v for k, v in native.headers.items() if k.lower().startswith(("retry", "www"))}
+    status = native.status_code
+    return JSONResponse(
+        shapes.error_body(status, exc.code, exc.message), status_code=status, headers=headers
+    )
+
+
+def _validation_error(exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "header")]
+    param = ".".join(loc) or None
+    msg = str(first.get("msg", "invalid request"))
+    return JSONResponse(
+        shapes.error_body(400, "invalid_request", f"{param}: {msg}" if param else msg, param=param),
+        status_code=400,
+    )
+
+
+router = APIRouter(
+    prefix="/v1",
+    tags=["openai-compatible"],
+    route_class=OpenAIErrorRoute,
+    responses=_ERROR_RESPONSES,
+)
+
+
+async def _character_for(service: ChatService, model: str) -> Character:
+    """The character `model` names, or the default one."""
+    characters = service.characters
+    with contextlib.suppress(InvalidInput):
+        validate_id(model, "model")
+        with contextlib.suppress(CharacterNotFound):
+            return await characters.get(model)
+    return await characters.get(characters.default_id)
+
+
+def _requested_session(header: str | None, metadata: dict[str, str] | None) -> str | None:
+    from_body = (metadata or {}).get("session_id")
+    if header is not None and from_body is not None and header != from_body:
+        raise InvalidInput(
+            f"the {SESSION_HEADER} header and metadata.session_id name different sessions",
+            code="session_id_mismatch",
+        )
+    requested = header if header is not None else from_body
+    if requested is None:
+        return None
+    return validate_id(requested, SESSION_HEADER if header is not None else "metadata.session_id")
+
+
+async def _prepare(
+    service: ChatService,
+    user_id: str,
+    body: shapes.ChatCompletionRequest,
+    requested_session: str | None,
+    content: str,
+    idempotency_key: str | None,
+) -> Turn:
+    """Prepare the turn, creating the session first if the caller does not have it.
+
+    The hot path (the session exists) costs no extra round trip: the turn is tried as it
+    is, and only a missing session is created, then the turn retried once.
+    """
+    character: Character | None = None
+    if requested_session is None:
+        character = await _character_for(service, body.model)
+        session_id = character_session_id(character.id)
+    else:
+        session_id = requested_session
+    try:
+        return await service.prepare_turn(
+            user_id, session_id, content, idempotency_key=idempotency_key
+        )
+    except SessionNotFound:
+        pass
+    if character is None:
+        character = await _character_for(service, body.model)
+        await service.create_session(user_id, character.id, session_id=session_id, ensure=True)
+    else:
+        await create_conversation(service, user_id, session_id, character.id)
+    return await service.prepare_turn(user_id, session_id, content, idempotency_key=idempotency_key)
+
+
+def _apply_params(turn: Turn, body: shapes.ChatCompletionRequest) -> None:
+    params = turn.params
+    if body.temperature is not None:
+        params = dataclasses.replace(params, temperature=body.temperature)
+    asked = body.max_completion_tokens or body.max_tokens
+    if asked is not None:
+        limit = min(asked, params.max_tokens) if params.max_tokens else asked
+        params = dataclasses.replace(params, max_tokens=limit)
+    turn.params = params
+
+
+def _sse_data(obj: Any) -> dict[str, str]:
+    return {"data": orjson.dumps(obj).decode()}
+
+
+async def _chunks(turn: Turn, shape: shapes.ChunkShaper) -> AsyncIterator[dict[str, str]]:
+    # The role chunk goes out with the first event, not before: iterating `events()` at
+    # once is what guarantees its cleanup (the turn lock, the partial reply) ever runs.
+    sent_role = False
+    try:
+        async with contextlib.aclosing(turn.events()) as events:
+            async for event in events:
+                if not sent_role:
+                    sent_role = True
+                    yield _sse_data(shape.role())
+                if isinstance(event, Delta):
+                    yield _sse_data(shape.content(event.text))
+                else:
+                    for chunk in shape.closing(event):
+                        yield _sse_data(chunk)
+    except ChatmemError as exc:
+        status = openai_error_response(exc).status_code
+        yield _sse_data(shapes.error_body(status, exc.code, exc.message))
+        return
+    yield {"data": shapes.DONE_DATA}
+
+
+@router.post(
+    "/chat/completions",
+    response_model=None,
+    responses={
+        200: {
+            "model": shapes.ChatCompletion,
+            "description": "a `chat.completion`, or `chat.completion.chunk` events when streamed",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        }
+    },
+)
+async def chat_completions(
+    body: shapes.ChatCompletionRequest,
+    caller: Caller,
+    service: Service,
+    x_session_id: Annotated[
+        str | None, Header(max_length=ID_MAX_CHARS, description="the session to talk in")
+    ] = None,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> Response:
+    """Send the user's new message; the session supplies the history (see the module doc)."""
+    content = service.validate_content(shapes.new_user_text(body.messages))
+    user_id = resolve_user(caller, body.user) if body.user is not None else caller.user_id
+    requested = _requested_session(x_session_id, body.metadata)
+    turn = await _prepare(service, user_id, body, requested, content, idempotency_key)
+    _apply_params(turn, body)
+    created = int(time.time())
+    headers = {SESSION_HEADER: turn.session_id, "Cache-Control": "no-store"}
+    if body.stream:
+        include_usage = body.stream_options is not None and body.stream_options.include_usage
+        shape = shapes.ChunkShaper(
+            turn.reply_id, model=body.model, created=created, include_usage=include_usage
+        )
+        return EventSourceResponse(
+            _chunks(turn, shape), ping=PING_S, headers={**headers, "X-Accel-Buffering": "no"}
+        )
+    done = await service.complete(turn)
+    return JSONResponse(shapes.completion(done, model=body.model, created=created), headers=headers)
+
+
+@router.get("/models", response_model=shapes.ModelList)
+async def list_models(_: Caller, parts: Parts) -> dict[str, Any]:
+    """The characters, each as a model id, then the configured model (the default character)."""
+    registry = parts.characters
+    return shapes.model_list(
+        await registry.list(),
+        default=await registry.get(registry.default_id),
+        configured_model=_configured_model(parts),
+    )
+
+
+@router.get("/models/{model_id}", response_model=shapes.ModelOut)
+async def get_model(model_id: str, _: Caller, parts: Parts) -> dict[str, Any]:
+    registry = parts.characters
+    try:
+        return shapes.model_entry(await registry.get(validate_id(model_id, "model")))
+    except (CharacterNotFound, InvalidInput):
+        if model_id != _configured_model(parts):
+            raise NotFound(f"model {model_id[:64]!r} not found", code="model_not_found") from None
+    return shapes.model_entry(await registry.get(registry.default_id), model_id=model_id)
+
+
+def _configured_model(parts: AppParts) -> str:
+    return parts.settings.llm.model or parts.service.provider.info.name
