@@ -56,7 +56,8 @@ from chatmem.tokens import count_tokens  # noqa: E402
 CONTEXT_MESSAGES = 20  # 2 × the default window of 10 rounds
 TTL_S = 24 * 3600
 CONCURRENCY = 64
-READ_SIZES = (10, 1_000, 10_000)
+# 20 = a full context: from there on every read returns the same 20 messages.
+READ_SIZES = (10, 20, 1_000, 10_000)
 TARGET_RATIO = 10.0
 TARGET_FLAT = 1.2
 TARGET_MEMORY = 1.15
@@ -310,12 +311,15 @@ async def context_reads(
             cm_lat[n].append(time.perf_counter() - t0)
             assert len(snap.messages) == min(n, CONTEXT_MESSAGES)
     # The server's own time per read (EVALSHA µs/call), free of client and network noise.
-    server_us: dict[int, float] = {}
-    for n in READ_SIZES:
-        await client.config_resetstat()
-        for _ in range(200):
-            await big.store.read(f"read-{n}", "s", last=CONTEXT_MESSAGES)
-        server_us[n] = (await client.info("commandstats"))["cmdstat_evalsha"]["usec_per_call"]
+    # Best of three rounds: the mean is easily pushed up by one descheduled call.
+    server_us: dict[int, float] = dict.fromkeys(READ_SIZES, float("inf"))
+    for _ in range(3):
+        for n in READ_SIZES:
+            await client.config_resetstat()
+            for _ in range(200):
+                await big.store.read(f"read-{n}", "s", last=CONTEXT_MESSAGES)
+            stats = await client.info("commandstats")
+            server_us[n] = min(server_us[n], stats["cmdstat_evalsha"]["usec_per_call"])
     peer_lat: dict[int, list[float]] = {n: [] for n in READ_SIZES}
     for i in range(max(10, reads // 20)):
         for n in READ_SIZES:
@@ -330,6 +334,38 @@ async def context_reads(
         "chatmem": {n: statistics.median(v) * 1e6 for n, v in cm_lat.items()},
         "server": server_us,
         "peer": {n: statistics.median(v) * 1e6 for n, v in peer_lat.items()},
+    }
+
+
+async def composition(
+    cm: Chatmem, sync_client: redis.Redis, texts: list[TurnText]
+) -> dict[str, float]:
+    """Where a 1-round-trip turn's time goes: the bare round trip, the script, the rest."""
+    client = cm.store.redis
+    await cm.new_session("comp", "s")
+    turn: list[float] = []
+    for i, t in enumerate(texts[:600]):
+        if i == 100:
+            await client.config_resetstat()
+        t0 = time.perf_counter()
+        await cm.turn_1rt("comp", "s", t)
+        if i >= 100:
+            turn.append(time.perf_counter() - t0)
+    script_us = (await client.info("commandstats"))["cmdstat_evalsha"]["usec_per_call"]
+    aping: list[float] = []
+    sping: list[float] = []
+    for _ in range(500):
+        t0 = time.perf_counter()
+        await client.ping()
+        aping.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        sync_client.ping()
+        sping.append(time.perf_counter() - t0)
+    return {
+        "turn": statistics.median(turn) * 1e6,
+        "script": script_us,
+        "ping_async": statistics.median(aping) * 1e6,
+        "ping_sync": statistics.median(sping) * 1e6,
     }
 
 
@@ -360,6 +396,11 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "MISSED"
 
 
+def flatness(p50_by_size: dict[int, float]) -> float:
+    """The slowest read at 20+ stored messages over the read at 20 (equal replies)."""
+    return max(v for n, v in p50_by_size.items() if n >= 20) / p50_by_size[20]
+
+
 def line(label: str, *cells: str) -> None:
     print(f"{label:40}" + "".join(f"{c:>10}" for c in cells))
 
@@ -368,6 +409,7 @@ def report(
     info: dict[str, str],
     seq: dict[str, Stats],
     rts: dict[str, int],
+    comp: dict[str, float],
     con: dict[str, Stats],
     reads: dict[str, dict[int, float]],
     mem: dict[str, float],
@@ -390,6 +432,15 @@ def report(
         line(label, f"{st.per_s:,.0f}", us(st, 0.5), us(st, 0.99), str(rts[key]), ratio)
 
     print()
+    line("where a 1-round-trip turn goes (p50)", "µs")
+    rest = comp["turn"] - comp["ping_async"] - comp["script"]
+    line("  one bare PING round trip (redis-py)", f"{comp['ping_async']:,.0f}")
+    line("  the Lua script inside redis-server", f"{comp['script']:,.0f}")
+    line("  client CPU: messages, JSON, redis-py", f"{rest:,.0f}")
+    line("  = one turn", f"{comp['turn']:,.0f}")
+    line("  (a sync redis-py PING, the peer's unit)", f"{comp['ping_sync']:,.0f}")
+
+    print()
     line(f"turns, {CONCURRENCY} sessions in flight", "turns/s", "p50 µs", "p99 µs", "", "vs peer")
     for label, key in (
         ("chatmem  1 RT (asyncio tasks, 1 client)", "chatmem"),
@@ -400,18 +451,15 @@ def report(
         line(label, f"{st.per_s:,.0f}", us(st, 0.5), us(st, 0.99), "", ratio)
 
     print()
-    # At 10 stored messages a read returns 10, not 20: 10k / 1k compares equal replies.
-    line(
-        "context read p50 µs at N stored msgs", *(f"{n:,}" for n in READ_SIZES), "10k/10", "10k/1k"
-    )
+    # A read at 10 stored messages returns 10, the others 20: "max/20" compares equal replies.
+    line("context read p50 µs at N stored msgs", *(f"{n:,}" for n in READ_SIZES), "max/20")
     for label, key in (
         ("chatmem  read(last=20)", "chatmem"),
         ("  of which inside redis-server (mean)", "server"),
         ("LangChain .messages[-20:]", "peer"),
     ):
         r = reads[key]
-        lo, mid, hi = (r[n] for n in READ_SIZES)
-        line(label, *(f"{r[n]:,.0f}" for n in READ_SIZES), f"{hi / lo:.2f}×", f"{hi / mid:.2f}×")
+        line(label, *(f"{r[n]:,.0f}" for n in READ_SIZES), f"{flatness(r):.2f}×")
 
     print()
     line(f"Redis bytes per session ({info['msgs']} msgs)", "bytes", "payload", "ratio")
@@ -424,13 +472,15 @@ def report(
         line(label, f"{mem[key]:,.0f}", f"{mem['payload']:,.0f}", ratio)
 
     ratio1 = seq["1rt"].per_s / seq["peer"].per_s
-    flat = reads["chatmem"][max(READ_SIZES)] / reads["chatmem"][min(READ_SIZES)]
+    flat = flatness(reads["chatmem"])
+    flat_10 = reads["chatmem"][max(READ_SIZES)] / reads["chatmem"][min(READ_SIZES)]
     mem_ratio = mem["cm_own"] / mem["payload"]
     print("\ntargets")
     print(f"  turns/s ≥ {TARGET_RATIO:.0f}× the peer's, one connection: {ratio1:.1f}× — "
           f"{verdict(ratio1 >= TARGET_RATIO)}")  # fmt: skip
-    print(f"  context read flat within {TARGET_FLAT}× (10 → 10 000 msgs): {flat:.2f}× — "
-          f"{verdict(flat <= TARGET_FLAT)}")  # fmt: skip
+    print(f"  context read flat within {TARGET_FLAT}× (20 → 10 000 stored, same 20 read): "
+          f"{flat:.2f}× — {verdict(flat <= TARGET_FLAT)}")  # fmt: skip
+    print(f"    (10 000 stored vs 10, which returns only 10 messages: {flat_10:.2f}×)")
     print(f"  Redis bytes ≤ {TARGET_MEMORY}× the JSON payload: {mem_ratio:.2f}× — "
           f"{verdict(mem_ratio <= TARGET_MEMORY)}")  # fmt: skip
 
@@ -445,6 +495,7 @@ async def run(url: str, server: str, sessions: int, turns: int, reads: int) -> N
         rts = await count_round_trips(cm, peer, texts[0])
         await sequential(cm, peer, texts, 2, 10, tag="warm")
         seq = await sequential(cm, peer, texts, sessions, turns)
+        comp = await composition(cm, sync_client, texts)
 
         # Memory: the sessions the 1-round-trip run wrote, against their messages' payload.
         own = all_in = payload = peer_bytes = 0
@@ -481,7 +532,7 @@ async def run(url: str, server: str, sessions: int, turns: int, reads: int) -> N
             "loop": loop,
             "msgs": str(2 * turns),
         }
-        report(info, seq, rts, con, read_p50, mem)
+        report(info, seq, rts, comp, con, read_p50, mem)
     finally:
         await client.flushdb()
         await client.aclose()

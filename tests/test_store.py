@@ -332,3 +332,26 @@ async def test_unreachable_redis_is_store_unavailable() -> None:
             await store.list_users()
     finally:
         await client.aclose()
+
+
+async def test_text_redis_cannot_store_is_invalid_input(
+    store: RedisMemoryStore, redis_client: AnyRedis
+) -> None:
+    """A lone surrogate (a valid JSON escape, "\\ud800", but not valid UTF-8) in a message or
+    a title, or metadata that is not JSON, escaped as an encoder TypeError: a 500."""
+    await store.create_session("alice", "assistant", session_id="s1")
+    bad_messages = [
+        Message(Role.USER, "a\ud800b"),
+        Message(Role.USER, "ok", metadata={"tags": {"a", "b"}}),
+    ]
+    for bad in bad_messages:
+        with pytest.raises(InvalidInput) as err:
+            await store.append("alice", "s1", [msg(Role.USER, "fine"), bad])
+        assert err.value.code == "invalid_message"
+    with pytest.raises(InvalidInput) as err:
+        await store.update_session("alice", "s1", title="x\udcffy")
+    assert err.value.code == "invalid_text"
+    with pytest.raises(InvalidInput):
+        await store.create_session("alice", "assistant", greeting=Message(Role.ASSISTANT, "\ud800"))
+    snap = await store.read("alice", "s1", last=10)
+    assert snap.messages == [] and snap.meta.title == ""

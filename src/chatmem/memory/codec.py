@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from chatmem.errors import InvalidInput
 from chatmem.models import Message, Role, SessionMeta, SessionState, Usage
 
 _ROLE_CODES = {Role.USER: "u", Role.ASSISTANT: "a", Role.SYSTEM: "s"}
@@ -31,7 +32,19 @@ def encode_message(msg: Message) -> str:
     }
     if msg.metadata:
         doc["m"] = msg.metadata
-    return orjson.dumps(doc).decode()
+    try:
+        return orjson.dumps(doc).decode()
+    except orjson.JSONEncodeError as exc:  # a lone surrogate, or metadata that is not JSON
+        raise InvalidInput(f"message cannot be stored: {exc}", code="invalid_message") from None
+
+
+def check_text(value: str, what: str) -> str:
+    """Refuse a string Redis cannot take (a lone surrogate: valid in JSON, not in UTF-8)."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise InvalidInput(f"{what} is not valid Unicode text", code="invalid_text") from None
+    return value
 
 
 def decode_message(raw: str | bytes, seq: int = 0) -> Message:

@@ -22,7 +22,13 @@ from redis.commands.core import AsyncScript
 
 from chatmem.errors import AlreadyExists, InvalidInput, SessionNotFound, StoreUnavailable
 from chatmem.memory import keys, scripts
-from chatmem.memory.codec import decode_messages, decode_meta, encode_message, meta_fields
+from chatmem.memory.codec import (
+    check_text,
+    decode_messages,
+    decode_meta,
+    encode_message,
+    meta_fields,
+)
 from chatmem.memory.keys import MIN_TTL_S, PREVIEW_CHARS, WINDOW_MAX, WINDOW_MIN
 from chatmem.models import Message, SessionMeta, SessionState, Usage, UserTotals, new_id
 
@@ -93,7 +99,7 @@ def _validate_title(title: str) -> str:
         raise InvalidInput(
             f"title must be at most {keys.MAX_TITLE_CHARS} characters", code="invalid_title"
         )
-    return title
+    return check_text(title, "title")
 
 
 def _preview(msg: Message) -> str:
