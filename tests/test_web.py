@@ -275,6 +275,25 @@ def test_delete_session(page: Page, server: LiveServer) -> None:
     expect(page.locator("#welcome")).to_be_visible()
 
 
+def test_long_history_loads_older_pages(page: Page, server: LiveServer, fake: FakeOpenAI) -> None:
+    fake.script(*[Reply(text=f"reply {i}") for i in range(30)])
+    sid = api(server, page, "POST", "/v1/sessions", json={"character_id": "luna"}).json()[
+        "session"
+    ]["session_id"]
+    for i in range(30):
+        res = api(server, page, "POST", f"/v1/sessions/{sid}/messages", json={"content": f"m{i}"})
+        assert res.status_code == 200, res.text
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]")
+    messages = page.locator("#messages .message")
+    expect(messages).to_have_count(50)
+    expect(messages.last.locator(".bubble")).to_have_text("reply 29")
+    page.click("#load-older")
+    expect(messages).to_have_count(61)  # the greeting and 30 turns
+    expect(messages.first.locator(".bubble")).to_have_text(LUNA_GREETING)
+    expect(page.locator("#load-older")).to_be_hidden()
+
+
 def test_html_in_messages_titles_and_cards_renders_as_text(
     page: Page, server: LiveServer, fake: FakeOpenAI
 ) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import os
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -139,50 +138,19 @@ def serve(
     log_level: str = typer.Option("info", help="uvicorn log level"),
 ) -> None:
     """Run the HTTP server: the page at /, the API at /v1, the docs at /docs."""
-    import uvicorn
-
-    from chatmem.api.app import create_app
-    from chatmem.memory.embedded import EmbeddedRedis
+    from chatmem.serving import LOG_LEVELS, run_server
 
     settings = load_settings()
-    host = host or settings.server.host
-    port = port or settings.server.port
     workers = workers or settings.server.workers
     if reload and workers > 1:
         fail("--reload works with one worker only", 2)
-    if log_level.lower() not in {"critical", "error", "warning", "info", "debug", "trace"}:
+    if log_level.lower() not in LOG_LEVELS:
         fail(f"unknown log level {log_level!r}", 2)
-    settings.server = settings.server.model_copy(update={"host": host, "port": port})
-    common: dict[str, Any] = {
-        "host": host,
-        "port": port,
-        "log_level": log_level.lower(),
-        "timeout_graceful_shutdown": int(settings.server.shutdown_grace_s),
-    }
-    if workers == 1 and not reload:
-        uvicorn.run(create_app(settings), **common)
-        return
-    # Several processes: they build their own settings from the environment, so what the
-    # options changed goes there, and they share one Redis started here.
-    os.environ["CHATMEM_SERVER_HOST"] = host
-    os.environ["CHATMEM_SERVER_PORT"] = str(port)
-    embedded = None
-    if settings.redis.url is None:
-        embedded = EmbeddedRedis(settings.data_dir)
-        with reported_errors():
-            os.environ["CHATMEM_REDIS_URL"] = embedded.start()
-    try:
-        uvicorn.run(
-            "chatmem.api.app:create_app",
-            factory=True,
-            workers=workers,
-            reload=reload,
-            reload_dirs=[str(Path(__file__).resolve().parent)] if reload else None,
-            **common,
-        )
-    finally:
-        if embedded is not None:
-            embedded.stop()
+    settings.server = settings.server.model_copy(
+        update={"host": host or settings.server.host, "port": port or settings.server.port}
+    )
+    with reported_errors():
+        run_server(settings, workers=workers, reload=reload, log_level=log_level.lower())
 
 
 # --- chat -----------------------------------------------------------------------------

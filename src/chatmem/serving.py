@@ -1,0 +1,61 @@
+"""Run the HTTP server under uvicorn: one process, or several that share one Redis.
+
+Several processes (workers, or the reloader's child) build their own settings from the
+environment, so what the command line changed is put there for them; with no
+`CHATMEM_REDIS_URL` the embedded Redis is started once, here in the parent, its address
+handed down the same way, and stopped when uvicorn returns.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from chatmem.config import Settings
+from chatmem.errors import StoreUnavailable
+
+LOG_LEVELS = frozenset({"critical", "error", "warning", "info", "debug", "trace"})
+APP_FACTORY = "chatmem.api.app:create_app"
+
+
+def run_server(
+    settings: Settings, *, workers: int = 1, reload: bool = False, log_level: str = "info"
+) -> None:
+    """Serve until interrupted on `settings.server.host` and `.port`."""
+    import uvicorn
+
+    from chatmem.api.app import create_app
+    from chatmem.memory.embedded import EmbeddedRedis
+
+    server = settings.server
+    common: dict[str, Any] = {
+        "host": server.host,
+        "port": server.port,
+        "log_level": log_level,
+        "timeout_graceful_shutdown": int(server.shutdown_grace_s),
+    }
+    if workers == 1 and not reload:
+        uvicorn.run(create_app(settings), **common)
+        return
+    os.environ["CHATMEM_SERVER_HOST"] = server.host
+    os.environ["CHATMEM_SERVER_PORT"] = str(server.port)
+    embedded = None
+    if settings.redis.url is None:
+        embedded = EmbeddedRedis(settings.data_dir)
+        try:
+            os.environ["CHATMEM_REDIS_URL"] = embedded.start()
+        except RuntimeError as exc:
+            raise StoreUnavailable(str(exc)) from exc
+    try:
+        uvicorn.run(
+            APP_FACTORY,
+            factory=True,
+            workers=workers,
+            reload=reload,
+            reload_dirs=[str(Path(__file__).resolve().parent)] if reload else None,
+            **common,
+        )
+    finally:
+        if embedded is not None:
+            embedded.stop()
