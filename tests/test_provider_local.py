@@ -161,3 +161,11 @@ async def test_a_prompt_longer_than_the_context_is_a_bad_request(
         async for _ in model.stream(huge, GenerationParams()):
             pass
     assert model.pending == 0
+
+
+@pytest.mark.local_model
+async def test_warm_up_is_idempotent_and_keeps_replies_working(model: LocalLlamaProvider) -> None:
+    await model.warm_up()
+    await model.warm_up()
+    chunks = [c async for c in model.stream(MESSAGES, GenerationParams(max_tokens=4))]
+    assert chunks[-1].usage is not None

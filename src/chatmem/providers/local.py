@@ -49,6 +49,17 @@ def bundled_model_path() -> Path | None:
     return None
 
 
+def default_threads() -> int:
+    """All CPUs this process may use but one, left to the event loop and Redis.
+
+    llama.cpp's threads wait for each other at every layer: when one is preempted
+    the others spin. On a 2-CPU machine with other load, 2 threads made the local
+    test module take 35-40 s where 1 thread took 2-3 s (docs/performance.md).
+    """
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return max(1, (available or os.cpu_count() or 1) - 1)
+
+
 class LocalLlamaProvider:
     """Streams replies from a local GGUF model, one generation at a time.
 
@@ -60,7 +71,7 @@ class LocalLlamaProvider:
     def __init__(self, settings: LLMSettings) -> None:
         self._settings = settings
         self._path = settings.local_model_path or bundled_model_path()
-        self._threads = settings.local_threads or os.cpu_count() or 1
+        self._threads = settings.local_threads or default_threads()
         self._llama: Any = None
         self._template: Any = None
         self._vocab: Any = None
@@ -70,6 +81,7 @@ class LocalLlamaProvider:
         self._slots_lock = threading.Lock()
         self._admitted = 0  # running + queued generations
         self._closed = False
+        self._primed = False
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="chatmem-llama")
 
     @property
@@ -120,8 +132,18 @@ class LocalLlamaProvider:
             self._llama = llama
 
     async def warm_up(self) -> None:
-        """Load the model on the worker thread, without blocking the event loop."""
-        await asyncio.wrap_future(self._worker.submit(self.load))
+        """Load and prime the model on the worker thread, without blocking the event loop."""
+        await asyncio.wrap_future(self._worker.submit(self._prime))
+
+    def _prime(self) -> None:
+        self.load()
+        if self._primed:
+            return
+        # The weights are mmapped: until one evaluation has paged them all in, the
+        # first reply is several times slower (seen: TTFT 1.2 s instead of 0.15 s).
+        self._llama.reset()
+        self._llama.eval(self._llama.tokenize(b"Hi", add_bos=False, special=False))
+        self._primed = True
 
     async def aclose(self) -> None:
         if self._closed:

@@ -42,6 +42,9 @@ KNOWN_CONTEXT_WINDOWS = {
     "gpt-4o-mini": 128_000,
 }
 MAX_RETRY_DELAY_S = 10.0
+# Not a concurrency limit (the service caps streams per user); only a guard
+# against running out of sockets.
+MAX_CONNECTIONS = 512
 # After `[DONE]` the body should end at once; reading that end lets the
 # connection go back to the pool, but a server that lingers must not hold the reply.
 DRAIN_AFTER_DONE_S = 0.2
@@ -84,6 +87,7 @@ class OpenAICompatProvider:
                 write=settings.read_timeout_s,
                 pool=settings.connect_timeout_s,
             ),
+            limits=httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=64),
             transport=transport,
         )
         # Cleared for good the first time the server rejects `stream_options`.
@@ -231,18 +235,21 @@ def _delta_chunk(event: Any) -> StreamChunk | None:
         raise _error_from_body(event, status=None)
     usage = _usage(event.get("usage"))
     choices = event.get("choices")
-    if not choices:
+    if not choices or not isinstance(choices[0], dict):
         return StreamChunk(usage=usage) if usage else None
     choice = choices[0]
     delta = choice.get("delta") or {}
-    text = delta.get("content") or ""
-    reasoning = delta.get("reasoning_content") or delta.get("reasoning") or ""
-    if not isinstance(reasoning, str):
-        reasoning = ""  # some servers send a structured object here; not reply text
+    text = _text(delta.get("content"))
+    reasoning = _text(delta.get("reasoning_content") or delta.get("reasoning"))
     finish = choice.get("finish_reason")
     if not (text or reasoning or finish or usage):
         return None  # role-only or empty keep-alive delta
     return StreamChunk(text=text, reasoning=reasoning, finish_reason=finish, usage=usage)
+
+
+def _text(value: Any) -> str:
+    # Anything but a string (a structured reasoning object, say) is not text to relay.
+    return value if type(value) is str else ""
 
 
 def _completion_chunk(body: Any) -> StreamChunk:
@@ -253,8 +260,8 @@ def _completion_chunk(body: Any) -> StreamChunk:
     choice = (body.get("choices") or [{}])[0]
     message = choice.get("message") or {}
     return StreamChunk(
-        text=message.get("content") or "",
-        reasoning=message.get("reasoning_content") or "",
+        text=_text(message.get("content")),
+        reasoning=_text(message.get("reasoning_content") or message.get("reasoning")),
         finish_reason=choice.get("finish_reason") or "stop",
         usage=_usage(body.get("usage")),
     )
@@ -263,10 +270,13 @@ def _completion_chunk(body: Any) -> StreamChunk:
 def _usage(raw: Any) -> TokenUsage | None:
     if not isinstance(raw, dict):
         return None
-    return TokenUsage(
-        prompt_tokens=int(raw.get("prompt_tokens") or 0),
-        completion_tokens=int(raw.get("completion_tokens") or 0),
-    )
+    try:
+        return TokenUsage(
+            prompt_tokens=int(raw.get("prompt_tokens") or 0),
+            completion_tokens=int(raw.get("completion_tokens") or 0),
+        )
+    except (TypeError, ValueError):
+        return None  # unusable figures: the service counts tokens itself
 
 
 async def _status_error(resp: httpx.Response) -> ProviderError:
