@@ -115,7 +115,7 @@ class OpenAICompatProvider:
             body = self._request_body(messages, params)
             try:
                 async with self._client.stream("POST", "chat/completions", content=body) as resp:
-                    if resp.status_code >= 400:
+                    if resp.status_code >= 300:  # redirects too: a base URL to fix
                         raise await _status_error(resp)
                     async for chunk in _relay(resp):
                         relayed = True
