@@ -348,3 +348,15 @@ async def test_newest_messages_are_at_the_head_of_the_list(
     await store.append("alice", session, [msg(Role.USER, "older"), msg(Role.USER, "newest")])
     head = await redis_client.lindex(keys.session_messages_key("alice", session), 0)
     assert '"c":"newest"' in head
+
+
+@pytest.mark.parametrize(
+    "usage", [Usage(-1, 0, 0.0), Usage(0, -1, 0.0), Usage(0, 0, -0.5), Usage(1, 1, float("inf"))]
+)
+async def test_invalid_usage_is_refused_before_any_write(
+    store: RedisMemoryStore, session: str, usage: Usage
+) -> None:
+    with pytest.raises(InvalidInput) as err:
+        await store.append("alice", session, [msg(Role.ASSISTANT, "a")], usage=usage)
+    assert err.value.code == "invalid_usage"
+    assert (await store.get_meta("alice", session)).message_count == 1

@@ -21,8 +21,9 @@ index). Scripts return messages newest first; the store reverses them.
 Idempotency: KEYS[3] holds `,id,id,…,` for the newest min(stored, id window) messages, so
 an append finds a repeated id with one plain substring search instead of reading the
 list. Its invariant — it names exactly that many ids, the list's newest, in order — is
-kept by every script that changes the list; if it is missing (it expired a moment before
-the meta, or was lost) the append script rebuilds it from the list.
+kept by every script that changes the list, given one max_messages for every process
+sharing the Redis (which each trims to); if it is missing (it expired a moment before the
+meta, or was lost) the append script rebuilds it from the list.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ validated by the key builders before any I/O.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -235,6 +236,8 @@ class RedisMemoryStore:
             raise InvalidInput(f"at most {keys.MAX_APPEND_MESSAGES} messages per append")
         ks = keys.session_keys(user_id, session_id)
         u = usage or Usage()
+        if u.prompt_tokens < 0 or u.completion_tokens < 0 or not 0 <= u.cost_usd < math.inf:
+            raise InvalidInput(f"invalid usage {u}", code="invalid_usage")
         last = messages[-1] if messages else None
         args: list[Any] = [
             session_id,
