@@ -1,5 +1,9 @@
 """200 streams from 20 users over real sockets, half of them abandoned mid-reply: every
-reply reaches only its own user, and every abandoned one is stored as interrupted."""
+reply reaches only its own user, and every abandoned one is stored as interrupted.
+
+Regression: a client that left just as the reply finished cancelled the final write
+half-way, and that reply was lost (about one run in three); the write is now shielded.
+"""
 
 from __future__ import annotations
 
@@ -51,7 +55,9 @@ async def one_stream(c: httpx.AsyncClient, user: str, j: int, abandon: bool) -> 
 
 
 async def storm(base: str) -> list[dict[str, Any]]:
-    limits = httpx.Limits(max_connections=300, max_keepalive_connections=300)
+    # Idle connections are dropped well before uvicorn's 5 s keep-alive timeout, so the
+    # client never reuses one that the server is closing at that moment.
+    limits = httpx.Limits(max_connections=300, max_keepalive_connections=300, keepalive_expiry=1)
     async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as c:
         jobs = [
             one_stream(c, f"user{u}", j, abandon=(u + j) % 2 == 0)
@@ -78,7 +84,7 @@ async def storm(base: str) -> list[dict[str, Any]]:
             assert set(reply["content"].split()) == {res["token"]}
             words = len(reply["content"].split())
             if reply["metadata"].get("interrupted"):
-                assert res["abandoned"] and words < 20
+                assert res["abandoned"] and words <= 20
             else:
                 # An abandoned stream may still have finished before the server noticed.
                 assert words == 20

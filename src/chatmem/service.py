@@ -121,8 +121,12 @@ class Turn:
                 raise exc
             stopped = self.stop.is_set()
             outcome = "stopped" if stopped else "ok"
-            reply = await svc._persist_reply(
-                self, "".join(parts), usage_seen, finish_reason, interrupted=stopped
+            # Shielded: a client that leaves now must not cancel the write half-way (and
+            # outcome is already set, so the cleanup will not write a partial copy).
+            reply = await svc.shielded(
+                svc._persist_reply(
+                    self, "".join(parts), usage_seen, finish_reason, interrupted=stopped
+                )
             )
             yield TurnDone(reply.message, self.user_message, reply.usage)
         finally:
