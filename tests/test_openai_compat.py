@@ -15,9 +15,19 @@ import openai
 import pytest
 from openai import AsyncOpenAI
 
-from chatmem.api.openai_shapes import ChatMessageIn, new_user_text
+from chatmem.api.openai_shapes import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatMessageIn,
+    ChunkShaper,
+    completion,
+    error_body,
+    new_user_text,
+)
 from chatmem.characters import load_builtins
 from chatmem.errors import InvalidInput
+from chatmem.models import Message, Role, Usage
+from chatmem.service import TurnDone
 from tests.api_support import make_test_settings
 from tests.fake_openai import FakeOpenAI, Reply
 from tests.live_server import LiveServer
@@ -405,12 +415,12 @@ async def test_bad_messages_are_400_in_openai_shape(
         (
             {"model": "assistant", "messages": [user_msg("hi")]},
             {"X-Session-Id": "a:b"},
-            "invalid_id",
+            "invalid_request",
         ),
         (
             {"model": "assistant", "messages": [user_msg("hi")]},
             {"X-Session-Id": "{x}"},
-            "invalid_id",
+            "invalid_request",
         ),
         (
             {"model": "assistant", "messages": [user_msg("hi")]},
@@ -429,9 +439,33 @@ async def test_bad_messages_are_400_in_openai_shape(
         (
             {"model": "assistant", "messages": [user_msg("hi")], "metadata": {"session_id": "*"}},
             {},
-            "invalid_id",
+            "invalid_request",
         ),
-        ({"model": "assistant", "messages": [user_msg("hi")], "user": "a b"}, {}, "invalid_id"),
+        (
+            {"model": "assistant", "messages": [user_msg("hi")], "metadata": {"tag": 1}},
+            {},
+            "invalid_request",
+        ),
+        (
+            {"model": "assistant", "messages": [user_msg("hi")], "user": "a b"},
+            {},
+            "invalid_request",
+        ),
+        (
+            {"model": "assistant", "messages": [user_msg("hi")], "stream": "yes"},
+            {},
+            "invalid_request",
+        ),
+        (
+            {"model": "assistant", "messages": [user_msg("hi")], "temperature": 3},
+            {},
+            "invalid_request",
+        ),
+        (
+            {"model": "assistant", "messages": [user_msg("hi")], "max_tokens": 0},
+            {},
+            "invalid_request",
+        ),
     ],
 )
 async def test_bad_requests_are_4xx_never_500(
@@ -513,3 +547,46 @@ def test_new_user_text_joins_text_parts() -> None:
     assert new_user_text([msg]) == "a\nb"
     with pytest.raises(InvalidInput):
         new_user_text([ChatMessageIn(role="tool", content="x")])
+
+
+def _done(text: str = "hi", *, finish: str | None = "stop") -> TurnDone:
+    metadata = {"finish_reason": finish} if finish else {}
+    reply = Message(Role.ASSISTANT, text, 1, msg_id="r1", metadata=metadata)
+    return TurnDone(reply, Message(Role.USER, "q", 1), Usage(10, 2))
+
+
+def test_chunks_keep_to_their_documented_schema() -> None:
+    """The chunks are built as dicts for speed; they must stay what /openapi.json says."""
+    shape = ChunkShaper("r1", model="teacher", created=1, include_usage=True)
+    done = _done()
+    chunks = [shape.role(), shape.content("a"), *shape.closing(done)]
+    for chunk in chunks:
+        ChatCompletionChunk.model_validate(chunk, strict=True)
+    assert [c["choices"][0]["finish_reason"] for c in chunks[:-1]] == [None, None, "stop"]
+    assert chunks[-1]["choices"] == []
+    assert chunks[-1]["usage"] == {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12}
+    assert all(c["usage"] is None for c in chunks[:-1])
+    plain = ChunkShaper("r1", model="teacher", created=1, include_usage=False)
+    assert [set(c) for c in plain.closing(done)] == [set(chunks[0]) - {"usage"}]
+
+
+def test_completion_keeps_to_its_documented_schema() -> None:
+    body = completion(_done("Paris", finish="length"), model="teacher", created=5)
+    parsed = ChatCompletion.model_validate(body, strict=True)
+    assert parsed.id == "chatcmpl-r1" and parsed.choices[0].finish_reason == "length"
+    # Anything chatmem stores that is no OpenAI finish reason (or none at all) reads "stop".
+    assert (
+        completion(_done(finish="interrupted"), model="m", created=0)["choices"][0]["finish_reason"]
+        == "stop"
+    )
+    assert (
+        completion(_done(finish=None), model="m", created=0)["choices"][0]["finish_reason"]
+        == "stop"
+    )
+
+
+def test_error_types_follow_openai() -> None:
+    assert error_body(400, "empty_message", "m")["error"]["type"] == "invalid_request_error"
+    assert error_body(401, "unauthenticated", "m")["error"]["type"] == "authentication_error"
+    assert error_body(429, "rate_limited", "m")["error"]["type"] == "rate_limit_error"
+    assert error_body(503, "store_unavailable", "m")["error"]["type"] == "server_error"

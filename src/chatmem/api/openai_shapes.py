@@ -1,7 +1,8 @@
 """OpenAI's chat-completions wire format, shaped from chatmem values (pure: no I/O).
 
-Requests are read leniently, the way OpenAI-compatible servers are used: parameters
-chatmem has no use for (`tools`, `top_p`, `stop`, …) are accepted and ignored. Only the
+Requests are read the way OpenAI-compatible servers are used: parameters chatmem has
+no use for (`tools`, `top_p`, `stop`, …) are accepted and ignored, while the ones it
+reads are strictly typed, as OpenAI types them (`"stream": "yes"` is a 400, not true). Only the
 last message of `messages` is read, since the server keeps the history (see
 `new_user_text`). Responses follow OpenAI's objects field for field; the streamed
 ones are built as plain dicts, not models, because one is built per relayed token.
@@ -12,9 +13,9 @@ check the answers against it); the dicts the routes send must keep to them.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter
 
 from chatmem.errors import InvalidInput
 from chatmem.models import Character, Message, Usage
@@ -24,27 +25,52 @@ COMPLETION_ID_PREFIX = "chatcmpl-"
 OWNED_BY = "chatmem"
 FINISH_REASONS = frozenset({"stop", "length", "content_filter", "tool_calls", "function_call"})
 DONE_DATA = "[DONE]"
+# The rule of `memory.keys.validate_id`, which stays the authority; here for the schema.
+ID_PATTERN = r"^[A-Za-z0-9_.@-]{1,128}$"
 
 # --- requests ---------------------------------------------------------------------------
 
 
+# Strict: no coercions (a string for a number, 0 for false), as OpenAI validates.
+_REQUEST = ConfigDict(extra="ignore", strict=True)
+
+
+def _integral(value: Any) -> Any:
+    # JSON Schema counts 3.0 as an integer, which strict pydantic alone would refuse.
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# The bounds go before the validator: after it, pydantic leaves them out of the schema.
+TokenCount = Annotated[int, Field(ge=1), BeforeValidator(_integral)]
+ChoiceCount = Annotated[int, Field(ge=1, le=1), BeforeValidator(_integral)]
+
+
 class ContentPart(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = _REQUEST
 
     type: str = Field(max_length=64)
     text: str | None = None
 
 
 class ChatMessageIn(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = _REQUEST
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[ContentPart] | None = None
     name: str | None = Field(None, max_length=256)
 
 
+class RequestMetadata(BaseModel):
+    """OpenAI's free string pairs; chatmem reads `session_id`."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    __pydantic_extra__: dict[str, str] = Field(init=False)
+
+    session_id: str | None = Field(None, pattern=ID_PATTERN, description="the session")
+
+
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = _REQUEST
 
     include_usage: bool = False
 
@@ -52,18 +78,18 @@ class StreamOptions(BaseModel):
 class ChatCompletionRequest(BaseModel):
     """OpenAI's request body; what chatmem does with each field is in the route's doc."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = _REQUEST
 
     model: str = Field(max_length=256, description="a character id, or any other model name")
     messages: list[ChatMessageIn] = Field(min_length=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    user: str | None = Field(None, max_length=256)
-    metadata: dict[str, str] | None = None
+    user: str | None = Field(None, pattern=ID_PATTERN, description="a user id (see the route)")
+    metadata: RequestMetadata | None = None
     temperature: float | None = Field(None, ge=0.0, le=2.0)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    n: int | None = Field(None, ge=1, le=1, description="chatmem answers with one choice")
+    max_tokens: TokenCount | None = None
+    max_completion_tokens: TokenCount | None = None
+    n: ChoiceCount | None = Field(None, description="chatmem answers with one choice")
 
 
 def new_user_text(messages: list[ChatMessageIn]) -> str:
@@ -126,6 +152,28 @@ class ChatCompletion(BaseModel):
     system_fingerprint: None = None
 
 
+class ChunkDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int
+    delta: ChunkDelta
+    finish_reason: str | None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"]
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: UsageOut | None = None
+    system_fingerprint: None = None
+
+
 class ModelOut(BaseModel):
     id: str
     object: Literal["model"]
@@ -149,6 +197,33 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+
+
+def _inline_defs(schema: Any, defs: dict[str, Any]) -> Any:
+    if isinstance(schema, dict):
+        ref = schema.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            return _inline_defs(defs[ref.removeprefix("#/$defs/")], defs)
+        return {k: _inline_defs(v, defs) for k, v in schema.items() if k != "$defs"}
+    if isinstance(schema, list):
+        return [_inline_defs(v, defs) for v in schema]
+    return schema
+
+
+def stream_event_schema() -> dict[str, Any]:
+    """The JSON Schema of one event of a streamed reply, for `/openapi.json`: its `data`
+    is a `chat.completion.chunk`, an error object, or `[DONE]`."""
+    payload = TypeAdapter(ChatCompletionChunk | ErrorResponse).json_schema()
+    json_data = {
+        "type": "string",
+        "contentMediaType": "application/json",
+        "contentSchema": _inline_defs(payload, payload.get("$defs", {})),
+    }
+    return {
+        "type": "object",
+        "required": ["data"],
+        "properties": {"data": {"anyOf": [{"const": DONE_DATA}, json_data]}},
+    }
 
 
 def completion_id(reply_id: str) -> str:

@@ -20,7 +20,8 @@ Unlike OpenAI, the server keeps the conversation: the client sends only its new 
   echoes `model`; `GET /v1/models` lists the characters and the configured model name.
 - **User.** The caller, as on every route. A body `user` names the user the way the seed
   routes' `user_id` does: taken as given in open mode or from an admin, otherwise it must
-  be the caller's own id (else 404).
+  be the caller's own id (else 404). Session and user ids follow chatmem's id rule
+  (1-128 of letters, digits, `-_.@`), stated as a pattern in the schema.
 - **Parameters.** `temperature` is honoured; `max_tokens` / `max_completion_tokens` may
   lower the reply limit, never raise it (the context budget was reserved for it);
   `n` must be 1; other OpenAI parameters are accepted and ignored.
@@ -30,8 +31,9 @@ Unlike OpenAI, the server keeps the conversation: the client sends only its new 
   which the SDK raises as an `APIError`. The `X-Session-Id` response header names the
   session used. An `Idempotency-Key` header makes a retry return the stored reply.
 - **Errors** use OpenAI's shape, `{"error": {"message", "type", "code", "param"}}` with
-  chatmem's machine-readable `code`; invalid bodies are 400 here (OpenAI's status), not
-  the 422 of the native routes.
+  chatmem's machine-readable `code`. Invalid requests are 400 `invalid_request` here
+  (OpenAI's status), not the 422 of the native routes; the fields chatmem reads are
+  strictly typed, as OpenAI types them (`"stream": "yes"` is refused, not coerced).
 """
 
 from __future__ import annotations
@@ -63,11 +65,12 @@ from chatmem.errors import (
     NotFound,
     SessionNotFound,
 )
-from chatmem.memory.keys import ID_MAX_CHARS, validate_id
+from chatmem.memory.keys import validate_id
 from chatmem.models import Character
 from chatmem.service import ChatService, Delta, Turn
 
 SESSION_HEADER = "X-Session-Id"
+_ERROR_HEADERS = frozenset({"retry-after", "www-authenticate"})
 _ERROR_DESCRIPTIONS: dict[int | str, str] = {
     400: "invalid request",
     401: "a credential is required",
@@ -110,8 +113,8 @@ class OpenAIErrorRoute(APIRoute):
 
 
 def openai_error_response(exc: ChatmemError) -> JSONResponse:
-    native = error_response(exc)  # for its status and headers (Retry-After, WWW-Authenticate)
-    headers = {k: v for k, v in native.headers.items() if k.lower().startswith(("retry", "www"))}
+    native = error_response(exc)  # for the status and its headers, as on every route
+    headers = {k: v for k, v in native.headers.items() if k.lower() in _ERROR_HEADERS}
     status = native.status_code
     return JSONResponse(
         shapes.error_body(status, exc.code, exc.message), status_code=status, headers=headers
@@ -148,8 +151,7 @@ async def _character_for(service: ChatService, model: str) -> Character:
     return await characters.get(characters.default_id)
 
 
-def _requested_session(header: str | None, metadata: dict[str, str] | None) -> str | None:
-    from_body = (metadata or {}).get("session_id")
+def _requested_session(header: str | None, from_body: str | None) -> str | None:
     if header is not None and from_body is not None and header != from_body:
         raise InvalidInput(
             f"the {SESSION_HEADER} header and metadata.session_id name different sessions",
@@ -238,7 +240,7 @@ async def _chunks(turn: Turn, shape: shapes.ChunkShaper) -> AsyncIterator[dict[s
         200: {
             "model": shapes.ChatCompletion,
             "description": "a `chat.completion`, or `chat.completion.chunk` events when streamed",
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "content": {"text/event-stream": {"schema": shapes.stream_event_schema()}},
         }
     },
 )
@@ -247,14 +249,15 @@ async def chat_completions(
     caller: Caller,
     service: Service,
     x_session_id: Annotated[
-        str | None, Header(max_length=ID_MAX_CHARS, description="the session to talk in")
+        str | None, Header(pattern=shapes.ID_PATTERN, description="the session to talk in")
     ] = None,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> Response:
     """Send the user's new message; the session supplies the history (see the module doc)."""
     content = service.validate_content(shapes.new_user_text(body.messages))
     user_id = resolve_user(caller, body.user) if body.user is not None else caller.user_id
-    requested = _requested_session(x_session_id, body.metadata)
+    from_body = body.metadata.session_id if body.metadata is not None else None
+    requested = _requested_session(x_session_id, from_body)
     turn = await _prepare(service, user_id, body, requested, content, idempotency_key)
     _apply_params(turn, body)
     created = int(time.time())
