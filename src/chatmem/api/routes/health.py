@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 
 from chatmem.api.deps import Parts
 
@@ -41,6 +41,6 @@ async def ready(parts: Parts) -> JSONResponse:
     return JSONResponse(body, status_code=200 if redis_ok else 503)
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(parts: Parts) -> Response:
     return Response(parts.metrics.render(), media_type="text/plain; version=0.0.4")
