@@ -590,3 +590,32 @@ def test_error_types_follow_openai() -> None:
     assert error_body(401, "unauthenticated", "m")["error"]["type"] == "authentication_error"
     assert error_body(429, "rate_limited", "m")["error"]["type"] == "rate_limit_error"
     assert error_body(503, "store_unavailable", "m")["error"]["type"] == "server_error"
+
+
+async def test_client_closing_a_stream_keeps_the_partial_reply(
+    client: AsyncOpenAI, raw: httpx.AsyncClient, fake: FakeOpenAI
+) -> None:
+    """Closing the SDK's stream ends the upstream generation, stores what was said as
+    interrupted, and frees the session for the next turn at once (no 409)."""
+    fake.script(Reply(text="word " * 200, delay_s=0.02))
+    stream = await client.chat.completions.create(
+        model="assistant",
+        messages=[user_msg("talk")],
+        stream=True,
+        extra_headers=session_header("gone"),
+    )
+    received = []
+    async for chunk in stream:
+        received.append(chunk)
+        if len(received) == 4:
+            break
+    await stream.close()
+    assert await fake.wait_disconnected()
+    reply = await client.chat.completions.create(
+        model="assistant", messages=[user_msg("still there?")], extra_headers=session_header("gone")
+    )
+    assert reply.choices[0].message.content == fake.default.text
+    r = await raw.get("/v1/sessions/gone/messages")
+    partial = r.json()["messages"][-3]
+    assert partial["role"] == "assistant" and partial["metadata"]["interrupted"] is True
+    assert partial["content"].startswith("word word")
