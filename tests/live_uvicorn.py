@@ -17,8 +17,17 @@ from tests.redis_servers import free_port
 def serve_in_thread(app: Any) -> Iterator[str]:
     """Serve `app` (lifespan included) and yield its base URL; stop it on exit."""
     port = free_port()
+    # The client shares this process (and its GIL): a loaded machine can stall the server
+    # loop for seconds, so idle keep-alive connections get a long timeout here; otherwise
+    # the server may close one just as the client reuses it.
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", loop="asyncio"
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        loop="asyncio",
+        timeout_keep_alive=60,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
