@@ -355,3 +355,17 @@ async def test_text_redis_cannot_store_is_invalid_input(
         await store.create_session("alice", "assistant", greeting=Message(Role.ASSISTANT, "\ud800"))
     snap = await store.read("alice", "s1", last=10)
     assert snap.messages == [] and snap.meta.title == ""
+
+
+async def test_list_users_offset_near_int64_max_is_empty_not_an_error(
+    store: RedisMemoryStore,
+) -> None:
+    """An offset near 2**63 made ZREVRANGE's stop index (offset + limit - 1) overflow a
+    64-bit integer: Redis refused the command and the admin route answered 500."""
+    await store.create_session("alice", "assistant", session_id="s1")
+    assert await store.list_users(offset=2**63 - 100, limit=1000) == []
+    assert await store.list_users(offset=2**63 + 5) == []
+    assert await store.list_users(limit=0) == []
+    with pytest.raises(InvalidInput):
+        await store.list_users(offset=-1)
+    assert await store.list_users(offset=0, limit=2**63) == ["alice"]

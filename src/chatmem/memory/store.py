@@ -49,6 +49,7 @@ __all__ = [
 AnyRedis = Redis | RedisCluster
 
 OpObserver = Callable[[str, float], None]
+_MAX_INDEX = 2**63 - 1
 
 # What "Redis cannot be reached in time" looks like from redis-py.
 _UNAVAILABLE = (
@@ -369,13 +370,13 @@ class RedisMemoryStore:
         From the global index (never KEYS or SCAN); users whose data has expired are
         dropped from it here.
         """
+        if limit < 0 or offset < 0:
+            raise InvalidInput("limit and offset must not be negative")
+        if limit == 0 or offset >= _MAX_INDEX:
+            return []
+        stop = min(offset + limit - 1, _MAX_INDEX)  # Redis indexes are 64-bit signed
         async with self._op("list_users"):
-            users = [
-                str(u)
-                for u in await self.redis.zrevrange(
-                    keys.USERS_INDEX_KEY, offset, offset + limit - 1
-                )
-            ]
+            users = [str(u) for u in await self.redis.zrevrange(keys.USERS_INDEX_KEY, offset, stop)]
             if not users:
                 return []
             pipe = self.redis.pipeline(transaction=False)
