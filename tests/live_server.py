@@ -15,6 +15,7 @@ import threading
 import time
 from types import TracebackType
 
+import anyio
 import uvicorn
 
 from chatmem.api.app import create_app
@@ -23,6 +24,14 @@ from chatmem.providers.base import ChatProvider
 
 START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 15.0
+
+# CPython 3.11.7's ast is not thread-safe (gh-106905): a module imported for the first
+# time in the server's thread, under pytest's assertion rewriter (anyio is a pytest
+# plugin, so it is rewritten), can fail with "AST constructor recursion depth mismatch"
+# while another thread parses. Starlette loads these lazily on its first file response
+# and threadpool call: load them here, in the importing thread.
+for _name in ("open_file", "wrap_file", "Path", "to_thread", "from_thread"):
+    getattr(anyio, _name)
 
 
 def free_port() -> int:

@@ -443,7 +443,8 @@
   async function newSession() {
     const characterId = ui.character.value || state.defaultCharacter;
     const data = await apiJson("POST", "/v1/sessions", { character_id: characterId });
-    state.sessions = [data.session, ...state.sessions.filter((s) => s.session_id !== data.session.session_id)];
+    const sid = data.session.session_id;
+    state.sessions = [data.session, ...state.sessions.filter((s) => s.session_id !== sid)];
     setCurrent(data.session);
     ui.messages.replaceChildren();
     if (data.greeting) ui.messages.append(messageItem(data.greeting));
