@@ -62,6 +62,9 @@ class LiveServer:
             loop="asyncio",
             # Open streams must not hold a test's teardown for long.
             timeout_graceful_shutdown=2,
+            # Idle keep-alive connections outlive a slow test step: a client reusing one
+            # that the server is closing would see a spurious disconnect.
+            timeout_keep_alive=120,
         )
         self._server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
