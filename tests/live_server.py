@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 from types import TracebackType
+from typing import Any
 
 import anyio
 import uvicorn
@@ -44,14 +45,19 @@ def free_port() -> int:
 class LiveServer:
     def __init__(
         self,
-        settings: Settings,
+        settings: Settings | None = None,
         *,
+        app: Any = None,
         provider: ChatProvider | None = None,
         port: int | None = None,
     ) -> None:
+        """Serve `create_app(settings)`, or an `app` built by the caller."""
+        if app is None:
+            if settings is None:
+                raise ValueError("LiveServer needs settings or an app")
+            app = create_app(settings, provider=provider)
         self.settings = settings
         self.port = port or free_port()
-        app = create_app(settings, provider=provider)
         config = uvicorn.Config(
             app,
             host="127.0.0.1",
