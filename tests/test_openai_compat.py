@@ -318,6 +318,21 @@ async def test_two_streamed_turns_with_usage(client: AsyncOpenAI, fake: FakeOpen
     ]
 
 
+def test_sync_client_streams_too(base_url: str, user: str, fake: FakeOpenAI) -> None:
+    fake.script(Reply(text="from the sync client"))
+    with openai.OpenAI(
+        base_url=f"{base_url}/v1", api_key="x", default_headers={"X-User-Id": user}, max_retries=0
+    ) as sync_client:
+        stream = sync_client.chat.completions.create(
+            model="assistant",
+            messages=[user_msg("hi")],
+            stream=True,
+            extra_headers=session_header("sync"),
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text == "from the sync client"
+
+
 async def test_stream_wire_format(raw: httpx.AsyncClient, fake: FakeOpenAI) -> None:
     """`data:` lines only, ending with `data: [DONE]`, as OpenAI's own clients parse them."""
     fake.script(Reply(text="a b"))
