@@ -108,9 +108,6 @@ class Coordinator:
         value = await self.redis.get(keys.session_stop_key(user_id, session_id))
         return value == token
 
-    async def clear_stop(self, user_id: str, session_id: str) -> None:
-        await self.redis.delete(keys.session_stop_key(user_id, session_id))
-
     # --- limits ----------------------------------------------------------------------
 
     async def check_rate(self, user_id: str) -> None:

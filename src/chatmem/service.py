@@ -310,7 +310,8 @@ class ChatService:
         reply_id: str | None = None
         if idempotency_key:
             user_msg.msg_id, reply_id = idempotent_ids(idempotency_key)
-        await self.coordinator.clear_stop(user_id, session_id)
+        # No clearing of the stop flag here: it holds the lock token it was meant for, so a
+        # stale one never matches, and a stop that arrives before this turn is set up is kept.
         res = await self.store.append(user_id, session_id, [user_msg], read_last=TURN_READ_MESSAGES)
         assert res.meta is not None
         meta = res.meta
