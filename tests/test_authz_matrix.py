@@ -158,3 +158,12 @@ async def test_admin_erases_a_user_others_cannot(client: httpx.AsyncClient) -> N
 async def test_bad_credentials_are_401(client: httpx.AsyncClient, bad: str) -> None:
     r = await client.get("/v1/sessions", headers={"Authorization": bad, "X-User-Id": "alice"})
     assert r.status_code == 401 and r.json()["error"]["code"] == "unauthenticated"
+
+
+async def test_character_prompts_are_for_admins_only(client: httpx.AsyncClient) -> None:
+    listed = (await client.get("/v1/characters", headers=headers("other"))).json()
+    assert listed["characters"] and all("system_prompt" not in c for c in listed["characters"])
+    one = (await client.get("/v1/characters/luna", headers=headers("other"))).json()
+    assert "system_prompt" not in one and one["greeting"]
+    full = (await client.get("/v1/characters/luna", headers=headers("admin"))).json()
+    assert full["system_prompt"]
