@@ -140,7 +140,8 @@ class UserTotals:
 
 
 class ModelParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: `false` is not a temperature, `0` is not a bool (lax mode would coerce them).
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     model: str | None = None
     temperature: float | None = Field(None, ge=0.0, le=2.0)
@@ -148,7 +149,7 @@ class ModelParams(BaseModel):
 
 
 class Character(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     id: str = Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")
     name: str = Field(min_length=1, max_length=200)

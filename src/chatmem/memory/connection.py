@@ -60,4 +60,5 @@ def make_redis(url: str, settings: RedisSettings) -> AnyRedis:
         timeout=settings.pool_timeout_s,
         **timeouts,
     )
-    return Redis(connection_pool=pool)
+    # from_pool: closing the client also closes its pool (no connections left at exit).
+    return Redis.from_pool(pool)
