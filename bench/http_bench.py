@@ -4,7 +4,9 @@ Both apps talk to the same redis-server (seed 001 in DB 1, chatmem in DB 0) and 
 same fake OpenAI-compatible model (tests/fake_openai.py, in a process of its own); each
 app runs in its own uvicorn process (one worker, uvloop + httptools for both). The load
 is 32 concurrent connections (httpx.AsyncClient), each turn for one of 200 users, for a
-fixed time after a warm-up; the CPU time of every process is read from /proc.
+fixed time after a warm-up, in slices that alternate between the two apps (so that the
+background load of a shared machine falls on both alike); the CPU time of every process
+is read from /proc.
 
 1. The fast fake model: it answers at once (20 deltas, no delay). This is the target
    comparison: ≥ 10× the seed's turns/s and ≤ 1/10 of its p99.
@@ -19,7 +21,7 @@ the environment, and an `add_message` on its history class, which LangChain 1.x 
 to store a turn. Its ChatOpenAI reads the fake's URL and key from OPENAI_BASE_URL /
 OPENAI_API_KEY. Everything else, blocking calls included, runs as the seed wrote it.
 
-    .venv/bin/python bench/http_bench.py [--seconds 20] [--slow-seconds 10] [--streams 200]
+    .venv/bin/python bench/http_bench.py [--seconds 20 --slow-seconds 10 --rounds 4 --streams 200]
 """
 
 from __future__ import annotations
@@ -274,8 +276,9 @@ class Run:
     latencies_s: list[float] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
     elapsed_s: float = 0.0
-    # CPU seconds each process used during the measured span.
+    # CPU seconds each process used during the measured spans.
     cpu_s: dict[str, float] = field(default_factory=dict)
+    issued: int = 0
 
     @property
     def turns_per_s(self) -> float:
@@ -289,17 +292,19 @@ class Run:
 
 
 async def load(
-    name: str, base_url: str, *, seconds: float, warmup_s: float, pids: dict[str, int | None]
-) -> Run:
-    """32 connections sending `POST /chat` turns round-robin over 200 users."""
-    run = Run(name)
+    run: Run, base_url: str, *, seconds: float, pids: dict[str, int | None] | None = None
+) -> None:
+    """32 connections sending `POST /chat` turns round-robin over 200 users for `seconds`;
+    recorded into `run` when `pids` are given (whose CPU time is counted), else a warm-up."""
     limits = httpx.Limits(max_connections=CONNECTIONS, max_keepalive_connections=CONNECTIONS)
-    counter = iter(range(10**9))
+    record = pids is not None
+    pids = pids or {}
     async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=120) as client:
 
-        async def worker(until: float, record: bool) -> None:
+        async def worker(until: float) -> None:
             while time.perf_counter() < until:
-                n = next(counter)
+                n = run.issued
+                run.issued += 1
                 body = {"user_id": f"bench-user-{n % USERS}", "message": f"message number {n}"}
                 start = time.perf_counter()
                 try:
@@ -314,15 +319,13 @@ async def load(
                 else:
                     run.errors[outcome] = run.errors.get(outcome, 0) + 1
 
-        for record, span in ((False, warmup_s), (True, seconds)):
-            cpu_before = {who: cpu_s(pid) for who, pid in pids.items()}
-            start = time.perf_counter()
-            await asyncio.gather(*(worker(start + span, record) for _ in range(CONNECTIONS)))
-            run.elapsed_s = time.perf_counter() - start
-            run.cpu_s = {who: cpu_s(pid) - cpu_before[who] for who, pid in pids.items()}
-    if not run.latencies_s:
-        raise SystemExit(f"{name} answered no turn: {run.errors}")
-    return run
+        cpu_before = {who: cpu_s(pid) for who, pid in pids.items()}
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(start + seconds) for _ in range(CONNECTIONS)))
+        if record:
+            run.elapsed_s += time.perf_counter() - start
+            for who, pid in pids.items():
+                run.cpu_s[who] = run.cpu_s.get(who, 0.0) + cpu_s(pid) - cpu_before[who]
 
 
 async def first_token_s(client: httpx.AsyncClient, url: str, body: dict[str, object]) -> float:
@@ -365,21 +368,19 @@ async def flush(redis: RedisProcess) -> None:
     await client.aclose()
 
 
-async def compare(found: Apps, *, seconds: float, warmup_s: float) -> tuple[Run, Run]:
-    seed = await load(
-        "seed 001 (LangChain)",
-        found.seed_url,
-        seconds=seconds,
-        warmup_s=warmup_s,
-        pids=found.pids["seed"],
-    )
-    chatmem = await load(
-        "chatmem",
-        found.chatmem_url,
-        seconds=seconds,
-        warmup_s=warmup_s,
-        pids=found.pids["chatmem"],
-    )
+async def compare(found: Apps, *, seconds: float, warmup_s: float, rounds: int) -> tuple[Run, Run]:
+    """Both apps under the same load, in alternating slices so that a change in the
+    machine's background load falls on both alike."""
+    seed, chatmem = Run("seed 001 (LangChain)"), Run("chatmem")
+    targets = [(seed, found.seed_url, "seed"), (chatmem, found.chatmem_url, "chatmem")]
+    for run, url, _ in targets:
+        await load(run, url, seconds=warmup_s)
+    for _ in range(rounds):
+        for run, url, key in targets:
+            await load(run, url, seconds=seconds / rounds, pids=found.pids[key])
+    for run, _, _ in targets:
+        if not run.latencies_s:
+            raise SystemExit(f"{run.name} answered no turn: {run.errors}")
     return seed, chatmem
 
 
@@ -436,12 +437,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="fast-model load per app")
     parser.add_argument("--slow-seconds", type=float, default=10.0, help="slow-model load")
     parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured load first")
+    parser.add_argument("--rounds", type=int, default=4, help="alternating slices per app")
     parser.add_argument("--streams", type=int, default=200, help="streamed turns timed")
     parser.add_argument("--serve-fake", type=float, metavar="DELAY_S", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_fake is not None:
         serve_fake(args.serve_fake)
         return
+    print(f"{os.cpu_count()} CPUs, 1-minute load average before the run: {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory(prefix="chatmem-http-bench-") as tmp:
         work = Path(tmp)
         (work / "seed001_app.py").write_text(extract_seed_app(), encoding="utf-8")
@@ -449,12 +452,16 @@ def main() -> None:
         try:
             with apps(work, redis, 0.0) as fast:
                 print(f"seed 001 cut from {SEEDS_DIR}/001_*.txt; same Redis, same fake model")
-                fast_runs = asyncio.run(compare(fast, seconds=args.seconds, warmup_s=args.warmup))
+                fast_runs = asyncio.run(
+                    compare(fast, seconds=args.seconds, warmup_s=args.warmup, rounds=args.rounds)
+                )
                 own, via = asyncio.run(first_tokens(fast.fake_url, fast.chatmem_url, args.streams))
             asyncio.run(flush(redis))
             with apps(work, redis, SLOW_MODEL_DELAY_S) as slow:
                 slow_runs = asyncio.run(
-                    compare(slow, seconds=args.slow_seconds, warmup_s=args.warmup)
+                    compare(
+                        slow, seconds=args.slow_seconds, warmup_s=args.warmup, rounds=args.rounds
+                    )
                 )
         finally:
             redis.stop()
