@@ -328,3 +328,21 @@ def test_stop_endpoint_stops_generation(
 
     with serve_in_thread(create_app(settings)) as base:
         asyncio.run(scenario(base))
+
+
+async def test_abandoned_turn_releases_the_session(
+    settings: Settings, fake: FakeOpenAI, redis_client: Any
+) -> None:
+    """Regression: a client gone before the SSE body began left the turn lock held until
+    its TTL (120 s): closing a generator that never started runs none of its cleanup."""
+    settings.limits.session_lock_wait_ms = 100
+    async with running_app(settings) as (app, client):
+        sid = await new_session(client)
+        service = app.state.parts.service
+        turn = await service.prepare_turn("alice", sid, "hello?")
+        await turn.abandon()
+        r = await client.post(f"/v1/sessions/{sid}/messages", json={"content": "b"}, headers=H)
+        assert r.status_code == 200
+        # The abandoned user message was durable all the same.
+        hist = (await client.get(f"/v1/sessions/{sid}/messages", headers=H)).json()["messages"]
+        assert [m["content"] for m in hist if m["role"] == "user"] == ["hello?", "b"]

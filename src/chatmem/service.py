@@ -80,6 +80,7 @@ class Turn:
     reply_id: str
     replay: Message | None = None
     stop: asyncio.Event = field(default_factory=asyncio.Event)
+    started: bool = False
 
     @property
     def session_id(self) -> str:
@@ -87,6 +88,7 @@ class Turn:
 
     async def events(self) -> AsyncGenerator[TurnEvent, None]:
         svc = self.service
+        self.started = True
         if self.replay is not None:
             try:
                 yield Delta(self.replay.content)
@@ -161,6 +163,13 @@ class Turn:
             )
         svc.metrics.turn_latency.labels(outcome).observe(time.perf_counter() - started)
         await svc._finish(self)
+
+    async def abandon(self) -> None:
+        """Release a turn whose events were never iterated (the client left before the
+        response began): closing a generator that never started runs none of its cleanup."""
+        if not self.started:
+            self.started = True
+            await self.service.shielded(self.service._finish(self))
 
     async def _pump(self, queue: asyncio.Queue[StreamChunk | None]) -> None:
         """Read the provider's stream into the queue; closing it cancels upstream."""

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from sse_starlette import EventSourceResponse
+from starlette.background import BackgroundTask
 
 from chatmem.errors import ChatmemError
 from chatmem.service import Turn, TurnEvent
@@ -36,5 +37,8 @@ def sse_response(turn: Turn, shape: EventShaper, shape_error: ErrorShaper) -> Ev
             yield shape_error(exc.code, exc.message, turn.reply_id, n + 1)
 
     return EventSourceResponse(
-        frames(), ping=PING_S, headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        frames(),
+        ping=PING_S,
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        background=BackgroundTask(turn.abandon),
     )

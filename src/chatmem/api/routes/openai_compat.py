@@ -50,6 +50,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from sse_starlette import EventSourceResponse
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chatmem.api import openai_shapes as shapes
@@ -268,7 +269,10 @@ async def chat_completions(
             turn.reply_id, model=body.model, created=created, include_usage=include_usage
         )
         return EventSourceResponse(
-            _chunks(turn, shape), ping=PING_S, headers={**headers, "X-Accel-Buffering": "no"}
+            _chunks(turn, shape),
+            ping=PING_S,
+            headers={**headers, "X-Accel-Buffering": "no"},
+            background=BackgroundTask(turn.abandon),
         )
     done = await service.complete(turn)
     return JSONResponse(shapes.completion(done, model=body.model, created=created), headers=headers)
