@@ -8,6 +8,7 @@ handed down the same way, and stopped when uvicorn returns.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,9 @@ def run_server(
         "timeout_graceful_shutdown": int(server.shutdown_grace_s),
     }
     if workers == 1 and not reload:
-        uvicorn.run(create_app(settings), **common)
+        # uvicorn re-raises Ctrl+C after a clean shutdown; the user asked for exactly that.
+        with contextlib.suppress(KeyboardInterrupt):
+            uvicorn.run(create_app(settings), **common)
         return
     os.environ["CHATMEM_SERVER_HOST"] = server.host
     os.environ["CHATMEM_SERVER_PORT"] = str(server.port)
