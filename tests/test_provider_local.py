@@ -45,6 +45,7 @@ def reply_text(chunks: list[StreamChunk]) -> str:
     return "".join(c.text for c in chunks)
 
 
+@pytest.mark.local_model
 def test_model_info_comes_from_the_gguf_header_without_a_load() -> None:
     assert bundled_model_path() is not None
     roomy = LocalLlamaProvider(local_settings(local_n_ctx=1_000_000)).info

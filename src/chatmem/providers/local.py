@@ -139,8 +139,8 @@ class LocalLlamaProvider:
         self.load()
         if self._primed:
             return
-        # The weights are mmapped: until one evaluation has paged them all in, the
-        # first reply is several times slower (seen: TTFT 1.2 s instead of 0.15 s).
+        # The weights are mmapped: the first evaluation pages them in (from disk on a
+        # cold start), a wait that should not fall on the first user.
         self._llama.reset()
         self._llama.eval(self._llama.tokenize(b"Hi", add_bos=False, special=False))
         self._primed = True
