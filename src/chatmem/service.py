@@ -23,11 +23,11 @@ from typing import Any, TypeVar
 from chatmem.characters import CharacterRegistry
 from chatmem.config import Settings
 from chatmem.coordination import Coordinator
-from chatmem.errors import Conflict, InvalidInput
+from chatmem.errors import InvalidInput
 from chatmem.memory.context import AssembledContext, ContextLimits, assemble_context
 from chatmem.memory.store import WINDOW_MAX, RedisMemoryStore
 from chatmem.metrics import Metrics
-from chatmem.models import Character, Message, Role, SessionMeta, SessionState, Usage
+from chatmem.models import Character, Message, Role, SessionMeta, Usage
 from chatmem.providers.base import ChatProvider, GenerationParams, StreamChunk
 from chatmem.tokens import TOKENS_PER_MESSAGE, cost_usd, count_tokens
 
@@ -328,8 +328,6 @@ class ChatService:
         idx = next((i for i, m in enumerate(msgs) if m.msg_id == user_msg.msg_id), len(msgs) - 1)
         stored_user = msgs[idx] if msgs else user_msg
         replay = next((m for m in msgs[idx + 1 :] if m.msg_id == reply_id), None)
-        if meta.state == SessionState.ENDED and not res.duplicate_ids:
-            raise Conflict("this session has ended", code="session_ended")
         character = await self.characters.get(meta.character_id)
         limits = self.limits_for(meta, character)
         context = self._assemble(character, msgs[:idx], stored_user, limits)
