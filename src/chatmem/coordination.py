@@ -2,7 +2,9 @@
 signal, the per-user rate limit and the concurrent-stream cap.
 
 They live in Redis, not in process memory, so any number of API processes behind one
-Redis agree on them. Every key carries the user's hash tag.
+Redis agree on them. Every key carries the user's hash tag. A Redis that cannot be
+reached in time raises `StoreUnavailable`, as the memory store does, so that a turn can
+degrade instead of failing.
 """
 
 from __future__ import annotations
@@ -10,14 +12,34 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
+import redis.exceptions
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from chatmem.errors import RateLimited, SessionBusy
+from chatmem.errors import RateLimited, SessionBusy, StoreUnavailable
 from chatmem.memory import keys
 
 AnyRedis = Redis | RedisCluster
+
+# What "Redis cannot be reached in time" looks like from redis-py (as in memory/store.py).
+_UNAVAILABLE = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+)
+
+
+@asynccontextmanager
+async def _op(name: str) -> AsyncIterator[None]:
+    try:
+        yield
+    except _UNAVAILABLE as exc:
+        raise StoreUnavailable(f"redis unavailable during {name}: {exc}") from exc
+
 
 # KEYS[1] - lock key
 # ARGV[1] - the holder's token
@@ -71,14 +93,33 @@ class Coordinator:
 
     # --- one turn at a time per session ----------------------------------------------
 
-    async def acquire_turn(self, user_id: str, session_id: str) -> str:
-        """Take the session's turn lock, waiting up to lock_wait_ms; returns the token."""
+    @staticmethod
+    def new_token() -> str:
+        return secrets.token_hex(12)
+
+    async def acquire_turn(
+        self,
+        user_id: str,
+        session_id: str,
+        *,
+        token: str | None = None,
+        wait_ms: int | None = None,
+    ) -> str:
+        """Take the session's turn lock, waiting up to `wait_ms` (default lock_wait_ms);
+        returns the token.
+
+        A caller that passes its own `token` can still release the lock when this raises
+        StoreUnavailable: the SET may have reached Redis before the connection failed.
+        """
         key = keys.session_lock_key(user_id, session_id)
-        token = secrets.token_hex(12)
-        deadline = time.monotonic() + self.lock_wait_ms / 1000
+        token = token or self.new_token()
+        wait_ms = self.lock_wait_ms if wait_ms is None else wait_ms
+        deadline = time.monotonic() + wait_ms / 1000
         delay = 0.01
         while True:
-            if await self.redis.set(key, token, nx=True, px=self.lock_ttl_ms):
+            async with _op("acquire_turn"):
+                taken = await self.redis.set(key, token, nx=True, px=self.lock_ttl_ms)
+            if taken:
                 return token
             if time.monotonic() + delay > deadline:
                 raise SessionBusy()
@@ -86,10 +127,12 @@ class Coordinator:
             delay = min(delay * 2, 0.2)
 
     async def release_turn(self, user_id: str, session_id: str, token: str) -> None:
-        await self._release(keys=[keys.session_lock_key(user_id, session_id)], args=[token])
+        async with _op("release_turn"):
+            await self._release(keys=[keys.session_lock_key(user_id, session_id)], args=[token])
 
     async def turn_in_progress(self, user_id: str, session_id: str) -> bool:
-        return bool(await self.redis.exists(keys.session_lock_key(user_id, session_id)))
+        async with _op("turn_in_progress"):
+            return bool(await self.redis.exists(keys.session_lock_key(user_id, session_id)))
 
     # --- stop ------------------------------------------------------------------------
 
@@ -98,15 +141,17 @@ class Coordinator:
 
         Returns whether a turn was in progress.
         """
-        lock = await self.redis.get(keys.session_lock_key(user_id, session_id))
-        if lock is None:
-            return False
-        await self.redis.set(keys.session_stop_key(user_id, session_id), lock, px=60_000)
+        async with _op("request_stop"):
+            lock = await self.redis.get(keys.session_lock_key(user_id, session_id))
+            if lock is None:
+                return False
+            await self.redis.set(keys.session_stop_key(user_id, session_id), lock, px=60_000)
         return True
 
     async def stop_requested(self, user_id: str, session_id: str, token: str) -> bool:
-        value = await self.redis.get(keys.session_stop_key(user_id, session_id))
-        return value == token
+        async with _op("stop_requested"):
+            value = await self.redis.get(keys.session_stop_key(user_id, session_id))
+        return bool(value == token)
 
     # --- limits ----------------------------------------------------------------------
 
@@ -114,10 +159,11 @@ class Coordinator:
         if self.requests_per_minute <= 0:
             return
         window = int(time.time() // 60)
-        allowed = await self._rate(
-            keys=[keys.user_rate_key(user_id, window)],
-            args=[self.requests_per_minute, 61_000],
-        )
+        async with _op("check_rate"):
+            allowed = await self._rate(
+                keys=[keys.user_rate_key(user_id, window)],
+                args=[self.requests_per_minute, 61_000],
+            )
         if not allowed:
             raise RateLimited(
                 f"rate limit of {self.requests_per_minute} requests per minute reached",
@@ -129,10 +175,11 @@ class Coordinator:
         if self.streams_per_user <= 0:
             return token
         now = int(time.time() * 1000)
-        ok = await self._stream_enter(
-            keys=[keys.user_streams_key(user_id)],
-            args=[now, self.streams_per_user, token, now + self.lock_ttl_ms],
-        )
+        async with _op("enter_stream"):
+            ok = await self._stream_enter(
+                keys=[keys.user_streams_key(user_id)],
+                args=[now, self.streams_per_user, token, now + self.lock_ttl_ms],
+            )
         if not ok:
             raise RateLimited(
                 f"at most {self.streams_per_user} replies at a time per user",
@@ -142,4 +189,5 @@ class Coordinator:
 
     async def leave_stream(self, user_id: str, token: str) -> None:
         if self.streams_per_user > 0:
-            await self.redis.zrem(keys.user_streams_key(user_id), token)
+            async with _op("leave_stream"):
+                await self.redis.zrem(keys.user_streams_key(user_id), token)

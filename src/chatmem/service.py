@@ -7,6 +7,12 @@ deltas → persist the reply with usage and cost in one round trip. If the clien
 away or a stop is requested, the partial reply is persisted with `interrupted: true`
 and the upstream generation is closed. Persisting is shielded from cancellation and
 awaited, never left as a dangling task.
+
+When Redis cannot be reached (StoreUnavailable from the store or the coordinator), a
+turn degrades instead of failing: the model gets the character's system prompt and the
+new message only, the reply says `memory: "degraded"`, and the turn's messages go to
+the local outbox (fsynced before the model is called, and before the reply is
+acknowledged), which the replayer (replay.py) appends to Redis once it is back.
 """
 
 from __future__ import annotations
@@ -16,188 +22,44 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import AsyncGenerator, Coroutine
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
 from chatmem.characters import CharacterRegistry
 from chatmem.config import Settings
 from chatmem.coordination import Coordinator
-from chatmem.errors import InvalidInput
+from chatmem.errors import InvalidInput, SessionBusy, StoreUnavailable
 from chatmem.memory.context import AssembledContext, ContextLimits, assemble_context
 from chatmem.memory.store import WINDOW_MAX, RedisMemoryStore
 from chatmem.metrics import Metrics
-from chatmem.models import Character, Message, Role, SessionMeta, Usage
+from chatmem.models import Character, Message, Role, SessionMeta, Usage, new_id
+from chatmem.outbox import OUTBOX_DIR, Outbox
 from chatmem.providers.base import ChatProvider, GenerationParams, StreamChunk
+from chatmem.replay import OutboxReplayer
 from chatmem.tokens import TOKENS_PER_MESSAGE, cost_usd, count_tokens
+from chatmem.turn import Delta, PersistedReply, Turn, TurnDone, TurnEvent
+
+# The turn's types are part of what the service answers: importable from here too.
+__all__ = ["ChatService", "Delta", "Turn", "TurnDone", "TurnEvent", "idempotent_ids"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # A turn reads enough history for the widest window, plus the new message.
 TURN_READ_MESSAGES = 2 * WINDOW_MAX + 1
-STOP_POLL_S = 0.3
+# Sessions whose character a degraded turn can still tell (else: the default character).
+KNOWN_CHARACTERS_MAX = 10_000
+# After the grace period, turns still streaming are stopped; this long to persist them.
+STOP_PERSIST_S = 5.0
 
-
-@dataclass(slots=True)
-class Delta:
-    text: str
-
-
-@dataclass(slots=True)
-class TurnDone:
-    message: Message
-    user_message: Message
-    usage: Usage
-    memory: str = "ok"
-    replayed: bool = False
-
-
-TurnEvent = Delta | TurnDone
+SessionKey = tuple[str, str]
 
 
 def idempotent_ids(key: str) -> tuple[str, str]:
     """Message ids for a client's idempotency key: a retry writes nothing new."""
     digest = hashlib.sha256(key.encode()).hexdigest()[:32]
     return f"k{digest}", f"k{digest}a"
-
-
-@dataclass(slots=True)
-class Turn:
-    """A prepared turn: the user message is stored and the session's lock is held.
-
-    Iterate `events()` exactly once; its cleanup releases the lock.
-    """
-
-    service: ChatService
-    user_id: str
-    meta: SessionMeta
-    character: Character
-    user_message: Message
-    context: AssembledContext
-    params: GenerationParams
-    lock_token: str
-    reply_id: str
-    replay: Message | None = None
-    stop: asyncio.Event = field(default_factory=asyncio.Event)
-    started: bool = False
-
-    @property
-    def session_id(self) -> str:
-        return self.meta.session_id
-
-    async def events(self) -> AsyncGenerator[TurnEvent, None]:
-        svc = self.service
-        self.started = True
-        if self.replay is not None:
-            try:
-                yield Delta(self.replay.content)
-                yield TurnDone(self.replay, self.user_message, Usage(), replayed=True)
-            finally:
-                await svc._finish(self)
-            return
-        started = time.perf_counter()
-        parts: list[str] = []
-        usage_seen: StreamChunk | None = None
-        finish_reason: str | None = None
-        outcome = "interrupted"
-        queue: asyncio.Queue[StreamChunk | None] = asyncio.Queue()
-        pump = asyncio.create_task(self._pump(queue))
-        watcher = asyncio.create_task(self._watch_stop(pump, queue))
-        svc.metrics.active_streams.inc()
-        try:
-            while True:
-                chunk = await queue.get()
-                if chunk is None:
-                    break
-                if chunk.usage is not None:
-                    usage_seen = chunk
-                if chunk.finish_reason:
-                    finish_reason = chunk.finish_reason
-                if chunk.text:
-                    if not parts:
-                        svc.metrics.first_token.observe(time.perf_counter() - started)
-                    parts.append(chunk.text)
-                    yield Delta(chunk.text)
-            if pump.done() and not pump.cancelled() and (exc := pump.exception()) is not None:
-                raise exc
-            stopped = self.stop.is_set()
-            outcome = "stopped" if stopped else "ok"
-            # Shielded: a client that leaves now must not cancel the write half-way (and
-            # outcome is already set, so the cleanup will not write a partial copy).
-            reply = await svc.shielded(
-                svc._persist_reply(
-                    self, "".join(parts), usage_seen, finish_reason, interrupted=stopped
-                )
-            )
-            yield TurnDone(reply.message, self.user_message, reply.usage)
-        finally:
-            svc.metrics.active_streams.dec()
-            pump.cancel()
-            watcher.cancel()
-            partial = "".join(parts) if outcome == "interrupted" and parts else None
-            await svc.shielded(
-                self._cleanup(pump, watcher, partial, usage_seen, finish_reason, outcome, started)
-            )
-
-    async def _cleanup(
-        self,
-        pump: asyncio.Task[None],
-        watcher: asyncio.Task[None],
-        partial: str | None,
-        usage_seen: StreamChunk | None,
-        finish_reason: str | None,
-        outcome: str,
-        started: float,
-    ) -> None:
-        """Everything after the stream, as one shielded unit: it must run to its end even
-        when the client's task is cancelled (and, under anyio, re-cancelled) meanwhile."""
-        svc = self.service
-        # asyncio.wait, not gather: cancelling a gather would cancel the pump's own
-        # cleanup too and leave the upstream stream open.
-        await asyncio.wait((pump, watcher))
-        if partial is not None:
-            # Client gone or provider failed: keep what was said, marked interrupted.
-            await svc._persist_reply(
-                self, partial, usage_seen, finish_reason, interrupted=True, quiet=True
-            )
-        svc.metrics.turn_latency.labels(outcome).observe(time.perf_counter() - started)
-        await svc._finish(self)
-
-    async def abandon(self) -> None:
-        """Release a turn whose events were never iterated (the client left before the
-        response began): closing a generator that never started runs none of its cleanup."""
-        if not self.started:
-            self.started = True
-            await self.service.shielded(self.service._finish(self))
-
-    async def _pump(self, queue: asyncio.Queue[StreamChunk | None]) -> None:
-        """Read the provider's stream into the queue; closing it cancels upstream."""
-        try:
-            stream = self.service.provider.stream(self.context.messages, self.params)
-            async with contextlib.aclosing(stream) as chunks:  # type: ignore[type-var]
-                async for chunk in chunks:
-                    queue.put_nowait(chunk)
-        finally:
-            queue.put_nowait(None)
-
-    async def _watch_stop(self, pump: asyncio.Task[None], queue: asyncio.Queue[Any]) -> None:
-        coord = self.service.coordinator
-        while not pump.done():
-            if self.stop.is_set() or await coord.stop_requested(
-                self.user_id, self.session_id, self.lock_token
-            ):
-                self.stop.set()
-                pump.cancel()
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop.wait(), STOP_POLL_S)
-
-
-@dataclass(slots=True)
-class _Reply:
-    message: Message
-    usage: Usage
 
 
 class ChatService:
@@ -209,6 +71,7 @@ class ChatService:
         characters: CharacterRegistry,
         coordinator: Coordinator,
         metrics: Metrics | None = None,
+        outbox: Outbox | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -216,10 +79,28 @@ class ChatService:
         self.characters = characters
         self.coordinator = coordinator
         self.metrics = metrics or Metrics()
-        self._local_turns: dict[tuple[str, str], Turn] = {}
+        self.outbox = outbox or Outbox(settings.data_dir / OUTBOX_DIR)
+        self.replayer = OutboxReplayer(self.outbox, store, coordinator, characters)
+        self._local_turns: dict[SessionKey, Turn] = {}
+        # One turn at a time per session in this process: the Redis lock cannot say so
+        # while Redis is down. Key → (reservation, expiry on the monotonic clock).
+        self._reserved: dict[SessionKey, tuple[object, float]] = {}
+        self._streaming: set[Turn] = set()
+        self._no_streams = asyncio.Event()
         # Shielded work that outlived a cancelled caller; drained at shutdown.
         self._background: set[asyncio.Task[Any]] = set()
         self._system_tokens: dict[str, int] = {}
+        self._known_characters: OrderedDict[SessionKey, Character] = OrderedDict()
+
+    async def start(self) -> None:
+        """Adopt outboxes left by dead processes and start replaying (app start-up)."""
+        await self.replayer.start()
+
+    async def close(self) -> None:
+        """Graceful shutdown: finish or persist the turns in flight, then flush the outbox
+        (one last replay; what Redis cannot take now stays on disk for the next start)."""
+        await self.drain(self.settings.server.shutdown_grace_s)
+        await self.replayer.close()
 
     async def shielded(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run `coro` to completion even if the caller is cancelled meanwhile.
@@ -232,10 +113,23 @@ class ChatService:
         task.add_done_callback(self._background.discard)
         return await asyncio.shield(task)
 
-    async def drain(self) -> None:
-        """Wait for shielded work still running (graceful shutdown)."""
+    async def drain(self, grace_s: float = 0.0) -> None:
+        """Wait for turns being streamed, up to `grace_s`, then for shielded work still
+        running (graceful shutdown). Turns still streaming after the grace period are
+        stopped, so their partial replies are stored as interrupted."""
+        if not await self._streams_done(grace_s):
+            log.warning("stopping %d turns still streaming at shutdown", len(self._streaming))
+            for turn in self._streaming:
+                turn.stop.set()
+            await self._streams_done(STOP_PERSIST_S)
         while self._background:
             await asyncio.wait(set(self._background))
+
+    async def _streams_done(self, timeout_s: float) -> bool:
+        if self._streaming:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._no_streams.wait(), timeout_s)
+        return not self._streaming
 
     # --- sessions --------------------------------------------------------------------
 
@@ -294,31 +188,87 @@ class ChatService:
         idempotency_key: str | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> Turn:
-        """Everything before the model is called; errors here are the client's to see."""
+        """Everything before the model is called; errors here are the client's to see.
+
+        Degrades (see the module docstring) when Redis cannot be reached, or while the
+        session still has messages in the outbox: they came first.
+        """
         text = self.validate_content(content)
-        await self.coordinator.check_rate(user_id)
-        token = await self.coordinator.acquire_turn(user_id, session_id)
+        user_msg = Message(Role.USER, text, count_tokens(text), metadata=dict(metadata or {}))
+        reply_id: str | None = None
+        if idempotency_key:
+            user_msg.msg_id, reply_id = idempotent_ids(idempotency_key)
+        key = (user_id, session_id)
+        reservation = await self._reserve(key)
         try:
-            return await self._start_turn(
-                user_id, session_id, text, token, idempotency_key, metadata
-            )
+            turn: Turn | None = None
+            if not self.replayer.should_degrade(user_id, session_id):
+                try:
+                    turn = await self._redis_turn(user_id, session_id, user_msg, reply_id)
+                except StoreUnavailable as exc:
+                    self.replayer.mark_down(exc)
+            if turn is None:
+                turn = await self._degraded_turn(user_id, session_id, user_msg, reply_id)
         except BaseException:
-            await self.shielded(self.coordinator.release_turn(user_id, session_id, token))
+            self._unreserve(key, reservation)
             raise
+        turn.reservation = reservation
+        self._local_turns[key] = turn
+        return turn
+
+    async def _reserve(self, key: SessionKey) -> object:
+        deadline = time.monotonic() + self.settings.limits.session_lock_wait_ms / 1000
+        delay = 0.01
+        while (held := self._reserved.get(key)) is not None and held[1] > time.monotonic():
+            if time.monotonic() + delay > deadline:
+                raise SessionBusy()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.2)
+        reservation = object()
+        # Expires with the Redis lock's TTL, so a turn that is never finished cannot hold
+        # the session here for longer than it would hold it in Redis.
+        expiry = time.monotonic() + self.settings.limits.session_lock_ttl_ms / 1000
+        self._reserved[key] = (reservation, expiry)
+        return reservation
+
+    def _unreserve(self, key: SessionKey, reservation: object) -> None:
+        held = self._reserved.get(key)
+        if held is not None and held[0] is reservation:
+            del self._reserved[key]
+
+    async def _redis_turn(
+        self, user_id: str, session_id: str, user_msg: Message, reply_id: str | None
+    ) -> Turn:
+        await self.coordinator.check_rate(user_id)
+        token = self.coordinator.new_token()
+        try:
+            await self.coordinator.acquire_turn(user_id, session_id, token=token)
+        except StoreUnavailable:
+            # The SET may have reached Redis (and its AOF) before the connection failed.
+            self.replayer.defer_release(user_id, session_id, token)
+            raise
+        try:
+            return await self._start_turn(user_id, session_id, user_msg, reply_id, token)
+        except BaseException:
+            await self.shielded(self._release(user_id, session_id, token))
+            raise
+
+    async def _release(self, user_id: str, session_id: str, token: str) -> None:
+        try:
+            await self.coordinator.release_turn(user_id, session_id, token)
+        except StoreUnavailable:
+            self.replayer.defer_release(user_id, session_id, token)
+        except Exception:
+            log.exception("could not release the turn lock of %s", session_id)
 
     async def _start_turn(
         self,
         user_id: str,
         session_id: str,
-        text: str,
+        user_msg: Message,
+        reply_id: str | None,
         token: str,
-        idempotency_key: str | None,
-        metadata: dict[str, Any] | None,
     ) -> Turn:
-        user_msg = Message(Role.USER, text, count_tokens(text), metadata=dict(metadata or {}))
-        reply_id: str | None = None
-        if idempotency_key:
-            user_msg.msg_id, reply_id = idempotent_ids(idempotency_key)
         # No clearing of the stop flag here: it holds the lock token it was meant for, so a
         # stale one never matches, and a stop that arrives before this turn is set up is kept.
         res = await self.store.append(user_id, session_id, [user_msg], read_last=TURN_READ_MESSAGES)
@@ -329,9 +279,10 @@ class ChatService:
         stored_user = msgs[idx] if msgs else user_msg
         replay = next((m for m in msgs[idx + 1 :] if m.msg_id == reply_id), None)
         character = await self.characters.get(meta.character_id)
+        self._remember_character((user_id, session_id), character)
         limits = self.limits_for(meta, character)
         context = self._assemble(character, msgs[:idx], stored_user, limits)
-        turn = Turn(
+        return Turn(
             service=self,
             user_id=user_id,
             meta=meta,
@@ -340,11 +291,54 @@ class ChatService:
             context=context,
             params=self._params(character),
             lock_token=token,
-            reply_id=reply_id or Message(Role.ASSISTANT, "").msg_id,
+            reply_id=reply_id or new_id(),
             replay=replay,
         )
-        self._local_turns[(user_id, session_id)] = turn
+
+    async def _degraded_turn(
+        self, user_id: str, session_id: str, user_msg: Message, reply_id: str | None
+    ) -> Turn:
+        """A turn without Redis: no history, no lock, its messages kept in the outbox."""
+        character = self._known_characters.get((user_id, session_id))
+        if character is None:
+            # Built in, so no Redis read: the session's own character is unknown here.
+            character = await self.characters.get(self.characters.default_id)
+        meta = SessionMeta(
+            session_id, user_id, character.id, window_size=self.settings.memory.window_size
+        )
+        turn = Turn(
+            service=self,
+            user_id=user_id,
+            meta=meta,
+            character=character,
+            user_message=user_msg,
+            context=self._assemble(character, [], user_msg, self.limits_for(meta, character)),
+            params=self._params(character),
+            lock_token="",
+            reply_id=reply_id or new_id(),
+            degraded=True,
+        )
+        # Durable before the model is called, as in Redis (SPEC §3.3).
+        await self._to_outbox(turn, [user_msg], None)
+        self.metrics.degradations.labels("store_unavailable").inc()
         return turn
+
+    def _remember_character(self, key: SessionKey, character: Character) -> None:
+        known = self._known_characters
+        known[key] = character
+        known.move_to_end(key)
+        if len(known) > KNOWN_CHARACTERS_MAX:
+            known.popitem(last=False)
+
+    async def _to_outbox(
+        self, turn: Turn, messages: Sequence[Message], usage: Usage | None
+    ) -> None:
+        try:
+            await self.outbox.add(turn.user_id, turn.session_id, turn.character.id, messages, usage)
+        except OSError as exc:
+            raise StoreUnavailable(
+                f"redis is unavailable and the local outbox cannot be written: {exc}"
+            ) from exc
 
     def limits_for(self, meta: SessionMeta, character: Character) -> ContextLimits:
         mem = self.settings.memory
@@ -406,7 +400,7 @@ class ChatService:
         *,
         interrupted: bool,
         quiet: bool = False,
-    ) -> _Reply:
+    ) -> PersistedReply:
         completion = count_tokens(text)
         if usage_chunk is not None and usage_chunk.usage is not None:
             prompt_t = usage_chunk.usage.prompt_tokens
@@ -428,25 +422,35 @@ class ChatService:
             metadata["interrupted"] = True
         msg = Message(Role.ASSISTANT, text, completion, msg_id=turn.reply_id, metadata=metadata)
         # The turn lock holds the session, so the reply directly follows the user message.
-        msg.seq = turn.user_message.seq + 1
+        msg.seq = turn.user_message.seq + 1 if turn.user_message.seq else 0
+        degraded = turn.degraded
         try:
-            await self.store.append(turn.user_id, turn.session_id, [msg], usage=usage)
+            if not degraded:
+                try:
+                    await self.store.append(turn.user_id, turn.session_id, [msg], usage=usage)
+                except StoreUnavailable as exc:
+                    # Redis went away during the turn: the reply is kept all the same.
+                    self.replayer.mark_down(exc)
+                    self.metrics.degradations.labels("reply_write").inc()
+                    degraded = True
+            if degraded:
+                await self._to_outbox(turn, [msg], usage)
         except Exception:
             if not quiet:
                 raise
             log.exception("could not persist the interrupted reply of %s", turn.session_id)
         self.metrics.tokens.labels("prompt").inc(prompt_t)
         self.metrics.tokens.labels("completion").inc(completion_t)
-        return _Reply(msg, usage)
+        return PersistedReply(msg, usage, degraded)
 
     async def _finish(self, turn: Turn) -> None:
         key = (turn.user_id, turn.session_id)
         if self._local_turns.get(key) is turn:
             del self._local_turns[key]
-        try:
-            await self.coordinator.release_turn(turn.user_id, turn.session_id, turn.lock_token)
-        except Exception:
-            log.exception("could not release the turn lock of %s", turn.session_id)
+        if not turn.degraded:
+            await self._release(turn.user_id, turn.session_id, turn.lock_token)
+        # After the Redis lock: a turn waiting here then finds that one free too.
+        self._unreserve(key, turn.reservation)
 
     async def complete(self, turn: Turn) -> TurnDone:
         """Run a prepared turn to the end without streaming; returns its final event."""
@@ -459,11 +463,13 @@ class ChatService:
 
     async def stop(self, user_id: str, session_id: str) -> bool:
         """Stop the session's generation in progress, in this process or any other."""
-        await self.store.get_meta(user_id, session_id)
+        # Local first: a degraded turn can be stopped while Redis is down. The key holds
+        # the caller's user id, so a turn found is the caller's own.
         local = self._local_turns.get((user_id, session_id))
         if local is not None:
             local.stop.set()
             return True
+        await self.store.get_meta(user_id, session_id)
         return await self.coordinator.request_stop(user_id, session_id)
 
     async def chat(self, user_id: str, session_id: str, content: str, **kwargs: Any) -> TurnDone:

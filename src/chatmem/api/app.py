@@ -26,6 +26,7 @@ from chatmem.memory.connection import make_redis
 from chatmem.memory.embedded import EmbeddedRedis
 from chatmem.memory.store import RedisMemoryStore
 from chatmem.metrics import Metrics
+from chatmem.outbox import OUTBOX_DIR, Outbox
 from chatmem.providers.base import ChatProvider
 from chatmem.providers.factory import make_provider
 from chatmem.service import ChatService
@@ -60,7 +61,10 @@ async def build_parts(settings: Settings, provider: ChatProvider | None = None) 
         streams_per_user=lim.streams_per_user,
     )
     provider = provider or make_provider(settings.llm)
-    service = ChatService(settings, store, provider, characters, coordinator, metrics)
+    outbox = Outbox(settings.data_dir / OUTBOX_DIR)
+    service = ChatService(settings, store, provider, characters, coordinator, metrics, outbox)
+    # Replays outboxes that dead processes left in this data dir, and this one's later.
+    await service.start()
     return AppParts(
         settings=settings,
         redis=redis,
@@ -74,7 +78,10 @@ async def build_parts(settings: Settings, provider: ChatProvider | None = None) 
 
 
 async def close_parts(parts: AppParts) -> None:
-    await parts.service.drain()
+    """Graceful shutdown, uvicorn having stopped accepting: the turns in flight finish (or
+    are stored as interrupted), the outbox is flushed, and the embedded Redis goes last,
+    since everything before may still write to it."""
+    await parts.service.close()
     await parts.service.provider.aclose()
     await parts.redis.aclose()
     if parts.embedded is not None:

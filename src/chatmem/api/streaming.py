@@ -41,4 +41,6 @@ def sse_response(turn: Turn, shape: EventShaper, shape_error: ErrorShaper) -> Ev
         ping=PING_S,
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         background=BackgroundTask(turn.abandon),
+        # On SIGTERM sse-starlette would end every stream at once: let them finish first.
+        shutdown_grace_period=turn.service.settings.server.shutdown_grace_s,
     )

@@ -32,13 +32,13 @@ async def health(parts: Parts) -> dict[str, Any]:
 
 @router.get("/ready")
 async def ready(parts: Parts) -> JSONResponse:
-    """Ready when Redis answers (the provider is checked by its own seam)."""
-    try:
-        redis_ok = await parts.store.ping()
-    except Exception:
-        redis_ok = False
-    body = {"ready": redis_ok, "redis": redis_ok}
-    return JSONResponse(body, status_code=200 if redis_ok else 503)
+    """Ready when Redis answers and the outbox is empty: while turns are degraded, or
+    their messages not yet replayed into Redis, a load balancer should prefer another
+    process (the provider is checked by its own seam)."""
+    redis_ok, outbox = await parts.service.replayer.readiness()
+    ok = redis_ok and outbox == 0
+    body = {"ready": ok, "redis": redis_ok, "outbox": outbox}
+    return JSONResponse(body, status_code=200 if ok else 503)
 
 
 @router.get("/metrics", response_class=PlainTextResponse)

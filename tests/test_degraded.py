@@ -1,0 +1,413 @@
+"""Redis down: turns degrade (empty context, `memory: "degraded"`), their messages wait in
+the local outbox and are replayed once Redis is back; /ready fails meanwhile.
+
+Real redis-server processes (killed, SIGSTOPped, restarted on the same port and dir with
+AOF), the app in-process, the fake model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from fastapi import FastAPI
+
+from chatmem.config import Settings
+from chatmem.models import Message, Role, Usage
+from chatmem.outbox import OUTBOX_DIR, REJECTED_FILE
+from tests.api_support import make_test_settings, running_app
+from tests.fake_openai import FakeOpenAI, Reply
+from tests.redis_servers import RedisProcess
+
+H = {"X-User-Id": "alice"}
+TIMEOUT_S = 0.3  # socket, connect and pool timeouts of these tests' Redis client
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisProcess]:
+    """A Redis of the test's own, durable across kill and restart (same port, same dir)."""
+    server = RedisProcess(tmp_path, "appendonly yes", "appendfsync always").start()
+    yield server
+    if server.proc is not None and server.proc.poll() is None:
+        os.kill(server.proc.pid, signal.SIGCONT)
+    server.stop()
+
+
+def degraded_settings(redis_url: str, llm_url: str, data_dir: Path) -> Settings:
+    settings = make_test_settings(redis_url, llm_url, data_dir)
+    settings.redis.socket_timeout_s = TIMEOUT_S
+    settings.redis.connect_timeout_s = TIMEOUT_S
+    settings.redis.pool_timeout_s = TIMEOUT_S
+    return settings
+
+
+@pytest.fixture
+def settings(redis_server: RedisProcess, fake: FakeOpenAI, tmp_path: Path) -> Settings:
+    fake.reset()
+    return degraded_settings(redis_server.url, fake.base_url, tmp_path / "data")
+
+
+@pytest.fixture
+async def app_client(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    async with running_app(settings) as (app, client):
+        yield app, client
+
+
+def sse_done(text: str) -> dict[str, Any]:
+    event = ""
+    for line in text.replace("\r\n", "\n").split("\n"):
+        if line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:") and event == "done":
+            done: dict[str, Any] = orjson.loads(line[5:])
+            return done
+    raise AssertionError(f"no done event in {text!r}")
+
+
+async def new_session(client: httpx.AsyncClient, **body: Any) -> str:
+    r = await client.post("/v1/sessions", json=body, headers=H)
+    assert r.status_code == 201, r.text
+    sid: str = r.json()["session"]["session_id"]
+    return sid
+
+
+async def send(client: httpx.AsyncClient, sid: str, content: str, **body: Any) -> Any:
+    r = await client.post(
+        f"/v1/sessions/{sid}/messages", json={"content": content, **body}, headers=H
+    )
+    assert r.status_code == 200, r.text
+    return sse_done(r.text) if body.get("stream") else r.json()
+
+
+async def wait_ready(client: httpx.AsyncClient, timeout_s: float = 15.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        r = await client.get("/ready")
+        if r.status_code == 200:
+            body: dict[str, Any] = r.json()
+            return body
+        assert time.monotonic() < deadline, f"not ready after {timeout_s} s: {r.json()}"
+        await asyncio.sleep(0.1)
+
+
+async def history(client: httpx.AsyncClient, sid: str) -> list[dict[str, Any]]:
+    r = await client.get(f"/v1/sessions/{sid}/messages?limit=1000", headers=H)
+    assert r.status_code == 200, r.text
+    msgs: list[dict[str, Any]] = r.json()["messages"]
+    return msgs
+
+
+def outbox_files(data_dir: Path) -> list[Path]:
+    return sorted((data_dir / OUTBOX_DIR).glob("*.jsonl"))
+
+
+async def test_degraded_turn_shape_ready_and_replay(
+    app_client: tuple[FastAPI, httpx.AsyncClient],
+    redis_server: RedisProcess,
+    fake: FakeOpenAI,
+    settings: Settings,
+) -> None:
+    app, client = app_client
+    characters = app.state.parts.characters
+    teacher = await new_session(client, character_id="teacher")
+    programmer = await new_session(client, character_id="programmer")  # no turn before
+    fake.script(Reply(text="Paris."))
+    first = await send(client, teacher, "Capital of France?")
+    assert first["memory"] == "ok"
+    assert (await client.get("/ready")).json() == {"ready": True, "redis": True, "outbox": 0}
+
+    redis_server.kill()
+    fake.script(Reply(text="I cannot remember."), Reply(text="Streamed anyway."))
+    down = await send(client, teacher, "What did I ask?")
+    assert down["memory"] == "degraded" and down["message"]["content"] == "I cannot remember."
+    assert down["usage"]["completion_tokens"] > 0
+    # An empty context: the session's character (known from the turn before), the message.
+    sent = fake.chat_bodies[-1]["messages"]
+    assert [m["role"] for m in sent] == ["system", "user"]
+    assert sent[0]["content"] == (await characters.get("teacher")).system_prompt
+    assert sent[1]["content"] == "What did I ask?"
+    done = await send(client, programmer, "Hello?", stream=True)
+    assert done["memory"] == "degraded" and done["message"]["content"] == "Streamed anyway."
+    # Never seen a turn of that session: the default character answers.
+    default = await characters.get(characters.default_id)
+    assert fake.chat_bodies[-1]["messages"][0]["content"] == default.system_prompt
+
+    ready = await client.get("/ready")
+    assert ready.status_code == 503
+    assert ready.json() == {"ready": False, "redis": False, "outbox": 4}
+    listing = await client.get("/v1/sessions", headers=H)
+    assert listing.status_code == 503
+    assert listing.json()["error"]["code"] == "store_unavailable"
+    metrics = (await client.get("/metrics")).text
+    assert 'chatmem_degradations_total{reason="store_unavailable"} 2.0' in metrics
+    [file] = outbox_files(settings.data_dir)
+    assert len(file.read_bytes().splitlines()) == 4  # fsynced before the replies went out
+
+    redis_server.start()
+    assert await wait_ready(client) == {"ready": True, "redis": True, "outbox": 0}
+    assert outbox_files(settings.data_dir) == []
+    msgs = await history(client, teacher)
+    assert [m["content"] for m in msgs[1:]] == [
+        "Capital of France?",
+        "Paris.",
+        "What did I ask?",
+        "I cannot remember.",
+    ]
+    assert msgs[3]["msg_id"] == down["user_message"]["msg_id"]
+    assert msgs[4]["msg_id"] == down["message"]["msg_id"]
+    assert [m["seq"] for m in msgs] == [1, 2, 3, 4, 5]
+    meta = (await client.get(f"/v1/sessions/{teacher}", headers=H)).json()
+    completion = first["usage"]["completion_tokens"] + down["usage"]["completion_tokens"]
+    assert meta["usage"]["completion_tokens"] == completion
+    assert meta["character_id"] == "teacher"
+    msgs = await history(client, programmer)
+    assert [m["msg_id"] for m in msgs[1:]] == [
+        done["user_message"]["msg_id"],
+        done["message"]["msg_id"],
+    ]
+    # Back to normal without a restart: memory again.
+    fake.script(Reply(text="You asked about France."))
+    again = await send(client, teacher, "And before that?")
+    assert again["memory"] == "ok"
+    assert [m["content"] for m in fake.chat_bodies[-1]["messages"][-5:]] == [
+        "Capital of France?",
+        "Paris.",
+        "What did I ask?",
+        "I cannot remember.",
+        "And before that?",
+    ]
+
+
+async def test_missing_session_is_created_at_replay(
+    app_client: tuple[FastAPI, httpx.AsyncClient], redis_server: RedisProcess
+) -> None:
+    """A turn on a session Redis has never seen (it cannot be checked while Redis is
+    down) creates it at replay, with the character the turn was answered by."""
+    _, client = app_client
+    redis_server.kill()
+    done = await send(client, "made-while-down", "anyone there?")
+    assert done["memory"] == "degraded"
+    redis_server.start()
+    await wait_ready(client)
+    meta = (await client.get("/v1/sessions/made-while-down", headers=H)).json()
+    assert meta["character_id"] == "assistant" and meta["message_count"] == 2
+    msgs = await history(client, "made-while-down")
+    assert [m["role"] for m in msgs] == ["user", "assistant"]  # no greeting was seen
+
+
+async def test_a_stopped_redis_never_holds_a_request_past_the_timeouts(
+    app_client: tuple[FastAPI, httpx.AsyncClient], redis_server: RedisProcess
+) -> None:
+    """SIGSTOP: the server accepts connections and never answers, the worst case."""
+    _, client = app_client
+    sid = await new_session(client)
+    await send(client, sid, "before")
+    assert redis_server.proc is not None
+    os.kill(redis_server.proc.pid, signal.SIGSTOP)
+    try:
+        bound_s = 3 * TIMEOUT_S + 1.0  # socket + connect + pool, and slack for a busy CI
+        started = time.monotonic()
+        assert (await send(client, sid, "frozen 1"))["memory"] == "degraded"
+        assert time.monotonic() - started < bound_s
+        # Known down now: the next turn does not wait for Redis at all.
+        started = time.monotonic()
+        assert (await send(client, sid, "frozen 2"))["memory"] == "degraded"
+        assert time.monotonic() - started < 0.5
+        for path in ("/ready", "/v1/sessions", f"/v1/sessions/{sid}/messages"):
+            started = time.monotonic()
+            r = await client.get(path, headers=H)
+            assert r.status_code == 503, (path, r.text)
+            assert time.monotonic() - started < bound_s, path
+    finally:
+        os.kill(redis_server.proc.pid, signal.SIGCONT)
+    await wait_ready(client)
+    contents = [m["content"] for m in await history(client, sid) if m["role"] == "user"]
+    assert contents == ["before", "frozen 1", "frozen 2"]
+
+
+async def test_redis_lost_during_the_reply_keeps_the_reply(
+    app_client: tuple[FastAPI, httpx.AsyncClient], redis_server: RedisProcess, fake: FakeOpenAI
+) -> None:
+    """The user message went to Redis, the reply to the outbox: the turn is acknowledged
+    (degraded) and, once replayed, the history reads as if nothing happened."""
+    _, client = app_client
+    sid = await new_session(client)
+    fake.script(Reply(text="slow words " * 5, delay_s=0.1))
+    turn = asyncio.create_task(send(client, sid, "tell me"))
+    await asyncio.sleep(0.3)
+    redis_server.kill()
+    done = await turn
+    assert done["memory"] == "degraded" and done["message"]["content"] == "slow words " * 5
+    redis_server.start()
+    await wait_ready(client)
+    msgs = await history(client, sid)
+    assert [m["msg_id"] for m in msgs[1:]] == [
+        done["user_message"]["msg_id"],
+        done["message"]["msg_id"],
+    ]
+    # The session's turn lock, left in Redis (AOF) by the outage, was released.
+    assert (await send(client, sid, "next"))["memory"] == "ok"
+
+
+# --- outboxes of dead processes --------------------------------------------------------
+
+_WRITER = """
+import asyncio, json, sys
+from pathlib import Path
+from chatmem.models import Message, Role, Usage
+from chatmem.outbox import Outbox
+
+async def main():
+    outbox = Outbox(Path(sys.argv[1]))
+    for rec in json.loads(sys.stdin.read()):
+        msgs = [Message(Role(m["role"]), m["content"], 3, msg_id=m["id"]) for m in rec["messages"]]
+        usage = Usage(**rec["usage"]) if rec["usage"] else None
+        await outbox.add(rec["user"], rec["session"], rec["character"], msgs, usage)
+    print("written", flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+def start_writer(outbox_dir: Path, records: list[dict[str, Any]]) -> subprocess.Popen[str]:
+    """A process that writes an outbox and then lives on (holding its file's lock)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(outbox_dir)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(json.dumps(records))
+    proc.stdin.close()
+    assert proc.stdout.readline().strip() == "written"
+    return proc
+
+
+def turn_records(session: str, n: int, character: str = "teacher") -> list[dict[str, Any]]:
+    out = []
+    for i in range(n):
+        out.append(
+            {
+                "user": "alice",
+                "session": session,
+                "character": character,
+                "messages": [{"role": "user", "content": f"q{i}", "id": f"{session}-u{i}"}],
+                "usage": None,
+            }
+        )
+        out.append(
+            {
+                "user": "alice",
+                "session": session,
+                "character": character,
+                "messages": [{"role": "assistant", "content": f"a{i}", "id": f"{session}-a{i}"}],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 3, "cost_usd": 0.0},
+            }
+        )
+    return out
+
+
+async def test_outbox_of_a_dead_process_is_replayed_at_start_up(
+    redis_server: RedisProcess, fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    outbox_dir = data_dir / OUTBOX_DIR
+    settings = degraded_settings(redis_server.url, fake.base_url, data_dir)
+    async with running_app(settings) as (app, client):
+        existing = await new_session(client, character_id="programmer")
+        # Reached Redis before the crash: the replay must not store it twice.
+        q0 = Message(Role.USER, "q0", 1, msg_id=f"{existing}-u0")
+        await app.state.parts.store.append("alice", existing, [q0])
+
+    dead_records = turn_records(existing, 3) + turn_records("fresh", 2)
+    dead = start_writer(outbox_dir, dead_records)
+    alive = start_writer(outbox_dir, turn_records("alive", 1))
+    try:
+        dead.kill()
+        dead.wait()
+        [dead_file] = [p for p in outbox_files(data_dir) if p.name.startswith(f"{dead.pid}-")]
+        with dead_file.open("ab") as f:
+            f.write(b'{"n": 99, "user": "alice", "sess')  # torn: died mid-write
+
+        async with running_app(settings) as (app, client):
+            await wait_ready(client)
+            msgs = await history(client, existing)
+            assert [m["content"] for m in msgs[1:]] == ["q0", "a0", "q1", "a1", "q2", "a2"]
+            ids = [m["msg_id"] for m in msgs]
+            assert len(ids) == len(set(ids))
+            fresh = (await client.get("/v1/sessions/fresh", headers=H)).json()
+            assert fresh["character_id"] == "teacher" and fresh["message_count"] == 4
+            assert fresh["usage"]["completion_tokens"] == 6
+            # The live process's file is not touched: it holds its lock.
+            assert (await client.get("/v1/sessions/alive", headers=H)).status_code == 404
+            assert not dead_file.exists()
+            assert [p.name.split("-")[0] for p in outbox_files(data_dir)] == [str(alive.pid)]
+
+            # Once that process is dead too, a scan adopts its file.
+            alive.kill()
+            alive.wait()
+            service = app.state.parts.service
+            assert await service.outbox.adopt_orphans() == 2
+            await wait_ready(client)
+            assert len(await history(client, "alive")) == 2
+            assert outbox_files(data_dir) == []
+    finally:
+        for proc in (dead, alive):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+    assert not (outbox_dir / REJECTED_FILE).exists()
+
+
+async def test_outbox_kept_on_disk_when_redis_is_still_down_at_shutdown(
+    redis_server: RedisProcess, fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    settings = degraded_settings(redis_server.url, fake.base_url, data_dir)
+    async with running_app(settings) as (_, client):
+        sid = await new_session(client)
+        redis_server.kill()
+        done = await send(client, sid, "remember me")
+        assert done["memory"] == "degraded"
+    # The last replay attempt at shutdown failed: the records wait on disk.
+    [file] = outbox_files(data_dir)
+    assert len(file.read_bytes().splitlines()) == 2
+    redis_server.start()
+    async with running_app(settings) as (_, client):
+        await wait_ready(client)
+        msgs = await history(client, sid)
+        assert [m["msg_id"] for m in msgs[1:]] == [
+            done["user_message"]["msg_id"],
+            done["message"]["msg_id"],
+        ]
+    assert outbox_files(data_dir) == []
+
+
+def test_record_round_trip() -> None:
+    from chatmem.outbox import OutboxRecord
+
+    msg = Message(Role.ASSISTANT, "hi", 1, metadata={"usage": {"prompt_tokens": 2}})
+    rec = OutboxRecord(7, "u", "s", "c", [msg], Usage(2, 1, 1e-9))
+    back = OutboxRecord.from_doc(orjson.loads(rec.to_line()))
+    assert back.messages == [msg] and back.usage == rec.usage and back.n == 7
