@@ -22,6 +22,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
@@ -137,6 +138,68 @@ def run_relay(streams: int, chunks: int, delay_s: float) -> None:
         uvloop.run(relay_bench(base_url, streams))
 
 
+async def breakdown_bench(base_url: str, chunks: int) -> None:
+    """Where a paced chunk's CPU goes: the transport alone, then the whole relay."""
+    import httpx
+
+    port = int(base_url.rsplit(":", 1)[1].split("/")[0])
+    body = b'{"model":"fake-model","messages":[{"role":"user","content":"x"}],"stream":true}'
+    head = f"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: {len(body)}\r\n\r\n"
+
+    async def bare_socket() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(head.encode() + body)
+        while not (await reader.read(65536)).endswith(b"0\r\n\r\n"):
+            pass
+        writer.close()
+
+    async with httpx.AsyncClient(base_url=base_url) as client:
+
+        async def httpx_bytes() -> None:
+            async with client.stream("POST", "chat/completions", content=body) as resp:
+                async for _ in resp.aiter_raw():
+                    pass
+
+        provider = OpenAICompatProvider(LLMSettings(base_url=base_url, api_key="bench"))
+        rows: list[tuple[str, Callable[[], Awaitable[Any]]]] = [
+            ("a bare asyncio socket read, no HTTP", bare_socket),
+            ("httpx, bytes only (aiter_raw)", httpx_bytes),
+            ("OpenAICompatProvider, parsed chunks", lambda: chatmem_stream(provider)),
+        ]
+        try:
+            import aiohttp
+
+            session = aiohttp.ClientSession()
+
+            async def aiohttp_bytes() -> None:
+                async with session.post(base_url + "/chat/completions", data=body) as resp:
+                    async for _ in resp.content.iter_any():
+                        pass
+
+            rows.insert(1, ("aiohttp, bytes only", aiohttp_bytes))
+        except ImportError:
+            session = None
+        try:
+            for name, run_one in rows:
+                await run_one()
+                before = os.times()
+                await run_one()
+                after = os.times()
+                user = (after.user - before.user) / chunks * 1e6
+                system = (after.system - before.system) / chunks * 1e6
+                print(f"  {name:38s} user {user:4.0f} µs + sys {system:3.0f} µs per chunk")
+        finally:
+            await provider.aclose()
+            if session is not None:
+                await session.close()
+
+
+def run_breakdown(chunks: int, delay_s: float) -> None:
+    print(f"paced chunk breakdown: one stream of {chunks} chunks, {delay_s * 1000:g} ms apart")
+    with fake_server(chunks, delay_s) as base_url:
+        asyncio.run(breakdown_bench(base_url, chunks))
+
+
 PROMPTS = [
     "Can you suggest a simple dinner I could cook tonight with rice, eggs, spinach "
     "and a little cheese? Please keep the steps short and easy to follow.",
@@ -217,6 +280,7 @@ def main() -> None:
     if not args.skip_relay:
         run_relay(args.streams, args.chunks, 0.0)
         run_relay(args.streams, args.chunks, args.pace_ms / 1000)
+        run_breakdown(4 * args.chunks, args.pace_ms / 1000)
     if not args.skip_local:
         print("local model (SmolLM2-135M-Instruct, llama.cpp):")
         for threads in args.threads or [None]:
