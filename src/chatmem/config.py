@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 import platformdirs
-from pydantic import AliasChoices, BaseModel, Field
+from pydantic import AliasChoices, BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -34,8 +34,16 @@ class RedisSettings(BaseSettings):
     connect_timeout_s: float = 2.0
     pool_timeout_s: float = 2.0
     max_connections: int = 64
-    wait_replicas: int = 0
-    wait_timeout_ms: int = 500
+    # Write concern: after each write, WAIT for this many replicas (0: don't wait).
+    wait_replicas: int = Field(0, ge=0)
+    wait_timeout_ms: int = Field(500, ge=1)
+
+    @model_validator(mode="after")
+    def _wait_within_socket_timeout(self) -> RedisSettings:
+        # Else a lagging replica would look like a dead Redis (the socket read times out).
+        if self.wait_replicas and self.wait_timeout_ms >= self.socket_timeout_s * 1000:
+            raise ValueError("wait_timeout_ms must be shorter than socket_timeout_s")
+        return self
 
 
 class MemorySettings(BaseSettings):

@@ -14,6 +14,7 @@ ChatmemError
 ├── Forbidden                    authenticated, not allowed (admin routes)
 ├── RateLimited                  carries retry_after_s
 ├── StoreUnavailable             Redis cannot be reached in time
+│   └── NotReplicated            written on the master, too few replicas confirmed it
 └── ProviderError                the model upstream failed
     ├── ProviderAuthError
     ├── ProviderRateLimited
@@ -115,6 +116,17 @@ class StoreUnavailable(ChatmemError):
     """The memory store (Redis) is unavailable."""
 
     code = "store_unavailable"
+
+
+class NotReplicated(StoreUnavailable):
+    """The write reached the Redis master but too few replicas confirmed it in time."""
+
+    code = "store_not_replicated"
+
+    def __init__(self, message: str = "", *, acked: int = 0, wanted: int = 0) -> None:
+        super().__init__(message)
+        self.acked = acked
+        self.wanted = wanted
 
 
 class ProviderError(ChatmemError):

@@ -39,12 +39,21 @@ class Metrics:
         self.degradations = Counter(
             "chatmem_degradations_total", "Turns served without memory", ["reason"], registry=r
         )
+        self.store_not_replicated = Counter(
+            "chatmem_store_not_replicated_total",
+            "Writes that fewer replicas confirmed than CHATMEM_REDIS_WAIT_REPLICAS asks",
+            ["op"],
+            registry=r,
+        )
         self.requests = Counter(
             "chatmem_http_requests_total", "HTTP requests", ["method", "status"], registry=r
         )
 
     def observe_store_op(self, op: str, seconds: float) -> None:
         self.store_op.labels(op).observe(seconds)
+
+    def count_not_replicated(self, op: str) -> None:
+        self.store_not_replicated.labels(op).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

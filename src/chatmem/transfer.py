@@ -52,6 +52,8 @@ async def open_store(settings: Settings) -> AsyncIterator[RedisMemoryStore]:
             max_messages=mem.max_messages,
             default_ttl_s=mem.default_ttl_s,
             default_window=mem.window_size,
+            wait_replicas=settings.redis.wait_replicas,
+            wait_timeout_ms=settings.redis.wait_timeout_ms,
         )
     finally:
         await redis.aclose()

@@ -50,6 +50,9 @@ async def build_parts(settings: Settings, provider: ChatProvider | None = None) 
         default_ttl_s=mem.default_ttl_s,
         default_window=mem.window_size,
         on_op=metrics.observe_store_op,
+        wait_replicas=settings.redis.wait_replicas,
+        wait_timeout_ms=settings.redis.wait_timeout_ms,
+        on_not_replicated=metrics.count_not_replicated,
     )
     characters = CharacterRegistry(redis, settings.characters_dir)
     lim = settings.limits

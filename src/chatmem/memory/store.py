@@ -5,6 +5,9 @@ every key of the session and updates meta, totals and the user's session index. 
 read is one script too, and so is a turn: `append(..., read_last=n)` writes the turn's
 messages and returns the meta and the newest n messages in the same round trip. Ids are
 validated by the key builders before any I/O.
+
+With `wait_replicas` > 0 every write also waits for that many replicas, in the same
+round trip, and raises NotReplicated when too few confirm it (see `write_concern`).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from chatmem.memory.codec import (
     meta_fields,
 )
 from chatmem.memory.keys import MIN_TTL_S, PREVIEW_CHARS, WINDOW_MAX, WINDOW_MIN
+from chatmem.memory.write_concern import ShortfallObserver, WriteConcern
 from chatmem.models import Message, SessionMeta, SessionState, Usage, UserTotals, new_id
 
 __all__ = [
@@ -123,10 +127,18 @@ class RedisMemoryStore:
         default_ttl_s: int = 24 * 3600,
         default_window: int = 10,
         on_op: OpObserver | None = None,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 500,
+        on_not_replicated: ShortfallObserver | None = None,
     ) -> None:
         if max_messages < 1:
             raise ValueError("max_messages must be at least 1")
         self.redis = redis
+        self.write_concern = (
+            WriteConcern(redis, wait_replicas, wait_timeout_ms, on_not_replicated)
+            if wait_replicas
+            else None
+        )
         self.max_messages = max_messages
         self.id_window = min(max_messages, keys.IDEMPOTENCY_WINDOW)
         self.default_ttl_s = validate_ttl(default_ttl_s)
@@ -142,10 +154,17 @@ class RedisMemoryStore:
         self._totals = redis.register_script(scripts.USER_TOTALS)
         self._delete_user = redis.register_script(scripts.DELETE_USER)
 
-    async def _run(self, name: str, script: AsyncScript, ks: list[str], args: list[Any]) -> Any:
-        """Run one script: timed, and connection failures turned into StoreUnavailable."""
+    async def _run(
+        self, name: str, script: AsyncScript, ks: list[str], args: list[Any], *, write: bool = False
+    ) -> Any:
+        """Run one script: timed, and connection failures turned into StoreUnavailable.
+
+        A `write` waits for the configured replicas too (see the module docstring).
+        """
         start = time.perf_counter()
         try:
+            if write and self.write_concern is not None:
+                return await self.write_concern.run(name, script, ks, args)
             return await script(keys=ks, args=args)
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"redis unavailable during {name}: {exc}") from exc
@@ -209,7 +228,9 @@ class RedisMemoryStore:
         # while a session whose user is missing from the index would never be listed.
         async with self._op("create_session"):
             await self.redis.zadd(keys.USERS_INDEX_KEY, {user_id: _now_ms()})
-        created, flat, pttl, stored = await self._run("create_session", self._create, ks, args)
+        created, flat, pttl, stored = await self._run(
+            "create_session", self._create, ks, args, write=True
+        )
         if not created and not ensure:
             raise AlreadyExists(f"session {sid!r} already exists")
         return decode_meta(sid, flat, pttl_ms=pttl, stored=stored)
@@ -255,7 +276,7 @@ class RedisMemoryStore:
         validate_id = keys.validate_id
         for msg in messages:
             args += (validate_id(msg.msg_id, "message id"), encode_message(msg), msg.token_count)
-        res = await self._run("append", self._append, ks, args)
+        res = await self._run("append", self._append, ks, args, write=True)
         if res is None:
             raise _not_found(session_id)
         result = AppendResult(appended=res[0], duplicate_ids=res[1], stored=res[2], last_seq=res[3])
@@ -314,7 +335,7 @@ class RedisMemoryStore:
                 args += ["state", SessionState(state).value]
             except ValueError:
                 raise InvalidInput(f"unknown state {state!r}", code="invalid_state") from None
-        res = await self._run("update_session", self._update, ks, args)
+        res = await self._run("update_session", self._update, ks, args, write=True)
         if res is None:
             raise _not_found(session_id)
         flat, pttl, stored = res
@@ -326,7 +347,7 @@ class RedisMemoryStore:
         Its message_count and total_tokens restart at 0; the user's totals keep them.
         """
         ks = keys.session_keys(user_id, session_id)
-        if not await self._run("clear", self._clear, ks, [session_id, _now_ms()]):
+        if not await self._run("clear", self._clear, ks, [session_id, _now_ms()], write=True):
             raise _not_found(session_id)
 
     async def delete_session(self, user_id: str, session_id: str) -> None:
@@ -335,7 +356,7 @@ class RedisMemoryStore:
             keys.session_lock_key(user_id, session_id),
             keys.session_stop_key(user_id, session_id),
         ]
-        if not await self._run("delete_session", self._delete, ks, [session_id]):
+        if not await self._run("delete_session", self._delete, ks, [session_id], write=True):
             raise _not_found(session_id)
 
     async def list_sessions(self, user_id: str, *, limit: int = 100) -> list[SessionMeta]:
@@ -358,7 +379,7 @@ class RedisMemoryStore:
         """
         ks = [keys.user_sessions_key(user_id), keys.user_totals_key(user_id)]
         n: int = await self._run(
-            "delete_user", self._delete_user, ks, [keys.session_prefix(user_id)]
+            "delete_user", self._delete_user, ks, [keys.session_prefix(user_id)], write=True
         )
         async with self._op("delete_user"):
             await self.redis.zrem(keys.USERS_INDEX_KEY, user_id)
