@@ -5,6 +5,7 @@ a standalone server without one, and a Cluster whose masters have none."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pydantic
@@ -19,6 +20,8 @@ from chatmem.memory import keys, scripts
 from chatmem.memory.connection import make_redis
 from chatmem.memory.store import AnyRedis, RedisMemoryStore
 from chatmem.models import Message, Role
+from tests.api_support import make_test_settings, running_app
+from tests.fake_openai import FakeOpenAI
 
 
 def user_msg(text: str, msg_id: str | None = None) -> Message:
@@ -188,3 +191,23 @@ def test_settings_refuse_a_wait_that_cannot_work(values: dict[str, Any]) -> None
 def test_store_refuses_a_wait_without_a_timeout(redis_client: Redis) -> None:
     with pytest.raises(ValueError):
         RedisMemoryStore(redis_client, wait_replicas=1, wait_timeout_ms=0)
+
+
+async def test_a_turn_whose_write_no_replica_confirmed_is_degraded_and_counted(
+    redis_url: str, redis_client: Redis, tmp_path: Path
+) -> None:
+    """Through the app: no replica confirms the user message, so the turn is answered
+    from the outbox (`memory: degraded`), as when Redis is down, and the metric counts it."""
+    with FakeOpenAI() as fake:
+        settings = make_test_settings(redis_url, fake.base_url, tmp_path / "data")
+        await RedisMemoryStore(redis_client).create_session("alice", "assistant", session_id="s1")
+        settings.redis.wait_replicas = 1
+        settings.redis.wait_timeout_ms = 20
+        async with running_app(settings) as (_, client):
+            r = await client.post(
+                "/v1/sessions/s1/messages", json={"content": "hi"}, headers={"X-User-Id": "alice"}
+            )
+            assert r.status_code == 200, r.text
+            assert r.json()["memory"] == "degraded"
+            metrics = (await client.get("/metrics")).text
+            assert 'chatmem_store_not_replicated_total{op="append"}' in metrics
