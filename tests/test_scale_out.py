@@ -1,0 +1,207 @@
+"""Two chatmem processes on one Redis behave as one (SPEC §7): memory, order, the turn
+lock and stop signals live in Redis, nothing that matters in a process.
+
+Two real `python -m chatmem serve` processes on different ports, the test Redis, the
+fake model in this process (it records what each turn sent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import redis
+
+from tests.fake_openai import FakeOpenAI, Reply
+from tests.live_server import free_port
+
+H = {"X-User-Id": "alice"}
+START_TIMEOUT_S = 30.0
+
+
+class ChatmemProcess:
+    """`python -m chatmem serve` on a free loopback port, with its own data dir."""
+
+    def __init__(self, env: dict[str, str], data_dir: Path) -> None:
+        self.port = free_port()
+        self.env = {**env, "CHATMEM_DATA_DIR": str(data_dir)}
+        self.cwd = data_dir.parent  # holds no .env
+        self.cwd.mkdir(parents=True, exist_ok=True)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ChatmemProcess:
+        cmd = [sys.executable, "-m", "chatmem", "serve", "--port", str(self.port)]
+        self.proc = subprocess.Popen([*cmd, "--log-level", "warning"], env=self.env, cwd=self.cwd)
+        return self
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            assert self.proc is not None and self.proc.poll() is None, "chatmem exited"
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"chatmem on port {self.port} did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def servers(
+    redis_url: str, fake: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[ChatmemProcess, ChatmemProcess]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATMEM_")}
+    env |= {
+        "CHATMEM_REDIS_URL": redis_url,
+        "CHATMEM_LLM_PROVIDER": "openai",
+        "CHATMEM_LLM_BASE_URL": fake.base_url,
+        "CHATMEM_LLM_API_KEY": "test-key",
+        "CHATMEM_LLM_MODEL": "fake-model",
+        "CHATMEM_LLM_MAX_RETRIES": "0",
+        # A second send gives up quickly, while the first turn is still streaming.
+        "CHATMEM_LIMITS_SESSION_LOCK_WAIT_MS": "300",
+    }
+    tmp = tmp_path_factory.mktemp("scale-out")
+    a = ChatmemProcess(env, tmp / "a" / "data").start()
+    b = ChatmemProcess(env, tmp / "b" / "data").start()
+    try:
+        a.wait_ready()
+        b.wait_ready()
+        yield a, b
+    finally:
+        a.stop()
+        b.stop()
+
+
+@pytest.fixture
+def clean(redis_url: str, fake: FakeOpenAI) -> None:
+    with redis.Redis.from_url(redis_url) as client:
+        client.flushdb()
+    fake.reset()
+
+
+def new_session(url: str) -> str:
+    r = httpx.post(url + "/v1/sessions", json={"character_id": "assistant"}, headers=H)
+    assert r.status_code == 201, r.text
+    sid: str = r.json()["session"]["session_id"]
+    return sid
+
+
+@pytest.mark.usefixtures("clean")
+def test_alternating_servers_keep_the_whole_conversation_in_order(
+    servers: tuple[ChatmemProcess, ChatmemProcess], fake: FakeOpenAI
+) -> None:
+    a, b = servers
+    sid = new_session(a.url)
+    turns = 6
+    fake.script(*(Reply(text=f"reply {i}") for i in range(turns)))
+    for i in range(turns):
+        server = (a, b)[i % 2]
+        r = httpx.post(
+            f"{server.url}/v1/sessions/{sid}/messages", json={"content": f"turn {i}"}, headers=H
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["message"]["content"] == f"reply {i}"
+        # What the model saw: every earlier turn, whichever process served it, in order.
+        sent = [(m["role"], m["content"]) for m in fake.chat_bodies[-1]["messages"]]
+        history = [
+            pair for j in range(i) for pair in (("user", f"turn {j}"), ("assistant", f"reply {j}"))
+        ]
+        assert sent[-(2 * i + 1) :] == [*history, ("user", f"turn {i}")]
+        assert sent[0][0] == "system"
+    r = httpx.get(f"{b.url}/v1/sessions/{sid}/messages", params={"limit": 100}, headers=H)
+    contents = [m["content"] for m in r.json()["messages"] if not m["metadata"].get("greeting")]
+    assert contents == [c for i in range(turns) for c in (f"turn {i}", f"reply {i}")]
+    seqs = [m["seq"] for m in r.json()["messages"]]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+
+
+@pytest.mark.usefixtures("clean")
+async def test_simultaneous_sends_to_two_servers_one_turn_the_other_session_busy(
+    servers: tuple[ChatmemProcess, ChatmemProcess], fake: FakeOpenAI
+) -> None:
+    a, b = servers
+    sid = new_session(a.url)
+    fake.script(Reply(text="a slow reply of ten chunks", chunks=10, delay_s=0.1))
+
+    async def send(client: httpx.AsyncClient, server: ChatmemProcess, text: str) -> Any:
+        return await client.post(
+            f"{server.url}/v1/sessions/{sid}/messages", json={"content": text}, headers=H
+        )
+
+    async with httpx.AsyncClient(timeout=30) as client:
+        ra, rb = await asyncio.gather(send(client, a, "from a"), send(client, b, "from b"))
+        assert sorted([ra.status_code, rb.status_code]) == [200, 409]
+        busy = ra if ra.status_code == 409 else rb
+        assert busy.json()["error"]["code"] == "session_busy"
+        assert fake.request_count == 1
+        # The winner's turn is the session's only one, and the lock is free again after it.
+        winner = "from a" if ra.status_code == 200 else "from b"
+        r = await client.get(f"{b.url}/v1/sessions/{sid}/messages", headers=H)
+        contents = [m["content"] for m in r.json()["messages"] if not m["metadata"].get("greeting")]
+        assert contents == [winner, "a slow reply of ten chunks"]
+        r = await send(client, b, "next")
+        assert r.status_code == 200, r.text
+
+
+@pytest.mark.usefixtures("clean")
+async def test_a_stop_sent_to_one_server_stops_the_turn_streaming_on_the_other(
+    servers: tuple[ChatmemProcess, ChatmemProcess], fake: FakeOpenAI
+) -> None:
+    a, b = servers
+    sid = new_session(a.url)
+    fake.script(Reply(text="word " * 100, chunks=100, delay_s=0.05))
+    deltas = 0
+    done: dict[str, Any] = {}
+    async with httpx.AsyncClient(timeout=30) as client:
+        request = client.stream(
+            "POST",
+            f"{a.url}/v1/sessions/{sid}/messages",
+            json={"content": "go on and on", "stream": True},
+            headers=H,
+        )
+        async with request as response:
+            event = ""
+            async for line in response.aiter_lines():
+                if line.startswith("event:"):
+                    event = line[6:].strip()
+                elif line.startswith("data:") and event == "delta":
+                    deltas += 1
+                    if deltas == 3:
+                        r = await client.post(f"{b.url}/v1/sessions/{sid}/stop", headers=H)
+                        assert r.json()["stopped"] is True
+                elif line.startswith("data:") and event == "done":
+                    done = orjson.loads(line[5:])
+        assert 3 <= deltas < 100
+        assert done["message"]["metadata"]["interrupted"] is True
+        r = await client.get(f"{b.url}/v1/sessions/{sid}/messages", headers=H)
+        assert r.json()["messages"][-1]["metadata"]["interrupted"] is True
