@@ -26,7 +26,7 @@ from tests.test_degraded import degraded_settings
 
 USERS, TURNS = 50, 10
 KILL_AFTER_ACKS = 150
-DOWN_S = 1.5
+DOWN_S = 0.5
 
 
 @dataclass
@@ -44,6 +44,7 @@ class Run:
     acked: list[Acked] = field(default_factory=list)
     failures: list[tuple[int, str]] = field(default_factory=list)
     time_to_kill: asyncio.Event = field(default_factory=asyncio.Event)
+    acked_when_back: int = 0
 
 
 def done_of(r: httpx.Response, stream: bool) -> dict[str, Any]:
@@ -100,6 +101,7 @@ async def kill_and_restart(server: RedisProcess, run: Run) -> None:
     server.kill()
     await asyncio.sleep(DOWN_S)
     await asyncio.to_thread(server.start)
+    run.acked_when_back = len(run.acked)
 
 
 async def scenario(server: RedisProcess, fake: FakeOpenAI, data_dir: Path) -> None:
@@ -113,6 +115,9 @@ async def scenario(server: RedisProcess, fake: FakeOpenAI, data_dir: Path) -> No
         assert len(run.acked) == USERS * TURNS
         degraded = sum(a.memory == "degraded" for a in run.acked)
         assert degraded > 0, "the kill fell outside the run"
+        # Back to memory without a restart once Redis is.
+        with_memory_after = sum(a.memory == "ok" for a in run.acked[run.acked_when_back :])
+        assert with_memory_after > 0
 
         # Recovers without a restart: the outbox drains, /ready turns 200.
         deadline = time.monotonic() + 30
@@ -149,8 +154,9 @@ async def scenario(server: RedisProcess, fake: FakeOpenAI, data_dir: Path) -> No
         replayed = app.state.parts.service.replayer.replayed
         assert replayed >= degraded  # at least each degraded turn's reply
         print(
-            f"\nturns acknowledged {len(run.acked)}, degraded {degraded}, "
-            f"found in Redis {found}, outbox records replayed {replayed}"
+            f"\nturns acknowledged {len(run.acked)}, degraded {degraded}, with memory after "
+            f"the restart {with_memory_after}, found in Redis {found} (each once, in order), "
+            f"outbox records replayed {replayed}"
         )
 
 

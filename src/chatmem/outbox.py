@@ -139,15 +139,16 @@ class _OutboxFile:
         self.next_n = 1
         self.writing = 0  # records handed to `write` and not yet on disk
         self.closed = False
-        self._queue: list[tuple[bytes, OnDone | None, asyncio.Future[None]]] = []
+        self._queue: list[tuple[bytes, bool, OnDone | None, asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
-    async def write(self, data: bytes, on_done: OnDone | None = None) -> None:
-        """Append `data` and fsync. `on_done(on_disk)` runs when the write is over, even
-        if the caller was cancelled meanwhile (a write is never cancelled half-way)."""
+    async def write(self, data: bytes, on_done: OnDone | None = None, *, sync: bool = True) -> None:
+        """Append `data` (and fsync, if `sync`). `on_done(on_disk)` runs when the write
+        is over, even if the caller was cancelled meanwhile (a write is never cancelled
+        half-way)."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         fut.add_done_callback(_retrieve)
-        self._queue.append((data, on_done, fut))
+        self._queue.append((data, sync, on_done, fut))
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush(), name=f"outbox {self.path.name}")
         await asyncio.shield(fut)
@@ -161,11 +162,13 @@ class _OutboxFile:
             while self._queue:
                 batch, self._queue = self._queue, []
                 error: Exception | None = None
+                data = b"".join(d for d, _, _, _ in batch)
+                sync = any(s for _, s, _, _ in batch)
                 try:
-                    await asyncio.to_thread(self._write_sync, b"".join(d for d, _, _ in batch))
+                    await asyncio.to_thread(self._write_sync, data, sync)
                 except Exception as exc:
                     error = exc
-                for _, on_done, fut in batch:
+                for _, _, on_done, fut in batch:
                     if on_done is not None:
                         on_done(error is None)
                     if fut.done():
@@ -177,12 +180,13 @@ class _OutboxFile:
         finally:
             self._flusher = None
 
-    def _write_sync(self, data: bytes) -> None:
+    def _write_sync(self, data: bytes, sync: bool) -> None:
         try:
             view = memoryview(data)
             while view:
                 view = view[os.write(self.fd, view) :]
-            os.fsync(self.fd)
+            if sync:
+                os.fsync(self.fd)
         except OSError:
             # Cut a torn line off, so that the next record starts on a line of its own.
             with contextlib.suppress(OSError):
@@ -222,6 +226,13 @@ class Outbox:
     def pending_records(self) -> list[OutboxRecord]:
         """Every record not yet acknowledged, oldest first."""
         return [r for f in self._files for r in f.pending.values()]
+
+    def pending_for(self, user_id: str, session_id: str) -> list[OutboxRecord]:
+        """The session's records not yet acknowledged, oldest first."""
+        if not self.has_pending(user_id, session_id):
+            return []
+        key = (user_id, session_id)
+        return [r for r in self.pending_records() if r.session_key == key]
 
     def _register(self, record: OutboxRecord) -> None:
         assert record.file is not None
@@ -296,11 +307,11 @@ class Outbox:
         for file, recs in by_file.items():
             if file.closed:
                 continue
+            # Not fsynced: they are in Redis. Lost in a crash, they would be replayed again
+            # at the next start, and the store skips the message ids it already holds.
             try:
-                await file.write(orjson.dumps({"ack": [r.n for r in recs]}) + b"\n")
+                await file.write(orjson.dumps({"ack": [r.n for r in recs]}) + b"\n", sync=False)
             except OSError:
-                # They are in Redis: at worst the next start replays them again, and the
-                # store skips the message ids it already holds.
                 log.exception("could not write an acknowledgement to %s", file.path)
             await self._retire_if_done(file)
 

@@ -3,12 +3,15 @@
 While Redis cannot be reached, turns degrade (service.py) and write their messages to the
 outbox. `OutboxReplayer` runs in the background of each API process: every
 REPLAY_INTERVAL_S while something is owed to Redis it pings it and, once it answers,
-releases the turn locks this process could not release, then appends the outbox's
-records session by session, in order. Each session's records are appended under the
-session's turn lock, as a turn would be, so they do not interleave with a turn of another
-process; a session whose lock is taken is tried again at the next round. Appends are
-idempotent by message id (the store skips ids it already holds), so a record replayed
-twice is stored once.
+releases the turn locks this process could not release, lets turns use Redis again, then
+appends the outbox's records session by session, in order. Each session's records are
+appended under the session's turn lock, as a turn would be, so they do not interleave
+with a turn of another process; a session whose lock is taken is tried again at the next
+round. A turn of this process on a session with records still pending replays them
+itself, under the lock it holds, before its own message (`replay_session`): a busy
+session is not left degraded while the loop catches up. Appends are idempotent by
+message id (the store skips ids it already holds), so a record replayed twice is stored
+once.
 """
 
 from __future__ import annotations
@@ -52,11 +55,6 @@ class OutboxReplayer:
         self._task: asyncio.Task[None] | None = None
 
     # --- what turns ask ----------------------------------------------------------------
-
-    def should_degrade(self, user_id: str, session_id: str) -> bool:
-        """A turn must not go to Redis while Redis is down, nor ahead of the session's
-        messages still in the outbox (they came first)."""
-        return self.store_down or self.outbox.has_pending(user_id, session_id)
 
     def mark_down(self, exc: BaseException) -> None:
         if not self.store_down:
@@ -124,20 +122,34 @@ class OutboxReplayer:
                 while self._releases:
                     await self.coordinator.release_turn(*self._releases[0])
                     self._releases.pop(0)
+                if self.store_down:
+                    log.warning("redis is back; %d outbox records to replay", self.outbox.pending)
+                    await self._drop_idle_connections()
+                # Turns may use Redis again now: one on a session with records pending
+                # replays them first (replay_session).
+                self.store_down = False
                 await self._replay()
             except StoreUnavailable as exc:
                 self.mark_down(exc)
                 return False
-            if self.store_down:
-                log.warning("redis is back; %d outbox records left", self.outbox.pending)
-            self.store_down = False
             return not self.outbox.pending
 
+    async def _drop_idle_connections(self) -> None:
+        """Connections opened before the outage point at a server that has gone: each
+        would fail once on its next use, and degrade a turn for nothing."""
+        pool = getattr(self.store.redis, "connection_pool", None)
+        if pool is not None:  # a cluster client manages its nodes' connections itself
+            await pool.disconnect(inuse_connections=False)
+
+    async def replay_session(self, user_id: str, session_id: str) -> None:
+        """Append the session's pending records now; the caller holds its turn lock."""
+        records = self.outbox.pending_for(user_id, session_id)
+        if records:
+            await self._replay_session(records)
+
     async def _replay(self) -> None:
-        sessions: dict[tuple[str, str], list[OutboxRecord]] = {}
-        for rec in self.outbox.pending_records():
-            sessions.setdefault(rec.session_key, []).append(rec)
-        for (user_id, session_id), records in sessions.items():
+        sessions = dict.fromkeys(r.session_key for r in self.outbox.pending_records())
+        for user_id, session_id in sessions:
             token = self.coordinator.new_token()
             try:
                 await self.coordinator.acquire_turn(user_id, session_id, token=token, wait_ms=0)
@@ -147,7 +159,8 @@ class OutboxReplayer:
                 self.defer_release(user_id, session_id, token)
                 raise
             try:
-                await self._replay_session(records)
+                # Read again under the lock: a turn may have replayed them meanwhile.
+                await self.replay_session(user_id, session_id)
             finally:
                 try:
                     await self.coordinator.release_turn(user_id, session_id, token)

@@ -190,8 +190,7 @@ class ChatService:
     ) -> Turn:
         """Everything before the model is called; errors here are the client's to see.
 
-        Degrades (see the module docstring) when Redis cannot be reached, or while the
-        session still has messages in the outbox: they came first.
+        Degrades (see the module docstring) when Redis cannot be reached.
         """
         text = self.validate_content(content)
         user_msg = Message(Role.USER, text, count_tokens(text), metadata=dict(metadata or {}))
@@ -202,7 +201,7 @@ class ChatService:
         reservation = await self._reserve(key)
         try:
             turn: Turn | None = None
-            if not self.replayer.should_degrade(user_id, session_id):
+            if not self.replayer.store_down:
                 try:
                     turn = await self._redis_turn(user_id, session_id, user_msg, reply_id)
                 except StoreUnavailable as exc:
@@ -248,6 +247,9 @@ class ChatService:
             self.replayer.defer_release(user_id, session_id, token)
             raise
         try:
+            if self.outbox.has_pending(user_id, session_id):
+                # The session's earlier messages are still in the outbox: they go first.
+                await self.replayer.replay_session(user_id, session_id)
             return await self._start_turn(user_id, session_id, user_msg, reply_id, token)
         except BaseException:
             await self.shielded(self._release(user_id, session_id, token))

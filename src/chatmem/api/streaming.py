@@ -2,6 +2,11 @@
 
 sse-starlette cancels the generator when the client disconnects; the turn's own cleanup
 then persists the partial reply and closes the upstream stream.
+
+On server shutdown (SIGTERM) a stream may go on for the grace period
+(`server.shutdown_grace_s`, uvicorn's graceful-shutdown timeout too). One still running
+shortly before it ends is stopped, so that it ends with its `done` event (the reply
+marked interrupted, as stored) rather than with a connection cut half-way.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import anyio
 from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 
@@ -17,9 +23,30 @@ from chatmem.errors import ChatmemError
 from chatmem.service import Turn, TurnEvent
 
 PING_S = 15
+# Stop a turn this long before the shutdown grace period ends: time to store and send it.
+SHUTDOWN_STOP_MARGIN_S = 1.0
 
 EventShaper = Callable[[TurnEvent, str, int], dict[str, str]]
 ErrorShaper = Callable[[str, str, str, int], dict[str, str]]
+
+
+def graceful_shutdown(turn: Turn) -> dict[str, Any]:
+    """EventSourceResponse options for a turn's stream at server shutdown: sse-starlette
+    would end every stream at once; this lets it run for the grace period, and stops the
+    turn just before the end so that it ends with its `done` event."""
+    grace_s = turn.service.settings.server.shutdown_grace_s
+    shutdown = anyio.Event()
+
+    async def stop_before_the_cut() -> None:
+        await shutdown.wait()
+        await anyio.sleep(max(0.0, grace_s - SHUTDOWN_STOP_MARGIN_S))
+        turn.stop.set()
+
+    return {
+        "shutdown_event": shutdown,
+        "shutdown_grace_period": grace_s,
+        "data_sender_callable": stop_before_the_cut,
+    }
 
 
 def sse_response(turn: Turn, shape: EventShaper, shape_error: ErrorShaper) -> EventSourceResponse:
@@ -41,6 +68,5 @@ def sse_response(turn: Turn, shape: EventShaper, shape_error: ErrorShaper) -> Ev
         ping=PING_S,
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         background=BackgroundTask(turn.abandon),
-        # On SIGTERM sse-starlette would end every stream at once: let them finish first.
-        shutdown_grace_period=turn.service.settings.server.shutdown_grace_s,
+        **graceful_shutdown(turn),
     )

@@ -1,0 +1,193 @@
+"""Graceful shutdown: SIGTERM to a real `chatmem serve` while 50 replies are streaming.
+
+uvicorn stops accepting at once; turns that finish within the grace period
+(`CHATMEM_SERVER_SHUTDOWN_GRACE_S`) end normally, the others are stopped just before it
+ends and stored as interrupted (their clients get a `done` event saying so); then the
+outbox is flushed and the embedded Redis is stopped last (SIGTERM: it writes its AOF).
+Read back from that Redis afterwards, every reply is exactly what its client was sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from chatmem.config import RedisSettings
+from chatmem.memory.connection import make_redis
+from chatmem.memory.embedded import EmbeddedRedis
+from chatmem.memory.store import RedisMemoryStore
+from tests.fake_openai import FakeOpenAI, Reply
+from tests.live_server import free_port
+
+STREAMS = 50
+GRACE_S = 4
+WORD_DELAY_S = 0.25
+SHORT_WORDS = 8  # about 2 s: ends within the grace period
+LONG_WORDS = 80  # about 20 s: cut by the shutdown
+
+
+class PacedFake(FakeOpenAI):
+    """Short or long replies, as the user message asks."""
+
+    async def _reply(self, reply: Reply, body: Any, *args: Any) -> None:
+        words = SHORT_WORDS if body["messages"][-1]["content"].startswith("short") else LONG_WORDS
+        await super()._reply(Reply(text="w " * words, delay_s=WORD_DELAY_S), body, *args)
+
+
+async def stream(
+    c: httpx.AsyncClient, user: str, sid: str, content: str, started: asyncio.Queue[str]
+) -> dict[str, Any]:
+    seen: list[str] = []
+    done: dict[str, Any] | None = None
+    body = {"content": content, "stream": True}
+    try:
+        async with c.stream(
+            "POST", f"/v1/sessions/{sid}/messages", json=body, headers={"X-User-Id": user}
+        ) as resp:
+            assert resp.status_code == 200
+            event = ""
+            async for line in resp.aiter_lines():
+                if line.startswith("event:"):
+                    event = line[6:].strip()
+                elif line.startswith("data:"):
+                    data = orjson.loads(line[5:])
+                    if event == "delta":
+                        if not seen:
+                            started.put_nowait(sid)
+                        seen.append(data["content"])
+                    elif event == "done":
+                        done = data
+    except httpx.TransportError:
+        pass  # the server ended a cut stream by closing the connection
+    short = content.startswith("short")
+    return {"user": user, "sid": sid, "short": short, "seen": seen, "done": done}
+
+
+async def clients(url: str, proc: subprocess.Popen[bytes]) -> tuple[list[dict[str, Any]], float]:
+    limits = httpx.Limits(max_connections=STREAMS + 10, keepalive_expiry=1)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as c:
+        sessions = []
+        for i in range(STREAMS):
+            user = f"user{i}"
+            r = await c.post("/v1/sessions", json={}, headers={"X-User-Id": user})
+            assert r.status_code == 201, r.text
+            sessions.append((user, r.json()["session"]["session_id"]))
+        started: asyncio.Queue[str] = asyncio.Queue()
+        tasks = [
+            asyncio.create_task(
+                stream(c, user, sid, f"{'short' if i % 2 else 'long'} {i}", started)
+            )
+            for i, (user, sid) in enumerate(sessions)
+        ]
+        for _ in range(STREAMS):  # every reply under way
+            await asyncio.wait_for(started.get(), 30)
+        proc.send_signal(signal.SIGTERM)
+        term_at = time.monotonic()
+        await asyncio.sleep(0.5)
+        with pytest.raises(httpx.ConnectError):  # no longer accepting
+            async with httpx.AsyncClient(base_url=url, timeout=5) as fresh:
+                await fresh.get("/health")
+        results = await asyncio.gather(*tasks)
+        return results, term_at
+
+
+@pytest.mark.slow
+def test_sigterm_lets_turns_finish_or_stores_them_interrupted(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    data_dir = tmp_path_factory.mktemp("sd")  # short: the embedded Redis's unix socket
+    port = free_port()
+    with PacedFake() as fake:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CHATMEM_")}
+        env |= {
+            "CHATMEM_DATA_DIR": str(data_dir),
+            "CHATMEM_LLM_PROVIDER": "openai",
+            "CHATMEM_LLM_BASE_URL": fake.base_url,
+            "CHATMEM_LLM_API_KEY": "test-key",
+            "CHATMEM_LLM_MODEL": "fake-model",
+            "CHATMEM_LLM_MAX_RETRIES": "0",
+            "CHATMEM_LIMITS_REQUESTS_PER_MINUTE": "100000",
+            "CHATMEM_SERVER_SHUTDOWN_GRACE_S": str(GRACE_S),
+        }
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "chatmem", "serve", "--port", str(port)],
+            env=env,
+            cwd=data_dir,  # no developer's .env
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else b""
+                try:
+                    if httpx.get(url + "/ready", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, "the server did not come up"
+                time.sleep(0.1)
+            results, term_at = asyncio.run(clients(url, proc))
+            proc.wait(GRACE_S + 15)
+            stopped_after_s = time.monotonic() - term_at
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            if proc.stderr:
+                proc.stderr.close()
+    # uvicorn re-raises the signal once it has shut down cleanly.
+    assert proc.returncode in (0, -signal.SIGTERM), stderr
+    assert "Application shutdown complete" in stderr
+    assert "ERROR" not in stderr, stderr
+    assert stopped_after_s < GRACE_S + 5, stderr
+    assert not (data_dir / "redis.sock").exists()  # the embedded Redis was stopped, last
+    assert not list((data_dir / "outbox").glob("*.jsonl"))
+
+    completed = interrupted = 0
+    with EmbeddedRedis(data_dir) as server:  # the same data, from its AOF
+        completed, interrupted = asyncio.run(check_stored(server.url, results))
+    print(f"\n{completed} turns completed, {interrupted} stored as interrupted")
+    assert completed == interrupted == STREAMS // 2
+
+
+async def check_stored(url: str, results: list[dict[str, Any]]) -> tuple[int, int]:
+    client = make_redis(url, RedisSettings(url=url))
+    store = RedisMemoryStore(client)
+    completed = interrupted = 0
+    try:
+        for res in results:
+            snap = await store.read(res["user"], res["sid"], last=100)
+            user_msg, reply = snap.messages[1:]  # after the greeting
+            assert user_msg.role.value == "user" and reply.role.value == "assistant"
+            seen = "".join(res["seen"])
+            if res["short"]:
+                # Finished within the grace period: complete, and the client saw it end.
+                assert res["done"] is not None, res
+                assert reply.msg_id == res["done"]["message"]["msg_id"]
+                assert reply.content == "w " * SHORT_WORDS == seen
+                assert not reply.metadata.get("interrupted")
+                completed += 1
+            else:
+                # Stopped before the end of the grace period: what was said is kept, marked.
+                assert res["done"] is not None, res
+                assert res["done"]["message"]["metadata"]["interrupted"] is True
+                assert reply.metadata.get("interrupted") is True
+                assert reply.msg_id == res["done"]["message"]["msg_id"]
+                assert reply.content == res["done"]["message"]["content"] == seen
+                assert 0 < len(reply.content) < len("w " * LONG_WORDS)
+                interrupted += 1
+    finally:
+        await client.aclose()
+    return completed, interrupted
