@@ -405,5 +405,47 @@ def import_(
     )
 
 
+# --- size -----------------------------------------------------------------------------
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+@app.command()
+def size(
+    users: int = typer.Option(..., min=1, help="users with live sessions (active within the TTL)"),
+    messages: int = typer.Option(..., min=0, max=100_000, help="stored messages per user"),
+    message_chars: int = typer.Option(400, min=1, help="average characters a message"),
+    sessions: int = typer.Option(1, min=1, max=1000, help="sessions per user"),
+) -> None:
+    """Estimate the Redis memory for a load (measured in a scratch redis-server)."""
+    from chatmem.sizing import Load, estimate, measure_in_scratch
+
+    max_messages = load_settings().memory.max_messages
+    load = Load(users, messages, message_chars, sessions)
+    with reported_errors():
+        est = estimate(load, measure_in_scratch(load, max_messages=max_messages))
+    out.print(
+        f"{users:,} users × {messages:,} messages of ~{message_chars:,} characters "
+        f"({sessions:,} session{'s' if sessions > 1 else ''} each); stored after trimming "
+        f"to max_messages {max_messages:,}: {est.footprint.stored_messages:,} a user, "
+        f"{est.bytes_per_message:,.0f} bytes a message"
+    )
+    table = Table(
+        "component", Column("per user", justify="right"), Column("total", justify="right")
+    )
+    for name, per_user, total in est.lines:
+        table.add_row(name, "" if per_user is None else _bytes(per_user), _bytes(total))
+    table.add_row("total (used_memory)", "", _bytes(est.total), style="bold")
+    table.add_row("recommended maxmemory (total + 25%)", "", _bytes(est.maxmemory), style="bold")
+    table.add_row("host memory for redis-server (× 1.5)", "", _bytes(est.host_memory))
+    out.print(table)
+
+
 def main() -> None:
     app()
