@@ -23,7 +23,13 @@ import time
 
 from chatmem.characters import CharacterRegistry
 from chatmem.coordination import Coordinator
-from chatmem.errors import ChatmemError, SessionBusy, SessionNotFound, StoreUnavailable
+from chatmem.errors import (
+    ChatmemError,
+    NotReplicated,
+    SessionBusy,
+    SessionNotFound,
+    StoreUnavailable,
+)
 from chatmem.memory.store import RedisMemoryStore
 from chatmem.outbox import Outbox, OutboxRecord
 
@@ -57,6 +63,10 @@ class OutboxReplayer:
     # --- what turns ask ----------------------------------------------------------------
 
     def mark_down(self, exc: BaseException) -> None:
+        if isinstance(exc, NotReplicated):
+            # Redis answers (it has the write; its replicas did not confirm it in time):
+            # reads are fine, so turns keep their memory. The write waits in the outbox.
+            return
         if not self.store_down:
             log.warning("redis unavailable, turns degrade until it is back: %s", exc)
         self.store_down = True
