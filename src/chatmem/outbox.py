@@ -1,6 +1,6 @@
 """The outbox: turns' messages kept on local disk while Redis cannot be reached (SPEC §7).
 
-    <data_dir>/outbox/<pid>-<start ms>-<n>.jsonl    this process's file (one at a time)
+    <data_dir>/outbox/<pid>-<start ms>-<token>-<n>.jsonl   this process's file (one at a time)
     <data_dir>/outbox/rejected.log                  records the store refused for good
 
 `add` returns once its record is written and fsynced (outbox_file.py has the format), so
@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -51,7 +52,9 @@ class Outbox:
         self._files: list[OutboxFile] = []  # adopted ones first: they are older
         self._own: OutboxFile | None = None
         self._own_seq = 0
-        self._started_ms = int(time.time() * 1000)
+        # pid and start time name the writer for an operator; the token keeps two outboxes
+        # of one process (two apps in one test, say) from ever choosing the same name.
+        self._name_prefix = f"{os.getpid()}-{int(time.time() * 1000)}-{secrets.token_hex(3)}"
         self._opening = asyncio.Lock()
         self._sessions: Counter[SessionKey] = Counter()
 
@@ -117,7 +120,7 @@ class Outbox:
     def _create_own(self) -> OutboxFile:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._own_seq += 1
-        name = f"{os.getpid()}-{self._started_ms}-{self._own_seq}{SUFFIX}"
+        name = f"{self._name_prefix}-{self._own_seq}{SUFFIX}"
         file = create(self.directory / name)
         log.warning("redis unavailable: writing turns to the outbox %s", file.path)
         return file
