@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 
 from chatmem.memory.store import RedisMemoryStore
 from tests.api_support import running_app
@@ -160,6 +161,7 @@ async def scenario(server: RedisProcess, fake: FakeOpenAI, data_dir: Path) -> No
         )
 
 
+@pytest.mark.slow
 def test_redis_killed_mid_run_loses_no_acknowledged_turn(tmp_path: Path) -> None:
     reply = Reply(text="a reply in a few words", chunks=4, delay_s=0.005)
     server = RedisProcess(tmp_path, "appendonly yes", "appendfsync always").start()
