@@ -295,6 +295,7 @@ def start_writer(outbox_dir: Path, records: list[dict[str, Any]]) -> subprocess.
         [sys.executable, "-c", _WRITER, str(outbox_dir)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,  # its "writing turns to the outbox" warning
         text=True,
     )
     assert proc.stdin is not None and proc.stdout is not None
