@@ -414,3 +414,27 @@ def test_record_round_trip() -> None:
     rec = OutboxRecord(7, "u", "s", "c", [msg], Usage(2, 1, 1e-9))
     back = OutboxRecord.from_doc(orjson.loads(rec.to_line()))
     assert back.messages == [msg] and back.usage == rec.usage and back.n == 7
+
+
+async def test_seed_chat_answers_while_redis_is_down(
+    app_client: tuple[FastAPI, httpx.AsyncClient],
+    redis_server: RedisProcess,
+    fake: FakeOpenAI,
+) -> None:
+    """Regression: seed 000's POST /chat kept the turn (outbox) but answered 503, because it
+    read the session after the turn and applied window/ttl before it: a client would retry
+    and the turn would be stored twice."""
+    _, client = app_client
+    fake.script(Reply(text="ok one"), Reply(text="ok two"))
+    r = await client.post("/chat", json={"user_id": "u1", "message": "first"})
+    assert r.status_code == 200 and r.json()["memory"] == "ok"
+    redis_server.kill()
+    r = await client.post("/chat", json={"user_id": "u1", "message": "second", "window_size": 3})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["memory"] == "degraded" and body["response"] == "ok two"
+    assert body["stats"]["window_size"] == 3
+    redis_server.start()
+    await wait_ready(client)
+    hist = (await client.get("/history/u1")).json()["messages"]
+    assert [m["content"] for m in hist] == ["first", "ok one", "second", "ok two"]

@@ -57,7 +57,7 @@ from chatmem.api import openai_shapes as shapes
 from chatmem.api.deps import AppParts, Caller, Parts, Service
 from chatmem.api.errors import error_response
 from chatmem.api.routes.compat.conversations import character_session_id, create_conversation
-from chatmem.api.streaming import PING_S
+from chatmem.api.streaming import PING_S, graceful_shutdown
 from chatmem.auth import resolve_user
 from chatmem.errors import (
     CharacterNotFound,
@@ -273,6 +273,7 @@ async def chat_completions(
             ping=PING_S,
             headers={**headers, "X-Accel-Buffering": "no"},
             background=BackgroundTask(turn.abandon),
+            **graceful_shutdown(turn),
         )
     done = await service.complete(turn)
     return JSONResponse(shapes.completion(done, model=body.model, created=created), headers=headers)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from chatmem.errors import InvalidInput, SessionNotFound
+from chatmem.errors import InvalidInput, SessionNotFound, StoreUnavailable
 from chatmem.memory.store import validate_ttl
 from chatmem.models import SessionMeta
 from chatmem.service import ChatService, Turn
@@ -104,6 +104,8 @@ async def prepare_conversation_turn(
             )
         except SessionNotFound:
             await create()
+        except StoreUnavailable:
+            pass  # the turn itself degrades (outbox); its settings wait for Redis
     try:
         return await service.prepare_turn(user_id, session_id, content)
     except SessionNotFound:

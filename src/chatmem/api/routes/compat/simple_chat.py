@@ -98,11 +98,27 @@ async def chat(body: ChatRequest, caller: Caller, service: Service) -> dict[str,
         new_window_size=SEED_WINDOW_SIZE,
     )
     done = await service.complete(turn)
-    snap = await _read(service, user_id, last=2 * WINDOW_MAX)
-    return {
+    reply = {
         "response": done.message.content,
         "user_id": user_id,
         "timestamp": iso_time(done.message.timestamp),
+        "memory": done.memory,
+    }
+    try:
+        snap = await _read(service, user_id, last=2 * WINDOW_MAX)
+    except StoreUnavailable:
+        # The turn was kept (in the outbox): answer it, with stats we cannot know zeroed,
+        # rather than a 503 that would make the client send it again.
+        empty = dict.fromkeys(("total_messages", "total_rounds", "tokens"), 0)
+        stats = {
+            **empty,
+            "window_size": body.window_size or SEED_WINDOW_SIZE,
+            "cost_gpt35": 0.0,
+            "cost_gpt4": 0.0,
+        }
+        return {**reply, "stats": stats, "ttl_remaining": 0}
+    return {
+        **reply,
         "stats": _snapshot_stats(snap, service.settings),
         "ttl_remaining": snap.meta.ttl_remaining_s,
     }
