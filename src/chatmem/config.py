@@ -33,7 +33,10 @@ class RedisSettings(BaseSettings):
     socket_timeout_s: float = 2.0
     connect_timeout_s: float = 2.0
     pool_timeout_s: float = 2.0
-    max_connections: int = 64
+    # Opened as needed. Every open stream polls its stop flag, and under load a command
+    # holds its connection until the event loop gets back to it: size it for the streams
+    # one process serves at once (see docs/operations.md).
+    max_connections: int = Field(1024, ge=1)
     # Write concern: after each write, WAIT for this many replicas (0: don't wait).
     wait_replicas: int = Field(0, ge=0)
     wait_timeout_ms: int = Field(500, ge=1)
@@ -86,6 +89,8 @@ class LLMSettings(BaseSettings):
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 60.0
     max_retries: int = 2
+    # Upstream connections per process: one per reply being streamed.
+    max_connections: int = Field(1024, ge=1)
     retry_backoff_s: float = 0.25
     # Context window assumed for remote models whose window is not known.
     context_window: int = 128_000

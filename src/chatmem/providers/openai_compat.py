@@ -42,9 +42,6 @@ KNOWN_CONTEXT_WINDOWS = {
     "gpt-4o-mini": 128_000,
 }
 MAX_RETRY_DELAY_S = 10.0
-# Not a concurrency limit (the service caps streams per user); only a guard
-# against running out of sockets.
-MAX_CONNECTIONS = 512
 # After `[DONE]` the body should end at once; reading that end lets the
 # connection go back to the pool, but a server that lingers must not hold the reply.
 DRAIN_AFTER_DONE_S = 0.2
@@ -87,7 +84,11 @@ class OpenAICompatProvider:
                 write=settings.read_timeout_s,
                 pool=settings.connect_timeout_s,
             ),
-            limits=httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=64),
+            # Each stream holds one connection: a stream past max_connections waits for
+            # one (up to connect_timeout_s, then fails), so this caps the streams at once.
+            limits=httpx.Limits(
+                max_connections=settings.max_connections, max_keepalive_connections=64
+            ),
             transport=transport,
         )
         # Cleared for good the first time the server rejects `stream_options`.
