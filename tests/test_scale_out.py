@@ -205,3 +205,30 @@ async def test_a_stop_sent_to_one_server_stops_the_turn_streaming_on_the_other(
         assert done["message"]["metadata"]["interrupted"] is True
         r = await client.get(f"{b.url}/v1/sessions/{sid}/messages", headers=H)
         assert r.json()["messages"][-1]["metadata"]["interrupted"] is True
+
+
+async def test_concurrent_streams_are_capped_by_llm_max_connections_not_a_constant(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """The upstream pool was a fixed 512 connections: the 513th concurrent stream of a
+    process waited for one and failed after connect_timeout_s (1 000 streams in
+    bench/stream_load.py). It is CHATMEM_LLM_MAX_CONNECTIONS now, 1024 by default."""
+    from chatmem.config import LLMSettings
+    from tests.api_support import make_test_settings, running_app
+
+    assert LLMSettings(_env_file=None).max_connections >= 1000  # type: ignore[call-arg]
+    with FakeOpenAI(default=Reply(text="slow " * 5, chunks=5, delay_s=0.2)) as fake:
+        llm = {"max_connections": 2, "connect_timeout_s": 0.3}
+        settings = make_test_settings(redis_url, fake.base_url, tmp_path / "data", llm=llm)
+        async with running_app(settings) as (_, client):
+            sids = []
+            for _ in range(3):
+                r = await client.post("/v1/sessions", json={"character_id": "assistant"}, headers=H)
+                sids.append(r.json()["session"]["session_id"])
+            replies = await asyncio.gather(
+                *(
+                    client.post(f"/v1/sessions/{sid}/messages", json={"content": "hi"}, headers=H)
+                    for sid in sids
+                )
+            )
+    assert sorted(r.status_code for r in replies) == [200, 200, 504]
