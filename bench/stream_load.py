@@ -392,9 +392,9 @@ def report(runs: list[Run], streams: int, workers: int, who: dict[str, str]) -> 
             f"{pct(first, 0.5):>18.1f}{pct(first, 0.99):>8.1f}"
         )
     print()
-    print(f"{'CPU s during the run':<22}" + "".join(f"{k:>10}" for k in runs[0].cpu_s))
+    print(f"{'CPU s during the run':<22}" + "".join(f"{k:>12}" for k in runs[0].cpu_s))
     for r in runs:
-        print(f"{r.name:<22}" + "".join(f"{v:>10.2f}" for v in r.cpu_s.values()))
+        print(f"{r.name:<22}" + "".join(f"{v:>12.2f}" for v in r.cpu_s.values()))
     for r in runs:
         if r.idle_rss:
             n, mem = r.peak
