@@ -53,10 +53,25 @@ def rig(tmp_path: Path) -> Iterator[SentinelProcesses]:
         servers.stop()
 
 
-def master_port(rig: SentinelProcesses) -> int:
-    with redis.Redis(port=rig.sentinels[0].port, decode_responses=True) as c:
-        _, port = c.sentinel_get_master_addr_by_name(rig.MASTER_NAME)
-    return int(port)
+def master_ports(rig: SentinelProcesses) -> set[int]:
+    """The master's port as each Sentinel sees it (they agree a moment after a failover:
+    the leader switches first, the others learn it from its hello messages)."""
+    ports = set()
+    for s in rig.sentinels:
+        with redis.Redis(port=s.port, decode_responses=True) as c:
+            _, port = c.sentinel_get_master_addr_by_name(rig.MASTER_NAME)
+        ports.add(int(port))
+    return ports
+
+
+async def promoted(rig: SentinelProcesses, old_port: int, deadline: float) -> int:
+    """Wait until every Sentinel names a new master; returns its port."""
+    while True:
+        ports = await asyncio.to_thread(master_ports, rig)
+        if old_port not in ports and len(ports) == 1:
+            return ports.pop()
+        assert time.monotonic() < deadline, f"no failover: the Sentinels say {ports}"
+        await asyncio.sleep(0.05)
 
 
 def cut_off_replica(rig: SentinelProcesses) -> None:
@@ -135,9 +150,7 @@ async def kill_master_under_writes(
         os.kill(rig.replica.proc.pid, signal.SIGCONT)
         deadline = killed_at + 30
         if restart_old_master:
-            while (new_port := await asyncio.to_thread(master_port, rig)) == old_port:
-                assert time.monotonic() < deadline, "no failover"
-                await asyncio.sleep(0.05)
+            new_port = await promoted(rig, old_port, deadline)
             workdir = rig.master.workdir.parent
             rig.master = RedisProcess(workdir, f"replicaof 127.0.0.1 {new_port}", port=old_port)
             await asyncio.to_thread(rig.master.start)
@@ -148,7 +161,7 @@ async def kill_master_under_writes(
     finally:
         stop.set()
         await asyncio.gather(*tasks)
-    assert await asyncio.to_thread(master_port, rig) != old_port
+    await promoted(rig, old_port, time.monotonic() + 10)
     return log, resumed - killed_at, store, sids
 
 
