@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import redis.exceptions
@@ -148,10 +148,18 @@ class Coordinator:
             await self.redis.set(keys.session_stop_key(user_id, session_id), lock, px=60_000)
         return True
 
-    async def stop_requested(self, user_id: str, session_id: str, token: str) -> bool:
+    async def stops_requested(self, turns: Sequence[tuple[str, str, str]]) -> list[bool]:
+        """For each (user id, session id, lock token): whether a stop names that turn.
+
+        One round trip for all of them (a non-transactional pipeline, which Redis Cluster
+        splits by node), so a process polls once however many turns it streams.
+        """
         async with _op("stop_requested"):
-            value = await self.redis.get(keys.session_stop_key(user_id, session_id))
-        return bool(value == token)
+            pipe = self.redis.pipeline(transaction=False)
+            for user_id, session_id, _ in turns:
+                pipe.get(keys.session_stop_key(user_id, session_id))
+            values = await pipe.execute()
+        return [value == token for (_, _, token), value in zip(turns, values, strict=True)]
 
     # --- limits ----------------------------------------------------------------------
 

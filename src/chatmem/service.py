@@ -38,7 +38,7 @@ from chatmem.outbox import OUTBOX_DIR, Outbox
 from chatmem.providers.base import ChatProvider, GenerationParams, StreamChunk
 from chatmem.replay import OutboxReplayer
 from chatmem.tokens import TOKENS_PER_MESSAGE, cost_usd, count_tokens
-from chatmem.turn import Delta, PersistedReply, Turn, TurnDone, TurnEvent
+from chatmem.turn import STOP_POLL_S, Delta, PersistedReply, Turn, TurnDone, TurnEvent
 
 # The turn's types are part of what the service answers: importable from here too.
 __all__ = ["ChatService", "Delta", "Turn", "TurnDone", "TurnEvent", "idempotent_ids"]
@@ -91,6 +91,7 @@ class ChatService:
         self._background: set[asyncio.Task[Any]] = set()
         self._system_tokens: dict[str, int] = {}
         self._known_characters: OrderedDict[SessionKey, Character] = OrderedDict()
+        self._stop_poller: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Adopt outboxes left by dead processes and start replaying (app start-up)."""
@@ -100,6 +101,8 @@ class ChatService:
         """Graceful shutdown: finish or persist the turns in flight, then flush the outbox
         (one last replay; what Redis cannot take now stays on disk for the next start)."""
         await self.drain(self.settings.server.shutdown_grace_s)
+        if self._stop_poller is not None:
+            self._stop_poller.cancel()
         await self.replayer.close()
 
     async def shielded(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -213,7 +216,33 @@ class ChatService:
             raise
         turn.reservation = reservation
         self._local_turns[key] = turn
+        if self._stop_poller is None or self._stop_poller.done():
+            self._stop_poller = asyncio.create_task(self._poll_stops())
         return turn
+
+    async def _poll_stops(self) -> None:
+        """Watch the stop flags of this process's turns for stops asked through another
+        process: one round trip per STOP_POLL_S for all of them (a poll per turn cost a
+        third of the CPU of 200 long streams). Ends when no turn is left."""
+        while self._local_turns:
+            await asyncio.sleep(STOP_POLL_S)
+            if self.replayer.store_down:
+                continue  # a stop can only reach a turn through its own process then
+            turns = [
+                t for t in self._local_turns.values() if not t.degraded and not t.stop.is_set()
+            ]
+            if not turns:
+                continue
+            try:
+                asked = await self.coordinator.stops_requested(
+                    [(t.user_id, t.session_id, t.lock_token) for t in turns]
+                )
+            except StoreUnavailable as exc:
+                self.replayer.mark_down(exc)
+                continue
+            for turn, stop in zip(turns, asked, strict=True):
+                if stop:
+                    turn.stop.set()
 
     async def _reserve(self, key: SessionKey) -> object:
         deadline = time.monotonic() + self.settings.limits.session_lock_wait_ms / 1000

@@ -16,7 +16,6 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from chatmem.errors import StoreUnavailable
 from chatmem.memory.context import AssembledContext
 from chatmem.models import Character, Message, SessionMeta, Usage
 from chatmem.providers.base import GenerationParams, StreamChunk
@@ -182,25 +181,15 @@ class Turn:
             queue.put_nowait(None)
 
     async def _watch_stop(self, pump: asyncio.Task[None], queue: asyncio.Queue[Any]) -> None:
-        while not pump.done():
-            if self.stop.is_set() or await self._stop_requested_remotely():
-                self.stop.set()
-                pump.cancel()
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop.wait(), STOP_POLL_S)
-
-    async def _stop_requested_remotely(self) -> bool:
-        svc = self.service
-        if self.degraded or svc.replayer.store_down:
-            return False  # a stop can only reach this turn through this process then
+        """Cancel the pump when `stop` is set: by this process's stop route, by shutdown,
+        or by the service's stop poller when another process asks."""
+        waiter = asyncio.ensure_future(self.stop.wait())
         try:
-            return await svc.coordinator.stop_requested(
-                self.user_id, self.session_id, self.lock_token
-            )
-        except StoreUnavailable as exc:
-            svc.replayer.mark_down(exc)
-            return False
+            await asyncio.wait((pump, waiter), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        if self.stop.is_set():
+            pump.cancel()
 
 
 @dataclass(slots=True)
