@@ -3,12 +3,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from redis.asyncio import Redis
 
 from chatmem.config import RedisSettings
 from chatmem.memory.connection import make_redis
 from chatmem.memory.store import AnyRedis, RedisMemoryStore
+from tests.api_support import make_test_settings, running_app
+from tests.fake_openai import FakeOpenAI, Reply
 from tests.redis_servers import RedisClusterProcesses, RedisProcess, SentinelProcesses
 
 # The configurations the memory store's contract tests run against (STYLE rule 14).
@@ -94,3 +97,20 @@ def tmp_data_dir(tmp_path: Path) -> Path:
     d = tmp_path / "data"
     d.mkdir()
     return d
+
+
+# The app in-process on the real Redis, its model the fake OpenAI-compatible server. A
+# module that needs another reply or other settings defines its own `fake` or `client`.
+@pytest.fixture
+def fake() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI(default=Reply(text="Hello from the fake model.")) as server:
+        yield server
+
+
+@pytest.fixture
+async def client(
+    redis_url: str, redis_client: AnyRedis, fake: FakeOpenAI, tmp_data_dir: Path
+) -> AsyncIterator[httpx.AsyncClient]:
+    settings = make_test_settings(redis_url, fake.base_url, tmp_data_dir)
+    async with running_app(settings) as (_, http):
+        yield http

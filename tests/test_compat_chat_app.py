@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,21 +17,6 @@ from tests.api_support import make_test_settings, running_app
 from tests.fake_openai import FakeOpenAI, Reply
 
 TEACHER_PROMPT = "你是一位经验丰富的老师，擅长用简单易懂的方式解释复杂概念，善于启发学生思考。"
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI(default=Reply(text="Hello from the fake model.")) as server:
-        yield server
-
-
-@pytest.fixture
-async def client(
-    redis_url: str, redis_client: AnyRedis, fake: FakeOpenAI, tmp_data_dir: Path
-) -> AsyncIterator[httpx.AsyncClient]:
-    settings = make_test_settings(redis_url, fake.base_url, tmp_data_dir)
-    async with running_app(settings) as (_, http):
-        yield http
 
 
 def data_frames(body: str) -> list[dict[str, Any]]:

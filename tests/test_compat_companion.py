@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +24,6 @@ USER = {"X-User-Id": "user_12345"}
 def fake() -> Iterator[FakeOpenAI]:
     with FakeOpenAI(default=Reply(text="嗨 我在 呢")) as server:
         yield server
-
-
-@pytest.fixture
-async def client(
-    redis_url: str, redis_client: AnyRedis, fake: FakeOpenAI, tmp_data_dir: Path
-) -> AsyncIterator[httpx.AsyncClient]:
-    settings = make_test_settings(redis_url, fake.base_url, tmp_data_dir)
-    async with running_app(settings) as (_, http):
-        yield http
 
 
 def events(body: str) -> list[tuple[str, dict[str, Any]]]:

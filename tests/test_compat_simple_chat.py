@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,21 +17,6 @@ from tests.fake_openai import FakeOpenAI, Reply
 LONG = "x" * 4001
 WIDE = {"user_id": "u", "message": "hi", "window_size": 21}
 SYSTEM_PROMPT = "你是一个友善、专业的AI助手，能够帮助用户解答各种问题。请保持礼貌和耐心。"
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI(default=Reply(text="Hello from the fake model.")) as server:
-        yield server
-
-
-@pytest.fixture
-async def client(
-    redis_url: str, redis_client: AnyRedis, fake: FakeOpenAI, tmp_data_dir: Path
-) -> AsyncIterator[httpx.AsyncClient]:
-    settings = make_test_settings(redis_url, fake.base_url, tmp_data_dir)
-    async with running_app(settings) as (_, http):
-        yield http
 
 
 async def chat(http: httpx.AsyncClient, user_id: str, message: str, **extra: Any) -> Any:
