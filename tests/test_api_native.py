@@ -346,3 +346,12 @@ async def test_abandoned_turn_releases_the_session(
         # The abandoned user message was durable all the same.
         hist = (await client.get(f"/v1/sessions/{sid}/messages", headers=H)).json()["messages"]
         assert [m["content"] for m in hist if m["role"] == "user"] == ["hello?", "b"]
+
+
+async def test_docs_page_works_offline(client: httpx.AsyncClient) -> None:
+    """/docs loads Swagger UI from chatmem itself, never from a CDN."""
+    page = (await client.get("/docs")).text
+    assert "cdn." not in page and "/static-offline-docs/swagger-ui-bundle.js" in page
+    js = await client.get("/static-offline-docs/swagger-ui-bundle.js")
+    assert js.status_code == 200 and len(js.content) > 100_000
+    assert (await client.get("/openapi.json")).json()["info"]["title"] == "chatmem"

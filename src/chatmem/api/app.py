@@ -11,6 +11,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.responses import FileResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 
 from chatmem import __version__
 from chatmem.api import errors
@@ -108,7 +109,7 @@ def create_app(
         finally:
             await close_parts(parts)
 
-    app = FastAPI(
+    app = FastAPIOffline(
         title="chatmem",
         version=__version__,
         description="Chat backend with conversation memory in Redis.",
