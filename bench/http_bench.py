@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SEEDS_DIR = ROOT.parent / "shared" / "seeds"
 sys.path.insert(0, str(ROOT))
 
-from tests.fake_openai import FakeOpenAI, Reply  # noqa: E402
+from tests.fake_openai import FakeOpenAI, Reply, serve_in_process  # noqa: E402
 from tests.redis_servers import RedisProcess, free_port  # noqa: E402
 
 CONNECTIONS = 32
@@ -131,27 +131,9 @@ def serve_fake(delay_s: float) -> None:
 @contextmanager
 def fake_model(delay_s: float) -> Iterator[tuple[str, int]]:
     """The fake model in a process of its own; yields its base URL and pid."""
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve-fake", str(delay_s)],
-        cwd=ROOT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if not line.startswith("PORT "):
-            raise SystemExit(f"the fake model did not start: {line!r}")
-        yield f"http://127.0.0.1:{int(line.split()[1])}/v1", proc.pid
-    finally:
-        assert proc.stdin is not None
-        proc.stdin.close()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    command = [sys.executable, __file__, "--serve-fake", str(delay_s)]
+    with serve_in_process(command, cwd=ROOT) as (port, pid):
+        yield f"http://127.0.0.1:{port}/v1", pid
 
 
 @contextmanager

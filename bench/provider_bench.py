@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -26,8 +25,10 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))  # tests.fake_openai
 
 from openai import AsyncOpenAI  # noqa: E402
+from tests.fake_openai import serve_in_process  # noqa: E402
 
 from chatmem.config import LLMSettings  # noqa: E402
 from chatmem.providers.base import GenerationParams  # noqa: E402
@@ -41,31 +42,12 @@ TARGET_TOKENS_PER_S = 40.0
 
 @contextmanager
 def fake_server(chunks: int, delay_s: float = 0.0) -> Iterator[str]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.fake_openai",
-            "--chunks",
-            str(chunks),
-            "--delay-s",
-            str(delay_s),
-        ],
-        cwd=ROOT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if not line.startswith("PORT "):
-            raise RuntimeError(f"fake server did not start: {line!r}")
-        yield f"http://127.0.0.1:{line.split()[1]}/v1"
-    finally:
-        assert proc.stdin is not None
-        proc.stdin.close()  # the server stops when its stdin closes
-        proc.wait(10)
+    args = ["--chunks", str(chunks), "--delay-s", str(delay_s)]
+    with serve_in_process([sys.executable, "-m", "tests.fake_openai", *args], cwd=ROOT) as (
+        port,
+        _,
+    ):
+        yield f"http://127.0.0.1:{port}/v1"
 
 
 async def chatmem_stream(provider: OpenAICompatProvider) -> int:

@@ -48,6 +48,7 @@ from redis.asyncio import Redis as AsyncRedis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.fake_openai import serve_in_process  # noqa: E402
 from tests.redis_servers import RedisProcess, free_port  # noqa: E402
 
 # The model's pace (--chunks, --delay-ms change it for the whole run).
@@ -82,29 +83,13 @@ finally:
 def fake_model(log: Path) -> Iterator[tuple[int, int]]:
     """The fake model in its own process; yields its port and pid."""
     args = ["--chunks", str(CHUNKS), "--delay-s", str(CHUNK_DELAY_S)]
-    with log.open("w") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.fake_openai", *args],
-            cwd=ROOT,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=err,
-            text=True,
-        )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if not line.startswith("PORT "):
-            raise SystemExit(f"the fake model did not start: {line!r}\n{log.read_text()}")
-        yield int(line.split()[1]), proc.pid
-    finally:
-        assert proc.stdin is not None
-        proc.stdin.close()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with (
+        log.open("w") as err,
+        serve_in_process(
+            [sys.executable, "-m", "tests.fake_openai", *args], cwd=ROOT, stderr=err
+        ) as started,
+    ):
+        yield started
 
 
 @contextmanager

@@ -21,12 +21,15 @@ import argparse
 import asyncio
 import contextlib
 import re
+import subprocess
 import sys
 import threading
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any, Literal
+from pathlib import Path
+from typing import IO, Any, Literal
 
 import orjson
 
@@ -413,6 +416,34 @@ async def _send_json(
     head += [f"{k}: {v}" for k, v in (headers or {}).items()]
     writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
     await writer.drain()
+
+
+@contextlib.contextmanager
+def serve_in_process(
+    command: list[str], *, cwd: Path, stderr: IO[str] | None = None
+) -> Iterator[tuple[int, int]]:
+    """Run `command` (this module's `main`, or a bench's own wrapper of it), which prints
+    `PORT <n>` once listening and serves until its stdin closes; yields (port, pid).
+
+    A process of its own, so that a benchmark's CPU figures do not count the fake.
+    """
+    proc = subprocess.Popen(
+        command, cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line.startswith("PORT "):
+            raise RuntimeError(f"the fake model did not start: {line!r}")
+        yield int(line.split()[1]), proc.pid
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def main(argv: list[str] | None = None) -> None:
