@@ -47,10 +47,10 @@ from langchain_core.messages import AIMessage, HumanMessage, message_to_dict  # 
 from tests.redis_servers import RedisProcess  # noqa: E402
 
 from chatmem.config import RedisSettings  # noqa: E402
-from chatmem.memory import keys  # noqa: E402
-from chatmem.memory.connection import make_redis  # noqa: E402
-from chatmem.memory.store import AnyRedis, RedisMemoryStore  # noqa: E402
 from chatmem.models import Message, Role  # noqa: E402
+from chatmem.store import keys  # noqa: E402
+from chatmem.store.client import make_redis  # noqa: E402
+from chatmem.store.conversations import AnyRedis, RedisMemoryStore  # noqa: E402
 from chatmem.tokens import count_tokens  # noqa: E402
 
 CONTEXT_MESSAGES = 20  # 2 × the default window of 10 rounds

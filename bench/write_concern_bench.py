@@ -26,9 +26,9 @@ import redis  # noqa: E402
 from tests.redis_servers import RedisProcess  # noqa: E402
 
 from chatmem.config import RedisSettings  # noqa: E402
-from chatmem.memory.connection import make_redis  # noqa: E402
-from chatmem.memory.store import AnyRedis, RedisMemoryStore  # noqa: E402
 from chatmem.models import Message, Role  # noqa: E402
+from chatmem.store.client import make_redis  # noqa: E402
+from chatmem.store.conversations import AnyRedis, RedisMemoryStore  # noqa: E402
 
 USER_TEXT = "How do I keep the last ten rounds of a chat in Redis? " * 3
 REPLY_TEXT = "Keep a list per session, trim it on every write, and refresh its TTL. " * 8

@@ -8,8 +8,8 @@ import pytest
 from redis.asyncio import Redis
 
 from chatmem.config import RedisSettings
-from chatmem.memory.connection import make_redis
-from chatmem.memory.store import AnyRedis, RedisMemoryStore
+from chatmem.store.client import make_redis
+from chatmem.store.conversations import AnyRedis, RedisMemoryStore
 from tests.api_support import make_test_settings, running_app
 from tests.fake_openai import FakeOpenAI, Reply
 from tests.redis_servers import RedisClusterProcesses, RedisProcess, SentinelProcesses

@@ -16,7 +16,7 @@ from typing import Any
 
 import redis
 
-from chatmem.memory.embedded import redis_server_binary
+from chatmem.ops.embedded import redis_server_binary
 
 
 def free_port() -> int:

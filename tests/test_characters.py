@@ -26,8 +26,8 @@ from chatmem.errors import (
     Forbidden,
     InvalidInput,
 )
-from chatmem.memory import keys
 from chatmem.models import Character, ModelParams
+from chatmem.store import keys
 
 SEED_002_PROMPTS = {
     "assistant": "你是一个友善、专业的AI助手，能够帮助用户解答各种问题。请保持礼貌和耐心。",

@@ -23,8 +23,8 @@ from typer.testing import CliRunner
 
 from chatmem.api.app import create_app
 from chatmem.cli import app
-from chatmem.inprocess import app_client
-from chatmem.memory.embedded import SOCKET_NAME
+from chatmem.cli.inprocess import app_client
+from chatmem.ops.embedded import SOCKET_NAME
 from tests.api_support import make_test_settings, running_app
 from tests.fake_openai import FakeOpenAI, Reply
 from tests.live_server import LiveServer, free_port

@@ -10,9 +10,9 @@ import httpx
 import pytest
 
 from chatmem.api.routes.compat.chat_app import chunk_frame, error_frame
-from chatmem.memory.store import AnyRedis
+from chatmem.chat.service import Delta, TurnDone
 from chatmem.models import Message, Role, Usage
-from chatmem.service import Delta, TurnDone
+from chatmem.store.conversations import AnyRedis
 from tests.api_support import make_test_settings, running_app
 from tests.fake_openai import FakeOpenAI, Reply
 

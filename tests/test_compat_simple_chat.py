@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
-from chatmem.memory import keys
-from chatmem.memory.store import AnyRedis
+from chatmem.store import keys
+from chatmem.store.conversations import AnyRedis
 from tests.api_support import make_test_settings, running_app
 from tests.fake_openai import FakeOpenAI, Reply
 

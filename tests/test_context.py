@@ -7,7 +7,7 @@ import time
 import pytest
 import tiktoken
 
-from chatmem.memory.context import ContextLimits, assemble_context, history_to_read
+from chatmem.context import ContextLimits, assemble_context, history_to_read
 from chatmem.models import Message, Role
 from chatmem.tokens import TOKENS_PER_MESSAGE, TOKENS_PER_REPLY_PRIMER
 

@@ -24,8 +24,8 @@ import pytest
 from fastapi import FastAPI
 
 from chatmem.config import Settings
+from chatmem.durability.outbox import OUTBOX_DIR, REJECTED_FILE
 from chatmem.models import Message, Role, Usage
-from chatmem.outbox import OUTBOX_DIR, REJECTED_FILE
 from tests.api_support import make_test_settings, running_app
 from tests.fake_openai import FakeOpenAI, Reply
 from tests.redis_servers import RedisProcess
@@ -274,7 +274,7 @@ _WRITER = """
 import asyncio, json, sys
 from pathlib import Path
 from chatmem.models import Message, Role, Usage
-from chatmem.outbox import Outbox
+from chatmem.durability.outbox import Outbox
 
 async def main():
     outbox = Outbox(Path(sys.argv[1]))
@@ -408,7 +408,7 @@ async def test_outbox_kept_on_disk_when_redis_is_still_down_at_shutdown(
 
 
 def test_record_round_trip() -> None:
-    from chatmem.outbox import OutboxRecord
+    from chatmem.durability.outbox import OutboxRecord
 
     msg = Message(Role.ASSISTANT, "hi", 1, metadata={"usage": {"prompt_tokens": 2}})
     rec = OutboxRecord(7, "u", "s", "c", [msg], Usage(2, 1, 1e-9))

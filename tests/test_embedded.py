@@ -10,10 +10,10 @@ import pytest
 import redis
 
 from chatmem.config import RedisSettings
-from chatmem.memory.connection import make_redis
-from chatmem.memory.embedded import EmbeddedRedis, redis_server_binary
-from chatmem.memory.store import RedisMemoryStore
 from chatmem.models import Message, Role
+from chatmem.ops.embedded import EmbeddedRedis, redis_server_binary
+from chatmem.store.client import make_redis
+from chatmem.store.conversations import RedisMemoryStore
 
 
 def client(url: str) -> redis.Redis:

@@ -26,9 +26,9 @@ import redis
 
 from chatmem.config import RedisSettings
 from chatmem.errors import StoreUnavailable
-from chatmem.memory.connection import make_redis
-from chatmem.memory.store import RedisMemoryStore
 from chatmem.models import Message, Role
+from chatmem.store.client import make_redis
+from chatmem.store.conversations import RedisMemoryStore
 from tests.redis_servers import RedisProcess, SentinelProcesses
 
 DOWN_AFTER_MS = 1000

@@ -8,9 +8,9 @@ import pytest
 from redis.crc import key_slot
 
 from chatmem.errors import InvalidId
-from chatmem.memory import keys
-from chatmem.memory.store import AnyRedis, RedisMemoryStore
 from chatmem.models import Message, Role, SessionState, Usage
+from chatmem.store import keys
+from chatmem.store.conversations import AnyRedis, RedisMemoryStore
 from tests.redis_servers import all_keys, keyspace, same_keyspace
 
 

@@ -15,7 +15,7 @@ import openai
 import pytest
 from openai import AsyncOpenAI
 
-from chatmem.api.openai_shapes import (
+from chatmem.api.routes.openai.shapes import (
     ChatCompletion,
     ChatCompletionChunk,
     ChatMessageIn,
@@ -25,9 +25,9 @@ from chatmem.api.openai_shapes import (
     new_user_text,
 )
 from chatmem.characters import load_builtins
+from chatmem.chat.service import TurnDone
 from chatmem.errors import InvalidInput
 from chatmem.models import Message, Role, Usage
-from chatmem.service import TurnDone
 from tests.api_support import make_test_settings
 from tests.fake_openai import FakeOpenAI, Reply
 from tests.live_server import LiveServer

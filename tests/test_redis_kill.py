@@ -19,7 +19,7 @@ import httpx
 import orjson
 import pytest
 
-from chatmem.memory.store import RedisMemoryStore
+from chatmem.store.conversations import RedisMemoryStore
 from tests.api_support import running_app
 from tests.fake_openai import FakeOpenAI, Reply
 from tests.redis_servers import RedisProcess

@@ -25,9 +25,9 @@ import orjson
 import pytest
 
 from chatmem.config import RedisSettings
-from chatmem.memory.connection import make_redis
-from chatmem.memory.embedded import EmbeddedRedis
-from chatmem.memory.store import RedisMemoryStore
+from chatmem.ops.embedded import EmbeddedRedis
+from chatmem.store.client import make_redis
+from chatmem.store.conversations import RedisMemoryStore
 from tests.fake_openai import FakeOpenAI, Reply
 from tests.live_server import free_port
 

@@ -16,8 +16,8 @@ from redis.asyncio import Redis
 from typer.testing import CliRunner
 
 from chatmem.cli import app
-from chatmem.memory import keys
-from chatmem.sizing import Load, UserFootprint, estimate, measure_in_scratch
+from chatmem.ops.sizing import Load, UserFootprint, estimate, measure_in_scratch
+from chatmem.store import keys
 from tests.api_support import make_test_settings, running_app
 from tests.fake_openai import FakeOpenAI, Reply
 from tests.redis_servers import all_keys

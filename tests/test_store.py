@@ -7,9 +7,9 @@ import asyncio
 import pytest
 
 from chatmem.errors import AlreadyExists, InvalidInput, SessionNotFound, StoreUnavailable
-from chatmem.memory import keys
-from chatmem.memory.store import AnyRedis, RedisMemoryStore
 from chatmem.models import Message, Role, SessionState, Usage
+from chatmem.store import keys
+from chatmem.store.conversations import AnyRedis, RedisMemoryStore
 from tests.redis_servers import all_keys
 
 
@@ -317,7 +317,7 @@ async def test_on_op_observer_sees_each_operation(redis_client: AnyRedis) -> Non
 
 async def test_unreachable_redis_is_store_unavailable() -> None:
     from chatmem.config import RedisSettings
-    from chatmem.memory.connection import make_redis
+    from chatmem.store.client import make_redis
     from tests.redis_servers import free_port
 
     url = f"redis://127.0.0.1:{free_port()}/0"

@@ -11,9 +11,9 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection
 
 from chatmem.errors import InvalidInput, SessionNotFound
-from chatmem.memory import keys
-from chatmem.memory.store import AnyRedis, RedisMemoryStore
 from chatmem.models import Message, Role, Usage
+from chatmem.store import keys
+from chatmem.store.conversations import AnyRedis, RedisMemoryStore
 
 
 @pytest.fixture

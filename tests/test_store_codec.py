@@ -6,8 +6,8 @@ import json
 
 import orjson
 
-from chatmem.memory.codec import decode_message, decode_messages, decode_meta, encode_message
 from chatmem.models import Message, Role, SessionState, Usage
+from chatmem.store.codec import decode_message, decode_messages, decode_meta, encode_message
 
 
 def test_message_round_trips_every_field() -> None:

@@ -11,9 +11,9 @@ import asyncio
 import pytest
 
 from chatmem.errors import SessionNotFound
-from chatmem.memory import keys
-from chatmem.memory.store import AnyRedis, RedisMemoryStore
 from chatmem.models import Message, Role, SessionState
+from chatmem.store import keys
+from chatmem.store.conversations import AnyRedis, RedisMemoryStore
 from tests.redis_servers import all_keys
 
 

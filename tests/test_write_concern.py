@@ -16,10 +16,10 @@ from redis.asyncio.connection import AbstractConnection
 
 from chatmem.config import RedisSettings
 from chatmem.errors import NotReplicated, StoreUnavailable
-from chatmem.memory import keys, scripts
-from chatmem.memory.connection import make_redis
-from chatmem.memory.store import AnyRedis, RedisMemoryStore
 from chatmem.models import Message, Role
+from chatmem.store import keys, scripts
+from chatmem.store.client import make_redis
+from chatmem.store.conversations import AnyRedis, RedisMemoryStore
 from tests.api_support import make_test_settings, running_app
 from tests.fake_openai import FakeOpenAI
 

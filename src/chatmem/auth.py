@@ -35,7 +35,7 @@ import jwt
 
 from chatmem.config import AuthSettings
 from chatmem.errors import Forbidden, InvalidInput, Unauthenticated, UserNotFound
-from chatmem.memory.keys import validate_id
+from chatmem.ids import validate_id
 
 log = logging.getLogger(__name__)
 

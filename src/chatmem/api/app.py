@@ -17,20 +17,21 @@ from chatmem import __version__
 from chatmem.api import errors
 from chatmem.api.deps import AppParts
 from chatmem.api.middleware import RequestIdMiddleware
-from chatmem.api.routes import characters, health, openai_compat, sessions, users
+from chatmem.api.routes import characters, health, sessions, users
 from chatmem.api.routes.compat import chat_app, companion, simple_chat
+from chatmem.api.routes.openai import completions as openai_compat
 from chatmem.auth import Authenticator, warn_if_exposed
 from chatmem.characters import CharacterRegistry
+from chatmem.chat.service import ChatService
 from chatmem.config import Settings
-from chatmem.coordination import Coordinator
-from chatmem.memory.connection import make_redis
-from chatmem.memory.embedded import EmbeddedRedis
-from chatmem.memory.store import RedisMemoryStore
+from chatmem.durability.outbox import OUTBOX_DIR, Outbox
 from chatmem.metrics import Metrics
-from chatmem.outbox import OUTBOX_DIR, Outbox
+from chatmem.ops.embedded import EmbeddedRedis
 from chatmem.providers.base import ChatProvider
 from chatmem.providers.factory import make_provider
-from chatmem.service import ChatService
+from chatmem.store.client import make_redis
+from chatmem.store.conversations import RedisMemoryStore
+from chatmem.store.locks import Coordinator
 
 log = logging.getLogger("chatmem")
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"

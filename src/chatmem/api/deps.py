@@ -9,11 +9,11 @@ from fastapi import Depends, Header, Request
 
 from chatmem.auth import Authenticator, Principal, require_admin
 from chatmem.characters import CharacterRegistry
+from chatmem.chat.service import ChatService
 from chatmem.config import Settings
-from chatmem.memory.embedded import EmbeddedRedis
-from chatmem.memory.store import AnyRedis, RedisMemoryStore
 from chatmem.metrics import Metrics
-from chatmem.service import ChatService
+from chatmem.ops.embedded import EmbeddedRedis
+from chatmem.store.conversations import AnyRedis, RedisMemoryStore
 
 
 @dataclass

@@ -30,8 +30,8 @@ from redis.asyncio.cluster import RedisCluster
 
 from chatmem.config import Settings
 from chatmem.errors import AlreadyExists, CharacterNotFound, Forbidden, StoreUnavailable
-from chatmem.memory import keys
 from chatmem.models import Character
+from chatmem.store import keys
 
 from .card import card_to_character, character_to_card
 from .files import DEFAULT_CHARACTER_ID, CharacterLoadError, load_builtins, load_directory

@@ -9,8 +9,8 @@ from starlette.responses import Response as StarletteResponse
 
 from chatmem.api.deps import Caller, Service
 from chatmem.api.schemas import CreateSession, SendMessage, UpdateSession
-from chatmem.api.sse import done_payload, error_event, native_event
-from chatmem.api.streaming import sse_response
+from chatmem.api.sse.events import done_payload, error_event, native_event
+from chatmem.api.sse.response import sse_response
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 

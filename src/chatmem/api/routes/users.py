@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from chatmem.api.deps import Admin, Caller, Parts, Service
-from chatmem.memory.keys import validate_id
+from chatmem.ids import validate_id
 
 router = APIRouter(tags=["users"])
 

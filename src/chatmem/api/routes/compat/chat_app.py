@@ -27,11 +27,11 @@ from fastapi import APIRouter, Query
 from sse_starlette import EventSourceResponse
 
 from chatmem.api.deps import Caller, Service
-from chatmem.api.streaming import sse_response
+from chatmem.api.sse.response import sse_response
 from chatmem.auth import resolve_user
+from chatmem.chat.service import ChatService, Delta, TurnEvent
 from chatmem.errors import CharacterNotFound, Conflict, InvalidInput
 from chatmem.models import Character, SessionMeta
-from chatmem.service import ChatService, Delta, TurnEvent
 
 router = APIRouter(tags=["seed 002/003: chat app"])
 

@@ -30,9 +30,9 @@ from chatmem.api.routes.compat.conversations import (
     character_session_id,
     prepare_conversation_turn,
 )
-from chatmem.api.streaming import sse_response
+from chatmem.api.sse.response import sse_response
+from chatmem.chat.service import Delta, TurnEvent
 from chatmem.errors import SessionNotFound
-from chatmem.service import Delta, TurnEvent
 
 router = APIRouter(prefix="/api/v1/chat", tags=["seed 004: companion"])
 

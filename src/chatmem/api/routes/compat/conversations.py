@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from chatmem.chat.service import ChatService, Turn
 from chatmem.errors import InvalidInput, SessionNotFound, StoreUnavailable
-from chatmem.memory.store import validate_ttl
 from chatmem.models import SessionMeta
-from chatmem.service import ChatService, Turn
+from chatmem.store.conversations import validate_ttl
 
 # Seeds 000/001: the user's one conversation, with the default character.
 DEFAULT_SESSION_ID = "default"

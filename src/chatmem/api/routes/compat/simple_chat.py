@@ -34,10 +34,10 @@ from chatmem.api.routes.compat.conversations import (
     prepare_conversation_turn,
 )
 from chatmem.auth import Principal, require_admin, resolve_user
+from chatmem.chat.service import ChatService
 from chatmem.config import Settings
 from chatmem.errors import StoreUnavailable, UserNotFound
-from chatmem.memory.store import WINDOW_MAX, SessionSnapshot, validate_window
-from chatmem.service import ChatService
+from chatmem.store.conversations import WINDOW_MAX, SessionSnapshot, validate_window
 from chatmem.tokens import price_for
 
 router = APIRouter(tags=["seed 000/001: one conversation per user"])

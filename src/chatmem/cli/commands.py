@@ -26,8 +26,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Column, Table
 from rich.text import Text
 
-from chatmem.cli_chat import ChatOptions, money, printable, run_chat
-from chatmem.client import ApiError, ChatmemClient, auth_headers, connect
+from chatmem.cli.chat import ChatOptions, money, printable, run_chat
+from chatmem.cli.client import ApiError, ChatmemClient, auth_headers, connect
 from chatmem.config import Settings
 from chatmem.errors import ChatmemError, InvalidInput
 
@@ -138,7 +138,7 @@ def serve(
     log_level: str = typer.Option("info", help="uvicorn log level"),
 ) -> None:
     """Run the HTTP server: the page at /, the API at /v1, the docs at /docs."""
-    from chatmem.serving import LOG_LEVELS, run_server
+    from chatmem.cli.serve import LOG_LEVELS, run_server
 
     settings = load_settings()
     workers = workers or settings.server.workers
@@ -351,8 +351,8 @@ def export(
     redis_url: str | None = RedisUrlOpt,
 ) -> None:
     """Export sessions with their meta and messages as JSON."""
-    from chatmem.memory.keys import validate_id
-    from chatmem.transfer import export_sessions, open_store, sessions_to_export
+    from chatmem.ids import validate_id
+    from chatmem.ops.transfer import export_sessions, open_store, sessions_to_export
 
     settings = load_settings(redis_url)
     with reported_errors():
@@ -384,7 +384,7 @@ def import_(
     redis_url: str | None = RedisUrlOpt,
 ) -> None:
     """Import an export: ids kept, whatever is already there skipped (idempotent)."""
-    from chatmem.transfer import import_sessions, open_store, parse_export
+    from chatmem.ops.transfer import import_sessions, open_store, parse_export
 
     doc = read_json(file)
     with reported_errors():
@@ -424,7 +424,7 @@ def size(
     sessions: int = typer.Option(1, min=1, max=1000, help="sessions per user"),
 ) -> None:
     """Estimate the Redis memory for a load (measured in a scratch redis-server)."""
-    from chatmem.sizing import Load, estimate, measure_in_scratch
+    from chatmem.ops.sizing import Load, estimate, measure_in_scratch
 
     max_messages = load_settings().memory.max_messages
     load = Load(users, messages, message_chars, sessions)

@@ -21,7 +21,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from rich.console import Console
 from rich.text import Text
 
-from chatmem.client import ApiError, ChatmemClient, auth_headers, connect
+from chatmem.cli.client import ApiError, ChatmemClient, auth_headers, connect
 
 PROMPT = "you › "
 STOP_GRACE_S = 3.0

@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from chatmem.errors import RateLimited, SessionBusy, StoreUnavailable
-from chatmem.memory import keys
+from chatmem.store import keys
 
 AnyRedis = Redis | RedisCluster
 

@@ -27,18 +27,18 @@ from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
 from chatmem.characters import CharacterRegistry
+from chatmem.chat.turn import STOP_POLL_S, Delta, PersistedReply, Turn, TurnDone, TurnEvent
 from chatmem.config import Settings
-from chatmem.coordination import Coordinator
+from chatmem.context import AssembledContext, ContextLimits, assemble_context
+from chatmem.durability.outbox import OUTBOX_DIR, Outbox
+from chatmem.durability.replay import OutboxReplayer
 from chatmem.errors import InvalidInput, SessionBusy, StoreUnavailable
-from chatmem.memory.context import AssembledContext, ContextLimits, assemble_context
-from chatmem.memory.store import WINDOW_MAX, RedisMemoryStore
 from chatmem.metrics import Metrics
 from chatmem.models import Character, Message, Role, SessionMeta, Usage, new_id
-from chatmem.outbox import OUTBOX_DIR, Outbox
 from chatmem.providers.base import ChatProvider, GenerationParams, StreamChunk
-from chatmem.replay import OutboxReplayer
+from chatmem.store.conversations import WINDOW_MAX, RedisMemoryStore
+from chatmem.store.locks import Coordinator
 from chatmem.tokens import TOKENS_PER_MESSAGE, cost_usd, count_tokens
-from chatmem.turn import STOP_POLL_S, Delta, PersistedReply, Turn, TurnDone, TurnEvent
 
 # The turn's types are part of what the service answers: importable from here too.
 __all__ = ["ChatService", "Delta", "Turn", "TurnDone", "TurnEvent", "idempotent_ids"]

@@ -21,11 +21,11 @@ from typing import Any
 
 from chatmem.config import Settings
 from chatmem.errors import InvalidInput, SessionNotFound
-from chatmem.memory.connection import make_redis
-from chatmem.memory.embedded import EmbeddedRedis
-from chatmem.memory.keys import MAX_APPEND_MESSAGES
-from chatmem.memory.store import RedisMemoryStore
 from chatmem.models import Message, Role, SessionMeta, SessionState, Usage
+from chatmem.ops.embedded import EmbeddedRedis
+from chatmem.store.client import make_redis
+from chatmem.store.conversations import RedisMemoryStore
+from chatmem.store.keys import MAX_APPEND_MESSAGES
 
 FORMAT = "chatmem-export"
 VERSION = 1

@@ -15,7 +15,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import Sentinel
 
 from chatmem.config import RedisSettings
-from chatmem.memory.store import AnyRedis
+from chatmem.store.conversations import AnyRedis
 
 
 def _wants_cluster(url: str, settings: RedisSettings) -> bool:

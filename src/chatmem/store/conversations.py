@@ -25,17 +25,17 @@ from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 
 from chatmem.errors import AlreadyExists, InvalidInput, SessionNotFound, StoreUnavailable
-from chatmem.memory import keys, scripts
-from chatmem.memory.codec import (
+from chatmem.models import Message, SessionMeta, SessionState, Usage, UserTotals, new_id
+from chatmem.store import keys, scripts
+from chatmem.store.codec import (
     check_text,
     decode_messages,
     decode_meta,
     encode_message,
     meta_fields,
 )
-from chatmem.memory.keys import MIN_TTL_S, PREVIEW_CHARS, WINDOW_MAX, WINDOW_MIN
-from chatmem.memory.write_concern import ShortfallObserver, WriteConcern
-from chatmem.models import Message, SessionMeta, SessionState, Usage, UserTotals, new_id
+from chatmem.store.keys import MIN_TTL_S, PREVIEW_CHARS, WINDOW_MAX, WINDOW_MIN
+from chatmem.store.write_concern import ShortfallObserver, WriteConcern
 
 __all__ = [
     "MIN_TTL_S",

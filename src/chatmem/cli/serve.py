@@ -27,7 +27,7 @@ def run_server(
     import uvicorn
 
     from chatmem.api.app import create_app
-    from chatmem.memory.embedded import EmbeddedRedis
+    from chatmem.ops.embedded import EmbeddedRedis
 
     server = settings.server
     common: dict[str, Any] = {

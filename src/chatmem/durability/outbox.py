@@ -26,8 +26,7 @@ from pathlib import Path
 
 import orjson
 
-from chatmem.models import Message, Usage
-from chatmem.outbox_file import (
+from chatmem.durability.outbox_file import (
     REJECTED_FILE,
     SUFFIX,
     OutboxFile,
@@ -36,6 +35,7 @@ from chatmem.outbox_file import (
     adopt,
     create,
 )
+from chatmem.models import Message, Usage
 
 __all__ = ["OUTBOX_DIR", "REJECTED_FILE", "Outbox", "OutboxRecord"]
 

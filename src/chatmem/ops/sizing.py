@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chatmem.config import RedisSettings
-from chatmem.memory import keys
-from chatmem.memory.connection import make_redis
-from chatmem.memory.embedded import EmbeddedRedis
-from chatmem.memory.store import AnyRedis, RedisMemoryStore
 from chatmem.models import Message, Role, Usage
+from chatmem.ops.embedded import EmbeddedRedis
+from chatmem.store import keys
+from chatmem.store.client import make_redis
+from chatmem.store.conversations import AnyRedis, RedisMemoryStore
 
 MAX_SESSIONS = 1000
 MAX_MESSAGES = 100_000

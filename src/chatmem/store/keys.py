@@ -1,4 +1,4 @@
-"""Every Redis key chatmem writes, the limits of the memory store, and the id rule.
+"""Every Redis key chatmem writes and the limits of the memory store.
 
 All keys of one user carry the hash tag `{u:<user_id>}` so that they share one Redis
 Cluster slot and one Lua script can touch all of a session's keys. Ids are validated
@@ -8,13 +8,11 @@ keys are touched; the pattern also excludes `{`, so an id cannot open a second t
 
 from __future__ import annotations
 
-import re
+from chatmem.ids import ID_MAX_CHARS, validate_id
 
-from chatmem.errors import InvalidId
+__all__ = ["ID_MAX_CHARS", "validate_id"]
 
 PREFIX = "cm"
-ID_MAX_CHARS = 128
-_ID_RE = re.compile(r"[A-Za-z0-9_.@-]{1,128}")
 
 # The global user index lives outside every user's slot (admin listing only).
 USERS_INDEX_KEY = f"{PREFIX}:users"
@@ -29,16 +27,6 @@ MAX_APPEND_MESSAGES = 1000
 # Message ids remembered per session for idempotent appends: those of the newest
 # min(max_messages, IDEMPOTENCY_WINDOW) stored messages.
 IDEMPOTENCY_WINDOW = 1000
-
-
-def validate_id(value: str, what: str = "id") -> str:
-    if not isinstance(value, str) or _ID_RE.fullmatch(value) is None:
-        shown = value[:40] + "…" if isinstance(value, str) and len(value) > 40 else value
-        raise InvalidId(
-            f"invalid {what} {shown!r}: use 1-{ID_MAX_CHARS} characters of letters, "
-            "digits, '-', '_', '.' or '@'"
-        )
-    return value
 
 
 def user_tag(user_id: str) -> str:

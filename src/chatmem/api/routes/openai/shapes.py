@@ -17,16 +17,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter
 
+from chatmem.chat.service import TurnDone
 from chatmem.errors import InvalidInput
+from chatmem.ids import ID_PATTERN
 from chatmem.models import Character, Message, Usage
-from chatmem.service import TurnDone
 
 COMPLETION_ID_PREFIX = "chatcmpl-"
 OWNED_BY = "chatmem"
 FINISH_REASONS = frozenset({"stop", "length", "content_filter", "tool_calls", "function_call"})
 DONE_DATA = "[DONE]"
-# The rule of `memory.keys.validate_id`, which stays the authority; here for the schema.
-ID_PATTERN = r"^[A-Za-z0-9_.@-]{1,128}$"
 
 # --- requests ---------------------------------------------------------------------------
 

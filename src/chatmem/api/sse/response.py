@@ -19,8 +19,8 @@ import anyio
 from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 
+from chatmem.chat.service import Turn, TurnEvent
 from chatmem.errors import ChatmemError
-from chatmem.service import Turn, TurnEvent
 
 PING_S = 15
 # Stop a turn this long before the shutdown grace period ends: time to store and send it.

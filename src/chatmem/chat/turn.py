@@ -16,12 +16,12 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from chatmem.memory.context import AssembledContext
+from chatmem.context import AssembledContext
 from chatmem.models import Character, Message, SessionMeta, Usage
 from chatmem.providers.base import GenerationParams, StreamChunk
 
 if TYPE_CHECKING:
-    from chatmem.service import ChatService
+    from chatmem.chat.service import ChatService
 
 STOP_POLL_S = 0.3
 

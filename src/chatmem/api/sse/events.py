@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from chatmem.service import Delta, TurnDone, TurnEvent
+from chatmem.chat.service import Delta, TurnDone, TurnEvent
 
 
 def _data(obj: Any) -> str:

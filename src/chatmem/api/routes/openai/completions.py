@@ -53,12 +53,13 @@ from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from chatmem.api import openai_shapes as shapes
 from chatmem.api.deps import AppParts, Caller, Parts, Service
 from chatmem.api.errors import error_response
 from chatmem.api.routes.compat.conversations import character_session_id, create_conversation
-from chatmem.api.streaming import PING_S, graceful_shutdown
+from chatmem.api.routes.openai import shapes
+from chatmem.api.sse.response import PING_S, graceful_shutdown
 from chatmem.auth import resolve_user
+from chatmem.chat.service import ChatService, Delta, Turn
 from chatmem.errors import (
     CharacterNotFound,
     ChatmemError,
@@ -66,9 +67,8 @@ from chatmem.errors import (
     NotFound,
     SessionNotFound,
 )
-from chatmem.memory.keys import validate_id
+from chatmem.ids import validate_id
 from chatmem.models import Character
-from chatmem.service import ChatService, Delta, Turn
 
 SESSION_HEADER = "X-Session-Id"
 _ERROR_HEADERS = frozenset({"retry-after", "www-authenticate"})

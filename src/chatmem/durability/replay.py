@@ -22,7 +22,7 @@ import logging
 import time
 
 from chatmem.characters import CharacterRegistry
-from chatmem.coordination import Coordinator
+from chatmem.durability.outbox import Outbox, OutboxRecord
 from chatmem.errors import (
     ChatmemError,
     NotReplicated,
@@ -30,8 +30,8 @@ from chatmem.errors import (
     SessionNotFound,
     StoreUnavailable,
 )
-from chatmem.memory.store import RedisMemoryStore
-from chatmem.outbox import Outbox, OutboxRecord
+from chatmem.store.conversations import RedisMemoryStore
+from chatmem.store.locks import Coordinator
 
 log = logging.getLogger(__name__)
 

@@ -67,8 +67,8 @@ async def connect(
             yield http
         return
     from chatmem.api.app import create_app
+    from chatmem.cli.inprocess import app_client
     from chatmem.config import Settings
-    from chatmem.inprocess import app_client
 
     async with app_client(create_app(Settings()), headers=headers, timeout=timeout_s) as http:
         yield http

@@ -1,1 +1,0 @@
-"""Conversation memory in Redis."""
