@@ -35,9 +35,8 @@ def make_test_settings(
     """Settings that ignore the environment and .env: tests say everything they need."""
     return Settings(
         data_dir=data_dir,
-        redis=RedisSettings(url=redis_url, _env_file=None),  # type: ignore[call-arg]
-        llm=LLMSettings(  # type: ignore[call-arg]
-            _env_file=None,
+        redis=RedisSettings(url=redis_url),
+        llm=LLMSettings(
             provider="openai",
             base_url=llm_base_url,
             api_key="test-key",
@@ -45,12 +44,9 @@ def make_test_settings(
             max_retries=0,
             **(llm or {}),
         ),
-        memory=MemorySettings(_env_file=None, **(memory or {})),  # type: ignore[call-arg]
-        auth=AuthSettings(  # type: ignore[call-arg]
-            _env_file=None, keys=auth_keys, jwt_secret=jwt_secret
-        ),
-        limits=LimitSettings(  # type: ignore[call-arg]
-            _env_file=None,
+        memory=MemorySettings(**(memory or {})),
+        auth=AuthSettings(keys=auth_keys, jwt_secret=jwt_secret),
+        limits=LimitSettings(
             **({"requests_per_minute": 100_000, "streams_per_user": 1000} | (limits or {})),
         ),
         _env_file=None,  # type: ignore[call-arg]

@@ -28,6 +28,7 @@ from chatmem.errors import (
 )
 from chatmem.models import Character, ModelParams
 from chatmem.store import keys
+from chatmem.store.characters import CharacterStore
 
 SEED_002_PROMPTS = {
     "assistant": "你是一个友善、专业的AI助手，能够帮助用户解答各种问题。请保持礼貌和耐心。",
@@ -63,7 +64,7 @@ def full_card(**overrides: Any) -> dict[str, Any]:
 
 @pytest.fixture
 def registry(redis_client: Redis) -> CharacterRegistry:
-    return CharacterRegistry(redis_client)
+    return CharacterRegistry(CharacterStore(redis_client))
 
 
 def custom(cid: str = "pirate", **fields: Any) -> Character:
@@ -157,7 +158,7 @@ async def test_registry_merges_directory_and_exposes_errors(
     write(tmp_path / "chef.yaml", "name: Chef\nsystem_prompt: You cook.\n")
     write(tmp_path / "assistant.yaml", "name: My assistant\nsystem_prompt: Answer in English.\n")
     write(tmp_path / "bad.json", "{not json")
-    registry = CharacterRegistry(redis_client, characters_dir=tmp_path)
+    registry = CharacterRegistry(CharacterStore(redis_client), characters_dir=tmp_path)
 
     assert [e.path.name for e in registry.load_errors] == ["bad.json"]
     assert "invalid JSON" in registry.load_errors[0].message
@@ -179,7 +180,7 @@ async def test_registry_merges_directory_and_exposes_errors(
 
 
 async def test_missing_directory_is_reported_not_fatal(redis_client: Redis, tmp_path: Path) -> None:
-    registry = CharacterRegistry(redis_client, characters_dir=tmp_path / "nope")
+    registry = CharacterRegistry(CharacterStore(redis_client), characters_dir=tmp_path / "nope")
     assert "does not exist" in registry.load_errors[0].message
     assert [ch.id for ch in await registry.list()] == list(BUILTIN_IDS)
 
@@ -192,7 +193,7 @@ async def test_crud_is_shared_through_redis(
 ) -> None:
     created = await registry.create(custom(builtin=True))
     assert not created.builtin  # a client cannot claim built-in status
-    other_process = CharacterRegistry(redis_client)
+    other_process = CharacterRegistry(CharacterStore(redis_client))
     assert (await other_process.get("pirate")).greeting == "Ahoy!"
     assert await redis_client.hexists(keys.characters_key(), "pirate")
 

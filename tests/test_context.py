@@ -7,7 +7,7 @@ import time
 import pytest
 import tiktoken
 
-from chatmem.context import ContextLimits, assemble_context, history_to_read
+from chatmem.context import ContextLimits, assemble_context
 from chatmem.models import Message, Role
 from chatmem.tokens import TOKENS_PER_MESSAGE, TOKENS_PER_REPLY_PRIMER
 
@@ -81,7 +81,6 @@ def test_window_sizes(window: int) -> None:
         limits=ContextLimits(window_size=window, max_context_messages=100),
     )
     assert len(ctx.history) == 2 * window
-    assert history_to_read(ContextLimits(window_size=window)) == 2 * window
 
 
 def test_max_context_messages_counts_system_and_new_message() -> None:

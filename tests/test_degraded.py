@@ -339,7 +339,7 @@ async def test_outbox_of_a_dead_process_is_replayed_at_start_up(
         existing = await new_session(client, character_id="programmer")
         # Reached Redis before the crash: the replay must not store it twice.
         q0 = Message(Role.USER, "q0", 1, msg_id=f"{existing}-u0")
-        await app.state.parts.store.append("alice", existing, [q0])
+        await app.state.parts.service.store.append("alice", existing, [q0])
 
     dead_records = turn_records(existing, 3) + turn_records("fresh", 2)
     dead = start_writer(outbox_dir, dead_records)

@@ -127,7 +127,7 @@ async def scenario(server: RedisProcess, fake: FakeOpenAI, data_dir: Path) -> No
             await asyncio.sleep(0.1)
         assert not list((data_dir / "outbox").glob("*.jsonl"))
 
-        store: RedisMemoryStore = app.state.parts.store
+        store: RedisMemoryStore = app.state.parts.service.store
         by_session: dict[str, list[Acked]] = {}
         for a in run.acked:
             by_session.setdefault(a.session, []).append(a)

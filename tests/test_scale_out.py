@@ -216,7 +216,7 @@ async def test_concurrent_streams_are_capped_by_llm_max_connections_not_a_consta
     from chatmem.config import LLMSettings
     from tests.api_support import make_test_settings, running_app
 
-    assert LLMSettings(_env_file=None).max_connections >= 1000  # type: ignore[call-arg]
+    assert LLMSettings().max_connections >= 1000
     with FakeOpenAI(default=Reply(text="slow " * 5, chunks=5, delay_s=0.2)) as fake:
         llm = {"max_connections": 2, "connect_timeout_s": 0.3}
         settings = make_test_settings(redis_url, fake.base_url, tmp_path / "data", llm=llm)

@@ -185,7 +185,7 @@ async def test_unreachable_redis_is_still_store_unavailable() -> None:
 )
 def test_settings_refuse_a_wait_that_cannot_work(values: dict[str, Any]) -> None:
     with pytest.raises(pydantic.ValidationError):
-        RedisSettings(_env_file=None, **values)  # type: ignore[call-arg]
+        RedisSettings(**values)
 
 
 def test_store_refuses_a_wait_without_a_timeout(redis_client: Redis) -> None:

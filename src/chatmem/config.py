@@ -1,9 +1,14 @@
-"""Settings: one object, nested groups, each read from `CHATMEM_*` variables and `.env`.
+"""Settings: one object with nested groups, read once from `CHATMEM_*` variables and `.env`.
 
-The variable names that scripts rely on (SPEC §6) are fixed by each group's prefix:
-`CHATMEM_REDIS_URL`, `CHATMEM_DATA_DIR`, `CHATMEM_LLM_BASE_URL`, `CHATMEM_LLM_API_KEY`,
-`CHATMEM_LLM_MODEL`, `CHATMEM_AUTH_KEYS`, `CHATMEM_AUTH_JWT_SECRET`, `CHATMEM_LOCAL_MODEL_PATH`.
-Settings are built by `create_app(settings)` and the CLI, never at import time.
+Only `Settings` reads the environment; the groups are plain models. A variable is
+`CHATMEM_<GROUP>_<FIELD>`, split at the first `_` after the prefix: `CHATMEM_REDIS_URL`
+is `redis.url`, `CHATMEM_LLM_BASE_URL` `llm.base_url`, `CHATMEM_MEMORY_WINDOW_SIZE`
+`memory.window_size`; the top-level fields keep their own names (`CHATMEM_DATA_DIR`,
+`CHATMEM_CHARACTERS_DIR`), and `CHATMEM_LOCAL_MODEL_PATH` (SPEC §6) is `llm.local_model_path`.
+
+`Settings(_env_file=None)` reads neither the environment nor a `.env` file: it holds
+exactly what its caller passes (tests). Settings are built by `create_app(settings)` and
+the CLI, never at import time.
 """
 
 from __future__ import annotations
@@ -12,18 +17,14 @@ from pathlib import Path
 from typing import Literal
 
 import platformdirs
-from pydantic import AliasChoices, BaseModel, Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+_GROUP = ConfigDict(extra="ignore")
 
 
-def _group(prefix: str) -> SettingsConfigDict:
-    return SettingsConfigDict(
-        env_prefix=prefix, env_file=".env", extra="ignore", populate_by_name=True
-    )
-
-
-class RedisSettings(BaseSettings):
-    model_config = _group("CHATMEM_REDIS_")
+class RedisSettings(BaseModel):
+    model_config = _GROUP
 
     # None ⇒ embedded redis-server on a unix socket in the data dir.
     url: str | None = None
@@ -49,8 +50,8 @@ class RedisSettings(BaseSettings):
         return self
 
 
-class MemorySettings(BaseSettings):
-    model_config = _group("CHATMEM_MEMORY_")
+class MemorySettings(BaseModel):
+    model_config = _GROUP
 
     max_messages: int = Field(100, ge=2, le=100_000)
     default_ttl_s: int = Field(24 * 3600, ge=60)
@@ -77,8 +78,8 @@ def _default_prices() -> dict[str, ModelPrice]:
     }
 
 
-class LLMSettings(BaseSettings):
-    model_config = _group("CHATMEM_LLM_")
+class LLMSettings(BaseModel):
+    model_config = _GROUP
 
     provider: Literal["auto", "openai", "local"] = "auto"
     base_url: str | None = None
@@ -94,9 +95,8 @@ class LLMSettings(BaseSettings):
     retry_backoff_s: float = 0.25
     # Context window assumed for remote models whose window is not known.
     context_window: int = 128_000
-    local_model_path: Path | None = Field(
-        None, validation_alias=AliasChoices("CHATMEM_LOCAL_MODEL_PATH", "local_model_path")
-    )
+    # Also CHATMEM_LOCAL_MODEL_PATH (see Settings).
+    local_model_path: Path | None = None
     local_n_ctx: int = 2048
     local_threads: int | None = None
     local_queue_size: int = 16
@@ -109,8 +109,8 @@ class LLMSettings(BaseSettings):
         return "openai" if (self.base_url or self.api_key) else "local"
 
 
-class AuthSettings(BaseSettings):
-    model_config = _group("CHATMEM_AUTH_")
+class AuthSettings(BaseModel):
+    model_config = _GROUP
 
     # Comma-separated `key=user_id` or `key=user_id:admin` entries.
     keys: str = ""
@@ -122,18 +122,17 @@ class AuthSettings(BaseSettings):
         return bool(self.keys.strip() or self.jwt_secret)
 
 
-class LimitSettings(BaseSettings):
-    model_config = _group("CHATMEM_LIMITS_")
+class LimitSettings(BaseModel):
+    model_config = _GROUP
 
     requests_per_minute: int = 120
     streams_per_user: int = 4
     session_lock_ttl_ms: int = 120_000
     session_lock_wait_ms: int = 1500
-    idempotency_ttl_s: int = 24 * 3600
 
 
-class ServerSettings(BaseSettings):
-    model_config = _group("CHATMEM_SERVER_")
+class ServerSettings(BaseModel):
+    model_config = _GROUP
 
     host: str = "127.0.0.1"
     port: int = 8000
@@ -146,13 +145,42 @@ def _default_data_dir() -> Path:
 
 
 class Settings(BaseSettings):
-    model_config = _group("CHATMEM_")
+    model_config = SettingsConfigDict(
+        env_prefix="CHATMEM_",
+        env_file=".env",
+        env_nested_delimiter="_",
+        env_nested_max_split=1,
+        extra="ignore",
+    )
 
     data_dir: Path = Field(default_factory=_default_data_dir)
     characters_dir: Path | None = None
+    # CHATMEM_LOCAL_MODEL_PATH, the documented name of llm.local_model_path (which wins).
+    local_model_path: Path | None = Field(None, exclude=True, repr=False)
     redis: RedisSettings = Field(default_factory=RedisSettings)
     memory: MemorySettings = Field(default_factory=MemorySettings)
     llm: LLMSettings = Field(default_factory=LLMSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
+
+    @model_validator(mode="after")
+    def _local_model_path_into_llm(self) -> Settings:
+        if self.local_model_path is not None and self.llm.local_model_path is None:
+            self.llm = self.llm.model_copy(update={"local_model_path": self.local_model_path})
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # `_env_file=None` asks for no .env: then no environment either (a test's settings
+        # are what the test says, whatever the shell or CI exports).
+        if getattr(dotenv_settings, "env_file", ".env") is None:
+            return (init_settings,)
+        return init_settings, env_settings, dotenv_settings, file_secret_settings

@@ -13,8 +13,7 @@ same however many messages the session holds.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from chatmem.models import Message
 from chatmem.tokens import TOKENS_PER_MESSAGE, TOKENS_PER_REPLY_PRIMER
@@ -52,7 +51,6 @@ class AssembledContext:
     dropped_by_window: int
     dropped_by_count: int
     dropped_by_budget: int
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def total_tokens(self) -> int:
@@ -125,8 +123,3 @@ def assemble_context(
         dropped_by_count=dropped_by_count,
         dropped_by_budget=len(by_count) - len(kept),
     )
-
-
-def history_to_read(limits: ContextLimits) -> int:
-    """How many newest messages a turn must read to assemble its context."""
-    return min(2 * limits.window_size, limits.max_context_messages)

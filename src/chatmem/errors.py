@@ -15,6 +15,7 @@ ChatmemError
 ├── RateLimited                  carries retry_after_s
 ├── StoreUnavailable             Redis cannot be reached in time
 │   └── NotReplicated            written on the master, too few replicas confirmed it
+├── StoreFull                    Redis refused a write: out of memory (maxmemory)
 └── ProviderError                the model upstream failed
     ├── ProviderAuthError
     ├── ProviderRateLimited
@@ -127,6 +128,14 @@ class NotReplicated(StoreUnavailable):
         super().__init__(message)
         self.acked = acked
         self.wanted = wanted
+
+
+class StoreFull(ChatmemError):
+    """The memory store is full; try again later."""
+
+    # Not a StoreUnavailable: Redis answers, so a turn must not degrade into the outbox
+    # (its replay would be refused the same way); the client is told to retry later.
+    code = "store_full"
 
 
 class ProviderError(ChatmemError):

@@ -55,5 +55,9 @@ class Metrics:
     def count_not_replicated(self, op: str) -> None:
         self.store_not_replicated.labels(op).inc()
 
+    def active_streams_now(self) -> int:
+        (gauge,) = self.active_streams.collect()
+        return int(gauge.samples[0].value)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -122,6 +122,14 @@ class SessionMeta:
 
 
 @dataclass(slots=True)
+class SessionSnapshot:
+    """A session's meta and some of its messages, oldest first, as one read saw them."""
+
+    meta: SessionMeta
+    messages: list[Message]
+
+
+@dataclass(slots=True)
 class UserTotals:
     user_id: str
     message_count: int = 0

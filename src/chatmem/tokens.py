@@ -8,7 +8,7 @@ providers that report usage override it for prompt and completion totals.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from functools import lru_cache
 
 import tiktoken
@@ -29,11 +29,6 @@ def count_tokens(text: str) -> int:
     if not text:
         return 0
     return len(_encoding().encode(text, disallowed_special=()))
-
-
-def count_message_tokens(contents: Iterable[str]) -> int:
-    """Tokens of a prompt made of these message contents, with per-message overhead."""
-    return sum(count_tokens(c) + TOKENS_PER_MESSAGE for c in contents) + TOKENS_PER_REPLY_PRIMER
 
 
 def price_for(model: str, prices: Mapping[str, ModelPrice]) -> ModelPrice:

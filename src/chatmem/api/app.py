@@ -1,8 +1,7 @@
-"""create_app(settings): the FastAPI application with its parts built in the lifespan."""
+"""create_app(settings): the FastAPI application; its service runs for the lifespan."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,76 +20,12 @@ from chatmem.api.routes import characters, health, sessions, users
 from chatmem.api.routes.compat import chat_app, companion, simple_chat
 from chatmem.api.routes.openai import completions as openai_compat
 from chatmem.auth import Authenticator, warn_if_exposed
-from chatmem.characters import CharacterRegistry
-from chatmem.chat.service import ChatService
+from chatmem.chat.runtime import running_service
 from chatmem.config import Settings
-from chatmem.durability.outbox import OUTBOX_DIR, Outbox
-from chatmem.metrics import Metrics
-from chatmem.ops.embedded import EmbeddedRedis
 from chatmem.providers.base import ChatProvider
-from chatmem.providers.factory import make_provider
-from chatmem.store.client import make_redis
-from chatmem.store.conversations import RedisMemoryStore
-from chatmem.store.locks import Coordinator
 
 log = logging.getLogger("chatmem")
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
-
-
-async def build_parts(settings: Settings, provider: ChatProvider | None = None) -> AppParts:
-    embedded = None
-    url = settings.redis.url
-    if url is None:
-        embedded = EmbeddedRedis(settings.data_dir)
-        url = await asyncio.to_thread(embedded.start)
-    redis = make_redis(url, settings.redis)
-    metrics = Metrics()
-    mem = settings.memory
-    store = RedisMemoryStore(
-        redis,
-        max_messages=mem.max_messages,
-        default_ttl_s=mem.default_ttl_s,
-        default_window=mem.window_size,
-        on_op=metrics.observe_store_op,
-        wait_replicas=settings.redis.wait_replicas,
-        wait_timeout_ms=settings.redis.wait_timeout_ms,
-        on_not_replicated=metrics.count_not_replicated,
-    )
-    characters = CharacterRegistry(redis, settings.characters_dir)
-    lim = settings.limits
-    coordinator = Coordinator(
-        redis,
-        lock_ttl_ms=lim.session_lock_ttl_ms,
-        lock_wait_ms=lim.session_lock_wait_ms,
-        requests_per_minute=lim.requests_per_minute,
-        streams_per_user=lim.streams_per_user,
-    )
-    provider = provider or make_provider(settings.llm)
-    outbox = Outbox(settings.data_dir / OUTBOX_DIR)
-    service = ChatService(settings, store, provider, characters, coordinator, metrics, outbox)
-    # Replays outboxes that dead processes left in this data dir, and this one's later.
-    await service.start()
-    return AppParts(
-        settings=settings,
-        redis=redis,
-        store=store,
-        service=service,
-        characters=characters,
-        authenticator=Authenticator(settings.auth),
-        metrics=metrics,
-        embedded=embedded,
-    )
-
-
-async def close_parts(parts: AppParts) -> None:
-    """Graceful shutdown, uvicorn having stopped accepting: the turns in flight finish (or
-    are stored as interrupted), the outbox is flushed, and the embedded Redis goes last,
-    since everything before may still write to it."""
-    await parts.service.close()
-    await parts.service.provider.aclose()
-    await parts.redis.aclose()
-    if parts.embedded is not None:
-        await asyncio.to_thread(parts.embedded.stop)
 
 
 def create_app(
@@ -103,12 +38,18 @@ def create_app(
         warning = warn_if_exposed(settings.server.host, settings.auth)
         if warning:
             log.warning(warning)
-        parts = await build_parts(settings, provider)
-        app.state.parts = parts
-        try:
+        authenticator = Authenticator(settings.auth)
+        # Built in chat/runtime.py; leaving the block is the graceful shutdown (uvicorn
+        # has stopped accepting by then).
+        async with running_service(settings, provider) as service:
+            app.state.parts = AppParts(
+                settings=settings,
+                service=service,
+                characters=service.characters,
+                authenticator=authenticator,
+                metrics=service.metrics,
+            )
             yield
-        finally:
-            await close_parts(parts)
 
     app = FastAPIOffline(
         title="chatmem",

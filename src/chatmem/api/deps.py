@@ -12,20 +12,19 @@ from chatmem.characters import CharacterRegistry
 from chatmem.chat.service import ChatService
 from chatmem.config import Settings
 from chatmem.metrics import Metrics
-from chatmem.ops.embedded import EmbeddedRedis
-from chatmem.store.conversations import AnyRedis, RedisMemoryStore
 
 
 @dataclass
 class AppParts:
+    """What the routes use: the service (sessions, turns, users, figures) and the
+    characters, the caller's authentication, the metrics. No Redis: that is below
+    the service (chat/runtime.py builds it)."""
+
     settings: Settings
-    redis: AnyRedis
-    store: RedisMemoryStore
     service: ChatService
     characters: CharacterRegistry
     authenticator: Authenticator
     metrics: Metrics
-    embedded: EmbeddedRedis | None = None
 
 
 def get_parts(request: Request) -> AppParts:

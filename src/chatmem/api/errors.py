@@ -20,6 +20,7 @@ STATUS: list[tuple[type[e.ChatmemError], int]] = [
     (e.Forbidden, 403),
     (e.RateLimited, 429),
     (e.StoreUnavailable, 503),
+    (e.StoreFull, 503),
     (e.ProviderTimeout, 504),
     (e.ProviderUnavailable, 503),
     (e.ProviderError, 502),

@@ -5,7 +5,7 @@ Three sources, merged in this order (an id is answered by the first that has it)
 1. directory characters (`Settings.characters_dir`), read at start and on `reload()`;
    a directory file may redefine a built-in id to customize it (the operator's call);
 2. built-ins shipped with chatmem (`builtin=True`);
-3. characters created through the API, kept in Redis (`keys.characters_key()`, a HASH
+3. characters created through the API, kept in Redis (store/characters.py, a HASH
    id → Character JSON) so that every API process sees the same ones.
 
 The first two are read-only through the API: `create` with one of their ids raises
@@ -18,54 +18,30 @@ from __future__ import annotations
 
 import builtins
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import redis.exceptions
 from pydantic import ValidationError
-from redis.asyncio import Redis
-from redis.asyncio.cluster import RedisCluster
 
-from chatmem.config import Settings
-from chatmem.errors import AlreadyExists, CharacterNotFound, Forbidden, StoreUnavailable
+from chatmem.errors import AlreadyExists, CharacterNotFound, Forbidden
 from chatmem.models import Character
-from chatmem.store import keys
+from chatmem.store.characters import CharacterStore
 
 from .card import card_to_character, character_to_card
 from .files import DEFAULT_CHARACTER_ID, CharacterLoadError, load_builtins, load_directory
 
 log = logging.getLogger(__name__)
 
-RedisClient = Redis | RedisCluster
-
-# KEYS[1] - the characters HASH
-# ARGV[1] - character id
-# ARGV[2] - the character's new JSON
-# return 1 if it was replaced, 0 if there is no such character (nothing written)
-REPLACE_CHARACTER = """
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-return 1
-"""
-
 
 class CharacterRegistry:
-    def __init__(self, redis: RedisClient, characters_dir: Path | None = None) -> None:
-        self._redis = redis
-        self._key = keys.characters_key()
-        self._replace = redis.register_script(REPLACE_CHARACTER)
+    def __init__(self, stored: CharacterStore, characters_dir: Path | None = None) -> None:
+        self._stored = stored
         self._characters_dir = characters_dir
         self._builtins = {ch.id: ch for ch in load_builtins()}
         self._static: dict[str, Character] = {}
         self._sources: dict[str, str] = {}
         self._load_errors: builtins.list[CharacterLoadError] = []
         self.reload()
-
-    @classmethod
-    def from_settings(cls, redis: RedisClient, settings: Settings) -> CharacterRegistry:
-        return cls(redis, characters_dir=settings.characters_dir)
 
     def reload(self) -> None:
         """Re-read the characters directory (built-ins never change)."""
@@ -95,17 +71,6 @@ class CharacterRegistry:
         """Built-in or directory characters, which the API cannot change."""
         return character_id in self._static
 
-    def static_characters(self) -> builtins.list[Character]:
-        """Built-in and directory characters, without I/O."""
-        return builtins.list(self._static.values())
-
-    @asynccontextmanager
-    async def _op(self, name: str) -> AsyncIterator[None]:
-        try:
-            yield
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            raise StoreUnavailable(f"redis unavailable during {name}: {exc}") from exc
-
     def _readonly(self, character_id: str, verb: str) -> Forbidden:
         return Forbidden(
             f"character {character_id!r} is {self._sources[character_id]} "
@@ -127,8 +92,7 @@ class CharacterRegistry:
     async def get(self, character_id: str) -> Character:
         if (ch := self._static.get(character_id)) is not None:
             return ch
-        async with self._op("character get"):
-            raw = await self._redis.hget(self._key, character_id)
+        raw = await self._stored.get(character_id)
         ch = self._decode(character_id, raw) if raw is not None else None
         if ch is None:
             raise CharacterNotFound(f"character {character_id!r} not found")
@@ -141,9 +105,7 @@ class CharacterRegistry:
                 f"character {character.id!r} already exists ({self._sources[character.id]})"
             )
         stored = self._storable(character)
-        async with self._op("character create"):
-            added = await self._redis.hsetnx(self._key, stored.id, stored.model_dump_json())
-        if not added:
+        if not await self._stored.add(stored.id, stored.model_dump_json()):
             raise AlreadyExists(f"character {character.id!r} already exists")
         return stored
 
@@ -152,20 +114,14 @@ class CharacterRegistry:
         if character.id in self._static:
             raise self._readonly(character.id, "changed")
         stored = self._storable(character)
-        async with self._op("character update"):
-            replaced = await self._replace(
-                keys=[self._key], args=[stored.id, stored.model_dump_json()]
-            )
-        if not replaced:
+        if not await self._stored.replace(stored.id, stored.model_dump_json()):
             raise CharacterNotFound(f"character {character.id!r} not found")
         return stored
 
     async def delete(self, character_id: str) -> None:
         if character_id in self._static:
             raise self._readonly(character_id, "deleted")
-        async with self._op("character delete"):
-            removed = await self._redis.hdel(self._key, character_id)
-        if not removed:
+        if not await self._stored.delete(character_id):
             raise CharacterNotFound(f"character {character_id!r} not found")
 
     async def import_card(self, card: Any, *, character_id: str | None = None) -> Character:
@@ -178,11 +134,8 @@ class CharacterRegistry:
     async def list(self) -> builtins.list[Character]:
         """Static characters first (built-ins in their order, then the directory's), then
         the stored ones by id."""
-        async with self._op("character list"):
-            raw: dict[Any, Any] = await self._redis.hgetall(self._key)
         stored = []
-        for cid, doc in sorted(raw.items()):
-            cid = cid.decode() if isinstance(cid, bytes) else cid
+        for cid, doc in sorted((await self._stored.all()).items()):
             if cid in self._static:
                 continue
             if (ch := self._decode(cid, doc)) is not None:

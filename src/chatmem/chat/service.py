@@ -27,6 +27,7 @@ from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
 from chatmem.characters import CharacterRegistry
+from chatmem.chat.sessions import SessionMethods
 from chatmem.chat.turn import STOP_POLL_S, Delta, PersistedReply, Turn, TurnDone, TurnEvent
 from chatmem.config import Settings
 from chatmem.context import AssembledContext, ContextLimits, assemble_context
@@ -62,7 +63,9 @@ def idempotent_ids(key: str) -> tuple[str, str]:
     return f"k{digest}", f"k{digest}a"
 
 
-class ChatService:
+class ChatService(SessionMethods):
+    """The service layer: turns here, sessions, users and figures in chat/sessions.py."""
+
     def __init__(
         self,
         settings: Settings,

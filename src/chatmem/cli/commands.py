@@ -351,8 +351,9 @@ def export(
     redis_url: str | None = RedisUrlOpt,
 ) -> None:
     """Export sessions with their meta and messages as JSON."""
+    from chatmem.chat.runtime import open_store
     from chatmem.ids import validate_id
-    from chatmem.ops.transfer import export_sessions, open_store, sessions_to_export
+    from chatmem.ops.transfer import export_sessions, sessions_to_export
 
     settings = load_settings(redis_url)
     with reported_errors():
@@ -384,7 +385,8 @@ def import_(
     redis_url: str | None = RedisUrlOpt,
 ) -> None:
     """Import an export: ids kept, whatever is already there skipped (idempotent)."""
-    from chatmem.ops.transfer import import_sessions, open_store, parse_export
+    from chatmem.chat.runtime import open_store
+    from chatmem.ops.transfer import import_sessions, parse_export
 
     doc = read_json(file)
     with reported_errors():

@@ -27,8 +27,8 @@ from chatmem.config import RedisSettings
 from chatmem.models import Message, Role, Usage
 from chatmem.ops.embedded import EmbeddedRedis
 from chatmem.store import keys
-from chatmem.store.client import make_redis
-from chatmem.store.conversations import AnyRedis, RedisMemoryStore
+from chatmem.store.client import AnyRedis, make_redis
+from chatmem.store.conversations import RedisMemoryStore
 
 MAX_SESSIONS = 1000
 MAX_MESSAGES = 100_000

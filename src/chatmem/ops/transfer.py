@@ -8,22 +8,19 @@ Import keeps session and message ids: a session that exists is kept as it is
 by the store, so importing the same file twice changes nothing. Usage and cost travel with
 the first batch of a session's messages, which the store counts only if that batch
 brought something new (a session exported without messages brings none). Times of
-creation and last activity restart at the import.
+creation and last activity restart at the import. The store is the server's own
+(`chat.runtime.open_store`: the configured Redis, or the embedded one).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from chatmem.config import Settings
 from chatmem.errors import InvalidInput, SessionNotFound
 from chatmem.models import Message, Role, SessionMeta, SessionState, Usage
-from chatmem.ops.embedded import EmbeddedRedis
-from chatmem.store.client import make_redis
 from chatmem.store.conversations import RedisMemoryStore
 from chatmem.store.keys import MAX_APPEND_MESSAGES
 
@@ -34,31 +31,6 @@ MAX_SESSIONS_PER_USER = 100_000
 
 Progress = Callable[[int], None]
 _STATES = {s.value for s in SessionState}
-
-
-@asynccontextmanager
-async def open_store(settings: Settings) -> AsyncIterator[RedisMemoryStore]:
-    """The store the server would use: the configured Redis, or the embedded one."""
-    embedded = None
-    url = settings.redis.url
-    if url is None:
-        embedded = EmbeddedRedis(settings.data_dir)
-        url = embedded.start()
-    redis = make_redis(url, settings.redis)
-    mem = settings.memory
-    try:
-        yield RedisMemoryStore(
-            redis,
-            max_messages=mem.max_messages,
-            default_ttl_s=mem.default_ttl_s,
-            default_window=mem.window_size,
-            wait_replicas=settings.redis.wait_replicas,
-            wait_timeout_ms=settings.redis.wait_timeout_ms,
-        )
-    finally:
-        await redis.aclose()
-        if embedded is not None:
-            embedded.stop()
 
 
 async def _all_users(store: RedisMemoryStore) -> list[str]:

@@ -46,7 +46,6 @@ class ModelInfo:
 
     name: str
     context_window: int
-    reports_usage: bool
 
 
 class ChatProvider(Protocol):

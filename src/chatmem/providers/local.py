@@ -93,7 +93,7 @@ class LocalLlamaProvider:
             window = (
                 min(trained, self._settings.local_n_ctx) if trained else self._settings.local_n_ctx
             )
-            self._info = ModelInfo(name=path.stem, context_window=window, reports_usage=True)
+            self._info = ModelInfo(name=path.stem, context_window=window)
         return self._info
 
     @property

@@ -97,7 +97,7 @@ class OpenAICompatProvider:
             window = settings.context_window
         else:
             window = KNOWN_CONTEXT_WINDOWS.get(self._model, settings.context_window)
-        self._info = ModelInfo(name=self._model, context_window=window, reports_usage=True)
+        self._info = ModelInfo(name=self._model, context_window=window)
 
     @property
     def info(self) -> ModelInfo:

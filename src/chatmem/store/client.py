@@ -1,21 +1,73 @@
-"""Build the redis.asyncio client that the settings describe.
+"""The door to Redis: the client the settings describe, and the one error mapping.
 
 `redis://`, `rediss://` and `unix://` URLs give a standalone client; `cluster=true`
 (or `?cluster=true` on the URL) a RedisCluster; `redis+sentinel://host:port,host:port/
 master` a Sentinel-managed master. Every client gets the configured socket, connect and
 pool timeouts so that no call hangs longer than they allow.
+
+Every store module runs its Redis calls inside `redis_errors(op)`, which turns redis-py's
+errors into the domain's (errors.py), so that no caller above `store/` sees redis-py:
+
+    redis-py error                                      domain error
+    ConnectionError (incl. timeouts of the pool, busy   StoreUnavailable: a turn degrades
+    loading, auth), TimeoutError, ClusterDownError,     (outbox), a route answers 503
+    TryAgainError, SlotNotCoveredError, ReadOnlyError   `store_unavailable`
+    OutOfMemoryError, or an error that says "OOM        StoreFull: 503 `store_full` (Redis
+    command not allowed" (a script's write refused)     at maxmemory with noeviction)
+    anything else (a bug: a bad script, a wrong type)   left as it is (a 500, logged)
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from urllib.parse import parse_qs, urlsplit
 
+import redis.exceptions as rex
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import Sentinel
 
 from chatmem.config import RedisSettings
-from chatmem.store.conversations import AnyRedis
+from chatmem.errors import ChatmemError, StoreFull, StoreUnavailable
+
+AnyRedis = Redis | RedisCluster
+
+# What "Redis cannot be reached in time, or cannot take this now" looks like from redis-py.
+UNAVAILABLE: tuple[type[Exception], ...] = (
+    rex.ConnectionError,
+    rex.TimeoutError,
+    rex.ClusterDownError,
+    rex.TryAgainError,
+    rex.SlotNotCoveredError,
+    rex.ReadOnlyError,
+)
+# Redis < 7 reports a script's refused write as a script error that quotes the OOM reply.
+_OOM_TEXT = "OOM command not allowed"
+
+
+def store_error(exc: Exception, op: str) -> ChatmemError | None:
+    """The domain error for a redis-py error raised during `op`; None for anything else
+    (a bug, which should surface as one)."""
+    if isinstance(exc, rex.OutOfMemoryError) or (
+        isinstance(exc, rex.ResponseError) and _OOM_TEXT in str(exc)
+    ):
+        return StoreFull(f"the memory store is full; {op} was refused")
+    if isinstance(exc, UNAVAILABLE):
+        return StoreUnavailable(f"redis unavailable during {op}: {exc}")
+    return None
+
+
+@contextmanager
+def redis_errors(op: str) -> Iterator[None]:
+    """Run Redis calls (awaited inside) with their errors mapped by `store_error`."""
+    try:
+        yield
+    except (rex.RedisError, rex.RedisClusterException) as exc:
+        mapped = store_error(exc, op)
+        if mapped is None:
+            raise
+        raise mapped from exc
 
 
 def _wants_cluster(url: str, settings: RedisSettings) -> bool:

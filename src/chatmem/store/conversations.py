@@ -19,14 +19,20 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis.exceptions
-from redis.asyncio import Redis
-from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 
-from chatmem.errors import AlreadyExists, InvalidInput, SessionNotFound, StoreUnavailable
-from chatmem.models import Message, SessionMeta, SessionState, Usage, UserTotals, new_id
+from chatmem.errors import AlreadyExists, InvalidInput, SessionNotFound
+from chatmem.models import (
+    Message,
+    SessionMeta,
+    SessionSnapshot,
+    SessionState,
+    Usage,
+    UserTotals,
+    new_id,
+)
 from chatmem.store import keys, scripts
+from chatmem.store.client import AnyRedis, redis_errors
 from chatmem.store.codec import (
     check_text,
     decode_messages,
@@ -50,18 +56,8 @@ __all__ = [
     "validate_window",
 ]
 
-AnyRedis = Redis | RedisCluster
-
 OpObserver = Callable[[str, float], None]
 _MAX_INDEX = 2**63 - 1
-
-# What "Redis cannot be reached in time" looks like from redis-py.
-_UNAVAILABLE = (
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    redis.exceptions.ClusterDownError,
-    redis.exceptions.TryAgainError,
-)
 
 
 @dataclass(slots=True)
@@ -74,12 +70,6 @@ class AppendResult:
     messages: list[Message] = field(default_factory=list)
     # The seq of the session's newest message after the write (0: none yet).
     last_seq: int = 0
-
-
-@dataclass(slots=True)
-class SessionSnapshot:
-    meta: SessionMeta
-    messages: list[Message]
 
 
 def _now_ms() -> int:
@@ -157,17 +147,16 @@ class RedisMemoryStore:
     async def _run(
         self, name: str, script: AsyncScript, ks: list[str], args: list[Any], *, write: bool = False
     ) -> Any:
-        """Run one script: timed, and connection failures turned into StoreUnavailable.
+        """Run one script: timed, and its Redis errors mapped (client.redis_errors).
 
         A `write` waits for the configured replicas too (see the module docstring).
         """
         start = time.perf_counter()
         try:
-            if write and self.write_concern is not None:
-                return await self.write_concern.run(name, script, ks, args)
-            return await script(keys=ks, args=args)
-        except _UNAVAILABLE as exc:
-            raise StoreUnavailable(f"redis unavailable during {name}: {exc}") from exc
+            with redis_errors(name):
+                if write and self.write_concern is not None:
+                    return await self.write_concern.run(name, script, ks, args)
+                return await script(keys=ks, args=args)
         finally:
             if self._on_op is not None:
                 self._on_op(name, time.perf_counter() - start)
@@ -177,9 +166,8 @@ class RedisMemoryStore:
         """Like `_run`, for operations made of plain commands."""
         start = time.perf_counter()
         try:
-            yield
-        except _UNAVAILABLE as exc:
-            raise StoreUnavailable(f"redis unavailable during {name}: {exc}") from exc
+            with redis_errors(name):
+                yield
         finally:
             if self._on_op is not None:
                 self._on_op(name, time.perf_counter() - start)
@@ -437,3 +425,15 @@ class RedisMemoryStore:
     async def ping(self) -> bool:
         async with self._op("ping"):
             return bool(await self.redis.ping())
+
+    async def server_info(self) -> dict[str, Any]:
+        """Redis INFO: version, memory and clients (under Cluster, of one node)."""
+        async with self._op("info"):
+            info: dict[str, Any] = await self.redis.info()
+        if info and all(isinstance(v, dict) for v in info.values()):
+            info = next(iter(info.values()))  # RedisCluster answers node by node
+        return {
+            "redis_version": info.get("redis_version"),
+            "used_memory_human": info.get("used_memory_human"),
+            "connected_clients": info.get("connected_clients"),
+        }

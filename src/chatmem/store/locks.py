@@ -3,7 +3,7 @@ signal, the per-user rate limit and the concurrent-stream cap.
 
 They live in Redis, not in process memory, so any number of API processes behind one
 Redis agree on them. Every key carries the user's hash tag. A Redis that cannot be
-reached in time raises `StoreUnavailable`, as the memory store does, so that a turn can
+reached in time raises `StoreUnavailable` (client.redis_errors, as everywhere), so a turn can
 degrade instead of failing.
 """
 
@@ -12,34 +12,11 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 
-import redis.exceptions
-from redis.asyncio import Redis
-from redis.asyncio.cluster import RedisCluster
-
-from chatmem.errors import RateLimited, SessionBusy, StoreUnavailable
+from chatmem.errors import RateLimited, SessionBusy
 from chatmem.store import keys
-
-AnyRedis = Redis | RedisCluster
-
-# What "Redis cannot be reached in time" looks like from redis-py (as in memory/store.py).
-_UNAVAILABLE = (
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    redis.exceptions.ClusterDownError,
-    redis.exceptions.TryAgainError,
-)
-
-
-@asynccontextmanager
-async def _op(name: str) -> AsyncIterator[None]:
-    try:
-        yield
-    except _UNAVAILABLE as exc:
-        raise StoreUnavailable(f"redis unavailable during {name}: {exc}") from exc
-
+from chatmem.store.client import AnyRedis, redis_errors
 
 # KEYS[1] - lock key
 # ARGV[1] - the holder's token
@@ -117,7 +94,7 @@ class Coordinator:
         deadline = time.monotonic() + wait_ms / 1000
         delay = 0.01
         while True:
-            async with _op("acquire_turn"):
+            with redis_errors("acquire_turn"):
                 taken = await self.redis.set(key, token, nx=True, px=self.lock_ttl_ms)
             if taken:
                 return token
@@ -127,12 +104,8 @@ class Coordinator:
             delay = min(delay * 2, 0.2)
 
     async def release_turn(self, user_id: str, session_id: str, token: str) -> None:
-        async with _op("release_turn"):
+        with redis_errors("release_turn"):
             await self._release(keys=[keys.session_lock_key(user_id, session_id)], args=[token])
-
-    async def turn_in_progress(self, user_id: str, session_id: str) -> bool:
-        async with _op("turn_in_progress"):
-            return bool(await self.redis.exists(keys.session_lock_key(user_id, session_id)))
 
     # --- stop ------------------------------------------------------------------------
 
@@ -141,7 +114,7 @@ class Coordinator:
 
         Returns whether a turn was in progress.
         """
-        async with _op("request_stop"):
+        with redis_errors("request_stop"):
             lock = await self.redis.get(keys.session_lock_key(user_id, session_id))
             if lock is None:
                 return False
@@ -154,7 +127,7 @@ class Coordinator:
         One round trip for all of them (a non-transactional pipeline, which Redis Cluster
         splits by node), so a process polls once however many turns it streams.
         """
-        async with _op("stop_requested"):
+        with redis_errors("stop_requested"):
             pipe = self.redis.pipeline(transaction=False)
             for user_id, session_id, _ in turns:
                 pipe.get(keys.session_stop_key(user_id, session_id))
@@ -167,7 +140,7 @@ class Coordinator:
         if self.requests_per_minute <= 0:
             return
         window = int(time.time() // 60)
-        async with _op("check_rate"):
+        with redis_errors("check_rate"):
             allowed = await self._rate(
                 keys=[keys.user_rate_key(user_id, window)],
                 args=[self.requests_per_minute, 61_000],
@@ -183,7 +156,7 @@ class Coordinator:
         if self.streams_per_user <= 0:
             return token
         now = int(time.time() * 1000)
-        async with _op("enter_stream"):
+        with redis_errors("enter_stream"):
             ok = await self._stream_enter(
                 keys=[keys.user_streams_key(user_id)],
                 args=[now, self.streams_per_user, token, now + self.lock_ttl_ms],
@@ -197,5 +170,5 @@ class Coordinator:
 
     async def leave_stream(self, user_id: str, token: str) -> None:
         if self.streams_per_user > 0:
-            async with _op("leave_stream"):
+            with redis_errors("leave_stream"):
                 await self.redis.zrem(keys.user_streams_key(user_id), token)

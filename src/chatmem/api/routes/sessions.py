@@ -31,20 +31,20 @@ async def create_session(body: CreateSession, caller: Caller, service: Service) 
 async def list_sessions(
     caller: Caller, service: Service, limit: Annotated[int, Query(ge=1, le=1000)] = 100
 ) -> dict[str, Any]:
-    metas = await service.store.list_sessions(caller.user_id, limit=limit)
+    metas = await service.list_sessions(caller.user_id, limit=limit)
     return {"sessions": [m.to_dict() for m in metas]}
 
 
 @router.get("/{session_id}")
 async def get_session(session_id: str, caller: Caller, service: Service) -> dict[str, Any]:
-    return (await service.store.get_meta(caller.user_id, session_id)).to_dict()
+    return (await service.get_session(caller.user_id, session_id)).to_dict()
 
 
 @router.patch("/{session_id}")
 async def update_session(
     session_id: str, body: UpdateSession, caller: Caller, service: Service
 ) -> dict[str, Any]:
-    meta = await service.store.update_session(
+    meta = await service.update_session(
         caller.user_id,
         session_id,
         title=body.title,
@@ -57,7 +57,7 @@ async def update_session(
 
 @router.delete("/{session_id}", status_code=204)
 async def delete_session(session_id: str, caller: Caller, service: Service) -> Response:
-    await service.store.delete_session(caller.user_id, session_id)
+    await service.delete_session(caller.user_id, session_id)
     return Response(status_code=204)
 
 
@@ -69,7 +69,9 @@ async def history(
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     before: Annotated[int | None, Query(ge=1, description="seq cursor: older than this")] = None,
 ) -> dict[str, Any]:
-    snap = await service.store.read(caller.user_id, session_id, last=limit, before_seq=before or 0)
+    snap = await service.read_history(
+        caller.user_id, session_id, last=limit, before_seq=before or 0
+    )
     first = snap.messages[0].seq if snap.messages else None
     oldest_stored = snap.meta.message_count - snap.meta.stored_messages + 1
     return {
@@ -82,8 +84,7 @@ async def history(
 
 @router.delete("/{session_id}/messages")
 async def clear(session_id: str, caller: Caller, service: Service) -> dict[str, Any]:
-    await service.store.clear(caller.user_id, session_id)
-    meta = await service.store.get_meta(caller.user_id, session_id)
+    meta = await service.clear_session(caller.user_id, session_id)
     return {"session_id": session_id, "cleared": True, "stored_messages": meta.stored_messages}
 
 

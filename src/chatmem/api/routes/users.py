@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from chatmem.api.deps import Admin, Caller, Parts, Service
+from chatmem.api.deps import Admin, Caller, Service
 from chatmem.ids import validate_id
 
 router = APIRouter(tags=["users"])
@@ -14,14 +14,14 @@ router = APIRouter(tags=["users"])
 
 @router.get("/v1/me")
 async def me(caller: Caller, service: Service) -> dict[str, Any]:
-    totals = await service.store.user_totals(caller.user_id)
+    totals = await service.user_totals(caller.user_id)
     return {**totals.to_dict(), "is_admin": caller.is_admin}
 
 
 @router.delete("/v1/me")
 async def erase_me(caller: Caller, service: Service) -> dict[str, Any]:
     """Erase all of the caller's data."""
-    n = await service.store.delete_user(caller.user_id)
+    n = await service.delete_user(caller.user_id)
     return {"user_id": caller.user_id, "deleted_sessions": n}
 
 
@@ -32,32 +32,25 @@ async def list_users(
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> dict[str, Any]:
-    users = await service.store.list_users(limit=limit, offset=offset)
-    return {"users": users, "total": await service.store.count_users()}
+    users = await service.list_users(limit=limit, offset=offset)
+    return {"users": users, "total": await service.count_users()}
 
 
 @router.get("/v1/admin/users/{user_id}")
 async def user_detail(user_id: str, _: Admin, service: Service) -> dict[str, Any]:
     validate_id(user_id, "user id")
-    totals = await service.store.user_totals(user_id)
-    sessions = await service.store.list_sessions(user_id)
+    totals = await service.user_totals(user_id)
+    sessions = await service.list_sessions(user_id)
     return {**totals.to_dict(), "sessions": [m.to_dict() for m in sessions]}
 
 
 @router.delete("/v1/admin/users/{user_id}")
 async def erase_user(user_id: str, _: Admin, service: Service) -> dict[str, Any]:
-    n = await service.store.delete_user(validate_id(user_id, "user id"))
+    n = await service.delete_user(validate_id(user_id, "user id"))
     return {"user_id": user_id, "deleted_sessions": n}
 
 
 @router.get("/v1/admin/stats")
-async def stats(_: Admin, parts: Parts) -> dict[str, Any]:
-    info = await parts.redis.info()
-    return {
-        "total_users": await parts.store.count_users(),
-        "redis_version": info.get("redis_version"),
-        "used_memory_human": info.get("used_memory_human"),
-        "connected_clients": info.get("connected_clients"),
-        "provider": parts.service.provider.info.name,
-        "active_streams": parts.metrics.active_streams._value.get(),
-    }
+async def stats(_: Admin, service: Service) -> dict[str, Any]:
+    """Users, Redis INFO, the provider and the replies being streamed now."""
+    return await service.stats()

@@ -105,7 +105,7 @@ async def chat_stream(
     uid = resolve_user(caller, user_id)
     if role is not None:
         character = await _role(service, role)
-        meta = await service.store.get_meta(uid, session_id)
+        meta = await service.get_session(uid, session_id)
         if meta.character_id != character.id:
             raise Conflict(
                 f"session {session_id!r} talks to {meta.character_id!r}; "
@@ -127,7 +127,7 @@ async def chat_history(
 ) -> dict[str, Any]:
     """The session's stored messages, oldest first."""
     uid = resolve_user(caller, user_id)
-    snap = await service.store.read(uid, session_id, last=service.store.max_messages)
+    snap = await service.read_history(uid, session_id)
     return {
         "session_id": session_id,
         "messages": [
@@ -142,7 +142,7 @@ async def chat_history(
 async def chat_sessions(user_id: UserId, caller: Caller, service: Service) -> dict[str, Any]:
     """The user's sessions, most recently active first, with a last-message preview."""
     uid = resolve_user(caller, user_id)
-    metas = await service.store.list_sessions(uid)
+    metas = await service.list_sessions(uid)
     return {"user_id": uid, "sessions": [_session_row(m) for m in metas], "total": len(metas)}
 
 
@@ -162,5 +162,5 @@ async def delete_session(
     session_id: str, user_id: UserId, caller: Caller, service: Service
 ) -> dict[str, Any]:
     uid = resolve_user(caller, user_id)
-    await service.store.delete_session(uid, session_id)
+    await service.delete_session(uid, session_id)
     return {"message": SESSION_DELETED, "session_id": session_id}

@@ -26,11 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import EventSourceResponse
 
 from chatmem.api.deps import Caller, Service
-from chatmem.api.routes.compat.conversations import (
-    character_session_id,
-    prepare_conversation_turn,
-)
 from chatmem.api.sse.response import sse_response
+from chatmem.chat.conversations import character_session_id, prepare_conversation_turn
 from chatmem.chat.service import Delta, TurnEvent
 from chatmem.errors import SessionNotFound
 
@@ -85,5 +82,5 @@ async def clear_history(character_id: str, caller: Caller, service: Service) -> 
     """Forget the conversation with the character (the session stays, empty)."""
     character = await service.characters.get(character_id)
     with contextlib.suppress(SessionNotFound):
-        await service.store.clear(caller.user_id, character_session_id(character.id))
+        await service.clear_session(caller.user_id, character_session_id(character.id))
     return {"message": HISTORY_CLEARED, "character_id": character.id}

@@ -19,25 +19,24 @@ Where the seeds differ from chatmem, on purpose:
 
 from __future__ import annotations
 
-import asyncio
+from datetime import datetime
 from typing import Annotated, Any
 
-import redis.exceptions
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from chatmem.api.deps import Caller, Parts, Service
-from chatmem.api.routes.compat.conversations import (
+from chatmem.api.deps import Caller, Service
+from chatmem.auth import Principal, require_admin, resolve_user
+from chatmem.chat.conversations import (
     DEFAULT_SESSION_ID,
+    WINDOW_MAX,
     check_ttl,
-    iso_time,
     prepare_conversation_turn,
 )
-from chatmem.auth import Principal, require_admin, resolve_user
 from chatmem.chat.service import ChatService
 from chatmem.config import Settings
 from chatmem.errors import StoreUnavailable, UserNotFound
-from chatmem.store.conversations import WINDOW_MAX, SessionSnapshot, validate_window
+from chatmem.models import SessionSnapshot
 from chatmem.tokens import price_for
 
 router = APIRouter(tags=["seed 000/001: one conversation per user"])
@@ -45,8 +44,6 @@ router = APIRouter(tags=["seed 000/001: one conversation per user"])
 SEED_WINDOW_SIZE = 5
 SEED_TTL_S = 1800
 USERS_PAGE = 10_000
-# Per-user reads in flight at once for GET /stats (well under the connection pool).
-STATS_BATCH = 16
 
 
 class ChatRequest(BaseModel):
@@ -58,6 +55,11 @@ class ChatRequest(BaseModel):
         None, ge=1, le=20, description="rounds of history sent to the model; kept if omitted"
     )
     ttl: int | None = Field(None, description="seconds the conversation lives; kept if omitted")
+
+
+def iso_time(timestamp_s: float) -> str:
+    """The seeds' timestamps: local time, ISO 8601 (`datetime.now().isoformat()`)."""
+    return datetime.fromtimestamp(timestamp_s).isoformat()
 
 
 def _snapshot_stats(snap: SessionSnapshot, settings: Settings) -> dict[str, Any]:
@@ -78,8 +80,8 @@ def _snapshot_stats(snap: SessionSnapshot, settings: Settings) -> dict[str, Any]
     }
 
 
-async def _read(service: ChatService, user_id: str, *, last: int) -> SessionSnapshot:
-    return await service.store.read(user_id, DEFAULT_SESSION_ID, last=last)
+async def _read(service: ChatService, user_id: str, *, last: int | None) -> SessionSnapshot:
+    return await service.read_history(user_id, DEFAULT_SESSION_ID, last=last)
 
 
 @router.post("/chat")
@@ -128,7 +130,7 @@ async def chat(body: ChatRequest, caller: Caller, service: Service) -> dict[str,
 async def history(user_id: str, caller: Caller, service: Service) -> dict[str, Any]:
     """The conversation's messages; 404 once it expired."""
     uid = resolve_user(caller, user_id)
-    snap = await _read(service, uid, last=service.store.max_messages)
+    snap = await _read(service, uid, last=None)
     meta = snap.meta
     return {
         "user_id": uid,
@@ -146,7 +148,7 @@ async def history(user_id: str, caller: Caller, service: Service) -> dict[str, A
 @router.delete("/history/{user_id}")
 async def clear_history(user_id: str, caller: Caller, service: Service) -> dict[str, Any]:
     uid = resolve_user(caller, user_id)
-    await service.store.clear(uid, DEFAULT_SESSION_ID)
+    await service.clear_session(uid, DEFAULT_SESSION_ID)
     return {"message": "History cleared", "user_id": uid}
 
 
@@ -154,7 +156,7 @@ async def clear_history(user_id: str, caller: Caller, service: Service) -> dict[
 async def delete_user(user_id: str, caller: Caller, service: Service) -> dict[str, Any]:
     """Erase all of the user's data (every session, not only this conversation)."""
     uid = resolve_user(caller, user_id)
-    if await service.store.delete_user(uid) == 0:
+    if await service.delete_user(uid) == 0:
         raise UserNotFound(f"user {uid!r} not found")
     return {"message": "User deleted", "user_id": uid}
 
@@ -172,8 +174,7 @@ async def update_window_size(
 ) -> dict[str, Any]:
     """Rounds of history sent to the model: 1-20, else 400."""
     uid = resolve_user(caller, user_id)
-    validate_window(new_size)
-    meta = await service.store.update_session(uid, DEFAULT_SESSION_ID, window_size=new_size)
+    meta = await service.update_session(uid, DEFAULT_SESSION_ID, window_size=new_size)
     return {"message": "Window size updated", "user_id": uid, "new_size": meta.window_size}
 
 
@@ -184,7 +185,7 @@ async def update_ttl(
     """Seconds the conversation lives after its last write: at least 60, else 400."""
     uid = resolve_user(caller, user_id)
     check_ttl(new_ttl)
-    meta = await service.store.update_session(uid, DEFAULT_SESSION_ID, ttl_s=new_ttl)
+    meta = await service.update_session(uid, DEFAULT_SESSION_ID, ttl_s=new_ttl)
     return {
         "message": "TTL updated",
         "user_id": uid,
@@ -195,10 +196,10 @@ async def update_ttl(
 
 async def _visible_users(caller: Principal, service: ChatService) -> tuple[list[str], int]:
     if caller.is_admin:
-        users = await service.store.list_users(limit=USERS_PAGE)
-        total = len(users) if len(users) < USERS_PAGE else await service.store.count_users()
+        users = await service.list_users(limit=USERS_PAGE)
+        total = len(users) if len(users) < USERS_PAGE else await service.count_users()
         return users, total
-    own = await service.store.list_sessions(caller.user_id, limit=1)
+    own = await service.list_sessions(caller.user_id, limit=1)
     return ([caller.user_id], 1) if own else ([], 0)
 
 
@@ -212,26 +213,16 @@ async def list_users(caller: Caller, service: Service) -> dict[str, Any]:
 @router.get("/stats")
 async def global_stats(
     caller: Caller,
-    parts: Parts,
+    service: Service,
     limit: Annotated[int, Query(ge=1, le=USERS_PAGE)] = USERS_PAGE,
 ) -> dict[str, Any]:
     """Users and their stored messages (from the users and sessions indexes) and Redis INFO."""
     require_admin(caller)
-    store = parts.store
-    users = await store.list_users(limit=limit)
-    total_messages = 0
-    for start in range(0, len(users), STATS_BATCH):
-        batch = users[start : start + STATS_BATCH]
-        listed = await asyncio.gather(*(store.list_sessions(u) for u in batch))
-        total_messages += sum(m.stored_messages for metas in listed for m in metas)
-    try:
-        info = await parts.redis.info()
-    except redis.exceptions.RedisError as exc:
-        raise StoreUnavailable(f"redis INFO failed: {exc}") from exc
+    info = await service.redis_info()
+    users = await service.list_users(limit=limit)
+    total_messages = await service.count_messages(users)
     return {
-        "total_users": len(users) if len(users) < limit else await store.count_users(),
+        "total_users": len(users) if len(users) < limit else await service.count_users(),
         "total_messages": total_messages,
-        "redis_version": info.get("redis_version"),
-        "used_memory_human": info.get("used_memory_human"),
-        "connected_clients": info.get("connected_clients"),
+        **info,
     }

@@ -55,10 +55,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chatmem.api.deps import AppParts, Caller, Parts, Service
 from chatmem.api.errors import error_response
-from chatmem.api.routes.compat.conversations import character_session_id, create_conversation
 from chatmem.api.routes.openai import shapes
 from chatmem.api.sse.response import PING_S, graceful_shutdown
 from chatmem.auth import resolve_user
+from chatmem.chat.conversations import character_session_id, create_conversation
 from chatmem.chat.service import ChatService, Delta, Turn
 from chatmem.errors import (
     CharacterNotFound,

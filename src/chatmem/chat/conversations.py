@@ -9,16 +9,26 @@ A turn on such a conversation first tries the session as it is (the hot path cos
 extra round trip); only a missing session is created, then the turn is retried once.
 A request that names a TTL or window applies it to the session; one that does not
 keeps the session's own (seed 000's bug was resetting the window on every request).
+The routes (api/routes/compat/) keep only the seeds' HTTP shapes.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from chatmem.chat.service import ChatService, Turn
 from chatmem.errors import InvalidInput, SessionNotFound, StoreUnavailable
 from chatmem.models import SessionMeta
-from chatmem.store.conversations import validate_ttl
+from chatmem.store.conversations import WINDOW_MAX, validate_ttl
+
+__all__ = [
+    "CHARACTER_SESSION_PREFIX",
+    "DEFAULT_SESSION_ID",
+    "MAX_TTL_S",
+    "WINDOW_MAX",
+    "character_session_id",
+    "check_ttl",
+    "create_conversation",
+    "prepare_conversation_turn",
+]
 
 # Seeds 000/001: the user's one conversation, with the default character.
 DEFAULT_SESSION_ID = "default"
@@ -37,11 +47,6 @@ def check_ttl(ttl_s: int) -> int:
     if ttl_s > MAX_TTL_S:
         raise InvalidInput(f"ttl must be at most {MAX_TTL_S} seconds", code="invalid_ttl")
     return ttl_s
-
-
-def iso_time(timestamp_s: float) -> str:
-    """The seeds' timestamps: local time, ISO 8601 (`datetime.now().isoformat()`)."""
-    return datetime.fromtimestamp(timestamp_s).isoformat()
 
 
 async def create_conversation(
@@ -99,9 +104,7 @@ async def prepare_conversation_turn(
 
     if ttl_s is not None or window_size is not None:
         try:
-            await service.store.update_session(
-                user_id, session_id, ttl_s=ttl_s, window_size=window_size
-            )
+            await service.update_session(user_id, session_id, ttl_s=ttl_s, window_size=window_size)
         except SessionNotFound:
             await create()
         except StoreUnavailable:
