@@ -34,9 +34,9 @@ class RedisSettings(BaseModel):
     socket_timeout_s: float = 2.0
     connect_timeout_s: float = 2.0
     pool_timeout_s: float = 2.0
-    # Opened as needed. Every open stream polls its stop flag, and under load a command
-    # holds its connection until the event loop gets back to it: size it for the streams
-    # one process serves at once (see docs/operations.md).
+    # Opened as needed. Under load a command holds its connection until the event loop
+    # gets back to it: size it for the streams one process serves at once (see
+    # docs/operations.md).
     max_connections: int = Field(1024, ge=1)
     # Write concern: after each write, WAIT for this many replicas (0: don't wait).
     wait_replicas: int = Field(0, ge=0)
