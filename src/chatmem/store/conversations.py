@@ -28,7 +28,6 @@ from chatmem.models import (
     SessionSnapshot,
     SessionState,
     Usage,
-    UserTotals,
     new_id,
 )
 from chatmem.store import keys, scripts
@@ -41,6 +40,7 @@ from chatmem.store.codec import (
     meta_fields,
 )
 from chatmem.store.keys import MIN_TTL_S, PREVIEW_CHARS, WINDOW_MAX, WINDOW_MIN
+from chatmem.store.users import UserQueries
 from chatmem.store.write_concern import ShortfallObserver, WriteConcern
 
 __all__ = [
@@ -57,7 +57,6 @@ __all__ = [
 ]
 
 OpObserver = Callable[[str, float], None]
-_MAX_INDEX = 2**63 - 1
 
 
 @dataclass(slots=True)
@@ -108,7 +107,9 @@ def _not_found(session_id: str) -> SessionNotFound:
     return SessionNotFound(f"session {session_id!r} not found")
 
 
-class RedisMemoryStore:
+class RedisMemoryStore(UserQueries):
+    """Sessions and their messages here; users, totals and server figures in users.py."""
+
     def __init__(
         self,
         redis: AnyRedis,
@@ -356,84 +357,3 @@ class RedisMemoryStore:
         return [
             decode_meta(sid, flat, pttl_ms=pttl, stored=stored) for sid, pttl, stored, flat in rows
         ]
-
-    # --- users ----------------------------------------------------------------------
-
-    async def delete_user(self, user_id: str) -> int:
-        """Erase all of a user's data; returns how many sessions were deleted.
-
-        The rate-limit counters and stream slots of the user (short-lived coordination
-        state, not conversation data) are left to expire on their own.
-        """
-        ks = [keys.user_sessions_key(user_id), keys.user_totals_key(user_id)]
-        n: int = await self._run(
-            "delete_user", self._delete_user, ks, [keys.session_prefix(user_id)], write=True
-        )
-        async with self._op("delete_user"):
-            await self.redis.zrem(keys.USERS_INDEX_KEY, user_id)
-        return n
-
-    async def list_users(self, *, limit: int = 1000, offset: int = 0) -> list[str]:
-        """Users with live data, newest first by their latest session creation.
-
-        From the global index (never KEYS or SCAN); users whose data has expired are
-        dropped from it here.
-        """
-        if limit < 0 or offset < 0:
-            raise InvalidInput("limit and offset must not be negative")
-        if limit == 0 or offset >= _MAX_INDEX:
-            return []
-        stop = min(offset + limit - 1, _MAX_INDEX)  # Redis indexes are 64-bit signed
-        async with self._op("list_users"):
-            users = [str(u) for u in await self.redis.zrevrange(keys.USERS_INDEX_KEY, offset, stop)]
-            if not users:
-                return []
-            pipe = self.redis.pipeline(transaction=False)
-            for uid in users:
-                pipe.exists(keys.user_sessions_key(uid))
-            live = await pipe.execute()
-            gone = [u for u, alive in zip(users, live, strict=True) if not alive]
-            if gone:
-                await self.redis.zrem(keys.USERS_INDEX_KEY, *gone)
-        return [u for u, alive in zip(users, live, strict=True) if alive]
-
-    async def count_users(self) -> int:
-        """Users in the global index (may include some whose data has just expired)."""
-        async with self._op("count_users"):
-            n: int = await self.redis.zcard(keys.USERS_INDEX_KEY)
-        return n
-
-    async def user_totals(self, user_id: str) -> UserTotals:
-        """Lifetime totals of the user (clearing a session does not lower them)."""
-        ks = [keys.user_sessions_key(user_id), keys.user_totals_key(user_id)]
-        flat, n_sessions = await self._run(
-            "user_totals", self._totals, ks, [keys.session_prefix(user_id)]
-        )
-        h = dict(zip(flat[::2], flat[1::2], strict=True))
-        return UserTotals(
-            user_id=user_id,
-            message_count=int(h.get("count", 0)),
-            total_tokens=int(h.get("tokens", 0)),
-            usage=Usage(
-                prompt_tokens=int(h.get("ptok", 0)),
-                completion_tokens=int(h.get("ctok", 0)),
-                cost_usd=float(h.get("cost", 0)),
-            ),
-            session_count=n_sessions,
-        )
-
-    async def ping(self) -> bool:
-        async with self._op("ping"):
-            return bool(await self.redis.ping())
-
-    async def server_info(self) -> dict[str, Any]:
-        """Redis INFO: version, memory and clients (under Cluster, of one node)."""
-        async with self._op("info"):
-            info: dict[str, Any] = await self.redis.info()
-        if info and all(isinstance(v, dict) for v in info.values()):
-            info = next(iter(info.values()))  # RedisCluster answers node by node
-        return {
-            "redis_version": info.get("redis_version"),
-            "used_memory_human": info.get("used_memory_human"),
-            "connected_clients": info.get("connected_clients"),
-        }
