@@ -73,6 +73,16 @@ def test_other_redis_errors_are_left_as_bugs() -> None:
         raise wrong
 
 
+async def test_the_mapping_works_with_and_async_with() -> None:
+    with pytest.raises(StoreUnavailable, match="during read"), redis_errors("read"):
+        raise rex.TryAgainError("TRYAGAIN")
+    with pytest.raises(StoreFull):
+        async with redis_errors("append"):
+            raise rex.OutOfMemoryError("command not allowed")
+    async with redis_errors("read"):
+        pass  # nothing raised, nothing mapped
+
+
 class _ClusterDown:
     """A client of a cluster whose slots are not all served (every call fails so)."""
 

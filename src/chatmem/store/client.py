@@ -19,8 +19,7 @@ errors into the domain's (errors.py), so that no caller above `store/` sees redi
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from types import TracebackType
 from urllib.parse import parse_qs, urlsplit
 
 import redis.exceptions as rex
@@ -58,16 +57,33 @@ def store_error(exc: Exception, op: str) -> ChatmemError | None:
     return None
 
 
-@contextmanager
-def redis_errors(op: str) -> Iterator[None]:
-    """Run Redis calls (awaited inside) with their errors mapped by `store_error`."""
-    try:
-        yield
-    except (rex.RedisError, rex.RedisClusterException) as exc:
-        mapped = store_error(exc, op)
-        if mapped is None:
-            raise
-        raise mapped from exc
+class redis_errors:
+    """Run Redis calls (awaited inside) with their errors mapped by `store_error`.
+
+    `with redis_errors("read"): await ...`; `async with` works the same.
+    """
+
+    def __init__(self, op: str) -> None:
+        self.op = op
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if isinstance(exc, (rex.RedisError, rex.RedisClusterException)):
+            mapped = store_error(exc, self.op)
+            if mapped is not None:
+                raise mapped from exc
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.__exit__(kind, exc, tb)
 
 
 def _wants_cluster(url: str, settings: RedisSettings) -> bool:
