@@ -60,10 +60,9 @@ class SessionMethods:
     async def delete_session(self, user_id: str, session_id: str) -> None:
         await self.store.delete_session(user_id, session_id)
 
-    async def clear_session(self, user_id: str, session_id: str) -> SessionMeta:
-        """Remove the session's messages (the session stays); its meta afterwards."""
+    async def clear_session(self, user_id: str, session_id: str) -> None:
+        """Remove the session's messages; the session, its usage and seqs stay."""
         await self.store.clear(user_id, session_id)
-        return await self.store.get_meta(user_id, session_id)
 
     async def read_history(
         self, user_id: str, session_id: str, *, last: int | None = None, before_seq: int = 0

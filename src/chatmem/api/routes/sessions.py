@@ -84,7 +84,8 @@ async def history(
 
 @router.delete("/{session_id}/messages")
 async def clear(session_id: str, caller: Caller, service: Service) -> dict[str, Any]:
-    meta = await service.clear_session(caller.user_id, session_id)
+    await service.clear_session(caller.user_id, session_id)
+    meta = await service.get_session(caller.user_id, session_id)
     return {"session_id": session_id, "cleared": True, "stored_messages": meta.stored_messages}
 
 
