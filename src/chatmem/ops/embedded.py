@@ -38,7 +38,7 @@ SOCKET_NAME = "redis.sock"
 MAX_SOCKET_PATH_BYTES = 103
 OWNER_LOCK_NAME = "redis.owner"
 # What the server (and chatmem around it) writes in the data dir; narrowed to 0600 at start.
-DATA_FILES = ("appendonly*", "*.rdb", "redis.*", "temp-*", "appendonlydir/*")
+DATA_FILES = ("appendonly*", "*.rdb", "redis.*", "temp-*")
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
 
@@ -164,8 +164,8 @@ class EmbeddedRedis:
     def start(self) -> str:
         """Start (or reuse) the server; returns its URL."""
         private_dir(self.data_dir, DATA_FILES)
-        with contextlib.suppress(FileNotFoundError):
-            private_dir(self.data_dir / "appendonlydir")  # Redis 7's AOF files
+        if (aof_dir := self.data_dir / "appendonlydir").is_dir():  # Redis 7's AOF files
+            private_dir(aof_dir)
         if len(str(self.socket_path.absolute()).encode()) > MAX_SOCKET_PATH_BYTES:
             raise RuntimeError(
                 f"the data dir {self.data_dir} is too long for a unix socket path "
