@@ -16,6 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from chatmem.api.app import create_app
+from chatmem.chat.service import ChatService
+from tests.api_support import make_test_settings
 from tests.fake_openai import FakeOpenAI
 from tests.live_server import free_port
 
@@ -269,3 +272,23 @@ def test_trusted_proxy_addresses_are_throttled_separately(data_dir: Path, fake: 
     finally:
         serve.kill()
     assert "10.0.0.1:" in serve.stdout
+
+
+async def test_a_failure_after_the_embedded_redis_started_stops_it(
+    data_dir: Path, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any start-up failure once the embedded Redis runs (here the service's start)
+    stops it again, in-process as under `chatmem serve`."""
+
+    async def broken_start(self: ChatService) -> None:
+        raise RuntimeError("the service could not start")
+
+    monkeypatch.setattr(ChatService, "start", broken_start)
+    settings = make_test_settings("unused", fake.base_url, data_dir)
+    settings.redis = settings.redis.model_copy(update={"url": None})  # embedded
+    app = create_app(settings)
+    with pytest.raises(RuntimeError, match="could not start"):
+        async with app.router.lifespan_context(app):
+            pass
+    assert (data_dir / "appendonly.aof").exists()  # it did run
+    no_redis_left(data_dir)
