@@ -144,9 +144,14 @@ def test_a_server_whose_owner_died_is_adopted_and_stopped(tmp_data_dir: Path) ->
     assert proc is not None
     first._release_ownership()  # what the kernel does when its process dies
     first._proc = None
-    second = EmbeddedRedis(tmp_data_dir)
-    assert second.start() == first.url
-    assert second.owned
-    second.stop()
-    assert proc.wait(10) == 0  # SIGTERM: a clean shutdown (the AOF written)
-    assert not (tmp_data_dir / "redis.sock").exists()
+    try:
+        second = EmbeddedRedis(tmp_data_dir)
+        assert second.start() == first.url
+        assert second.owned
+        second.stop()
+        assert proc.wait(10) == 0  # SIGTERM: a clean shutdown (the AOF written)
+        assert not (tmp_data_dir / "redis.sock").exists()
+    finally:
+        if proc.poll() is None:  # never leave it running, even when the test fails
+            proc.kill()
+            proc.wait()
