@@ -31,6 +31,7 @@ def make_test_settings(
     llm: dict[str, Any] | None = None,
     memory: dict[str, Any] | None = None,
     limits: dict[str, Any] | None = None,
+    auth: dict[str, Any] | None = None,
 ) -> Settings:
     """Settings that ignore the environment and .env: tests say everything they need."""
     return Settings(
@@ -47,7 +48,7 @@ def make_test_settings(
         ),
         memory=MemorySettings(_env_file=None, **(memory or {})),  # type: ignore[call-arg]
         auth=AuthSettings(  # type: ignore[call-arg]
-            _env_file=None, keys=auth_keys, jwt_secret=jwt_secret
+            _env_file=None, keys=auth_keys, jwt_secret=jwt_secret, **(auth or {})
         ),
         limits=LimitSettings(  # type: ignore[call-arg]
             _env_file=None,

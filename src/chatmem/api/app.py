@@ -15,12 +15,15 @@ from fastapi_offline import FastAPIOffline
 
 from chatmem import __version__
 from chatmem.api import errors
+from chatmem.api.access_log import install_access_log_redaction
 from chatmem.api.deps import AppParts
 from chatmem.api.middleware import RequestIdMiddleware
 from chatmem.api.routes import characters, health, sessions, users
 from chatmem.api.routes.compat import chat_app, companion, simple_chat
 from chatmem.api.routes.openai import completions as openai_compat
+from chatmem.api.security_headers import SecurityHeadersMiddleware
 from chatmem.auth import Authenticator, warn_if_exposed
+from chatmem.auth_throttle import AuthThrottle
 from chatmem.characters import CharacterRegistry
 from chatmem.chat.service import ChatService
 from chatmem.config import Settings
@@ -29,6 +32,7 @@ from chatmem.metrics import Metrics
 from chatmem.ops.embedded import EmbeddedRedis
 from chatmem.providers.base import ChatProvider
 from chatmem.providers.factory import make_provider
+from chatmem.store.auth_failures import RedisFailureCounter
 from chatmem.store.client import make_redis
 from chatmem.store.conversations import RedisMemoryStore
 from chatmem.store.locks import Coordinator
@@ -37,12 +41,30 @@ log = logging.getLogger("chatmem")
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
 
-async def build_parts(settings: Settings, provider: ChatProvider | None = None) -> AppParts:
+async def build_parts(
+    settings: Settings, authenticator: Authenticator, provider: ChatProvider | None = None
+) -> AppParts:
     embedded = None
     url = settings.redis.url
     if url is None:
         embedded = EmbeddedRedis(settings.data_dir)
         url = await asyncio.to_thread(embedded.start)
+    try:
+        return await _build_on(url, settings, authenticator, provider, embedded)
+    except BaseException:
+        # A start-up that fails leaves no redis-server behind.
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+        raise
+
+
+async def _build_on(
+    url: str,
+    settings: Settings,
+    authenticator: Authenticator,
+    provider: ChatProvider | None,
+    embedded: EmbeddedRedis | None,
+) -> AppParts:
     redis = make_redis(url, settings.redis)
     metrics = Metrics()
     mem = settings.memory
@@ -76,7 +98,12 @@ async def build_parts(settings: Settings, provider: ChatProvider | None = None) 
         store=store,
         service=service,
         characters=characters,
-        authenticator=Authenticator(settings.auth),
+        authenticator=authenticator,
+        auth_throttle=AuthThrottle(
+            RedisFailureCounter(redis),
+            max_failures=settings.auth.max_failures,
+            window_s=settings.auth.failure_window_s,
+        ),
         metrics=metrics,
         embedded=embedded,
     )
@@ -97,13 +124,17 @@ def create_app(
     settings: Settings | None = None, *, provider: ChatProvider | None = None
 ) -> FastAPI:
     settings = settings or Settings()
+    # Here, not in the lifespan: bad keys or a short JWT secret fail before anything
+    # (the embedded Redis included) is started.
+    authenticator = Authenticator(settings.auth)
+    install_access_log_redaction()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         warning = warn_if_exposed(settings.server.host, settings.auth)
         if warning:
             log.warning(warning)
-        parts = await build_parts(settings, provider)
+        parts = await build_parts(settings, authenticator, provider)
         app.state.parts = parts
         try:
             yield
@@ -117,6 +148,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(SecurityHeadersMiddleware)
     errors.install(app)
     for module in (health, sessions, users, characters, openai_compat):
         app.include_router(module.router)
