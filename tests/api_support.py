@@ -31,6 +31,7 @@ def make_test_settings(
     llm: dict[str, Any] | None = None,
     memory: dict[str, Any] | None = None,
     limits: dict[str, Any] | None = None,
+    auth: dict[str, Any] | None = None,
 ) -> Settings:
     """Settings that ignore the environment and .env: tests say everything they need."""
     return Settings(
@@ -45,7 +46,7 @@ def make_test_settings(
             **(llm or {}),
         ),
         memory=MemorySettings(**(memory or {})),
-        auth=AuthSettings(keys=auth_keys, jwt_secret=jwt_secret),
+        auth=AuthSettings(keys=auth_keys, jwt_secret=jwt_secret, **(auth or {})),
         limits=LimitSettings(
             **({"requests_per_minute": 100_000, "streams_per_user": 1000} | (limits or {})),
         ),

@@ -168,10 +168,13 @@ async def test_with_auth_only_the_callers_sessions(
     redis_url: str, redis_client: AnyRedis, fake: FakeOpenAI, tmp_data_dir: Path
 ) -> None:
     settings = make_test_settings(
-        redis_url, fake.base_url, tmp_data_dir, auth_keys="ka=alice,kb=bob"
+        redis_url,
+        fake.base_url,
+        tmp_data_dir,
+        auth_keys="key-a-0123456789abcdef=alice,key-b-0123456789abcdef=bob",
     )
-    alice = {"Authorization": "Bearer ka"}
-    bob = {"Authorization": "Bearer kb"}
+    alice = {"Authorization": "Bearer key-a-0123456789abcdef"}
+    bob = {"Authorization": "Bearer key-b-0123456789abcdef"}
     async with running_app(settings) as (_, http):
         sid = (await http.post("/chat/start", params={"user_id": "alice"}, headers=alice)).json()[
             "session_id"

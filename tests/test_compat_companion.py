@@ -140,10 +140,12 @@ async def test_bad_input(
 async def test_with_auth_the_user_is_the_credentials(
     redis_url: str, redis_client: AnyRedis, fake: FakeOpenAI, tmp_data_dir: Path
 ) -> None:
-    settings = make_test_settings(redis_url, fake.base_url, tmp_data_dir, auth_keys="ka=alice")
+    settings = make_test_settings(
+        redis_url, fake.base_url, tmp_data_dir, auth_keys="key-a-0123456789abcdef=alice"
+    )
     async with running_app(settings) as (_, http):
         assert (await send(http, "companion", "hi")).status_code == 401
-        alice = {"Authorization": "Bearer ka", "X-User-Id": "mallory"}
+        alice = {"Authorization": "Bearer key-a-0123456789abcdef", "X-User-Id": "mallory"}
         assert (await send(http, "companion", "hi", headers=alice)).status_code == 200
         native = await http.get("/v1/sessions", headers=alice)
         assert [s["session_id"] for s in native.json()["sessions"]] == ["char.companion"]

@@ -238,10 +238,13 @@ async def test_with_auth_a_user_id_must_be_the_callers(
     redis_url: str, redis_client: AnyRedis, fake: FakeOpenAI, tmp_data_dir: Path
 ) -> None:
     settings = make_test_settings(
-        redis_url, fake.base_url, tmp_data_dir, auth_keys="ka=alice,kb=bob,kr=root:admin"
+        redis_url,
+        fake.base_url,
+        tmp_data_dir,
+        auth_keys="key-a-0123456789abcdef=alice,key-b-0123456789abcdef=bob,key-r-0123456789abcdef=root:admin",
     )
-    alice = {"Authorization": "Bearer ka"}
-    root = {"Authorization": "Bearer kr"}
+    alice = {"Authorization": "Bearer key-a-0123456789abcdef"}
+    root = {"Authorization": "Bearer key-r-0123456789abcdef"}
     async with running_app(settings) as (_, http):
         ok = await http.post("/chat", json={"user_id": "alice", "message": "hi"}, headers=alice)
         assert ok.status_code == 200

@@ -43,6 +43,10 @@ DOCUMENTED: dict[str, tuple[str, str, Any]] = {
     "CHATMEM_LOCAL_MODEL_PATH": ("/m/x.gguf", "llm.local_model_path", Path("/m/x.gguf")),
     "CHATMEM_AUTH_KEYS": ("k=alice", "auth.keys", "k=alice"),
     "CHATMEM_AUTH_JWT_SECRET": ("s3cret", "auth.jwt_secret", "s3cret"),
+    "CHATMEM_AUTH_JWT_ADMIN_CLAIM": ("is_staff", "auth.jwt_admin_claim", "is_staff"),
+    "CHATMEM_AUTH_JWT_LEEWAY_S": ("30", "auth.jwt_leeway_s", 30),
+    "CHATMEM_AUTH_MAX_FAILURES": ("3", "auth.max_failures", 3),
+    "CHATMEM_AUTH_FAILURE_WINDOW_S": ("120", "auth.failure_window_s", 120),
     "CHATMEM_MEMORY_MAX_MESSAGES": ("40", "memory.max_messages", 40),
     "CHATMEM_MEMORY_DEFAULT_TTL_S": ("600", "memory.default_ttl_s", 600),
     "CHATMEM_MEMORY_WINDOW_SIZE": ("3", "memory.window_size", 3),
@@ -56,6 +60,7 @@ DOCUMENTED: dict[str, tuple[str, str, Any]] = {
     "CHATMEM_SERVER_PORT": ("9000", "server.port", 9000),
     "CHATMEM_SERVER_WORKERS": ("4", "server.workers", 4),
     "CHATMEM_SERVER_SHUTDOWN_GRACE_S": ("3", "server.shutdown_grace_s", 3.0),
+    "CHATMEM_SERVER_TRUSTED_PROXIES": ("10.0.0.0/8", "server.trusted_proxies", "10.0.0.0/8"),
 }
 
 

@@ -132,3 +132,26 @@ def test_a_server_that_cannot_start_is_reported(tmp_data_dir: Path) -> None:
     with pytest.raises(RuntimeError, match=r"did not start(.|\n)*Bad file format"):
         EmbeddedRedis(tmp_data_dir).start()
     assert not [p for p in os.listdir(tmp_data_dir) if p == "redis.sock"]
+
+
+def test_a_server_whose_owner_died_is_adopted_and_stopped(tmp_data_dir: Path) -> None:
+    """A reused server was never stopped by its new user: after its owner's SIGKILL it ran
+    on for ever. Its owner gone (here: the owner lock dropped, as the kernel does for a
+    dead process), the next starter adopts it and its stop stops it."""
+    first = EmbeddedRedis(tmp_data_dir)
+    first.start()
+    proc = first._proc
+    assert proc is not None
+    first._release_ownership()  # what the kernel does when its process dies
+    first._proc = None
+    try:
+        second = EmbeddedRedis(tmp_data_dir)
+        assert second.start() == first.url
+        assert second.owned
+        second.stop()
+        assert proc.wait(10) == 0  # SIGTERM: a clean shutdown (the AOF written)
+        assert not (tmp_data_dir / "redis.sock").exists()
+    finally:
+        if proc.poll() is None:  # never leave it running, even when the test fails
+            proc.kill()
+            proc.wait()

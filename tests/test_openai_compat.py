@@ -32,8 +32,8 @@ from tests.api_support import make_test_settings
 from tests.fake_openai import FakeOpenAI, Reply
 from tests.live_server import LiveServer
 
-ADMIN_KEY = "sk-admin-key"
-BOB_KEY = "sk-bob-key"
+ADMIN_KEY = "sk-admin-key-0123456789"
+BOB_KEY = "sk-bob-key-0123456789"
 BUILTINS = {ch.id: ch for ch in load_builtins()}
 
 

@@ -6,11 +6,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import pytest
-
 from chatmem.api.app import create_app
-from chatmem.chat.runtime import open_store, running_service
-from chatmem.chat.service import ChatService
+from chatmem.chat.runtime import open_store, running
 from chatmem.cli.inprocess import app_client
 from chatmem.config import LLMSettings, Settings
 from chatmem.ops.embedded import SOCKET_NAME
@@ -66,7 +63,7 @@ async def test_a_warm_up_still_running_at_shutdown_is_cancelled(
 ) -> None:
     settings = make_test_settings(redis_url, fake.base_url, tmp_data_dir)
     provider = SlowToWarmProvider(settings.llm)
-    async with running_service(settings, provider):
+    async with running(settings, provider):
         await asyncio.wait_for(provider.warming.wait(), 5)
     assert provider.cancelled and not provider.warmed
 
@@ -77,21 +74,6 @@ def _embedded_settings(data_dir: Path, fake: FakeOpenAI) -> Settings:
     return settings
 
 
-async def test_failed_start_up_stops_the_embedded_redis_it_started(
-    tmp_path: Path, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    async def fail(self: ChatService) -> None:
-        raise OSError("the outbox cannot be read")
-
-    monkeypatch.setattr(ChatService, "start", fail)
-    with pytest.raises(OSError, match="outbox"):
-        async with running_service(_embedded_settings(tmp_path, fake)):
-            pass  # pragma: no cover - start-up fails before
-    assert (tmp_path / "redis.log").exists()  # it had started
-    assert not (tmp_path / SOCKET_NAME).exists()
-    assert not (tmp_path / "redis.pid").exists()
-
-
 async def test_open_store_is_the_servers_store_and_closes_the_embedded_redis(
     tmp_path: Path, fake: FakeOpenAI
 ) -> None:
@@ -99,6 +81,6 @@ async def test_open_store_is_the_servers_store_and_closes_the_embedded_redis(
     async with open_store(settings) as store:
         await store.create_session("alice", "assistant", session_id="s1")
     assert not (tmp_path / SOCKET_NAME).exists()
-    async with running_service(settings) as service:
-        assert [m.session_id for m in await service.list_sessions("alice")] == ["s1"]
+    async with running(settings) as runtime:
+        assert [m.session_id for m in await runtime.service.list_sessions("alice")] == ["s1"]
     assert not (tmp_path / SOCKET_NAME).exists()

@@ -16,10 +16,12 @@ import httpx
 import pytest
 import redis.exceptions as rex
 
+from chatmem.auth_throttle import AuthThrottle
 from chatmem.characters import CharacterRegistry
 from chatmem.config import RedisSettings
-from chatmem.errors import StoreFull, StoreUnavailable
+from chatmem.errors import RateLimited, StoreFull, StoreUnavailable
 from chatmem.models import Message, Role
+from chatmem.store.auth_failures import RedisFailureCounter
 from chatmem.store.characters import CharacterStore
 from chatmem.store.client import make_redis, redis_errors, store_error
 from chatmem.store.conversations import RedisMemoryStore
@@ -150,6 +152,24 @@ async def test_store_and_locks_raise_store_full_when_redis_is_out_of_memory(
             await coordinator.check_rate("alice")
         # Reads still work: Redis is full, not gone.
         assert (await store.read("alice", "s1", last=10)).meta.session_id == "s1"
+    finally:
+        await client.aclose()
+
+
+async def test_auth_failures_are_counted_in_the_process_while_redis_is_full(
+    capped_redis: RedisProcess,
+) -> None:
+    client = make_redis(capped_redis.url, RedisSettings(url=capped_redis.url))
+    try:
+        await _fill(capped_redis.url)
+        counter = RedisFailureCounter(client)
+        with pytest.raises(StoreFull):
+            await counter.add_failure("10.0.0.1", 60_000)
+        throttle = AuthThrottle(counter, max_failures=2, window_s=60)
+        await throttle.failed("10.0.0.1")
+        await throttle.failed("10.0.0.1")
+        with pytest.raises(RateLimited):
+            await throttle.failed("10.0.0.1")
     finally:
         await client.aclose()
 

@@ -29,7 +29,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 DEFAULT_REPLY = "Hello! I am the fake model, streaming this reply to you one word at a time."
 LUNA_GREETING = "Hey, it's Luna! How's your day going? I'm all ears."
 XSS = "<img src=x onerror=alert(1)>"
-API_KEY = "web-test-key"
+API_KEY = "web-test-key-0123456789"
 
 
 @pytest.fixture(scope="module")

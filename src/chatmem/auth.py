@@ -11,11 +11,18 @@ Modes, chosen by `AuthSettings`:
   required; `X-User-Id` is ignored, never trusted.
   - Static keys (`CHATMEM_AUTH_KEYS="key=user_id,key2=user_id2:admin"`) are matched in
     constant time against every configured key.
-  - Otherwise, when a JWT secret is set, the credential must be an HS256 JWT signed with
-    it (any other algorithm, `none` included, is refused). `sub` is the user id; `exp`
-    is verified when present, with `JWT_LEEWAY_S` of clock skew; a token with an `aud`
-    claim is refused, since no audience is configured. The caller is an admin when the
-    claim named by `jwt_admin_claim` is `true`, `role` is "admin", or `roles` lists "admin".
+    Every key has at least `MIN_API_KEY_CHARS` characters: building the `Authenticator`
+    (which `create_app` and `chatmem serve` do before anything starts) refuses shorter
+    ones, so a server never runs with a guessable key.
+  - Otherwise, when a JWT secret (at least `JWT_MIN_SECRET_BYTES`) is set, the credential
+    must be an HS256 JWT signed with it (any other algorithm, `none` included, is
+    refused). `sub` is the user id and `exp` is required (a token without one would be
+    valid forever), both checked with `jwt_leeway_s` of clock skew; a token with an `aud`
+    claim is refused, since no audience is configured. The caller is an admin exactly
+    when the claim named by `jwt_admin_claim` is `true`: no other claim (`role`,
+    `roles`, ...) grants it.
+
+Wrong credentials are throttled per client address by `chatmem.auth_throttle`.
 
 Authorization helpers: `require_admin` (Forbidden) and `resolve_user` for routes that
 name a user, which answers `UserNotFound` rather than Forbidden for someone else's id,
@@ -41,9 +48,8 @@ log = logging.getLogger(__name__)
 
 OPEN_MODE_USER_ID = "local"
 ADMIN_SUFFIX = ":admin"
-ADMIN_ROLE = "admin"
 JWT_ALGORITHM = "HS256"
-JWT_LEEWAY_S = 5
+MIN_API_KEY_CHARS = 16
 # RFC 7518 §3.2: an HS256 key must be at least as long as the hash (256 bits).
 JWT_MIN_SECRET_BYTES = 32
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
@@ -86,20 +92,17 @@ def parse_api_keys(spec: str) -> list[tuple[str, Principal]]:
             validate_id(user_id, "user id")
         except InvalidInput as exc:
             raise InvalidInput(f"auth keys entry #{position}: {exc.message}") from exc
+        if len(key) < MIN_API_KEY_CHARS:
+            raise InvalidInput(
+                f"auth keys entry #{position}: the key has {len(key)} characters, "
+                f"at least {MIN_API_KEY_CHARS} are required (use a random one, e.g. "
+                "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+            )
         if key in seen:
             raise InvalidInput(f"auth keys entry #{position}: the same key is listed twice")
         seen.add(key)
         entries.append((key, Principal(user_id, is_admin)))
     return entries
-
-
-def _claims_admin(claims: dict[str, Any], admin_claim: str) -> bool:
-    if claims.get(admin_claim) is True:
-        return True
-    if claims.get("role") == ADMIN_ROLE:
-        return True
-    roles = claims.get("roles")
-    return isinstance(roles, list) and ADMIN_ROLE in roles
 
 
 class Authenticator:
@@ -114,6 +117,7 @@ class Authenticator:
                 "(HS256 needs a 256-bit key)"
             )
         self._admin_claim = settings.jwt_admin_claim
+        self._jwt_leeway_s = settings.jwt_leeway_s
         # From the settings, not from what parsed: keys set but empty still means auth on.
         self.enabled = settings.enabled
 
@@ -151,8 +155,8 @@ class Authenticator:
                 token,
                 secret,
                 algorithms=[JWT_ALGORITHM],
-                leeway=JWT_LEEWAY_S,
-                options={"require": ["sub"]},
+                leeway=self._jwt_leeway_s,
+                options={"require": ["sub", "exp"]},
             )
         except jwt.ExpiredSignatureError as exc:
             raise Unauthenticated("the token has expired") from exc
@@ -169,7 +173,7 @@ class Authenticator:
             user_id = validate_id(sub, "user id")
         except InvalidInput as exc:
             raise Unauthenticated(f"the token's subject is not a valid user id: {exc}") from exc
-        return Principal(user_id, _claims_admin(claims, self._admin_claim))
+        return Principal(user_id, claims.get(self._admin_claim) is True)
 
 
 def require_admin(principal: Principal) -> None:

@@ -112,10 +112,18 @@ class LLMSettings(BaseModel):
 class AuthSettings(BaseModel):
     model_config = _GROUP
 
-    # Comma-separated `key=user_id` or `key=user_id:admin` entries.
+    # Comma-separated `key=user_id` or `key=user_id:admin` entries; keys of 16+ characters.
     keys: str = ""
+    # HS256, at least 32 bytes. Tokens must carry `sub` and `exp`.
     jwt_secret: str | None = None
+    # The claim that makes a token's holder an admin when it is `true`; nothing else does.
     jwt_admin_claim: str = "admin"
+    # Clock skew tolerated on `exp`, `nbf` and `iat`.
+    jwt_leeway_s: int = Field(5, ge=0, le=300)
+    # Failed authentication per client address: past `max_failures` within
+    # `failure_window_s`, 429 until the window ends (0: no limit).
+    max_failures: int = Field(10, ge=0)
+    failure_window_s: int = Field(60, ge=1, le=24 * 3600)
 
     @property
     def enabled(self) -> bool:
@@ -138,6 +146,9 @@ class ServerSettings(BaseModel):
     port: int = 8000
     workers: int = 1
     shutdown_grace_s: float = 10.0
+    # Comma-separated addresses or networks of reverse proxies whose X-Forwarded-For
+    # (and X-Forwarded-Proto) `chatmem serve` trusts; empty: the peer address is the client.
+    trusted_proxies: str = ""
 
 
 def _default_data_dir() -> Path:

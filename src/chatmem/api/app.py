@@ -14,13 +14,16 @@ from fastapi_offline import FastAPIOffline
 
 from chatmem import __version__
 from chatmem.api import errors
+from chatmem.api.access_log import install_access_log_redaction
 from chatmem.api.deps import AppParts
 from chatmem.api.middleware import RequestIdMiddleware
 from chatmem.api.routes import characters, health, sessions, users
 from chatmem.api.routes.compat import chat_app, companion, simple_chat
 from chatmem.api.routes.openai import completions as openai_compat
+from chatmem.api.security_headers import SecurityHeadersMiddleware
 from chatmem.auth import Authenticator, warn_if_exposed
-from chatmem.chat.runtime import running_service
+from chatmem.auth_throttle import AuthThrottle
+from chatmem.chat.runtime import running
 from chatmem.config import Settings
 from chatmem.providers.base import ChatProvider
 
@@ -32,21 +35,30 @@ def create_app(
     settings: Settings | None = None, *, provider: ChatProvider | None = None
 ) -> FastAPI:
     settings = settings or Settings()
+    # Here, not in the lifespan: bad keys or a short JWT secret fail before anything
+    # (the embedded Redis included) is started.
+    authenticator = Authenticator(settings.auth)
+    install_access_log_redaction()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         warning = warn_if_exposed(settings.server.host, settings.auth)
         if warning:
             log.warning(warning)
-        authenticator = Authenticator(settings.auth)
         # Built in chat/runtime.py; leaving the block is the graceful shutdown (uvicorn
         # has stopped accepting by then).
-        async with running_service(settings, provider) as service:
+        async with running(settings, provider) as runtime:
+            service = runtime.service
             app.state.parts = AppParts(
                 settings=settings,
                 service=service,
                 characters=service.characters,
                 authenticator=authenticator,
+                auth_throttle=AuthThrottle(
+                    runtime.auth_failures,
+                    max_failures=settings.auth.max_failures,
+                    window_s=settings.auth.failure_window_s,
+                ),
                 metrics=service.metrics,
             )
             yield
@@ -58,6 +70,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(SecurityHeadersMiddleware)
     errors.install(app)
     for module in (health, sessions, users, characters, openai_compat):
         app.include_router(module.router)

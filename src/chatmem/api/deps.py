@@ -8,9 +8,11 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 
 from chatmem.auth import Authenticator, Principal, require_admin
+from chatmem.auth_throttle import AuthThrottle
 from chatmem.characters import CharacterRegistry
 from chatmem.chat.service import ChatService
 from chatmem.config import Settings
+from chatmem.errors import Unauthenticated
 from chatmem.metrics import Metrics
 
 
@@ -24,6 +26,7 @@ class AppParts:
     service: ChatService
     characters: CharacterRegistry
     authenticator: Authenticator
+    auth_throttle: AuthThrottle
     metrics: Metrics
 
 
@@ -43,11 +46,25 @@ Service = Annotated[ChatService, Depends(get_service)]
 
 
 async def get_principal(
+    request: Request,
     parts: Parts,
     authorization: Annotated[str | None, Header()] = None,
     x_user_id: Annotated[str | None, Header()] = None,
 ) -> Principal:
-    return parts.authenticator.authenticate(authorization, x_user_id)
+    authenticator = parts.authenticator
+    if not authenticator.enabled:
+        return authenticator.authenticate(authorization, x_user_id)
+    # The peer as the server gives it; a proxy's X-Forwarded-For only when the server
+    # was told to trust it (CHATMEM_SERVER_TRUSTED_PROXIES).
+    address = request.client.host if request.client else "unknown"
+    parts.auth_throttle.check(address)
+    try:
+        return authenticator.authenticate(authorization, x_user_id)
+    except Unauthenticated:
+        # A request without a credential guesses nothing: only wrong ones count.
+        if authorization and authorization.strip():
+            await parts.auth_throttle.failed(address)
+        raise
 
 
 Caller = Annotated[Principal, Depends(get_principal)]

@@ -1,11 +1,12 @@
 """The composition root: settings in, a running ChatService out, and closed again.
 
-`running_service(settings)` is what the app's lifespan and the in-process CLI use:
+`running(settings)` is what the app's lifespan uses (and so the in-process CLI):
 
     redis-server (embedded, when no CHATMEM_REDIS_URL)  ─┐
     redis client ─ RedisMemoryStore, Coordinator, CharacterStore
     provider (its warm-up started in the background)     ├─ ChatService (+ outbox replay)
     metrics, outbox                                     ─┘
+    redis client ─ RedisFailureCounter                   ── for the API's auth throttle
 
 Everything is closed in the reverse order, also when a later part fails to start, so a
 failed start-up leaves no redis-server behind. `open_store(settings)` is the same Redis,
@@ -19,7 +20,9 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 
+from chatmem.auth_throttle import FailureCounter
 from chatmem.characters import CharacterRegistry
 from chatmem.chat.service import ChatService
 from chatmem.config import Settings
@@ -28,12 +31,22 @@ from chatmem.metrics import Metrics
 from chatmem.ops.embedded import EmbeddedRedis
 from chatmem.providers.base import ChatProvider
 from chatmem.providers.factory import make_provider
+from chatmem.store.auth_failures import RedisFailureCounter
 from chatmem.store.characters import CharacterStore
 from chatmem.store.client import AnyRedis, make_redis
 from chatmem.store.conversations import RedisMemoryStore
 from chatmem.store.locks import Coordinator
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """What runs for an app's lifetime: the service, and the Redis-backed counter of
+    failed authentications (the API's throttle, auth_throttle.py, counts with it)."""
+
+    service: ChatService
+    auth_failures: FailureCounter
 
 
 async def _connect(settings: Settings, stack: AsyncExitStack) -> AnyRedis:
@@ -93,9 +106,9 @@ def _warm_up_in_background(provider: ChatProvider, stack: AsyncExitStack) -> Non
 
 
 @asynccontextmanager
-async def running_service(
+async def running(
     settings: Settings, provider: ChatProvider | None = None
-) -> AsyncIterator[ChatService]:
+) -> AsyncIterator[Runtime]:
     """A started ChatService on the settings' Redis and provider; on exit, a graceful
     shutdown: turns in flight finish (or are stored as interrupted), the outbox is
     flushed, then the provider, the Redis client and the embedded redis-server close."""
@@ -120,4 +133,4 @@ async def running_service(
         # Replays outboxes that dead processes left in this data dir, and this one's later.
         await service.start()
         stack.push_async_callback(service.close)
-        yield service
+        yield Runtime(service, RedisFailureCounter(redis))

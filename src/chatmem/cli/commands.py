@@ -354,6 +354,7 @@ def export(
     from chatmem.chat.runtime import open_store
     from chatmem.ids import validate_id
     from chatmem.ops.transfer import export_sessions, sessions_to_export
+    from chatmem.permissions import write_private
 
     settings = load_settings(redis_url)
     with reported_errors():
@@ -373,8 +374,8 @@ def export(
         if out_file is None:
             sys.stdout.buffer.write(data)
             sys.stdout.flush()
-        else:
-            out_file.write_bytes(data)
+        else:  # every conversation exported: the owner's only
+            write_private(out_file, data)
     n_msgs = sum(len(s["messages"]) for s in doc["sessions"])
     err.print(f"exported {len(doc['sessions'])} sessions, {n_msgs} messages")
 

@@ -3,7 +3,13 @@
 Several processes (workers, or the reloader's child) build their own settings from the
 environment, so what the command line changed is put there for them; with no
 `CHATMEM_REDIS_URL` the embedded Redis is started once, here in the parent, its address
-handed down the same way, and stopped when uvicorn returns.
+handed down the same way, and stopped when uvicorn returns. Settings that would stop
+the app from starting (auth keys, the JWT secret) are checked first, so a start-up that
+fails leaves no redis-server behind.
+
+uvicorn rewrites the client address from X-Forwarded-For only for the proxies in
+`CHATMEM_SERVER_TRUSTED_PROXIES` (by default for none, not uvicorn's 127.0.0.1): that
+address is what failed authentication is throttled by and what the access log shows.
 """
 
 from __future__ import annotations
@@ -27,20 +33,25 @@ def run_server(
     import uvicorn
 
     from chatmem.api.app import create_app
+    from chatmem.auth import Authenticator
     from chatmem.ops.embedded import EmbeddedRedis
 
     server = settings.server
+    trusted = ",".join(p.strip() for p in server.trusted_proxies.split(",") if p.strip())
     common: dict[str, Any] = {
         "host": server.host,
         "port": server.port,
         "log_level": log_level,
         "timeout_graceful_shutdown": int(server.shutdown_grace_s),
+        "proxy_headers": bool(trusted),
+        "forwarded_allow_ips": trusted or None,
     }
     if workers == 1 and not reload:
         # uvicorn re-raises Ctrl+C after a clean shutdown; the user asked for exactly that.
         with contextlib.suppress(KeyboardInterrupt):
             uvicorn.run(create_app(settings), **common)
         return
+    Authenticator(settings.auth)  # raises on bad keys or secret, before Redis starts
     os.environ["CHATMEM_SERVER_HOST"] = server.host
     os.environ["CHATMEM_SERVER_PORT"] = str(server.port)
     embedded = None

@@ -36,6 +36,7 @@ from chatmem.durability.outbox_file import (
     create,
 )
 from chatmem.models import Message, Usage
+from chatmem.permissions import append_private, private_dir
 
 __all__ = ["OUTBOX_DIR", "REJECTED_FILE", "Outbox", "OutboxRecord"]
 
@@ -56,6 +57,7 @@ class Outbox:
         # of one process (two apps in one test, say) from ever choosing the same name.
         self._name_prefix = f"{os.getpid()}-{int(time.time() * 1000)}-{secrets.token_hex(3)}"
         self._opening = asyncio.Lock()
+        self._narrowed = False
         self._sessions: Counter[SessionKey] = Counter()
 
     # --- what is pending -------------------------------------------------------------
@@ -118,7 +120,7 @@ class Outbox:
             return self._own
 
     def _create_own(self) -> OutboxFile:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        private_dir(self.directory, files=())
         self._own_seq += 1
         name = f"{self._name_prefix}-{self._own_seq}{SUFFIX}"
         file = create(self.directory / name)
@@ -162,11 +164,8 @@ class Outbox:
         line = orjson.dumps({"reason": reason, "record": orjson.loads(record.to_line())})
 
         def append() -> None:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            with open(self.directory / REJECTED_FILE, "ab") as f:
-                f.write(line + b"\n")
-                f.flush()
-                os.fsync(f.fileno())
+            private_dir(self.directory, files=())
+            append_private(self.directory / REJECTED_FILE, line + b"\n")
 
         await asyncio.to_thread(append)
         log.error("outbox record of session %s rejected: %s", record.session_id, reason)
@@ -191,6 +190,9 @@ class Outbox:
     def _scan(self, known: set[Path]) -> list[OutboxFile]:
         if not self.directory.is_dir():
             return []
+        if not self._narrowed:  # an older chatmem's outbox: its dir and files made private
+            private_dir(self.directory)
+            self._narrowed = True
         paths = []
         for path in self.directory.glob("*" + SUFFIX):
             with contextlib.suppress(FileNotFoundError):

