@@ -14,7 +14,7 @@ REDACTED = "[redacted]"
 _PATTERNS = (
     # scheme://user:password@host → scheme://[redacted]@host
     (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s/@]+@"), rf"\1{REDACTED}@"),
-    (re.compile(r"(?i)\bbearer\s+[^\s\"',;]+"), f"Bearer {REDACTED}"),
+    (re.compile(r"(?i)\bbearer\s+[^\s\"',;)]+"), f"Bearer {REDACTED}"),
     (re.compile(r"\bsk-[A-Za-z0-9_-]{8,}"), REDACTED),
     (
         re.compile(
