@@ -57,7 +57,10 @@ _RETRYABLE = (ProviderUnavailable, ProviderRateLimited, ProviderTimeout)
 
 
 class UpstreamRateLimited(ProviderRateLimited):
-    """The model provider is rate limiting requests (carries its Retry-After)."""
+    """The model provider is rate limiting requests."""
+
+    # The docstring is the client's message (see errors.py); this one carries the
+    # upstream's Retry-After for the retry delay.
 
     def __init__(self, detail: str, *, retry_after_s: float | None) -> None:
         super().__init__(detail)
