@@ -86,16 +86,15 @@ async def test_a_chunked_body_is_counted_as_it_arrives(client: httpx.AsyncClient
 async def asgi_call(
     limit: int, body_parts: list[bytes], headers: list[tuple[bytes, bytes]]
 ) -> tuple[list[dict[str, Any]], int]:
-    """Run the middleware around an app that reads the whole body and answers 200."""
-    read = 0
+    """Run the middleware around an app that reads the whole body and answers 200;
+    returns what was sent and how many body bytes were taken from the server."""
+    pulled = 0
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
-        nonlocal read
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
                 raise RuntimeError("client went away")
-            read += len(message.get("body", b""))
             if not message.get("more_body"):
                 break
         await send({"type": "http.response.start", "status": 200, "headers": []})
@@ -107,7 +106,10 @@ async def asgi_call(
     ]
 
     async def receive() -> dict[str, Any]:
-        return queue.pop(0) if queue else {"type": "http.disconnect"}
+        nonlocal pulled
+        message = queue.pop(0) if queue else {"type": "http.disconnect"}
+        pulled += len(message.get("body", b""))
+        return message
 
     sent: list[dict[str, Any]] = []
 
@@ -116,7 +118,7 @@ async def asgi_call(
 
     scope = {"type": "http", "method": "POST", "path": "/x", "headers": headers}
     await BodyLimitMiddleware(app, lambda _m, _p: limit)(scope, receive, send)
-    return sent, read
+    return sent, pulled
 
 
 async def test_a_content_length_that_lies_does_not_get_past_the_limit() -> None:
