@@ -43,7 +43,8 @@ end
 # The user's totals HASH keeps 'bytes', the sum of the 'bytes' meta field of the user's
 # sessions. A session that expires leaves its bytes (and its index entry) behind until
 # `reconcile` walks the user's sessions, which happens only when a cap would be passed:
-# under the caps a write costs one HGET (and ZCARD) more, whatever the user holds.
+# under the caps a write costs a few O(1) calls more (an append: LLEN, HGET, HINCRBY and
+# an LINDEX per message its trim drops), whatever the user holds.
 _QUOTA = """
 -- Drop expired sessions from the index; resets the totals' 'bytes' to the live sum.
 -- return the number of live sessions, their bytes
