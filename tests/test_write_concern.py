@@ -107,7 +107,7 @@ async def test_write_without_enough_replicas_is_not_replicated_but_stays_on_the_
         await store.append("alice", "s1", [user_msg("hello", "m1")])
     assert isinstance(err.value, StoreUnavailable)
     assert (err.value.acked, err.value.wanted, err.value.code) == (0, 1, "store_not_replicated")
-    assert "0 of 1 replica" in err.value.message
+    assert "0 of 1 replica" in err.value.detail  # for the log; the client gets the class message
     assert shortfalls == ["create_session", "append"]
     # Written on the master all the same; a retry is idempotent.
     plain = RedisMemoryStore(redis_client)

@@ -138,6 +138,15 @@ class LimitSettings(BaseSettings):
     session_lock_ttl_ms: int = 120_000
     session_lock_wait_ms: int = 1500
     idempotency_ttl_s: int = 24 * 3600
+    # Bounded input (SPEC §3.1, §8): past these a request is refused with a 4xx.
+    max_body_bytes: int = Field(64 * 1024, ge=1024)
+    # Character imports and writes (a Card V2 with its lorebook can be large; admins only).
+    max_import_body_bytes: int = Field(1024 * 1024, ge=1024)
+    max_metadata_bytes: int = Field(4 * 1024, ge=2)
+    # Per-user caps, so that one user cannot push others' data out of a capped Redis
+    # (0: no cap). Bytes are the stored size of the user's messages.
+    max_sessions_per_user: int = Field(1000, ge=0)
+    max_stored_bytes_per_user: int = Field(64 * 1024 * 1024, ge=0)
 
 
 class ServerSettings(BaseSettings):

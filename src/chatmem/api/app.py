@@ -16,6 +16,7 @@ from fastapi_offline import FastAPIOffline
 from chatmem import __version__
 from chatmem.api import errors
 from chatmem.api.access_log import install_access_log_redaction
+from chatmem.api.body_limit import BodyLimitMiddleware, route_limits
 from chatmem.api.deps import AppParts
 from chatmem.api.middleware import RequestIdMiddleware
 from chatmem.api.routes import characters, health, sessions, users
@@ -77,6 +78,8 @@ async def _build_on(
         wait_replicas=settings.redis.wait_replicas,
         wait_timeout_ms=settings.redis.wait_timeout_ms,
         on_not_replicated=metrics.count_not_replicated,
+        max_sessions_per_user=settings.limits.max_sessions_per_user,
+        max_stored_bytes_per_user=settings.limits.max_stored_bytes_per_user,
     )
     characters = CharacterRegistry(redis, settings.characters_dir)
     lim = settings.limits
@@ -147,6 +150,7 @@ def create_app(
         description="Chat backend with conversation memory in Redis.",
         lifespan=lifespan,
     )
+    app.add_middleware(BodyLimitMiddleware, limit_for=route_limits(settings.limits))
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(SecurityHeadersMiddleware)
     errors.install(app)

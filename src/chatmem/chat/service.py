@@ -27,6 +27,7 @@ from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
 from chatmem.characters import CharacterRegistry
+from chatmem.chat.prompts import context_messages
 from chatmem.chat.turn import STOP_POLL_S, Delta, PersistedReply, Turn, TurnDone, TurnEvent
 from chatmem.config import Settings
 from chatmem.context import AssembledContext, ContextLimits, assemble_context
@@ -415,12 +416,24 @@ class ChatService:
             post_history_tokens=self._count_cached(character.post_history_instructions),
         )
 
-    async def preview_context(self, user_id: str, session_id: str) -> AssembledContext:
-        """The exact messages the next turn would send, before its new message."""
+    async def preview_context(
+        self, user_id: str, session_id: str, *, show_prompts: bool = True
+    ) -> dict[str, Any]:
+        """The exact messages the next turn would send, before its new message, with the
+        token breakdown; the character's prompts as placeholders unless `show_prompts`
+        (admins only: see `chat.prompts`)."""
         snap = await self.store.read(user_id, session_id, last=TURN_READ_MESSAGES)
         character = await self.characters.get(snap.meta.character_id)
         limits = self.limits_for(snap.meta, character)
-        return self._assemble(character, snap.messages, None, limits)
+        ctx = self._assemble(character, snap.messages, None, limits)
+        messages = context_messages(
+            ctx,
+            character,
+            system_tokens=self._count_cached(character.system_prompt),
+            post_history_tokens=self._count_cached(character.post_history_instructions),
+            show_prompts=show_prompts,
+        )
+        return {"messages": messages, "tokens": ctx.breakdown()}
 
     async def _persist_reply(
         self,

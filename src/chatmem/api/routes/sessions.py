@@ -11,6 +11,7 @@ from chatmem.api.deps import Caller, Service
 from chatmem.api.schemas import CreateSession, SendMessage, UpdateSession
 from chatmem.api.sse.events import done_payload, error_event, native_event
 from chatmem.api.sse.response import sse_response
+from chatmem.chat.inputs import check_metadata
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 
@@ -106,7 +107,7 @@ async def send_message(
         session_id,
         body.content,
         idempotency_key=idempotency_key or body.client_message_id,
-        metadata=body.metadata,
+        metadata=check_metadata(body.metadata, service.settings.limits.max_metadata_bytes),
     )
     wants_sse = body.stream or "text/event-stream" in request.headers.get("accept", "")
     if wants_sse:
@@ -122,5 +123,5 @@ async def stop(session_id: str, caller: Caller, service: Service) -> dict[str, A
 @router.get("/{session_id}/context")
 async def context(session_id: str, caller: Caller, service: Service) -> dict[str, Any]:
     """The exact messages the next turn would send (before its new message), with tokens."""
-    ctx = await service.preview_context(caller.user_id, session_id)
-    return {"session_id": session_id, "messages": ctx.messages, "tokens": ctx.breakdown()}
+    view = await service.preview_context(caller.user_id, session_id, show_prompts=caller.is_admin)
+    return {"session_id": session_id, **view}

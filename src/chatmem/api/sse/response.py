@@ -19,6 +19,7 @@ import anyio
 from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 
+from chatmem.api.errors import log_detail
 from chatmem.chat.service import Turn, TurnEvent
 from chatmem.errors import ChatmemError
 
@@ -61,6 +62,7 @@ def sse_response(turn: Turn, shape: EventShaper, shape_error: ErrorShaper) -> Ev
                     n += 1
                     yield shape(event, turn.reply_id, n)
         except ChatmemError as exc:
+            log_detail(exc)
             yield shape_error(exc.code, exc.message, turn.reply_id, n + 1)
 
     return EventSourceResponse(
