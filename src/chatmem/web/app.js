@@ -12,9 +12,13 @@
     character: "chatmem.characterId",
   };
   const HISTORY_PAGE = 50;
-  // After asking the server to stop, how long to wait for its final event before
-  // closing the connection ourselves (which stops the generation too).
+  // After asking the server to stop, how long to wait for the reply's final event
+  // before the page stops waiting (the server stores the stopped reply either way).
   const STOP_GRACE_MS = 1500;
+  // A reply's connection that drops is resumed (Last-Event-ID) this many times in a row,
+  // waiting a little longer each time.
+  const RESUME_ATTEMPTS = 5;
+  const RESUME_BACKOFF_MS = 400;
 
   const $ = (id) => document.getElementById(id);
   const ui = {
@@ -55,15 +59,13 @@
     keyReason: $("key-reason"),
   };
 
-  let turnsDone = 0;
-
   const state = {
     characters: new Map(),
     defaultCharacter: "",
     sessions: [],
     current: null, // the open session's meta
     nextBefore: null, // history cursor for "load older"
-    turn: null, // the reply being streamed: {sid, controller, stopRequested, bubble, text}
+    turn: null, // the reply being shown streaming (sent from here or re-attached): newTurn()
   };
 
   // --- storage and identity ----------------------------------------------------------
@@ -118,8 +120,8 @@
     }
   }
 
-  function requestHeaders(hasBody, accept) {
-    const h = { Accept: accept || "application/json", "X-User-Id": userId() };
+  function requestHeaders(hasBody, accept, extra) {
+    const h = { ...extra, Accept: accept || "application/json", "X-User-Id": userId() };
     const key = storageGet(STORE.key);
     if (key) h.Authorization = `Bearer ${key}`;
     if (hasBody) h["Content-Type"] = "application/json";
@@ -148,7 +150,7 @@
       try {
         res = await fetch(path, {
           method,
-          headers: requestHeaders(body !== undefined, options.accept),
+          headers: requestHeaders(body !== undefined, options.accept, options.headers),
           body: body === undefined ? undefined : JSON.stringify(body),
           signal: options.signal,
           cache: "no-store",
@@ -441,6 +443,7 @@
   }
 
   async function newSession() {
+    detachTurn();
     const characterId = ui.character.value || state.defaultCharacter;
     const data = await apiJson("POST", "/v1/sessions", { character_id: characterId });
     const sid = data.session.session_id;
@@ -493,28 +496,40 @@
   }
 
   function showNoSession() {
+    detachTurn();
     setCurrent(null);
     ui.messages.replaceChildren();
     ui.loadOlder.hidden = true;
     renderSessions();
   }
 
+  // Open a chat: its history, then the reply being written in it, if one is.
   async function openSession(sid) {
-    if (state.turn && state.turn.sid !== sid) {
-      showError("A reply is still streaming in the current chat: stop it first.");
-      return;
-    }
+    if (state.turn && state.turn.sid === sid) return;
+    detachTurn();
     clearError();
     const [meta, history] = await Promise.all([
       apiJson("GET", sessionPath(sid)),
-      apiJson("GET", sessionPath(sid, `/messages?limit=${HISTORY_PAGE}`)),
+      apiJson("GET", historyPath(sid)),
     ]);
     setCurrent(meta);
+    renderHistory(history);
+    renderSessions();
+    reattach(sid).catch(showError);
+  }
+
+  const historyPath = (sid) => sessionPath(sid, `/messages?limit=${HISTORY_PAGE}`);
+
+  function renderHistory(history) {
     ui.messages.replaceChildren(...history.messages.map(messageItem));
     state.nextBefore = history.next_before;
     ui.loadOlder.hidden = !history.next_before;
-    renderSessions();
     scrollToEnd();
+  }
+
+  async function showHistory(sid) {
+    const history = await apiJson("GET", historyPath(sid));
+    if (state.current && state.current.session_id === sid) renderHistory(history);
   }
 
   async function loadOlder() {
@@ -579,6 +594,7 @@
 
   function parseEvent(block) {
     let event = "message";
+    let id = null;
     const data = [];
     for (const line of block.split("\n")) {
       if (!line || line.startsWith(":")) continue;
@@ -588,8 +604,10 @@
       if (value.startsWith(" ")) value = value.slice(1);
       if (field === "event") event = value;
       else if (field === "data") data.push(value);
+      else if (field === "id" && !value.includes("\0")) id = value;
     }
-    return data.length ? { event, data: data.join("\n") } : null;
+    if (!data.length && id === null) return null;
+    return { event, id, data: data.length ? data.join("\n") : null };
   }
 
   async function* readEvents(body) {
@@ -623,6 +641,65 @@
     }
   }
 
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+  // GET …/stream: the session's running (or just finished) generation from the start,
+  // or after turn.lastEventId. null when there is none (204).
+  async function openStream(turn) {
+    const headers = turn.lastEventId ? { "Last-Event-ID": turn.lastEventId } : {};
+    const res = await api("GET", sessionPath(turn.sid, "/stream"), undefined, {
+      signal: turn.controller.signal,
+      accept: "text/event-stream",
+      headers,
+    });
+    const type = res.headers.get("Content-Type") || "";
+    if (res.status === 204 || !type.startsWith("text/event-stream")) {
+      if (res.body) res.body.cancel().catch(() => {});
+      return null;
+    }
+    // A replay from the start repeats what is shown already.
+    if (!turn.lastEventId) turn.text = "";
+    return res;
+  }
+
+  // The one reader of a reply's events, for a send and a re-attach alike. A connection
+  // that drops before the reply's end is picked up again with Last-Event-ID; if the
+  // server has nothing left to replay, the stored history shows how the reply ended.
+  async function followReply(turn, res) {
+    let failures = 0;
+    for (;;) {
+      try {
+        for await (const ev of readEvents(res.body)) {
+          if (ev.id !== null) turn.lastEventId = ev.id;
+          failures = 0;
+          handleEvent(turn, ev);
+        }
+      } catch (err) {
+        if (err && err.name === "AbortError") throw err;
+        // The connection dropped (a network error mid-body): resume below.
+      }
+      if (turn.ended) return;
+      if (++failures > RESUME_ATTEMPTS) {
+        throw new ApiError(0, "network", "the connection to the server was lost");
+      }
+      await sleep(RESUME_BACKOFF_MS * failures);
+      if (turn.controller.signal.aborted) throw new DOMException("detached", "AbortError");
+      try {
+        res = await openStream(turn);
+      } catch (err) {
+        if (!(err instanceof ApiError)) throw err;
+        if (err.status === 0 || err.status >= 500) continue;
+        if (err.status !== 404) throw err;
+        res = null; // a server without re-attach: as if there were nothing to replay
+      }
+      if (!res) {
+        turn.ended = true;
+        await showLatest(turn);
+        return;
+      }
+    }
+  }
+
   // --- a turn --------------------------------------------------------------------
 
   function setStreaming(on) {
@@ -639,9 +716,54 @@
     if (on) scrollToEnd();
   }
 
+  function newTurn(sid) {
+    return {
+      sid,
+      controller: new AbortController(),
+      stopRequested: false,
+      detached: false,
+      bubble: null,
+      text: "",
+      lastEventId: null,
+      ended: false,
+    };
+  }
+
+  // The page stops watching a reply (another chat was opened); the server goes on
+  // writing it, and it is re-attached when its chat is opened again.
+  function detachTurn() {
+    const turn = state.turn;
+    if (!turn) return;
+    turn.detached = true;
+    state.turn = null;
+    turn.controller.abort();
+    showTyping(false);
+    setStreaming(false);
+  }
+
+  // Whatever ends a turn, the page ends it the same way.
+  async function endTurn(turn, err) {
+    if (err && err.name === "AbortError") {
+      if (turn.bubble && !turn.detached) markStopped(turn.bubble);
+    } else if (err) {
+      if (turn.bubble) markStopped(turn.bubble);
+      showError(err);
+    }
+    if (turn.bubble) turn.bubble.classList.remove("streaming");
+    if (state.turn !== turn) return;
+    state.turn = null;
+    showTyping(false);
+    setStreaming(false);
+    await refreshCurrent();
+  }
+
   async function send() {
     const text = ui.input.value.trim();
-    if (!text || state.turn) return;
+    if (!text) return;
+    if (state.turn) {
+      showError(new ApiError(409, "session_busy", "a reply is still being written"));
+      return;
+    }
     clearError();
     if (!state.current) {
       try {
@@ -651,15 +773,7 @@
         return;
       }
     }
-    const sid = state.current.session_id;
-    const turn = {
-      sid,
-      controller: new AbortController(),
-      stopRequested: false,
-      bubble: null,
-      text: "",
-      accepted: false,
-    };
+    const turn = newTurn(state.current.session_id);
     state.turn = turn;
     ui.input.value = "";
     autosize();
@@ -667,39 +781,74 @@
     ui.messages.append(mine);
     setStreaming(true);
     showTyping(true);
+    let res;
     try {
-      const res = await api(
+      res = await api(
         "POST",
-        sessionPath(sid, "/messages"),
+        sessionPath(turn.sid, "/messages"),
         { content: text, stream: true },
         { signal: turn.controller.signal, accept: "text/event-stream" },
       );
-      turn.accepted = true;
-      for await (const ev of readEvents(res.body)) handleEvent(turn, ev);
     } catch (err) {
-      if (err && err.name === "AbortError") {
-        if (turn.bubble) markStopped(turn.bubble);
-      } else {
-        if (!turn.accepted) {
-          // Refused before it was stored (busy, rate limited, too long): give it back.
-          mine.remove();
-          if (!ui.input.value) {
-            ui.input.value = text;
-            autosize();
-          }
+      if (!(err && err.name === "AbortError")) {
+        // Refused before it was stored (busy, rate limited, too long): give it back.
+        mine.remove();
+        if (!ui.input.value) {
+          ui.input.value = text;
+          autosize();
         }
-        showError(err);
       }
-    } finally {
-      if (turn.bubble) turn.bubble.classList.remove("streaming");
-      if (state.turn === turn) state.turn = null;
-      showTyping(false);
-      setStreaming(false);
-      await refreshCurrent();
-      ui.input.focus();
-      // For scripts and tests: how many turns this page has finished.
-      document.body.dataset.turns = String(++turnsDone);
+      await endTurn(turn, err);
+      finished("turns");
+      return;
     }
+    let failure = null;
+    try {
+      await followReply(turn, res);
+    } catch (err) {
+      failure = err;
+    }
+    await endTurn(turn, failure);
+    if (!turn.detached) ui.input.focus();
+    finished("turns");
+  }
+
+  // After a session's history is shown: if a reply is being written in it (the page was
+  // reloaded mid-reply, or the chat was opened elsewhere), show it streaming.
+  async function reattach(sid) {
+    if (state.turn) return;
+    const turn = newTurn(sid);
+    let res;
+    try {
+      res = await openStream(turn);
+    } catch (err) {
+      // 404: the chat is gone, or a server without re-attach. Nothing to show either way.
+      if (!(err instanceof ApiError && err.status === 404)) showError(err);
+      return;
+    }
+    if (!res) return;
+    if (state.turn || !state.current || state.current.session_id !== sid) {
+      // The page moved on (a send, another chat) while the request was out.
+      res.body.cancel().catch(() => {});
+      return;
+    }
+    state.turn = turn;
+    setStreaming(true);
+    showTyping(true);
+    let failure = null;
+    try {
+      await followReply(turn, res);
+    } catch (err) {
+      failure = err;
+    }
+    await endTurn(turn, failure);
+    finished("reattached");
+  }
+
+  // For scripts and tests: how many sends (turns) and re-attached replies have ended.
+  function finished(counter) {
+    const n = Number(document.body.dataset[counter] || "0") + 1;
+    document.body.dataset[counter] = String(n);
   }
 
   function ensureBubble(turn) {
@@ -712,7 +861,15 @@
     return turn.bubble;
   }
 
+  function shownMessage(msgId, except) {
+    for (const li of ui.messages.querySelectorAll(".message")) {
+      if (li !== except && li.dataset.msgId === msgId) return li;
+    }
+    return null;
+  }
+
   function handleEvent(turn, ev) {
+    if (ev.data === null) return;
     let data;
     try {
       data = JSON.parse(ev.data);
@@ -726,8 +883,16 @@
       bubble.querySelector(".bubble").textContent = turn.text;
       if (follow) scrollToEnd();
     } else if (ev.event === "done") {
+      turn.ended = true;
       const msg = data.message || {};
-      const bubble = ensureBubble(turn);
+      let bubble = ensureBubble(turn);
+      // A reply that ended just before the history was read is shown already: the
+      // replay updates that one rather than showing it twice.
+      const shown = msg.msg_id ? shownMessage(msg.msg_id, bubble) : null;
+      if (shown) {
+        bubble.remove();
+        turn.bubble = bubble = shown;
+      }
       bubble.querySelector(".bubble").textContent = msg.content ?? turn.text;
       if (msg.msg_id) bubble.dataset.msgId = msg.msg_id;
       if (msg.metadata && msg.metadata.interrupted) markStopped(bubble);
@@ -735,9 +900,20 @@
         showError(`The reply was not fully saved to memory (${data.memory}).`);
       }
     } else if (ev.event === "error") {
+      turn.ended = true;
       if (turn.bubble) markStopped(turn.bubble);
       showError(new ApiError(200, String(data.code || "error"), String(data.message || "")));
     }
+  }
+
+  // The reply ended while the page could not follow it: show it as stored.
+  async function showLatest(turn) {
+    if (!state.current || state.current.session_id !== turn.sid) return;
+    if (turn.bubble) {
+      turn.bubble.remove();
+      turn.bubble = null;
+    }
+    await showHistory(turn.sid);
   }
 
   async function stopTurn() {
@@ -745,14 +921,19 @@
     if (!turn || turn.stopRequested) return;
     turn.stopRequested = true;
     ui.stop.disabled = true;
-    const abortLater = setTimeout(() => turn.controller.abort(), STOP_GRACE_MS);
     try {
       await api("POST", sessionPath(turn.sid, "/stop"));
-    } catch {
-      // Closing the stream below stops the generation as well.
-      clearTimeout(abortLater);
-      turn.controller.abort();
+    } catch (err) {
+      // Closing our connection would not stop it: the server owns the reply.
+      turn.stopRequested = false;
+      ui.stop.disabled = false;
+      showError(err);
+      return;
     }
+    // The stopped reply ends with its `done` event; if that does not come, stop waiting.
+    setTimeout(() => {
+      if (!turn.ended) turn.controller.abort();
+    }, STOP_GRACE_MS);
   }
 
   // --- the composer and layout --------------------------------------------------
@@ -806,10 +987,6 @@
     ui.input.addEventListener("input", autosize);
     ui.stop.addEventListener("click", () => stopTurn());
     ui.newSession.addEventListener("click", () => {
-      if (state.turn) {
-        showError("A reply is still streaming: stop it first.");
-        return;
-      }
       clearError();
       newSession().catch(showError);
     });
