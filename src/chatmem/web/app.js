@@ -657,8 +657,6 @@
       if (res.body) res.body.cancel().catch(() => {});
       return null;
     }
-    // A replay from the start repeats what is shown already.
-    if (!turn.lastEventId) turn.text = "";
     return res;
   }
 
@@ -816,6 +814,14 @@
   // After a session's history is shown: if a reply is being written in it (the page was
   // reloaded mid-reply, or the chat was opened elsewhere), show it streaming.
   async function reattach(sid) {
+    try {
+      await followRunning(sid);
+    } finally {
+      finished("attaches");
+    }
+  }
+
+  async function followRunning(sid) {
     if (state.turn) return;
     const turn = newTurn(sid);
     let res;
@@ -842,10 +848,9 @@
       failure = err;
     }
     await endTurn(turn, failure);
-    finished("reattached");
   }
 
-  // For scripts and tests: how many sends (turns) and re-attached replies have ended.
+  // For scripts and tests: how many sends (turns) and re-attach checks (attaches) ended.
   function finished(counter) {
     const n = Number(document.body.dataset[counter] || "0") + 1;
     document.body.dataset[counter] = String(n);
