@@ -22,6 +22,7 @@ import pytest
 from playwright.sync_api import BrowserContext, Page, expect
 
 from chatmem.api.app import create_app
+from tests.cutting_proxy import CuttingProxy
 from tests.fake_openai import FakeOpenAI, Reply
 from tests.live_server import LiveServer
 from tests.standin_stream import StandInStream
@@ -159,6 +160,28 @@ def test_switching_chats_detaches_and_coming_back_reattaches(
     wait_idle(tab)
     expect(tab.locator(f"{ASSISTANT} .bubble")).to_have_text([LONG_REPLY])
     assert stored(target, tab)[-1]["content"] == LONG_REPLY
+
+
+def test_a_connection_cut_mid_reply_resumes_where_it_was_cut(
+    context: BrowserContext, target: Target, fake: FakeOpenAI
+) -> None:
+    with CuttingProxy(target.live.port) as proxy:
+        page = context.new_page()
+        watch = PageWatch(page)
+        open_page(page, proxy.url)
+        if target.standin is not None:
+            target.standin.last_event_ids.clear()
+        start_long_reply(page, fake)
+        proxy.cut()  # the page's connection is reset mid-body
+
+        wait_idle(page)
+        reply = page.locator(ASSISTANT)
+        expect(reply.locator(".bubble")).to_have_text([LONG_REPLY])  # each delta once
+        expect(reply).not_to_have_class(re.compile(r"\binterrupted\b"))
+        assert stored(target, page)[-1]["content"] == LONG_REPLY
+        assert watch.errors == []
+    if target.standin is not None:
+        assert [i for i in target.standin.last_event_ids if i is not None] != []
 
 
 def test_a_dropped_connection_resumes_after_the_last_event_id(
