@@ -304,6 +304,7 @@ class TerminalChat:
                     ended = True
                     begin()
                     self.finish(ev.data)
+                    break
                 elif ev.event == "error":
                     if started:
                         self.console.print()

@@ -666,31 +666,40 @@
   async function followReply(turn, res) {
     let failures = 0;
     for (;;) {
-      try {
-        for await (const ev of readEvents(res.body)) {
-          if (ev.id !== null) turn.lastEventId = ev.id;
-          failures = 0;
-          handleEvent(turn, ev);
+      if (res) {
+        try {
+          for await (const ev of readEvents(res.body)) {
+            if (ev.id !== null) turn.lastEventId = ev.id;
+            failures = 0;
+            handleEvent(turn, ev);
+            if (turn.ended) break;
+          }
+        } catch (err) {
+          if (err && err.name === "AbortError") throw err;
+          // The connection dropped (a network error mid-body): resume below.
         }
-      } catch (err) {
-        if (err && err.name === "AbortError") throw err;
-        // The connection dropped (a network error mid-body): resume below.
+        if (turn.ended) {
+          res.body.cancel().catch(() => {});
+          return;
+        }
       }
-      if (turn.ended) return;
       if (++failures > RESUME_ATTEMPTS) {
         throw new ApiError(0, "network", "the connection to the server was lost");
       }
       await sleep(RESUME_BACKOFF_MS * failures);
       if (turn.controller.signal.aborted) throw new DOMException("detached", "AbortError");
+      let nothingLeft = false;
       try {
         res = await openStream(turn);
+        nothingLeft = res === null;
       } catch (err) {
         if (!(err instanceof ApiError)) throw err;
-        if (err.status === 0 || err.status >= 500) continue;
-        if (err.status !== 404) throw err;
-        res = null; // a server without re-attach: as if there were nothing to replay
+        // 404: a server without re-attach, as if there were nothing to replay.
+        if (err.status !== 0 && err.status < 500 && err.status !== 404) throw err;
+        nothingLeft = err.status === 404;
+        res = null;
       }
-      if (!res) {
+      if (nothingLeft) {
         turn.ended = true;
         await showLatest(turn);
         return;
