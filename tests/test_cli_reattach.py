@@ -20,7 +20,7 @@ import pytest
 from typer.testing import CliRunner
 
 from chatmem.api.app import create_app
-from chatmem.cli import app
+from chatmem.cli.commands import app
 from tests.api_support import make_test_settings
 from tests.fake_openai import FakeOpenAI, Reply
 from tests.live_server import LiveServer

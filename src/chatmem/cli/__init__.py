@@ -1,5 +1,5 @@
 """The command line: `chatmem serve`, `chatmem chat` and the admin commands."""
 
-from chatmem.cli.commands import app, main
+from chatmem.cli.commands import main
 
-__all__ = ["app", "main"]
+__all__ = ["main"]
