@@ -17,7 +17,8 @@ they pass. No auth check on the stream route: tests only.
 
 `cut_after_events = n` ends the client's next POST response after n events (the reply
 goes on), so that a client's resume with `Last-Event-ID` can be exercised;
-`last_event_ids` lists the header of every `GET …/stream`.
+`cut_at_ids` lists the id of the last event each cut response carried, and
+`last_event_ids` the header of every `GET …/stream`.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ class StandInStream:
         self.app = app
         self.replies: dict[str, _Recording] = {}
         self.cut_after_events: int | None = None
+        self.cut_at_ids: list[str] = []
         self.last_event_ids: list[str | None] = []
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
@@ -122,6 +124,7 @@ class StandInStream:
                     recording.end()
                 if client_open and cut_after is not None and relayed >= cut_after:
                     client_open = False
+                    self.cut_at_ids.append(recording.events[-1][0])
                     await send(message | {"more_body": False})
                     return
             if client_open:
