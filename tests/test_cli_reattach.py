@@ -6,11 +6,13 @@ test runs twice, as tests/web/test_reattach.py does:
   /v1/sessions/{sid}/stream`, a disconnect that does not stop the generation); until it
   lands they FAIL, on purpose.
 - `standin`: the same app behind tests/standin_stream.py, a TEMPORARY test-only stand-in
-  of that contract. Delete the parameter with the stand-in once the server side is merged.
+  of that contract. Once the server side is merged, delete the parameter, the stand-in
+  and the stand-in-only test (the cutting-proxy test covers resume on the real route).
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from typer.testing import CliRunner
 from chatmem.api.app import create_app
 from chatmem.cli.commands import app
 from tests.api_support import make_test_settings
+from tests.cutting_proxy import CuttingProxy
 from tests.fake_openai import FakeOpenAI, Reply
 from tests.live_server import LiveServer
 from tests.standin_stream import StandInStream
@@ -104,6 +107,24 @@ def test_chat_opened_just_after_a_reply_ended_shows_it_once(
 
     out = chat(server.url, sid, "/quit\n")
     assert out.count(LONG_REPLY) == 1, out
+
+
+def test_a_connection_cut_mid_reply_resumes_where_it_was_cut(
+    live: tuple[LiveServer, StandInStream | None], fake: FakeOpenAI
+) -> None:
+    server, _ = live
+    sid = new_session(server.url)
+    fake.script(Reply(text=LONG_REPLY, delay_s=0.05))
+    with CuttingProxy(server.port) as proxy:
+        cut = threading.Timer(1.0, proxy.cut)  # mid-reply: it takes 3 s
+        cut.start()
+        try:
+            out = chat(proxy.url, sid, "go on\n/quit\n")
+        finally:
+            cut.cancel()
+    assert out.count(LONG_REPLY) == 1 and f"Luna › {LONG_REPLY}" in out, out
+    last = stored(server.url, sid)[-1]
+    assert last["content"] == LONG_REPLY and not last["metadata"].get("interrupted")
 
 
 def test_a_dropped_reply_resumes_after_the_last_event_id(

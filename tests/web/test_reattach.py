@@ -6,8 +6,9 @@ Each test runs twice:
   it lands they FAIL, on purpose: after the reload the reply is cut short, and the page
   finds nothing to re-attach to (404).
 - `standin`: the same app behind tests/standin_stream.py, a TEMPORARY test-only stand-in
-  that serves that contract, so that the page is checked now. Delete the parameter with
-  the stand-in once the server side is merged.
+  that serves that contract, so that the page is checked now. Once the server side is
+  merged, delete the parameter, the stand-in and the stand-in-only test (the
+  cutting-proxy test covers resume on the real route).
 """
 
 from __future__ import annotations
