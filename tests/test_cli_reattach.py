@@ -4,7 +4,7 @@ A real uvicorn, Redis and fake model; the chat runs in-process (typer's CliRunne
 test runs twice, as tests/web/test_reattach.py does:
 - `real-route`: the real app. These need the server side of issue 11 (`GET
   /v1/sessions/{sid}/stream`, a disconnect that does not stop the generation); until it
-  lands they FAIL, on purpose.
+  lands they FAIL, on purpose (the duplicate check passes either way).
 - `standin`: the same app behind tests/standin_stream.py, a TEMPORARY test-only stand-in
   of that contract. Once the server side is merged, delete the parameter, the stand-in
   and the stand-in-only test (the cutting-proxy test covers resume on the real route).

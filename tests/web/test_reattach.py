@@ -3,8 +3,8 @@
 Each test runs twice:
 - `real-route`: the real app. These need the server side of issue 11 (`GET
   /v1/sessions/{sid}/stream`, and a disconnect that does not stop the generation); until
-  it lands they FAIL, on purpose: after the reload the reply is cut short, and the page
-  finds nothing to re-attach to (404).
+  it lands they FAIL, on purpose: the reply is cut short when the page goes, and the page
+  finds nothing to re-attach to (404). (The duplicate check passes either way.)
 - `standin`: the same app behind tests/standin_stream.py, a TEMPORARY test-only stand-in
   that serves that contract, so that the page is checked now. Once the server side is
   merged, delete the parameter, the stand-in and the stand-in-only test (the
