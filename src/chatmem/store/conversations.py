@@ -46,6 +46,7 @@ __all__ = [
     "AppendResult",
     "RedisMemoryStore",
     "SessionSnapshot",
+    "preview_of",
     "validate_ttl",
     "validate_window",
 ]
@@ -114,6 +115,10 @@ def _preview(msg: Message) -> str:
     return text if len(text) <= PREVIEW_CHARS else text[: PREVIEW_CHARS - 1] + "…"
 
 
+# The preview a write leaves in the session's meta (turn scripts too).
+preview_of = _preview
+
+
 def _not_found(session_id: str) -> SessionNotFound:
     return SessionNotFound(f"session {session_id!r} not found")
 
@@ -153,6 +158,11 @@ class RedisMemoryStore:
         self._list = redis.register_script(scripts.LIST_SESSIONS)
         self._totals = redis.register_script(scripts.USER_TOTALS)
         self._delete_user = redis.register_script(scripts.DELETE_USER)
+
+    def observe(self, name: str, seconds: float) -> None:
+        """Time one operation of this store (the turn scripts report theirs here too)."""
+        if self._on_op is not None:
+            self._on_op(name, seconds)
 
     async def _run(
         self, name: str, script: AsyncScript, ks: list[str], args: list[Any], *, write: bool = False
@@ -355,6 +365,7 @@ class RedisMemoryStore:
         ks += [
             keys.session_lock_key(user_id, session_id),
             keys.session_stop_key(user_id, session_id),
+            keys.session_events_key(user_id, session_id),
         ]
         if not await self._run("delete_session", self._delete, ks, [session_id], write=True):
             raise _not_found(session_id)
