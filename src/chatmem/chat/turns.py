@@ -364,7 +364,7 @@ class Turns:
         if not degraded:
             if gen.appending is not None:
                 await gen.appending.wait()  # the tick's append first: deltas stay in order
-            end = done.payload() if done is not None else _error_payload(reading)
+            end = _error_payload(reading) if reading.error or done is None else done.payload()
             try:
                 await self.turn_store.finish(
                     gen.user_id,
@@ -387,9 +387,10 @@ class Turns:
         if reply is not None:
             self.metrics.tokens.labels("prompt").inc(usage.prompt_tokens)
             self.metrics.tokens.labels("completion").inc(usage.completion_tokens)
-        if done is None:
-            assert reading.error is not None
+        if reading.error is not None:
+            # The partial reply (if any) is stored, interrupted; the client sees the error.
             raise reading.error
+        assert done is not None
         done.memory = "degraded" if degraded else "ok"
         return done
 

@@ -74,7 +74,11 @@ def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def decode_entry(fields: dict[Any, Any]) -> StreamEntry:
+def decode_entry(fields: dict[Any, Any] | list[Any]) -> StreamEntry:
+    """An entry's fields as redis-py parses them (a dict) or as a script returns them
+    (a flat list)."""
+    if isinstance(fields, list):
+        fields = dict(zip(fields[::2], fields[1::2], strict=True))
     f = {_s(k): _s(v) for k, v in fields.items()}
     kind = f.get("t")
     if kind == "d":
