@@ -250,22 +250,33 @@ async def test_stream_cap_one_gives_one_stream_and_429s(
 
 
 async def test_rate_limit_is_a_sliding_window(
-    settings: Settings, fake: FakeOpenAI, redis_client: Any
+    settings: Settings, fake: FakeOpenAI, redis_client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Regression: a fixed one-minute window let 240 turns through in 8.8 s across a
-    minute boundary. The window slides: the budget counts the last 60 s at any time."""
+    minute boundary. The window slides: 3 turns just before a minute boundary still
+    count just after it (the clock the scripts are given is moved across it)."""
     settings.limits.turns_per_minute = 3
+    before_boundary = (int(time.time() // 60) + 2) * 60 - 0.1
+    clock = {"now": before_boundary}
+    monkeypatch.setattr("chatmem.store.turns.time.time", lambda: clock["now"])
     async with running_app(settings) as (_, c):
         sid = await new_session(c)
         codes = []
-        for i in range(5):
+        for i in range(3):
             r = await c.post(f"/v1/sessions/{sid}/messages", json={"content": f"{i}"}, headers=H)
             codes.append(r.status_code)
-        assert codes == [200, 200, 200, 429, 429]
-        assert 50 <= int(r.headers["Retry-After"]) <= 60
+        clock["now"] = before_boundary + 0.2  # the next minute
+        r = await c.post(f"/v1/sessions/{sid}/messages", json={"content": "3"}, headers=H)
+        codes.append(r.status_code)
+        assert codes == [200, 200, 200, 429]
+        assert 59 <= int(r.headers["Retry-After"]) <= 60
         assert r.json()["error"]["code"] == "rate_limited"
-        # The 429s stored nothing.
-        assert len(await history(c, sid)) == 1 + 6
+        clock["now"] = before_boundary + 60.1  # the first three have left the window
+        r = await c.post(f"/v1/sessions/{sid}/messages", json={"content": "4"}, headers=H)
+        assert r.status_code == 200
+        # The 429 stored nothing.
+        meta = (await c.get(f"/v1/sessions/{sid}", headers=H)).json()
+        assert meta["message_count"] == 1 + 8
 
 
 async def test_session_creation_has_its_own_write_budget(
