@@ -17,9 +17,11 @@ import orjson
 import pytest
 from redis.asyncio.connection import AbstractConnection
 
+from chatmem.api.app import create_app
 from chatmem.config import Settings
 from tests.api_support import make_test_settings, running_app
 from tests.fake_openai import FakeOpenAI, Reply
+from tests.live_uvicorn import serve_in_thread
 
 H = {"X-User-Id": "alice"}
 
@@ -150,14 +152,16 @@ async def test_a_reply_longer_than_the_lock_ttl_keeps_the_session(
     reply1. The generation renews its lock now."""
     settings.limits.session_lock_ttl_ms = 600
     settings.limits.session_lock_wait_ms = 100
-    async with running_app(settings) as (_, c):
+    # Two apps on one Redis: only the Redis lock keeps the second out (not the
+    # process's own reservation).
+    async with running_app(settings) as (_, c), running_app(settings) as (_, c2):
         sid = await new_session(c)
         fake.script(Reply(text="slow " * 40, delay_s=0.05))  # ~2 s, over 3 lock TTLs
         first = asyncio.create_task(
             c.post(f"/v1/sessions/{sid}/messages", json={"content": "u1"}, headers=H)
         )
         await asyncio.sleep(1.5)
-        second = await c.post(f"/v1/sessions/{sid}/messages", json={"content": "u2"}, headers=H)
+        second = await c2.post(f"/v1/sessions/{sid}/messages", json={"content": "u2"}, headers=H)
         assert second.status_code == 409 and second.json()["error"]["code"] == "session_busy"
         assert (await first).status_code == 200
         msgs = await history(c, sid)
@@ -319,39 +323,48 @@ async def test_stop_before_the_first_token_stores_an_empty_interrupted_reply(
     assert msgs[-1]["metadata"]["interrupted"] is True
 
 
-async def test_reattach_in_the_same_process_resumes_after_last_event_id(
-    app_client: tuple[Any, httpx.AsyncClient], fake: FakeOpenAI
+def test_reattach_in_the_same_process_resumes_after_last_event_id(
+    settings: Settings, fake: FakeOpenAI, redis_client: Any
 ) -> None:
-    _, c = app_client
-    sid = await new_session(c)
-    fake.script(Reply(text="alpha beta gamma delta epsilon zeta", delay_s=0.05))
-    seen: list[str] = []
-    last_id = ""
-    async with c.stream(
-        "POST", f"/v1/sessions/{sid}/messages", json={"content": "go", "stream": True}, headers=H
-    ) as resp:
-        event = ""
-        async for line in resp.aiter_lines():
-            if line.startswith("event:"):
-                event = line[6:].strip()
-            elif line.startswith("id:"):
-                last_id = line[3:].strip()
-            elif line.startswith("data:") and event == "delta":
-                seen.append(orjson.loads(line[5:])["content"])
-                if len(seen) == 2:
-                    break
-    r = await c.get(f"/v1/sessions/{sid}/stream", headers={**H, "Last-Event-ID": last_id})
-    events = sse(r.text)
-    rest = [d["content"] for e, d, _ in events if e == "delta"]
-    assert events[-1][0] == "done"
-    stored = events[-1][1]["message"]["content"]
-    assert "".join(seen) + "".join(rest) == stored == "alpha beta gamma delta epsilon zeta"
-    # Once ended, a re-attach from its end has nothing to send; from the start, all of it.
-    r = await c.get(f"/v1/sessions/{sid}/stream", headers={**H, "Last-Event-ID": events[-1][2]})
-    assert r.status_code == 204
-    r = await c.get(f"/v1/sessions/{sid}/stream", headers=H)
-    again = sse(r.text)
-    assert "".join(d["content"] for e, d, _ in again if e == "delta") == stored
+    """A client that reconnects to the process running its generation follows it in
+    memory from its Last-Event-ID: every character exactly once."""
+    fake.script(Reply(text="alpha beta gamma delta epsilon zeta eta theta", delay_s=0.1))
+
+    async def scenario(base: str) -> None:
+        async with httpx.AsyncClient(base_url=base, timeout=10) as c:
+            sid = await new_session(c)
+            seen: list[str] = []
+            last_id = ""
+            body = {"content": "go", "stream": True}
+            async with c.stream(
+                "POST", f"/v1/sessions/{sid}/messages", json=body, headers=H
+            ) as resp:
+                event = ""
+                async for line in resp.aiter_lines():
+                    if line.startswith("event:"):
+                        event = line[6:].strip()
+                    elif line.startswith("id:"):
+                        last_id = line[3:].strip()
+                    elif line.startswith("data:") and event == "delta":
+                        seen.append(orjson.loads(line[5:])["content"])
+                        if len(seen) == 2:
+                            break
+            h = {**H, "Last-Event-ID": last_id}
+            r = await c.get(f"/v1/sessions/{sid}/stream", headers=h)
+            events = sse(r.text)
+            rest = [d["content"] for e, d, _ in events if e == "delta"]
+            assert events[-1][0] == "done"
+            stored = events[-1][1]["message"]["content"]
+            assert "".join(seen) + "".join(rest) == stored
+            assert stored == "alpha beta gamma delta epsilon zeta eta theta"
+            # Once ended: from its end nothing to send (204); from the start, all of it.
+            h = {**H, "Last-Event-ID": events[-1][2]}
+            assert (await c.get(f"/v1/sessions/{sid}/stream", headers=h)).status_code == 204
+            again = sse((await c.get(f"/v1/sessions/{sid}/stream", headers=H)).text)
+            assert "".join(d["content"] for e, d, _ in again if e == "delta") == stored
+
+    with serve_in_thread(create_app(settings)) as base:
+        asyncio.run(scenario(base))
 
 
 async def test_reattach_answers_204_without_a_generation_and_404_for_others(
