@@ -19,6 +19,10 @@ from redis.asyncio.connection import AbstractConnection
 
 from chatmem.api.app import create_app
 from chatmem.config import Settings
+from chatmem.models import Message, Role
+from chatmem.store.locks import Coordinator
+from chatmem.store.streams import GenerationStreams
+from chatmem.store.turns import TurnStore
 from tests.api_support import make_test_settings, running_app
 from tests.fake_openai import FakeOpenAI, Reply
 from tests.live_uvicorn import serve_in_thread
@@ -376,3 +380,39 @@ async def test_reattach_answers_204_without_a_generation_and_404_for_others(
     other = {"X-User-Id": "mallory"}
     assert (await c.get(f"/v1/sessions/{sid}/stream", headers=other)).status_code == 404
     assert (await c.get("/v1/sessions/nope/stream", headers=H)).status_code == 404
+
+
+async def test_a_late_lock_release_ends_the_generation_so_it_is_not_recovered(
+    store: Any, redis_client: Any
+) -> None:
+    """Regression: a turn whose finish failed (Redis went away) keeps its reply in the
+    outbox and releases its lock once Redis is back. Its event stream had no end, so the
+    next turn took it for a dead process's generation and stored a partial reply under
+    the id the outbox's full reply is replayed with (which was then skipped as a
+    duplicate). The late release ends the stream now."""
+    coordinator = Coordinator(
+        redis_client,
+        lock_ttl_ms=30_000,
+        lock_wait_ms=0,
+        turns_per_minute=0,
+        writes_per_minute=0,
+        streams_per_user=0,
+    )
+    turns = TurnStore(store, coordinator)
+    await store.create_session("alice", "assistant", session_id="s1")
+    res = await turns.begin(
+        "alice",
+        "s1",
+        Message(Role.USER, "hi", 1),
+        reply_id="r1",
+        generation_id="r1",
+        token="tok",
+        idempotent=False,
+        read_last=5,
+    )
+    assert res.kind == "ok"
+    streams = GenerationStreams(redis_client)
+    assert (await streams.snapshot("alice", "s1")).lock_held
+    await coordinator.release_turn("alice", "s1", "tok")  # the replayer's deferred release
+    snap = await streams.snapshot("alice", "s1")
+    assert not snap.lock_held and snap.ended and not snap.orphaned

@@ -126,6 +126,8 @@ class Generation:
     _parts: list[str] = field(default_factory=list)
     _ends: list[int] = field(default_factory=list)
     _length: int = 0
+    # Set once reading has ended: the lock is the finish script's to release now.
+    settling: bool = False
     _stop: bool = False
     _reading: bool = False
     _final: TurnDone | ChatmemError | None = None
@@ -194,6 +196,7 @@ class Generation:
             error.__cause__ = exc
         finally:
             self._reading = False
+            self.settling = True
             metrics.active_streams.dec()
         reading = Reading(
             "".join(self._parts), usage, finish_reason, self._stop or error is not None, error

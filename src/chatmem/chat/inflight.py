@@ -148,7 +148,7 @@ class InFlight:
         appending: list[asyncio.Event] = []
         ttl_s = self.coordinator.lock_ttl_ms / 1000
         for gen in self.running:
-            if gen.degraded or gen.finished or gen.task is None or gen.task.done():
+            if gen.degraded or gen.settling or gen.task is None:
                 continue
             item = TickItem(gen.user_id, gen.session_id, gen.lock_token, gen.generation_id)
             if gen.relay and gen.appending is None:

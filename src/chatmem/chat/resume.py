@@ -74,8 +74,7 @@ class Resumer:
             metadata={"interrupted": True, "usage": usage.to_dict()},
         )
         reply.seq = start.user_seq + 1
-        log.warning("storing the reply of a generation whose process died on %s", session_id)
-        await self.turn_store.finish(
+        stored = await self.turn_store.finish(
             user_id,
             session_id,
             reply,
@@ -85,7 +84,9 @@ class Resumer:
             tail=None,
             end_payload=TurnDone(reply, None, usage).payload(),
         )
-        self.metrics.degradations.labels("generation_recovered").inc()
+        if stored:
+            log.warning("stored the reply of a generation whose process died on %s", session_id)
+            self.metrics.generations_recovered.inc()
 
     async def stop(self, user_id: str, session_id: str) -> bool:
         """Stop the session's generation, in this process or any other."""

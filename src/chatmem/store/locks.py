@@ -49,10 +49,29 @@ async def redis_op(name: str) -> AsyncIterator[None]:
         raise StoreUnavailable(f"redis unavailable during {name}: {exc}") from exc
 
 
-# KEYS[1] - lock key
-# ARGV[1] - the holder's token
+# KEYS[1] - lock key, KEYS[2] - the session's generation event stream
+# ARGV[1] - the holder's token, ARGV[2] - the stream's expiry once ended, ms
+# A generation whose turn was taken by the outbox (Redis went away before its finish)
+# has its event stream ended here, when its lock is released late: else the next turn
+# would take it for the generation of a dead process and store a partial reply under
+# the id the outbox's full reply will be replayed with.
 # return 1 if the caller held the lock and released it, else 0
 _RELEASE = """
+local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+if #first == 1 then
+  local f, token = first[1][2], nil
+  for i = 1, #f, 2 do if f[i] == 'k' then token = f[i + 1] end end
+  if token == ARGV[1] then
+    local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)[1][2]
+    local ended = false
+    for i = 1, #last, 2 do if last[i] == 't' and last[i + 1] == 'e' then ended = true end end
+    if not ended then
+      redis.call('XADD', KEYS[2], '*', 't', 'e', 'p',
+        '{"code":"store_unavailable","message":"the reply was kept in the outbox"}')
+      redis.call('PEXPIRE', KEYS[2], ARGV[2])
+    end
+  end
+end
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
@@ -134,7 +153,13 @@ class Coordinator:
 
     async def release_turn(self, user_id: str, session_id: str, token: str) -> None:
         async with redis_op("release_turn"):
-            await self._release(keys=[keys.session_lock_key(user_id, session_id)], args=[token])
+            await self._release(
+                keys=[
+                    keys.session_lock_key(user_id, session_id),
+                    keys.session_events_key(user_id, session_id),
+                ],
+                args=[token, keys.EVENTS_TTL_AFTER_END_MS],
+            )
 
     # --- stop ------------------------------------------------------------------------
 
