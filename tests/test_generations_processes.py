@@ -158,41 +158,69 @@ def test_disconnect_then_reattach_on_the_other_process_resumes_exactly(
     asyncio.run(scenario())
 
 
-def test_sigkill_mid_stream_next_send_stores_the_partial_reply_and_goes_on(
+def test_sigkill_mid_stream_next_send_or_reattach_stores_the_partial_reply(
     redis_url: str, fake: FakeOpenAI, tmp_path: Path
 ) -> None:
-    """The process streaming a reply is SIGKILLed: within the lock's TTL the next send
-    on that session (through another process) stores what the generation's stream held
-    as its reply, marked interrupted, and then takes its own turn."""
+    """The process streaming two replies is SIGKILLed. Within the lock's TTL of the
+    kill, through another process: the next send on one session stores what that
+    generation's stream held as its reply, marked interrupted, and takes its own turn
+    after it; a client re-attaching to the other session gets the rest of what its
+    stream held and its end, the reply stored the same way."""
     env = chatmem_env(redis_url, fake)
     victim = ChatmemProcess(env, tmp_path / "victim" / "data").start()
     other = ChatmemProcess(env, tmp_path / "other" / "data").start()
-    user = {"X-User-Id": "kill-user"}
+    ua, ub = {"X-User-Id": "kill-a"}, {"X-User-Id": "kill-b"}
+    long_text = "word " * 200
     try:
         victim.wait_ready()
         other.wait_ready()
 
+        async def open_stream(c: httpx.AsyncClient, sid: str, user: dict[str, str]) -> Any:
+            body = {"content": "first", "stream": True}
+            url = f"{victim.url}/v1/sessions/{sid}/messages"
+            req = c.build_request("POST", url, json=body, headers=user)
+            resp = await c.send(req, stream=True)
+            return resp, await read_events(resp, stop_after_deltas=10)
+
+        async def send_until_free(c: httpx.AsyncClient, sid: str) -> httpx.Response:
+            send = f"{other.url}/v1/sessions/{sid}/messages"
+            while True:
+                r = await c.post(send, json={"content": "second"}, headers=ua)
+                if r.status_code != 409:
+                    return r
+                await asyncio.sleep(0.1)
+
+        async def reattach(c: httpx.AsyncClient, sid: str, last_id: str) -> list[Any]:
+            h = {**ub, "Last-Event-ID": last_id}
+            async with c.stream("GET", f"{other.url}/v1/sessions/{sid}/stream", headers=h) as r:
+                assert r.status_code == 200
+                return await read_events(r)
+
         async def scenario() -> None:
             async with httpx.AsyncClient(timeout=20) as c:
-                sid = await new_session(c, victim.url, "kill-user")
-                fake.script(Reply(text="word " * 200, delay_s=0.03), Reply(text="fresh reply"))
-                body = {"content": "first", "stream": True}
-                url = f"{victim.url}/v1/sessions/{sid}/messages"
-                async with c.stream("POST", url, json=body, headers=user) as resp:
-                    seen = await read_events(resp, stop_after_deltas=10)
-                    await asyncio.sleep(0.2)  # the coalesced deltas reach Redis
-                    victim.kill()
+                sa = await new_session(c, victim.url, "kill-a")
+                sb = await new_session(c, victim.url, "kill-b")
+                fake.script(
+                    Reply(text=long_text, delay_s=0.03),
+                    Reply(text=long_text, delay_s=0.03),
+                    Reply(text="fresh reply"),
+                )
+                (resp_a, seen_a), (resp_b, seen_b) = await asyncio.gather(
+                    open_stream(c, sa, ua), open_stream(c, sb, ub)
+                )
+                await asyncio.sleep(0.2)  # the coalesced deltas reach Redis
+                victim.kill()
                 killed_at = time.monotonic()
-                send = f"{other.url}/v1/sessions/{sid}/messages"
-                while True:
-                    r = await c.post(send, json={"content": "second"}, headers=user)
-                    if r.status_code != 409:
-                        break
-                    await asyncio.sleep(0.1)
-                waited = time.monotonic() - killed_at
-                assert r.status_code == 200, r.text
-                assert waited < LOCK_TTL_MS / 1000 + 1.0
-                msgs = await messages(c, other.url, "kill-user", sid)
+                await resp_a.aclose()
+                await resp_b.aclose()
+                sent, rest = await asyncio.gather(
+                    send_until_free(c, sa), reattach(c, sb, seen_b[-1][2])
+                )
+                assert time.monotonic() - killed_at < LOCK_TTL_MS / 1000 + 1.5
+
+                # The send: the partial reply first, interrupted, then the new turn.
+                assert sent.status_code == 200, sent.text
+                msgs = await messages(c, other.url, "kill-a", sa)
                 roles = [(m["role"], m["content"][:5]) for m in msgs[1:]]
                 assert roles == [
                     ("user", "first"),
@@ -200,11 +228,22 @@ def test_sigkill_mid_stream_next_send_stores_the_partial_reply_and_goes_on(
                     ("user", "secon"),
                     ("assistant", "fresh"),
                 ]
+                said_a = "".join(d["content"] for e, d, _ in seen_a if e == "delta")
                 partial = msgs[2]
                 assert partial["metadata"]["interrupted"] is True
-                said = "".join(d["content"] for e, d, _ in seen if e == "delta")
-                assert partial["content"].startswith(said)
-                assert len(partial["content"]) < len("word " * 200)
+                assert partial["content"].startswith(said_a)
+                assert len(partial["content"]) < len(long_text)
+
+                # The re-attach: the rest of the stream exactly, then its end.
+                assert rest[-1][0] == "done"
+                recovered = rest[-1][1]["message"]
+                assert recovered["metadata"]["interrupted"] is True
+                said_b = "".join(d["content"] for e, d, _ in seen_b if e == "delta")
+                more = "".join(d["content"] for e, d, _ in rest[:-1])
+                assert said_b + more == recovered["content"]
+                stored_b = (await messages(c, other.url, "kill-b", sb))[-1]
+                assert stored_b["content"] == recovered["content"]
+                assert stored_b["metadata"]["interrupted"] is True
 
         asyncio.run(scenario())
     finally:
