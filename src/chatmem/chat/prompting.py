@@ -1,10 +1,12 @@
-"""What a turn sends the model: its context limits, generation parameters and the
-assembled context (pure assembly in context.py; this adds the settings and a cache)."""
+"""What a turn sends the model: the validated message, its context limits, generation
+parameters and the assembled context (pure assembly in context.py; this adds the
+settings and a cache)."""
 
 from __future__ import annotations
 
 from chatmem.config import Settings
 from chatmem.context import AssembledContext, ContextLimits, assemble_context
+from chatmem.errors import InvalidInput
 from chatmem.models import Character, Message, SessionMeta
 from chatmem.providers.base import ChatProvider, GenerationParams
 from chatmem.tokens import count_tokens
@@ -18,6 +20,19 @@ class Prompter:
         self.settings = settings
         self.provider = provider
         self._system_tokens: dict[str, int] = {}
+
+    def validate_content(self, content: str) -> str:
+        """The message as stored: trimmed, not empty, within `max_message_chars`."""
+        text = content.strip() if isinstance(content, str) else ""
+        if not text:
+            raise InvalidInput("message must not be empty", code="empty_message")
+        limit = self.settings.memory.max_message_chars
+        if len(text) > limit:
+            raise InvalidInput(
+                f"message is {len(text)} characters; the limit is {limit}",
+                code="message_too_long",
+            )
+        return text
 
     def limits_for(self, meta: SessionMeta, character: Character) -> ContextLimits:
         mem = self.settings.memory

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -39,7 +38,7 @@ from chatmem.chat.resume import Resumer
 from chatmem.config import Settings
 from chatmem.durability.outbox import Outbox
 from chatmem.durability.replay import OutboxReplayer
-from chatmem.errors import Conflict, InvalidInput, SessionBusy, StoreUnavailable
+from chatmem.errors import Conflict, SessionBusy, StoreUnavailable
 from chatmem.metrics import Metrics
 from chatmem.models import Character, Message, Role, SessionMeta, Usage, new_id
 from chatmem.providers.base import ChatProvider, GenerationParams
@@ -47,8 +46,6 @@ from chatmem.store.conversations import WINDOW_MAX
 from chatmem.store.streams import GenerationStreams, StreamSnapshot
 from chatmem.store.turns import TurnStore
 from chatmem.tokens import TOKENS_PER_MESSAGE, cost_usd, count_tokens
-
-log = logging.getLogger(__name__)
 
 # A turn reads enough history for the widest window, plus the new message.
 TURN_READ_MESSAGES = 2 * WINDOW_MAX + 1
@@ -102,16 +99,7 @@ class Turns:
         return self._metrics
 
     def validate_content(self, content: str) -> str:
-        text = content.strip() if isinstance(content, str) else ""
-        if not text:
-            raise InvalidInput("message must not be empty", code="empty_message")
-        limit = self.settings.memory.max_message_chars
-        if len(text) > limit:
-            raise InvalidInput(
-                f"message is {len(text)} characters; the limit is {limit}",
-                code="message_too_long",
-            )
-        return text
+        return self.prompter.validate_content(content)
 
     # --- starting a turn ---------------------------------------------------------------
 
