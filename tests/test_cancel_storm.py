@@ -3,7 +3,8 @@ reply reaches only its own user, and every abandoned one (sent with `on_disconne
 "stop"`: by default a generation outlives its client) is stored as interrupted.
 
 Regression: a client that left just as the reply finished cancelled the final write
-half-way, and that reply was lost (about one run in three); the write is now shielded.
+half-way, and that reply was lost (about one run in three); the write now runs in the
+generation's own task, which no client cancels.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ import pytest
 from redis.asyncio.connection import AbstractConnection
 
 from chatmem.api.app import create_app
+from chatmem.chat import generation
 from chatmem.config import Settings
 from chatmem.models import Message, Role
 from chatmem.store.locks import Coordinator
@@ -416,3 +417,27 @@ async def test_a_late_lock_release_ends_the_generation_so_it_is_not_recovered(
     await coordinator.release_turn("alice", "s1", "tok")  # the replayer's deferred release
     snap = await streams.snapshot("alice", "s1")
     assert not snap.lock_held and snap.ended and not snap.orphaned
+
+
+async def test_a_json_turn_pays_nothing_for_streaming(
+    app_client: tuple[Any, httpx.AsyncClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: non-streamed turns ran the whole streaming machinery (three tasks, a
+    queue, a Delta per chunk). A JSON turn builds no per-chunk object now; its one task
+    is the generation's own."""
+    _, c = app_client
+    sid = await new_session(c)
+    built: list[Any] = []
+    original = generation.Delta
+
+    def counting_delta(*args: Any) -> Any:
+        built.append(args)
+        return original(*args)
+
+    monkeypatch.setattr(generation, "Delta", counting_delta)
+    r = await c.post(f"/v1/sessions/{sid}/messages", json={"content": "hi"}, headers=H)
+    assert r.status_code == 200 and built == []
+    r = await c.post(
+        f"/v1/sessions/{sid}/messages", json={"content": "hi", "stream": True}, headers=H
+    )
+    assert sse(r.text)[-1][0] == "done" and len(built) > 1
