@@ -52,7 +52,14 @@ def make_test_settings(
         ),
         limits=LimitSettings(  # type: ignore[call-arg]
             _env_file=None,
-            **({"requests_per_minute": 100_000, "streams_per_user": 1000} | (limits or {})),
+            **(
+                {
+                    "turns_per_minute": 100_000,
+                    "writes_per_minute": 100_000,
+                    "streams_per_user": 1000,
+                }
+                | (limits or {})
+            ),
         ),
         _env_file=None,  # type: ignore[call-arg]
     )

@@ -13,6 +13,8 @@ from chatmem.errors import StorageQuotaExceeded, TooManySessions
 from chatmem.models import Message, Role, Usage
 from chatmem.store import keys
 from chatmem.store.conversations import AnyRedis, RedisMemoryStore
+from chatmem.store.locks import Coordinator
+from chatmem.store.turns import TurnStore
 
 
 @pytest.fixture
@@ -128,3 +130,53 @@ async def test_expired_sessions_give_their_bytes_back(redis_client: AnyRedis) ->
     sid = (await store.create_session("alice", "assistant")).session_id
     await store.append("alice", sid, [text(800)])
     assert await counted_bytes(redis_client, "alice") == await stored_bytes(redis_client, "alice")
+
+
+async def test_turn_scripts_count_bytes_and_meet_the_cap(redis_client: AnyRedis) -> None:
+    """Regression: the begin/finish scripts of a turn replaced APPEND_MESSAGES for chat
+    turns without the byte cap: a user past it could still send, and the counter that
+    trims subtract from never saw what turns added."""
+    store = store_with(redis_client, max_stored_bytes_per_user=3000)
+    coordinator = Coordinator(
+        redis_client,
+        lock_ttl_ms=30_000,
+        lock_wait_ms=0,
+        turns_per_minute=0,
+        writes_per_minute=0,
+        streams_per_user=0,
+    )
+    turns = TurnStore(store, coordinator)
+    sid = (await store.create_session("carol", "assistant")).session_id
+    refused = None
+    for i in range(30):  # 5 messages kept: the trims give bytes back until the cap
+        try:
+            res = await turns.begin(
+                "carol",
+                sid,
+                text(60 + 40 * i),
+                reply_id=f"r{i}",
+                generation_id=f"g{i}",
+                token=f"t{i}",
+                idempotent=False,
+                read_last=0,
+            )
+        except StorageQuotaExceeded as exc:
+            refused = exc
+            break
+        assert res.kind == "ok"
+        reply = Message(Role.ASSISTANT, "y" * (50 + 30 * i), 1, msg_id=f"r{i}")
+        await turns.finish(
+            "carol",
+            sid,
+            reply,
+            Usage(1, 1, 0.0),
+            token=f"t{i}",
+            generation_id=f"g{i}",
+            tail=None,
+            end_payload={},
+        )
+        assert await counted_bytes(redis_client, "carol") == await stored_bytes(
+            redis_client, "carol"
+        )
+    assert refused is not None, "the byte cap never refused a turn"
+    assert await counted_bytes(redis_client, "carol") == await stored_bytes(redis_client, "carol")

@@ -210,4 +210,4 @@ async def test_a_turn_whose_write_no_replica_confirmed_is_degraded_and_counted(
             assert r.status_code == 200, r.text
             assert r.json()["memory"] == "degraded"
             metrics = (await client.get("/metrics")).text
-            assert 'chatmem_store_not_replicated_total{op="append"}' in metrics
+            assert 'chatmem_store_not_replicated_total{op="begin_turn"}' in metrics

@@ -133,11 +133,24 @@ class AuthSettings(BaseSettings):
 class LimitSettings(BaseSettings):
     model_config = _group("CHATMEM_LIMITS_")
 
-    requests_per_minute: int = 120
+    # Sliding one-minute windows per user (0: no limit): chat turns, and other writes
+    # (creating a session, …). `requests_per_minute` is the turns budget's older name.
+    turns_per_minute: int = Field(
+        120,
+        validation_alias=AliasChoices(
+            "turns_per_minute",
+            "requests_per_minute",
+            "CHATMEM_LIMITS_TURNS_PER_MINUTE",
+            "CHATMEM_LIMITS_REQUESTS_PER_MINUTE",
+        ),
+    )
+    writes_per_minute: int = 600
+    # Generations running at once per user, across processes (0: no cap).
     streams_per_user: int = 4
-    session_lock_ttl_ms: int = 120_000
+    # A generation renews its session's lock every third of this; a process that dies
+    # stops renewing, and its session is free (and its reply recovered) within this.
+    session_lock_ttl_ms: int = Field(30_000, ge=300)
     session_lock_wait_ms: int = 1500
-    idempotency_ttl_s: int = 24 * 3600
     # Bounded input (SPEC §3.1, §8): past these a request is refused with a 4xx.
     max_body_bytes: int = Field(64 * 1024, ge=1024)
     # Character imports and writes (a Card V2 with its lorebook can be large; admins only).

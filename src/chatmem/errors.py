@@ -154,8 +154,10 @@ class RateLimited(ChatmemError):
 
     code = "rate_limited"
 
-    def __init__(self, message: str = "", *, retry_after_s: float = 1.0) -> None:
-        super().__init__(message)
+    def __init__(
+        self, message: str = "", *, retry_after_s: float = 1.0, code: str | None = None
+    ) -> None:
+        super().__init__(message, code=code)
         self.retry_after_s = retry_after_s
 
 

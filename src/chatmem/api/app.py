@@ -87,7 +87,8 @@ async def _build_on(
         redis,
         lock_ttl_ms=lim.session_lock_ttl_ms,
         lock_wait_ms=lim.session_lock_wait_ms,
-        requests_per_minute=lim.requests_per_minute,
+        turns_per_minute=lim.turns_per_minute,
+        writes_per_minute=lim.writes_per_minute,
         streams_per_user=lim.streams_per_user,
     )
     provider = provider or make_provider(settings.llm)

@@ -53,6 +53,7 @@ __all__ = [
     "AppendResult",
     "RedisMemoryStore",
     "SessionSnapshot",
+    "preview_of",
     "validate_ttl",
     "validate_window",
 ]
@@ -121,11 +122,15 @@ def _preview(msg: Message) -> str:
     return text if len(text) <= PREVIEW_CHARS else text[: PREVIEW_CHARS - 1] + "…"
 
 
+# The preview a write leaves in the session's meta (turn scripts too).
+preview_of = _preview
+
+
 def _not_found(session_id: str) -> SessionNotFound:
     return SessionNotFound(f"session {session_id!r} not found")
 
 
-def _over_quota(max_bytes: int) -> StorageQuotaExceeded:
+def over_quota(max_bytes: int) -> StorageQuotaExceeded:
     return StorageQuotaExceeded(
         f"your stored conversations have reached their limit of {max_bytes} bytes: "
         "delete or clear some sessions to go on"
@@ -173,6 +178,11 @@ class RedisMemoryStore:
         self._list = redis.register_script(scripts.LIST_SESSIONS)
         self._totals = redis.register_script(scripts.USER_TOTALS)
         self._delete_user = redis.register_script(scripts.DELETE_USER)
+
+    def observe(self, name: str, seconds: float) -> None:
+        """Time one operation of this store (the turn scripts report theirs here too)."""
+        if self._on_op is not None:
+            self._on_op(name, seconds)
 
     async def _run(
         self, name: str, script: AsyncScript, ks: list[str], args: list[Any], *, write: bool = False
@@ -260,7 +270,7 @@ class RedisMemoryStore:
                 "delete some before starting another"
             )
         if res[0] == -2:
-            raise _over_quota(self.max_stored_bytes_per_user)
+            raise over_quota(self.max_stored_bytes_per_user)
         created, flat, pttl, stored = res
         if not created and not ensure:
             raise AlreadyExists(f"session {sid!r} already exists")
@@ -319,7 +329,7 @@ class RedisMemoryStore:
         if res is None:
             raise _not_found(session_id)
         if res[0] == -1:
-            raise _over_quota(self.max_stored_bytes_per_user)
+            raise over_quota(self.max_stored_bytes_per_user)
         result = AppendResult(appended=res[0], duplicate_ids=res[1], stored=res[2], last_seq=res[3])
         if read_last >= 0:
             raw_msgs = res[6]
@@ -396,6 +406,7 @@ class RedisMemoryStore:
         ks += [
             keys.session_lock_key(user_id, session_id),
             keys.session_stop_key(user_id, session_id),
+            keys.session_events_key(user_id, session_id),
         ]
         if not await self._run("delete_session", self._delete, ks, [session_id], write=True):
             raise _not_found(session_id)

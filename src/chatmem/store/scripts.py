@@ -333,7 +333,8 @@ return 1
 """
 )
 
-# KEYS[1..5] - session keys, KEYS[6] - the session's turn lock, KEYS[7] - its stop flag
+# KEYS[1..5] - session keys, KEYS[6] - the session's turn lock, KEYS[7] - its stop flag,
+# KEYS[8] - its generation event stream
 # ARGV[1] - session id
 # The session's bytes leave the user's totals.
 # return 1 if the session existed, else 0
@@ -343,7 +344,7 @@ local freed = tonumber(redis.call('HGET', KEYS[2], 'bytes') or '0')
 if freed > 0 and redis.call('EXISTS', KEYS[5]) == 1 then
   redis.call('HINCRBY', KEYS[5], 'bytes', -freed)
 end
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[6], KEYS[7])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[6], KEYS[7], KEYS[8])
 redis.call('ZREM', KEYS[4], ARGV[1])
 return existed
 """
@@ -383,13 +384,14 @@ return {redis.call('HGETALL', KEYS[2]), n}
 
 # KEYS[1] - the user's session index ZSET, KEYS[2] - the user's totals HASH
 # ARGV[1] - key prefix of the user's sessions ("cm:{u:<id>}:s:")
-# Every key of every indexed session goes (messages, meta, ids, turn lock, stop flag).
+# Every key of every indexed session goes (messages, meta, ids, turn lock, stop flag,
+# event stream).
 # return the number of sessions deleted
 DELETE_USER = """
 local sids = redis.call('ZRANGE', KEYS[1], 0, -1)
 for _, sid in ipairs(sids) do
   local p = ARGV[1] .. sid
-  redis.call('DEL', p .. ':m', p .. ':h', p .. ':i', p .. ':lock', p .. ':stop')
+  redis.call('DEL', p .. ':m', p .. ':h', p .. ':i', p .. ':lock', p .. ':stop', p .. ':ev')
 end
 redis.call('DEL', KEYS[1], KEYS[2])
 return #sids

@@ -28,7 +28,7 @@ from fastapi import APIRouter, Query
 from sse_starlette import EventSourceResponse
 
 from chatmem.api.deps import Caller, Service
-from chatmem.api.sse.response import sse_response
+from chatmem.api.sse.response import sse_response, subscribe
 from chatmem.auth import resolve_user
 from chatmem.chat.prompts import role_view
 from chatmem.chat.service import ChatService, Delta, TurnEvent
@@ -114,12 +114,13 @@ async def chat_stream(
                 f"start a new session with role={character.id!r} to talk to it",
                 code="role_mismatch",
             )
-    turn = await service.prepare_turn(uid, session_id, message)
-    sid = turn.session_id
+    gen = await service.prepare_turn(uid, session_id, message, stream=True)
+    sid = gen.session_id
+    frames = subscribe(gen, lambda event: chunk_frame(event, sid), error_frame)
     return sse_response(
-        turn,
-        lambda event, _rid, _n: chunk_frame(event, sid),
-        lambda code, msg, _rid, _n: error_frame(code, msg),
+        gen,
+        frames,
+        grace_s=service.settings.server.shutdown_grace_s,
     )
 
 
