@@ -48,7 +48,14 @@ def make_test_settings(
         memory=MemorySettings(**(memory or {})),
         auth=AuthSettings(keys=auth_keys, jwt_secret=jwt_secret, **(auth or {})),
         limits=LimitSettings(
-            **({"requests_per_minute": 100_000, "streams_per_user": 1000} | (limits or {})),
+            **(
+                {
+                    "turns_per_minute": 100_000,
+                    "writes_per_minute": 100_000,
+                    "streams_per_user": 1000,
+                }
+                | (limits or {})
+            ),
         ),
         _env_file=None,  # type: ignore[call-arg]
     )

@@ -243,7 +243,7 @@ async def test_health_ready_metrics(client: httpx.AsyncClient) -> None:
     text = (await client.get("/metrics")).text
     assert (
         "chatmem_turn_seconds_count" in text
-        and 'chatmem_store_op_seconds_count{op="append"}' in text
+        and 'chatmem_store_op_seconds_count{op="begin_turn"}' in text
     )
     assert (await client.get("/health")).headers["x-request-id"]
 
@@ -261,10 +261,12 @@ async def _read_until_deltas(resp: httpx.Response, n: int) -> int:
     return seen
 
 
-def test_client_disconnect_keeps_partial_reply_and_closes_upstream(
+def test_client_disconnect_does_not_stop_the_generation(
     settings: Settings, fake: FakeOpenAI, redis_client: Any
 ) -> None:
-    fake.script(Reply(text="w " * 200, delay_s=0.02))
+    """A native streamed reply is server-owned: the client hanging up after 5 deltas
+    does not end it; it completes and is stored whole (SPEC §3.6)."""
+    fake.script(Reply(text="w " * 100, delay_s=0.01))
 
     async def scenario(base: str) -> None:
         async with httpx.AsyncClient(base_url=base, timeout=10) as c:
@@ -273,6 +275,37 @@ def test_client_disconnect_keeps_partial_reply_and_closes_upstream(
                 "POST",
                 f"/v1/sessions/{sid}/messages",
                 json={"content": "long please", "stream": True},
+                headers=H,
+            ) as resp:
+                assert await _read_until_deltas(resp, 5) == 5
+            for _ in range(200):
+                hist = (await c.get(f"/v1/sessions/{sid}/messages", headers=H)).json()
+                if hist["messages"][-1]["role"] == "assistant" and len(hist["messages"]) == 3:
+                    break
+                await asyncio.sleep(0.05)
+            last = hist["messages"][-1]
+            assert last["role"] == "assistant" and last["content"] == "w " * 100
+            assert "interrupted" not in last["metadata"]
+            assert fake.client_disconnects == 0
+
+    with serve_in_thread(create_app(settings)) as base:
+        asyncio.run(scenario(base))
+
+
+def test_on_disconnect_stop_keeps_partial_reply_and_closes_upstream(
+    settings: Settings, fake: FakeOpenAI, redis_client: Any
+) -> None:
+    """`on_disconnect: "stop"`: the client hanging up stops the generation; the partial
+    reply is stored, interrupted, and the upstream stream is closed."""
+    fake.script(Reply(text="w " * 200, delay_s=0.02))
+
+    async def scenario(base: str) -> None:
+        async with httpx.AsyncClient(base_url=base, timeout=10) as c:
+            sid = await new_session(c)
+            async with c.stream(
+                "POST",
+                f"/v1/sessions/{sid}/messages",
+                json={"content": "long please", "stream": True, "on_disconnect": "stop"},
                 headers=H,
             ) as resp:
                 assert await _read_until_deltas(resp, 5) == 5
@@ -330,21 +363,21 @@ def test_stop_endpoint_stops_generation(
         asyncio.run(scenario(base))
 
 
-async def test_abandoned_turn_releases_the_session(
+async def test_generation_nobody_waits_for_completes_and_frees_the_session(
     settings: Settings, fake: FakeOpenAI, redis_client: Any
 ) -> None:
     """Regression: a client gone before the SSE body began left the turn lock held until
-    its TTL (120 s): closing a generator that never started runs none of its cleanup."""
-    settings.limits.session_lock_wait_ms = 100
+    its TTL (120 s). A generation is server-owned now: with no subscriber at all it still
+    completes, is stored, and frees the session."""
+    settings.limits.session_lock_wait_ms = 2000
     async with running_app(settings) as (app, client):
         sid = await new_session(client)
         service = app.state.parts.service
-        turn = await service.prepare_turn("alice", sid, "hello?")
-        await turn.abandon()
+        await service.prepare_turn("alice", sid, "hello?", stream=True)
         r = await client.post(f"/v1/sessions/{sid}/messages", json={"content": "b"}, headers=H)
         assert r.status_code == 200
-        # The abandoned user message was durable all the same.
         hist = (await client.get(f"/v1/sessions/{sid}/messages", headers=H)).json()["messages"]
+        assert [m["role"] for m in hist[1:]] == ["user", "assistant", "user", "assistant"]
         assert [m["content"] for m in hist if m["role"] == "user"] == ["hello?", "b"]
 
 

@@ -1,8 +1,10 @@
 """200 streams from 20 users over real sockets, half of them abandoned mid-reply: every
-reply reaches only its own user, and every abandoned one is stored as interrupted.
+reply reaches only its own user, and every abandoned one (sent with `on_disconnect:
+"stop"`: by default a generation outlives its client) is stored as interrupted.
 
 Regression: a client that left just as the reply finished cancelled the final write
-half-way, and that reply was lost (about one run in three); the write is now shielded.
+half-way, and that reply was lost (about one run in three); the write now runs in the
+generation's own task, which no client cancels.
 """
 
 from __future__ import annotations
@@ -39,9 +41,8 @@ async def one_stream(c: httpx.AsyncClient, user: str, j: int, abandon: bool) -> 
     token = f"{user}-s{j}"
     seen: list[str] = []
     cut = random.randint(1, 6)
-    async with c.stream(
-        "POST", f"/v1/sessions/{sid}/messages", json={"content": token, "stream": True}, headers=h
-    ) as resp:
+    body = {"content": token, "stream": True, "on_disconnect": "stop" if abandon else "continue"}
+    async with c.stream("POST", f"/v1/sessions/{sid}/messages", json=body, headers=h) as resp:
         assert resp.status_code == 200
         event = ""
         async for line in resp.aiter_lines():

@@ -26,7 +26,7 @@ from chatmem.api.routes.openai.shapes import (
 )
 from chatmem.characters import load_builtins
 from chatmem.chat.service import TurnDone
-from chatmem.errors import InvalidInput
+from chatmem.errors import InvalidInput, ProviderUnavailable
 from chatmem.models import Message, Role, Usage
 from tests.api_support import make_test_settings
 from tests.fake_openai import FakeOpenAI, Reply
@@ -366,7 +366,8 @@ async def test_stream_error_reaches_the_sdk(client: AsyncOpenAI, fake: FakeOpenA
     with pytest.raises(openai.APIError) as info:
         async for chunk in stream:
             received.append(chunk)
-    assert "fell over" in info.value.message
+    # chatmem's own message: the upstream's text is only logged (SPEC §8).
+    assert info.value.message == ProviderUnavailable().message
     assert isinstance(info.value.body, dict) and info.value.body["type"] == "server_error"
     assert "".join(c.choices[0].delta.content or "" for c in received) == "partial answer"
 

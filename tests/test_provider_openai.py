@@ -177,7 +177,7 @@ async def test_the_connection_is_reused_across_streams(
         (503, ProviderUnavailable, True),
     ],
 )
-async def test_upstream_status_maps_to_a_domain_error_with_its_message(
+async def test_upstream_status_maps_to_a_domain_error_with_its_detail(
     provider: OpenAICompatProvider,
     fake: FakeOpenAI,
     status: int,
@@ -188,7 +188,9 @@ async def test_upstream_status_maps_to_a_domain_error_with_its_message(
     with pytest.raises(error) as caught:
         await collect(provider)
     assert type(caught.value) is error or issubclass(type(caught.value), error)
-    assert f"upstream says {status}" in caught.value.message
+    # What the upstream said is the detail, for the log; the client's message is chatmem's.
+    assert f"upstream says {status}" in caught.value.detail
+    assert "upstream says" not in caught.value.message
     assert fake.request_count == (3 if retried else 1)
 
 

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,51 +19,9 @@ import pytest
 import redis
 
 from tests.fake_openai import FakeOpenAI, Reply
-from tests.live_server import free_port
+from tests.live_uvicorn import ChatmemProcess
 
 H = {"X-User-Id": "alice"}
-START_TIMEOUT_S = 30.0
-
-
-class ChatmemProcess:
-    """`python -m chatmem serve` on a free loopback port, with its own data dir."""
-
-    def __init__(self, env: dict[str, str], data_dir: Path) -> None:
-        self.port = free_port()
-        self.env = {**env, "CHATMEM_DATA_DIR": str(data_dir)}
-        self.cwd = data_dir.parent  # holds no .env
-        self.cwd.mkdir(parents=True, exist_ok=True)
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> ChatmemProcess:
-        cmd = [sys.executable, "-m", "chatmem", "serve", "--port", str(self.port)]
-        self.proc = subprocess.Popen([*cmd, "--log-level", "warning"], env=self.env, cwd=self.cwd)
-        return self
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            assert self.proc is not None and self.proc.poll() is None, "chatmem exited"
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"chatmem on port {self.port} did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,9 @@
 uvicorn stops accepting at once; turns that finish within the grace period
 (`CHATMEM_SERVER_SHUTDOWN_GRACE_S`) end normally, the streamed others are stopped just
 before it ends and stored as interrupted (their clients get a `done` event saying so);
-non-streamed ones still running when it ends are cancelled by uvicorn, and the turn's
-cancellation cleanup stores them as interrupted too. Then the outbox is flushed and the
+non-streamed ones still running when it ends lose their request to uvicorn, and their
+generations (server-owned tasks) are stopped by the service's shutdown and stored as
+interrupted too. Then the outbox is flushed and the
 embedded Redis is stopped last (SIGTERM: it writes its AOF). Read back from that Redis
 afterwards, every streamed reply is exactly what its client was sent.
 """

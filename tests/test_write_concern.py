@@ -107,7 +107,7 @@ async def test_write_without_enough_replicas_is_not_replicated_but_stays_on_the_
         await store.append("alice", "s1", [user_msg("hello", "m1")])
     assert isinstance(err.value, StoreUnavailable)
     assert (err.value.acked, err.value.wanted, err.value.code) == (0, 1, "store_not_replicated")
-    assert "0 of 1 replica" in err.value.message
+    assert "0 of 1 replica" in err.value.detail  # for the log; the client gets the class message
     assert shortfalls == ["create_session", "append"]
     # Written on the master all the same; a retry is idempotent.
     plain = RedisMemoryStore(redis_client)
@@ -210,4 +210,4 @@ async def test_a_turn_whose_write_no_replica_confirmed_is_degraded_and_counted(
             assert r.status_code == 200, r.text
             assert r.json()["memory"] == "degraded"
             metrics = (await client.get("/metrics")).text
-            assert 'chatmem_store_not_replicated_total{op="append"}' in metrics
+            assert 'chatmem_store_not_replicated_total{op="begin_turn"}' in metrics

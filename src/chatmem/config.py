@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 _GROUP = ConfigDict(extra="ignore")
@@ -133,10 +133,29 @@ class AuthSettings(BaseModel):
 class LimitSettings(BaseModel):
     model_config = _GROUP
 
-    requests_per_minute: int = 120
+    # Sliding one-minute windows per user (0: no limit): chat turns, and other writes
+    # (creating a session, …). `requests_per_minute` is the turns budget's older name.
+    turns_per_minute: int = Field(
+        120,
+        # CHATMEM_LIMITS_TURNS_PER_MINUTE or CHATMEM_LIMITS_REQUESTS_PER_MINUTE (Settings).
+        validation_alias=AliasChoices("turns_per_minute", "requests_per_minute"),
+    )
+    writes_per_minute: int = 600
+    # Generations running at once per user, across processes (0: no cap).
     streams_per_user: int = 4
-    session_lock_ttl_ms: int = 120_000
+    # A generation renews its session's lock every third of this; a process that dies
+    # stops renewing, and its session is free (and its reply recovered) within this.
+    session_lock_ttl_ms: int = Field(30_000, ge=300)
     session_lock_wait_ms: int = 1500
+    # Bounded input (SPEC §3.1, §8): past these a request is refused with a 4xx.
+    max_body_bytes: int = Field(64 * 1024, ge=1024)
+    # Character imports and writes (a Card V2 with its lorebook can be large; admins only).
+    max_import_body_bytes: int = Field(1024 * 1024, ge=1024)
+    max_metadata_bytes: int = Field(4 * 1024, ge=2)
+    # Per-user caps, so that one user cannot push others' data out of a capped Redis
+    # (0: no cap). Bytes are the stored size of the user's messages.
+    max_sessions_per_user: int = Field(1000, ge=0)
+    max_stored_bytes_per_user: int = Field(64 * 1024 * 1024, ge=0)
 
 
 class ServerSettings(BaseModel):

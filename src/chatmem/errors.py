@@ -2,26 +2,36 @@
 
 ChatmemError
 ├── InvalidInput                 bad value from a client
-│   └── InvalidId                an id that fails the safe pattern
+│   ├── InvalidId                an id that fails the safe pattern
+│   └── TooLarge                 a body, metadata or field past its size limit (413)
 ├── NotFound
 │   ├── SessionNotFound          missing, expired, or another user's
 │   ├── CharacterNotFound
 │   └── UserNotFound
 ├── Conflict
 │   ├── SessionBusy              another turn holds the session
-│   └── AlreadyExists
+│   ├── AlreadyExists
+│   └── QuotaExceeded            a per-user cap (SPEC §8): delete something first
+│       ├── TooManySessions
+│       └── StorageQuotaExceeded
 ├── Unauthenticated              no or bad credential
 ├── Forbidden                    authenticated, not allowed (admin routes)
 ├── RateLimited                  carries retry_after_s
-├── StoreUnavailable             Redis cannot be reached in time
+├── StoreUnavailable             Redis cannot be reached in time          (opaque)
 │   └── NotReplicated            written on the master, too few replicas confirmed it
 ├── StoreFull                    Redis refused a write: out of memory (maxmemory)
-└── ProviderError                the model upstream failed
+└── ProviderError                the model upstream failed                 (opaque)
     ├── ProviderAuthError
     ├── ProviderRateLimited
     ├── ProviderBadRequest
     ├── ProviderUnavailable
     └── ProviderTimeout
+
+Opaque errors (the store's and the provider's) say what failed in terms of chatmem's
+own infrastructure: Redis hosts and ports, upstream URLs and whatever an upstream put in
+its error body. The text they are raised with is their `detail`, for the server's log
+(it is also `str(exc)`, so tracebacks keep it); `message`, all a client ever sees, is
+the class's own sentence.
 """
 
 from __future__ import annotations
@@ -29,12 +39,25 @@ from __future__ import annotations
 
 class ChatmemError(Exception):
     code = "error"
+    # What the server may log but a client must not see (set by opaque errors).
+    detail = ""
 
     def __init__(self, message: str = "", *, code: str | None = None) -> None:
         super().__init__(message or self.__class__.__doc__ or self.code)
         self.message = message or (self.__class__.__doc__ or self.code).strip()
         if code is not None:
             self.code = code
+
+
+class OpaqueError(ChatmemError):
+    """An error whose text names chatmem's infrastructure (see the module docstring)."""
+
+    def __init__(self, detail: str = "", *, code: str | None = None, message: str = "") -> None:
+        # `message`, if given, must be free of hosts, paths and upstream text.
+        super().__init__(message, code=code)
+        self.detail = detail
+        if detail:
+            self.args = (detail,)
 
 
 class InvalidInput(ChatmemError):
@@ -47,6 +70,12 @@ class InvalidId(InvalidInput):
     """An id must be 1-128 characters of letters, digits, '-', '_' or '.'."""
 
     code = "invalid_id"
+
+
+class TooLarge(InvalidInput):
+    """The request is too large."""
+
+    code = "too_large"
 
 
 class NotFound(ChatmemError):
@@ -91,6 +120,24 @@ class AlreadyExists(Conflict):
     code = "already_exists"
 
 
+class QuotaExceeded(Conflict):
+    """A per-user limit is reached."""
+
+    code = "quota_exceeded"
+
+
+class TooManySessions(QuotaExceeded):
+    """Too many sessions: delete some before starting another."""
+
+    code = "too_many_sessions"
+
+
+class StorageQuotaExceeded(QuotaExceeded):
+    """Your stored conversations have reached their size limit: delete or clear some."""
+
+    code = "storage_quota_exceeded"
+
+
 class Unauthenticated(ChatmemError):
     """A valid credential is required."""
 
@@ -108,13 +155,15 @@ class RateLimited(ChatmemError):
 
     code = "rate_limited"
 
-    def __init__(self, message: str = "", *, retry_after_s: float = 1.0) -> None:
-        super().__init__(message)
+    def __init__(
+        self, message: str = "", *, retry_after_s: float = 1.0, code: str | None = None
+    ) -> None:
+        super().__init__(message, code=code)
         self.retry_after_s = retry_after_s
 
 
-class StoreUnavailable(ChatmemError):
-    """The memory store (Redis) is unavailable."""
+class StoreUnavailable(OpaqueError):
+    """The memory store is unavailable; retry shortly."""
 
     code = "store_unavailable"
 
@@ -124,8 +173,8 @@ class NotReplicated(StoreUnavailable):
 
     code = "store_not_replicated"
 
-    def __init__(self, message: str = "", *, acked: int = 0, wanted: int = 0) -> None:
-        super().__init__(message)
+    def __init__(self, detail: str = "", *, acked: int = 0, wanted: int = 0) -> None:
+        super().__init__(detail)
         self.acked = acked
         self.wanted = wanted
 
@@ -138,7 +187,7 @@ class StoreFull(ChatmemError):
     code = "store_full"
 
 
-class ProviderError(ChatmemError):
+class ProviderError(OpaqueError):
     """The model provider failed."""
 
     code = "provider_error"

@@ -39,6 +39,11 @@ class Metrics:
         self.degradations = Counter(
             "chatmem_degradations_total", "Turns served without memory", ["reason"], registry=r
         )
+        self.generations_recovered = Counter(
+            "chatmem_generations_recovered_total",
+            "Replies of generations whose process died, stored from their event stream",
+            registry=r,
+        )
         self.store_not_replicated = Counter(
             "chatmem_store_not_replicated_total",
             "Writes that fewer replicas confirmed than CHATMEM_REDIS_WAIT_REPLICAS asks",

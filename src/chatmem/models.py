@@ -10,9 +10,10 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+import orjson
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 
 class Role(StrEnum):
@@ -136,6 +137,8 @@ class UserTotals:
     total_tokens: int = 0
     usage: Usage = field(default_factory=Usage)
     session_count: int = 0
+    # The stored size of the user's messages now (what the storage cap counts).
+    stored_bytes: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -144,14 +147,41 @@ class UserTotals:
             "total_tokens": self.total_tokens,
             "usage": self.usage.to_dict(),
             "session_count": self.session_count,
+            "stored_bytes": self.stored_bytes,
         }
+
+
+# A character's `extensions` (mostly the Card V2 it was imported from), serialized.
+MAX_EXTENSIONS_BYTES = 512 * 1024
+
+
+def _unicode_text(value: str) -> str:
+    # JSON can carry a lone surrogate ("\ud800"); UTF-8, Redis and orjson cannot.
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise ValueError("not valid Unicode text (a lone surrogate)") from None
+    return value
+
+
+def _bounded_json(value: dict[str, Any]) -> dict[str, Any]:
+    try:
+        size = len(orjson.dumps(value))
+    except orjson.JSONEncodeError:
+        raise ValueError("not storable as JSON (a lone surrogate, or a non-text key)") from None
+    if size > MAX_EXTENSIONS_BYTES:
+        raise ValueError(f"{size} bytes serialized; the limit is {MAX_EXTENSIONS_BYTES}")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_unicode_text)]
 
 
 class ModelParams(BaseModel):
     # strict: `false` is not a temperature, `0` is not a bool (lax mode would coerce them).
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    model: str | None = None
+    model: Text | None = Field(None, max_length=200)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     max_tokens: int | None = Field(None, ge=1, le=32_768)
 
@@ -160,13 +190,16 @@ class Character(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     id: str = Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")
-    name: str = Field(min_length=1, max_length=200)
-    system_prompt: str = Field("", max_length=50_000)
-    greeting: str = Field("", max_length=10_000)
-    description: str = Field("", max_length=10_000)
+    name: Text = Field(min_length=1, max_length=200)
+    system_prompt: Text = Field("", max_length=50_000)
+    greeting: Text = Field("", max_length=10_000)
+    description: Text = Field("", max_length=10_000)
     params: ModelParams = Field(default_factory=ModelParams)
     # Instructions appended after the history (Card V2 post_history_instructions).
-    post_history_instructions: str = Field("", max_length=10_000)
-    # What a Card V2 import carried that chatmem does not use, kept for export.
-    extensions: dict[str, Any] = Field(default_factory=dict)
+    post_history_instructions: Text = Field("", max_length=10_000)
+    # What a Card V2 import carried that chatmem does not use, kept for export
+    # (at most MAX_EXTENSIONS_BYTES serialized).
+    extensions: Annotated[dict[str, Any], AfterValidator(_bounded_json)] = Field(
+        default_factory=dict
+    )
     builtin: bool = False

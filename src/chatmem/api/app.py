@@ -15,6 +15,7 @@ from fastapi_offline import FastAPIOffline
 from chatmem import __version__
 from chatmem.api import errors
 from chatmem.api.access_log import install_access_log_redaction
+from chatmem.api.body_limit import BodyLimitMiddleware, route_limits
 from chatmem.api.deps import AppParts
 from chatmem.api.middleware import RequestIdMiddleware
 from chatmem.api.routes import characters, health, sessions, users
@@ -69,6 +70,7 @@ def create_app(
         description="Chat backend with conversation memory in Redis.",
         lifespan=lifespan,
     )
+    app.add_middleware(BodyLimitMiddleware, limit_for=route_limits(settings.limits))
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(SecurityHeadersMiddleware)
     errors.install(app)

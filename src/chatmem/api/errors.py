@@ -1,7 +1,12 @@
-"""Map the domain error tree to HTTP: `{"error": {"code", "message"}}` with the right status."""
+"""Map the domain error tree to HTTP: `{"error": {"code", "message"}}` with the right status.
+
+Only an error's `message` reaches a client; an opaque error's `detail` (a Redis host, an
+upstream's own text) is logged here, redacted, with the request id, and goes no further.
+"""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -10,9 +15,13 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chatmem import errors as e
+from chatmem.redact import redact
+
+log = logging.getLogger(__name__)
 
 # Most specific first: the first class an error is an instance of gives its status.
 STATUS: list[tuple[type[e.ChatmemError], int]] = [
+    (e.TooLarge, 413),
     (e.InvalidInput, 400),
     (e.NotFound, 404),
     (e.Conflict, 409),
@@ -35,7 +44,14 @@ def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, **extra}}
 
 
+def log_detail(exc: e.ChatmemError) -> None:
+    """Log what the client is not told (every route that answers an error calls this)."""
+    if exc.detail:
+        log.warning("%s answered to the client; the cause: %s", exc.code, redact(exc.detail))
+
+
 def error_response(exc: e.ChatmemError) -> JSONResponse:
+    log_detail(exc)
     headers: dict[str, str] = {}
     if isinstance(exc, e.RateLimited):
         headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))

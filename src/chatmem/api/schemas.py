@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -35,3 +35,6 @@ class SendMessage(BaseModel):
     stream: bool = False
     client_message_id: str | None = Field(None, min_length=1, max_length=128)
     metadata: dict[str, Any] = Field(default_factory=dict)
+    # A streamed reply goes on when its client disconnects (re-attach with
+    # GET /v1/sessions/{sid}/stream); "stop" stops it instead, as the OpenAI route does.
+    on_disconnect: Literal["continue", "stop"] = "continue"

@@ -14,7 +14,7 @@ The routes (api/routes/compat/) keep only the seeds' HTTP shapes.
 
 from __future__ import annotations
 
-from chatmem.chat.service import ChatService, Turn
+from chatmem.chat.service import ChatService, Generation
 from chatmem.errors import InvalidInput, SessionNotFound, StoreUnavailable
 from chatmem.models import SessionMeta
 from chatmem.store.conversations import WINDOW_MAX, validate_ttl
@@ -82,7 +82,8 @@ async def prepare_conversation_turn(
     window_size: int | None = None,
     new_ttl_s: int | None = None,
     new_window_size: int | None = None,
-) -> Turn:
+    stream: bool = False,
+) -> Generation:
     """Prepare a turn on an implicit conversation, creating its session if needed.
 
     `ttl_s` / `window_size` are what the request asked for (applied to the session);
@@ -110,7 +111,7 @@ async def prepare_conversation_turn(
         except StoreUnavailable:
             pass  # the turn itself degrades (outbox); its settings wait for Redis
     try:
-        return await service.prepare_turn(user_id, session_id, content)
+        return await service.prepare_turn(user_id, session_id, content, stream=stream)
     except SessionNotFound:
         await create()
-        return await service.prepare_turn(user_id, session_id, content)
+        return await service.prepare_turn(user_id, session_id, content, stream=stream)

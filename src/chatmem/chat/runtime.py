@@ -72,6 +72,8 @@ def _store(redis: AnyRedis, settings: Settings, metrics: Metrics | None) -> Redi
         wait_replicas=settings.redis.wait_replicas,
         wait_timeout_ms=settings.redis.wait_timeout_ms,
         on_not_replicated=metrics.count_not_replicated if metrics else None,
+        max_sessions_per_user=settings.limits.max_sessions_per_user,
+        max_stored_bytes_per_user=settings.limits.max_stored_bytes_per_user,
     )
 
 
@@ -122,7 +124,8 @@ async def running(
             redis,
             lock_ttl_ms=lim.session_lock_ttl_ms,
             lock_wait_ms=lim.session_lock_wait_ms,
-            requests_per_minute=lim.requests_per_minute,
+            turns_per_minute=lim.turns_per_minute,
+            writes_per_minute=lim.writes_per_minute,
             streams_per_user=lim.streams_per_user,
         )
         provider = provider or make_provider(settings.llm)

@@ -4,7 +4,8 @@ The prompt runs in the main thread (so Ctrl+C and Ctrl+D behave as in any termin
 program) and the HTTP client in an anyio blocking portal, a loop thread that lives for
 the whole chat; the in-process app's lifespan is entered and left in that one thread.
 Ctrl+C during a reply stops it (the server keeps the partial reply, marked stopped);
-Ctrl+C or Ctrl+D at the prompt quits.
+Ctrl+C or Ctrl+D at the prompt quits. Opened on a session whose reply the server is
+still writing (`--session`), the chat shows that reply streaming before the first prompt.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import concurrent.futures
 import contextlib
 import re
 import sys
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,11 +23,22 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from rich.console import Console
 from rich.text import Text
 
-from chatmem.cli.client import ApiError, ChatmemClient, auth_headers, connect
+from chatmem.cli.client import (
+    END_EVENTS,
+    ApiError,
+    ChatmemClient,
+    SseEvent,
+    auth_headers,
+    connect,
+)
 
 PROMPT = "you › "
 STOP_GRACE_S = 3.0
 HISTORY_ON_RESUME = 6
+# Re-attaching replays a reply from its start: what arrives within this time is the
+# replay's first burst, which tells a reply still running from one that has just ended
+# (and is shown already, in the history).
+REPLAY_SETTLE_S = 0.3
 # Model output may carry terminal control sequences; only text, newlines and tabs print.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
@@ -63,6 +76,7 @@ class TerminalChat:
     api: ChatmemClient
     names: dict[str, str]
     session: dict[str, Any] = field(default_factory=dict)
+    shown_ids: set[str] = field(default_factory=set)
     echoes_input: bool = field(default_factory=lambda: sys.stdin.isatty())
 
     # --- setting up -------------------------------------------------------------------
@@ -81,6 +95,7 @@ class TerminalChat:
             self.banner(resumed=True)
             for msg in await self.api.history(opts.session, HISTORY_ON_RESUME):
                 self.show_message(msg)
+                self.shown_ids.add(str(msg.get("msg_id")))
         else:
             await self.new_session(opts.character, opts.title)
 
@@ -184,10 +199,17 @@ class TerminalChat:
         msg = f"error: {exc.message}" + (f" — {hint}" if hint else "")
         self.console.print(Text(printable(msg), "red"))
 
-    # --- one turn ---------------------------------------------------------------------
+    # --- one reply --------------------------------------------------------------------
 
     def turn(self, text: str) -> None:
-        future = self.portal.start_task_soon(self.stream, text)
+        self.watch(self.stream, text)
+
+    def reattach(self) -> None:
+        """Show the reply the server is still writing in this session, if there is one."""
+        self.watch(self.follow_running)
+
+    def watch(self, func: Any, *args: Any) -> None:
+        future = self.portal.start_task_soon(func, *args)
         try:
             _wait(future)
         except KeyboardInterrupt:
@@ -199,7 +221,7 @@ class TerminalChat:
             pass
 
     def interrupt(self, future: concurrent.futures.Future[None]) -> None:
-        """Ask the server to stop, let the reply end by itself, else hang up."""
+        """Ask the server to stop, let the reply end by itself, else stop watching it."""
         with contextlib.suppress(Exception):
             self.portal.call(self._stop)
         try:
@@ -217,12 +239,52 @@ class TerminalChat:
             await self.api.stop(self.session["session_id"])
 
     async def stream(self, text: str) -> None:
-        sid = self.session["session_id"]
+        async with contextlib.aclosing(self.api.send(self.session["session_id"], text)) as events:
+            await self.show_reply(events)
+
+    async def follow_running(self) -> None:
+        send, receive = anyio.create_memory_object_stream[SseEvent](1000)
+        failures: list[ApiError] = []
+
+        async def pump() -> None:
+            events = self.api.follow(self.session["session_id"])
+            async with send, contextlib.aclosing(events):
+                try:
+                    async for event in events:
+                        await send.send(event)
+                except ApiError as exc:
+                    # 404: a server without re-attach; nothing to show then.
+                    if exc.status != 404:
+                        failures.append(exc)
+
+        async with anyio.create_task_group() as tg, receive:
+            tg.start_soon(pump)
+            first: list[SseEvent] = []
+            nothing = False
+            with anyio.move_on_after(REPLAY_SETTLE_S):
+                async for event in receive:
+                    first.append(event)
+                    if event.event in END_EVENTS:
+                        break
+                else:
+                    nothing = not first  # 204, or a server without re-attach
+            if not nothing and not (first and self._shown_already(first[-1])):
+                await self.show_reply(_chain(first, receive))
+            tg.cancel_scope.cancel()
+        if failures:
+            raise failures[0]
+
+    def _shown_already(self, event: SseEvent) -> bool:
+        if event.event != "done":
+            return False
+        return str((event.data.get("message") or {}).get("msg_id")) in self.shown_ids
+
+    async def show_reply(self, events: AsyncIterator[SseEvent]) -> None:
         status = None
         if self.console.is_terminal:
             status = self.console.status(f"{self.name()} is typing…")
             status.start()
-        started = False
+        started = ended = False
 
         def begin() -> None:
             nonlocal started
@@ -233,22 +295,26 @@ class TerminalChat:
                 self.console.print(Text(f"{printable(self.name())} › ", "bold"), end="")
 
         try:
-            async with contextlib.aclosing(self.api.send(sid, text)) as events:
-                async for ev in events:
-                    if ev.event == "delta":
-                        begin()
-                        chunk = printable(str(ev.data.get("content", "")))
-                        self.console.print(Text(chunk), end="", soft_wrap=True)
-                    elif ev.event == "done":
-                        begin()
-                        self.finish(ev.data)
-                    elif ev.event == "error":
-                        if started:
-                            self.console.print()
-                        raise ApiError(200, str(ev.data.get("code")), str(ev.data.get("message")))
+            async for ev in events:
+                if ev.event == "delta":
+                    begin()
+                    chunk = printable(str(ev.data.get("content", "")))
+                    self.console.print(Text(chunk), end="", soft_wrap=True)
+                elif ev.event == "done":
+                    ended = True
+                    begin()
+                    self.finish(ev.data)
+                    break
+                elif ev.event == "error":
+                    if started:
+                        self.console.print()
+                    raise ApiError(200, str(ev.data.get("code")), str(ev.data.get("message")))
         finally:
             if status is not None:
                 status.stop()
+        if started and not ended:
+            self.console.print()
+            self.console.print(Text("  (the end of this reply was lost; /history shows it)", "dim"))
 
     def finish(self, done: dict[str, Any]) -> None:
         message = done.get("message") or {}
@@ -265,6 +331,15 @@ class TerminalChat:
         )
         if done.get("memory", "ok") != "ok":
             self.console.print(Text(f"  memory: {done['memory']}", "yellow"))
+
+
+async def _chain(first: list[SseEvent], rest: AsyncIterator[SseEvent]) -> AsyncIterator[SseEvent]:
+    for event in first:
+        yield event
+    if first and first[-1].event in END_EVENTS:
+        return
+    async for event in rest:
+        yield event
 
 
 def _wait(future: concurrent.futures.Future[None]) -> None:
@@ -293,4 +368,6 @@ def run_chat(console: Console, opts: ChatOptions) -> None:
         names = portal.call(_character_names, api)
         chat = TerminalChat(console, portal, api, names)
         portal.call(chat.open, opts)
+        if opts.session:
+            chat.reattach()
         chat.run()

@@ -2,7 +2,7 @@
 
 Errors come back as `ApiError(status, code, message)` from the API's
 `{"error": {"code", "message"}}` body; a streamed reply is an async iterator of
-`(event, data)` pairs parsed from its server-sent events.
+`SseEvent(event, data, id)` parsed from its server-sent events.
 """
 
 from __future__ import annotations
@@ -25,10 +25,15 @@ class ApiError(Exception):
         self.message = message
 
 
+# The server owns a reply (SPEC §3.4-3.6): these end it; anything else may be followed by more.
+END_EVENTS = frozenset({"done", "error"})
+
+
 @dataclass(frozen=True, slots=True)
 class SseEvent:
     event: str
     data: Any
+    id: str | None = None
 
 
 def auth_headers(user: str | None, api_key: str | None) -> dict[str, str]:
@@ -80,12 +85,12 @@ def _sid(session_id: str) -> str:
 
 async def iter_sse(res: httpx.Response) -> AsyncIterator[SseEvent]:
     """Parse a text/event-stream body into events (comments and pings skipped)."""
-    event, data = "message", list[str]()
+    event, data, event_id = "message", list[str](), None
     async for line in res.aiter_lines():
         if not line:
             if data:
-                yield SseEvent(event, json.loads("\n".join(data)))
-            event, data = "message", list[str]()
+                yield SseEvent(event, json.loads("\n".join(data)), event_id)
+            event, data, event_id = "message", list[str](), None
             continue
         if line.startswith(":"):
             continue
@@ -95,8 +100,10 @@ async def iter_sse(res: httpx.Response) -> AsyncIterator[SseEvent]:
             event = value
         elif name == "data":
             data.append(value)
+        elif name == "id":
+            event_id = value
     if data:
-        yield SseEvent(event, json.loads("\n".join(data)))
+        yield SseEvent(event, json.loads("\n".join(data)), event_id)
 
 
 class ChatmemClient:
@@ -167,18 +174,54 @@ class ChatmemClient:
     async def send(self, session_id: str, content: str) -> AsyncGenerator[SseEvent, None]:
         """Send a message and yield the reply's events as they arrive.
 
-        Closing the iterator early closes the response, which stops the generation.
+        The server writes the reply whether or not anyone reads it: closing the iterator
+        early does not stop it (`stop` does). A connection that drops before the reply's
+        end is resumed once, after the last event received.
         """
-        path = f"/v1/sessions/{_sid(session_id)}/messages"
+        last_id: str | None = None
+        try:
+            async for event in self._events(
+                "POST",
+                f"/v1/sessions/{_sid(session_id)}/messages",
+                json={"content": content, "stream": True},
+            ):
+                last_id = event.id or last_id
+                yield event
+                if event.event in END_EVENTS:
+                    return
+        except ApiError as exc:
+            if exc.status != 0 or last_id is None:
+                raise
+        if last_id is None:
+            return
+        try:
+            async for event in self.follow(session_id, last_id):
+                yield event
+        except ApiError as exc:
+            if exc.status != 404:  # a server that cannot resume: the reply's end is lost here
+                raise
+
+    async def follow(
+        self, session_id: str, last_event_id: str | None = None
+    ) -> AsyncGenerator[SseEvent, None]:
+        """The events of the reply being written in the session (SPEC §3.5): from its
+        start, or after `last_event_id`, then live until its end. None when no reply is
+        running or recently ended (204)."""
+        headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+        async for event in self._events(
+            "GET", f"/v1/sessions/{_sid(session_id)}/stream", headers=headers
+        ):
+            yield event
+
+    async def _events(self, method: str, path: str, **kwargs: Any) -> AsyncIterator[SseEvent]:
+        headers = {"Accept": "text/event-stream", **kwargs.pop("headers", {})}
         try:
             async with self.http.stream(
-                "POST",
-                path,
-                json={"content": content, "stream": True},
-                headers={"Accept": "text/event-stream"},
-                timeout=httpx.Timeout(10.0, read=None),
+                method, path, headers=headers, timeout=httpx.Timeout(10.0, read=None), **kwargs
             ) as res:
                 await _raise_for_error(res)
+                if res.status_code == 204:
+                    return
                 async for event in iter_sse(res):
                     yield event
         except httpx.TransportError as exc:

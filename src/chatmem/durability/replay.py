@@ -197,7 +197,10 @@ class OutboxReplayer:
 
     async def _apply(self, rec: OutboxRecord) -> None:
         try:
-            await self.store.append(rec.user_id, rec.session_id, rec.messages, usage=rec.usage)
+            # Acknowledged while Redis was down: not refused by the storage cap now.
+            await self.store.append(
+                rec.user_id, rec.session_id, rec.messages, usage=rec.usage, enforce_quota=False
+            )
             return
         except SessionNotFound:
             pass
@@ -208,4 +211,6 @@ class OutboxReplayer:
         await self.store.create_session(
             rec.user_id, rec.character_id, session_id=rec.session_id, title=title, ensure=True
         )
-        await self.store.append(rec.user_id, rec.session_id, rec.messages, usage=rec.usage)
+        await self.store.append(
+            rec.user_id, rec.session_id, rec.messages, usage=rec.usage, enforce_quota=False
+        )

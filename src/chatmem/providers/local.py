@@ -188,9 +188,8 @@ class LocalLlamaProvider:
             raise ProviderUnavailable("the local model is shut down")
         with self._slots_lock:
             if self._admitted > self._settings.local_queue_size:
-                raise ProviderUnavailable(
-                    f"the local model is busy ({self._admitted - 1} requests already waiting)"
-                )
+                busy = f"the local model is busy ({self._admitted - 1} requests already waiting)"
+                raise ProviderUnavailable(busy, message=busy.capitalize() + ".")
             self._admitted += 1
 
     def _release(self, _job: concurrent.futures.Future[None]) -> None:
@@ -229,10 +228,11 @@ class LocalLlamaProvider:
         )
         room = llama.n_ctx() - len(prompt)
         if room < 1:
-            raise ProviderBadRequest(
+            too_long = (
                 f"the prompt ({len(prompt)} tokens) does not fit the local model's "
                 f"context window ({llama.n_ctx()} tokens)"
             )
+            raise ProviderBadRequest(too_long, message=too_long.capitalize() + ".")
         max_tokens = min(params.max_tokens or self._settings.max_tokens, room)
         temperature = (
             self._settings.temperature if params.temperature is None else params.temperature

@@ -7,6 +7,11 @@ retries would retry after the first token. Here the SSE bytes are split and
 parsed with orjson directly, tolerating what compatible servers really send:
 `usage: null`, chunks with empty `choices`, comment lines, `reasoning_content`,
 an `error` object inside the stream, or a plain JSON reply to a streamed request.
+
+Upstream errors become chatmem's own (`ProviderError` subclasses, whose client-facing
+message is their class's): what the upstream said, with its status, is the error's
+`detail`, for the server's log only, with the API key and anything shaped like a
+credential redacted. An upstream's body can echo the key or name internal hosts.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from chatmem.errors import (
     ProviderUnavailable,
 )
 from chatmem.providers.base import GenerationParams, ModelInfo, StreamChunk, TokenUsage
+from chatmem.redact import redact
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_MODEL = "gpt-4o-mini"
@@ -51,10 +57,13 @@ _RETRYABLE = (ProviderUnavailable, ProviderRateLimited, ProviderTimeout)
 
 
 class UpstreamRateLimited(ProviderRateLimited):
-    """The model provider is rate limiting requests (carries its Retry-After)."""
+    """The model provider is rate limiting requests."""
 
-    def __init__(self, message: str, *, retry_after_s: float | None) -> None:
-        super().__init__(message)
+    # The docstring is the client's message (see errors.py); this one carries the
+    # upstream's Retry-After for the retry delay.
+
+    def __init__(self, detail: str, *, retry_after_s: float | None) -> None:
+        super().__init__(detail)
         self.retry_after_s = retry_after_s
 
 
@@ -135,9 +144,15 @@ class OpenAICompatProvider:
                 or attempt >= self._settings.max_retries
                 or not isinstance(error, _RETRYABLE)
             ):
-                raise error
+                raise self._scrubbed(error)
             await asyncio.sleep(self._retry_delay_s(attempt, error))
             attempt += 1
+
+    def _scrubbed(self, error: ProviderError) -> ProviderError:
+        """The error with the API key and other credentials out of its detail."""
+        error.detail = redact(error.detail, (self._settings.api_key,))
+        error.args = (error.detail,)
+        return error
 
     def _request_body(
         self, messages: Sequence[Mapping[str, str]], params: GenerationParams
@@ -350,4 +365,4 @@ def _transport_error(exc: httpx.HTTPError, base_url: str) -> ProviderError:
 
 
 def _rejects_stream_options(error: ProviderError) -> bool:
-    return isinstance(error, ProviderBadRequest) and "stream_options" in error.message
+    return isinstance(error, ProviderBadRequest) and "stream_options" in error.detail

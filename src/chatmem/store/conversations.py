@@ -21,7 +21,13 @@ from typing import Any
 
 from redis.commands.core import AsyncScript
 
-from chatmem.errors import AlreadyExists, InvalidInput, SessionNotFound
+from chatmem.errors import (
+    AlreadyExists,
+    InvalidInput,
+    SessionNotFound,
+    StorageQuotaExceeded,
+    TooManySessions,
+)
 from chatmem.models import (
     Message,
     SessionMeta,
@@ -52,6 +58,7 @@ __all__ = [
     "AppendResult",
     "RedisMemoryStore",
     "SessionSnapshot",
+    "preview_of",
     "validate_ttl",
     "validate_window",
 ]
@@ -103,8 +110,19 @@ def _preview(msg: Message) -> str:
     return text if len(text) <= PREVIEW_CHARS else text[: PREVIEW_CHARS - 1] + "…"
 
 
+# The preview a write leaves in the session's meta (turn scripts too).
+preview_of = _preview
+
+
 def _not_found(session_id: str) -> SessionNotFound:
     return SessionNotFound(f"session {session_id!r} not found")
+
+
+def over_quota(max_bytes: int) -> StorageQuotaExceeded:
+    return StorageQuotaExceeded(
+        f"your stored conversations have reached their limit of {max_bytes} bytes: "
+        "delete or clear some sessions to go on"
+    )
 
 
 class RedisMemoryStore(UserQueries):
@@ -121,7 +139,11 @@ class RedisMemoryStore(UserQueries):
         wait_replicas: int = 0,
         wait_timeout_ms: int = 500,
         on_not_replicated: ShortfallObserver | None = None,
+        max_sessions_per_user: int = 0,
+        max_stored_bytes_per_user: int = 0,
     ) -> None:
+        """`max_sessions_per_user` and `max_stored_bytes_per_user` (0: no cap) are enforced
+        by the write scripts themselves, so no number of processes can pass them."""
         if max_messages < 1:
             raise ValueError("max_messages must be at least 1")
         self.redis = redis
@@ -134,6 +156,8 @@ class RedisMemoryStore(UserQueries):
         self.id_window = min(max_messages, keys.IDEMPOTENCY_WINDOW)
         self.default_ttl_s = validate_ttl(default_ttl_s)
         self.default_window = validate_window(default_window)
+        self.max_sessions_per_user = max_sessions_per_user
+        self.max_stored_bytes_per_user = max_stored_bytes_per_user
         self._on_op = on_op
         self._create = redis.register_script(scripts.CREATE_SESSION)
         self._append = redis.register_script(scripts.APPEND_MESSAGES)
@@ -144,6 +168,11 @@ class RedisMemoryStore(UserQueries):
         self._list = redis.register_script(scripts.LIST_SESSIONS)
         self._totals = redis.register_script(scripts.USER_TOTALS)
         self._delete_user = redis.register_script(scripts.DELETE_USER)
+
+    def observe(self, name: str, seconds: float) -> None:
+        """Time one operation of this store (the turn scripts report theirs here too)."""
+        if self._on_op is not None:
+            self._on_op(name, seconds)
 
     async def _run(
         self, name: str, script: AsyncScript, ks: list[str], args: list[Any], *, write: bool = False
@@ -211,15 +240,26 @@ class RedisMemoryStore(UserQueries):
             args.append(_preview(greeting))
         else:
             args += ["", "", 0, ""]
+        args += [
+            self.max_sessions_per_user,
+            self.max_stored_bytes_per_user,
+            keys.session_prefix(user_id),
+        ]
         for name, value in fields.items():
             args += [name, value]
         # The user index first: a user listed without sessions is filtered out on listing,
         # while a session whose user is missing from the index would never be listed.
         async with self._op("create_session"):
             await self.redis.zadd(keys.USERS_INDEX_KEY, {user_id: _now_ms()})
-        created, flat, pttl, stored = await self._run(
-            "create_session", self._create, ks, args, write=True
-        )
+        res = await self._run("create_session", self._create, ks, args, write=True)
+        if res[0] == -1:
+            raise TooManySessions(
+                f"you have {self.max_sessions_per_user} sessions, the most allowed: "
+                "delete some before starting another"
+            )
+        if res[0] == -2:
+            raise over_quota(self.max_stored_bytes_per_user)
+        created, flat, pttl, stored = res
         if not created and not ensure:
             raise AlreadyExists(f"session {sid!r} already exists")
         return decode_meta(sid, flat, pttl_ms=pttl, stored=stored)
@@ -232,6 +272,7 @@ class RedisMemoryStore(UserQueries):
         *,
         usage: Usage | None = None,
         read_last: int = -1,
+        enforce_quota: bool = True,
     ) -> AppendResult:
         """Append messages atomically; ids already held by the session are skipped.
 
@@ -240,6 +281,11 @@ class RedisMemoryStore(UserQueries):
         only if at least one message was new (or none were given), so a retry pays once.
         With `read_last >= 0` the same round trip returns the meta and that many newest
         messages as they are after the write.
+
+        Past the user's byte cap, StorageQuotaExceeded and nothing is written, unless
+        `enforce_quota` is false or the write carries `usage`: a turn's reply (its turn
+        was admitted with its user message) and a replay of what was already
+        acknowledged are not refused.
         """
         if not messages and usage is None:
             raise InvalidInput("nothing to append")
@@ -261,6 +307,8 @@ class RedisMemoryStore(UserQueries):
             u.prompt_tokens,
             u.completion_tokens,
             repr(u.cost_usd),
+            self.max_stored_bytes_per_user if enforce_quota and usage is None else 0,
+            keys.session_prefix(user_id),
         ]
         validate_id = keys.validate_id
         for msg in messages:
@@ -268,6 +316,8 @@ class RedisMemoryStore(UserQueries):
         res = await self._run("append", self._append, ks, args, write=True)
         if res is None:
             raise _not_found(session_id)
+        if res[0] == -1:
+            raise over_quota(self.max_stored_bytes_per_user)
         result = AppendResult(appended=res[0], duplicate_ids=res[1], stored=res[2], last_seq=res[3])
         if read_last >= 0:
             raw_msgs = res[6]
@@ -344,6 +394,7 @@ class RedisMemoryStore(UserQueries):
         ks += [
             keys.session_lock_key(user_id, session_id),
             keys.session_stop_key(user_id, session_id),
+            keys.session_events_key(user_id, session_id),
         ]
         if not await self._run("delete_session", self._delete, ks, [session_id], write=True):
             raise _not_found(session_id)

@@ -26,6 +26,12 @@ PREVIEW_CHARS = 100
 MAX_TITLE_CHARS = 200
 # One append carries at most this many messages (Lua's unpack() has a stack limit).
 MAX_APPEND_MESSAGES = 1000
+# Rate limits count requests over a sliding window of this length.
+RATE_WINDOW_MS = 60_000
+# A generation's event stream: at most this many entries (deltas are coalesced, a few per
+# 50 ms), kept this long after its end for clients re-attaching late.
+EVENTS_MAXLEN = 20_000
+EVENTS_TTL_AFTER_END_MS = 5 * 60_000
 # Message ids remembered per session for idempotent appends: those of the newest
 # min(max_messages, IDEMPOTENCY_WINDOW) stored messages.
 IDEMPOTENCY_WINDOW = 1000
@@ -78,11 +84,18 @@ def user_totals_key(user_id: str) -> str:
     return f"{user_tag(user_id)}:totals"
 
 
-def user_rate_key(user_id: str, window: int) -> str:
-    return f"{user_tag(user_id)}:rate:{window}"
+def session_events_key(user_id: str, session_id: str) -> str:
+    """STREAM of the session's current (or last) generation's events (turn_scripts.py)."""
+    return f"{_session(user_id, session_id)}:ev"
+
+
+def user_rate_key(user_id: str, budget: str) -> str:
+    """ZSET: the user's recent requests of one budget (`turns`, `writes`), sliding window."""
+    return f"{user_tag(user_id)}:rate:{budget}"
 
 
 def user_streams_key(user_id: str) -> str:
+    """ZSET of the user's running generations, scored by their lock's expiry (ms)."""
     return f"{user_tag(user_id)}:streams"
 
 
@@ -92,6 +105,23 @@ def session_keys(user_id: str, session_id: str) -> list[str]:
     tag = user_tag(user_id)
     base = f"{tag}:s:{validate_id(session_id, 'session id')}"
     return [f"{base}:m", f"{base}:h", f"{base}:i", f"{tag}:sessions", f"{tag}:totals"]
+
+
+def turn_keys(user_id: str, session_id: str) -> list[str]:
+    """KEYS for the turn scripts, in their documented order (see `turn_scripts`)."""
+    tag = user_tag(user_id)
+    base = f"{tag}:s:{validate_id(session_id, 'session id')}"
+    return [
+        f"{base}:m",
+        f"{base}:h",
+        f"{base}:i",
+        f"{tag}:sessions",
+        f"{tag}:totals",
+        f"{base}:lock",
+        f"{base}:ev",
+        f"{tag}:rate:turns",
+        f"{tag}:streams",
+    ]
 
 
 def characters_key() -> str:

@@ -1,10 +1,15 @@
-"""Redis primitives that coordinate API processes: the per-session turn lock, the stop
-signal, the per-user rate limit and the concurrent-stream cap.
+"""Redis primitives that coordinate API processes: the per-session turn lock (taken by
+the begin script, renewed here, released by the finish script — store/turns.py), the
+stop signal, and the per-user rate limits.
 
 They live in Redis, not in process memory, so any number of API processes behind one
 Redis agree on them. Every key carries the user's hash tag. A Redis that cannot be
-reached in time raises `StoreUnavailable` (client.redis_errors, as everywhere), so a turn can
-degrade instead of failing.
+reached in time raises `StoreUnavailable` (client.redis_errors, as in every store
+module), so that a turn can degrade instead of failing.
+
+`tick()` is the one periodic round trip of a process: for all of its generations at
+once it appends the coalesced deltas to their event streams, polls their stop flags and
+renews the locks that are due (chat/inflight.py calls it).
 """
 
 from __future__ import annotations
@@ -13,40 +18,61 @@ import asyncio
 import secrets
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from chatmem.errors import RateLimited, SessionBusy
-from chatmem.store import keys
+from chatmem.store import keys, turn_scripts
 from chatmem.store.client import AnyRedis, redis_errors
 
-# KEYS[1] - lock key
-# ARGV[1] - the holder's token
+# A stop request names the lock token it is meant for; it lasts this long.
+STOP_TTL_MS = 60_000
+
+
+# KEYS[1] - lock key, KEYS[2] - the session's generation event stream
+# ARGV[1] - the holder's token, ARGV[2] - the stream's expiry once ended, ms
+# A generation whose turn was taken by the outbox (Redis went away before its finish)
+# has its event stream ended here, when its lock is released late: else the next turn
+# would take it for the generation of a dead process and store a partial reply under
+# the id the outbox's full reply will be replayed with.
 # return 1 if the caller held the lock and released it, else 0
 _RELEASE = """
+local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+if #first == 1 then
+  local f, token = first[1][2], nil
+  for i = 1, #f, 2 do if f[i] == 'k' then token = f[i + 1] end end
+  if token == ARGV[1] then
+    local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)[1][2]
+    local ended = false
+    for i = 1, #last, 2 do if last[i] == 't' and last[i + 1] == 'e' then ended = true end end
+    if not ended then
+      redis.call('XADD', KEYS[2], '*', 't', 'e', 'p',
+        '{"code":"store_unavailable","message":"the reply was kept in the outbox"}')
+      redis.call('PEXPIRE', KEYS[2], ARGV[2])
+    end
+  end
+end
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
 
-# KEYS[1] - counter key of the current window
-# ARGV[1] - limit, ARGV[2] - window length in ms
-# return 1 if the request is within the limit, else 0
-_RATE = """
-local n = redis.call('INCR', KEYS[1])
-if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-if n > tonumber(ARGV[1]) then return 0 end
-return 1
-"""
 
-# KEYS[1] - the user's active-streams ZSET (member: stream token, score: expiry ms)
-# ARGV[1] - now ms, ARGV[2] - cap, ARGV[3] - token, ARGV[4] - expiry ms
-# Entries past their expiry belong to crashed processes and are dropped first.
-# return 1 if the stream may start, else 0
-_STREAM_ENTER = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
-redis.call('ZADD', KEYS[1], ARGV[4], ARGV[3])
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]) - tonumber(ARGV[1]))
-return 1
-"""
+@dataclass(slots=True)
+class TickItem:
+    """One generation's share of a tick: what to append, whether to poll or renew."""
+
+    user_id: str
+    session_id: str
+    token: str
+    generation_id: str
+    append: tuple[int, str] | None = None  # (offset, text) for its event stream
+    poll: bool = False
+    renew: bool = False
+
+
+@dataclass(slots=True)
+class TickResult:
+    stop: bool = False
+    lost_lock: bool = False
 
 
 class Coordinator:
@@ -56,19 +82,20 @@ class Coordinator:
         *,
         lock_ttl_ms: int,
         lock_wait_ms: int,
-        requests_per_minute: int,
+        turns_per_minute: int,
+        writes_per_minute: int,
         streams_per_user: int,
     ) -> None:
         self.redis = redis
         self.lock_ttl_ms = lock_ttl_ms
         self.lock_wait_ms = lock_wait_ms
-        self.requests_per_minute = requests_per_minute
+        self.turns_per_minute = turns_per_minute
+        self.writes_per_minute = writes_per_minute
         self.streams_per_user = streams_per_user
         self._release = redis.register_script(_RELEASE)
-        self._rate = redis.register_script(_RATE)
-        self._stream_enter = redis.register_script(_STREAM_ENTER)
+        self._rate = redis.register_script(turn_scripts.SLIDING_RATE)
 
-    # --- one turn at a time per session ----------------------------------------------
+    # --- the turn lock outside a turn (the outbox replayer) ----------------------------
 
     @staticmethod
     def new_token() -> str:
@@ -83,7 +110,7 @@ class Coordinator:
         wait_ms: int | None = None,
     ) -> str:
         """Take the session's turn lock, waiting up to `wait_ms` (default lock_wait_ms);
-        returns the token.
+        returns the token. Turns take it in their begin script; this is for the replayer.
 
         A caller that passes its own `token` can still release the lock when this raises
         StoreUnavailable: the SET may have reached Redis before the connection failed.
@@ -105,70 +132,94 @@ class Coordinator:
 
     async def release_turn(self, user_id: str, session_id: str, token: str) -> None:
         with redis_errors("release_turn"):
-            await self._release(keys=[keys.session_lock_key(user_id, session_id)], args=[token])
+            await self._release(
+                keys=[
+                    keys.session_lock_key(user_id, session_id),
+                    keys.session_events_key(user_id, session_id),
+                ],
+                args=[token, keys.EVENTS_TTL_AFTER_END_MS],
+            )
 
     # --- stop ------------------------------------------------------------------------
 
     async def request_stop(self, user_id: str, session_id: str) -> bool:
-        """Ask whichever process streams this session's turn to stop it.
+        """Ask whichever process runs this session's generation to stop it.
 
-        Returns whether a turn was in progress.
+        Returns whether a generation was running (its lock held).
         """
         with redis_errors("request_stop"):
             lock = await self.redis.get(keys.session_lock_key(user_id, session_id))
             if lock is None:
                 return False
-            await self.redis.set(keys.session_stop_key(user_id, session_id), lock, px=60_000)
+            await self.redis.set(keys.session_stop_key(user_id, session_id), lock, px=STOP_TTL_MS)
         return True
 
-    async def stops_requested(self, turns: Sequence[tuple[str, str, str]]) -> list[bool]:
-        """For each (user id, session id, lock token): whether a stop names that turn.
+    # --- the process's periodic round trip -------------------------------------------
 
-        One round trip for all of them (a non-transactional pipeline, which Redis Cluster
-        splits by node), so a process polls once however many turns it streams.
-        """
-        with redis_errors("stop_requested"):
-            pipe = self.redis.pipeline(transaction=False)
-            for user_id, session_id, _ in turns:
-                pipe.get(keys.session_stop_key(user_id, session_id))
+    async def tick(self, items: Sequence[TickItem]) -> list[TickResult]:
+        """Stream appends, stop polls and lock renewals of many generations, in one
+        non-transactional pipeline (Redis Cluster splits it by node)."""
+        now = int(time.time() * 1000)
+        pipe = self.redis.pipeline(transaction=False)
+        slots: list[tuple[int, str]] = []
+        for i, it in enumerate(items):
+            if it.append is not None:
+                offset, text = it.append
+                pipe.xadd(
+                    keys.session_events_key(it.user_id, it.session_id),
+                    {"t": "d", "o": offset, "x": text},
+                    maxlen=keys.EVENTS_MAXLEN,
+                )
+                slots.append((i, "append"))
+            if it.renew:
+                # EVAL, not EVALSHA: a cluster pipeline does not load scripts (NOSCRIPT),
+                # and a renewal is rare (every lock_ttl / 3 per generation).
+                pipe.eval(
+                    turn_scripts.RENEW_TURN,
+                    2,
+                    keys.session_lock_key(it.user_id, it.session_id),
+                    keys.user_streams_key(it.user_id),
+                    it.token,
+                    self.lock_ttl_ms,
+                    now,
+                    it.generation_id,
+                )
+                slots.append((i, "renew"))
+            if it.poll:
+                pipe.get(keys.session_stop_key(it.user_id, it.session_id))
+                slots.append((i, "poll"))
+        results = [TickResult() for _ in items]
+        if not slots:
+            return results
+        with redis_errors("tick"):
             values = await pipe.execute()
-        return [value == token for (_, _, token), value in zip(turns, values, strict=True)]
+        for (i, kind), value in zip(slots, values, strict=True):
+            if kind == "renew" and not value:
+                results[i].lost_lock = True
+            elif kind == "poll" and value == items[i].token:
+                results[i].stop = True
+        return results
 
     # --- limits ----------------------------------------------------------------------
 
-    async def check_rate(self, user_id: str) -> None:
-        if self.requests_per_minute <= 0:
+    async def check_write_rate(self, user_id: str) -> None:
+        """Count one write other than a turn (creating a session, say) against the
+        user's `writes_per_minute` over a sliding minute; RateLimited past it. Turns
+        are counted by the begin script against `turns_per_minute`."""
+        if self.writes_per_minute <= 0:
             return
-        window = int(time.time() // 60)
         with redis_errors("check_rate"):
-            allowed = await self._rate(
-                keys=[keys.user_rate_key(user_id, window)],
-                args=[self.requests_per_minute, 61_000],
+            wait_ms = await self._rate(
+                keys=[keys.user_rate_key(user_id, "writes")],
+                args=[
+                    int(time.time() * 1000),
+                    self.writes_per_minute,
+                    keys.RATE_WINDOW_MS,
+                    secrets.token_hex(6),
+                ],
             )
-        if not allowed:
+        if wait_ms:
             raise RateLimited(
-                f"rate limit of {self.requests_per_minute} requests per minute reached",
-                retry_after_s=max(1.0, (60 - time.time() % 60)),
+                f"rate limit of {self.writes_per_minute} writes per minute reached",
+                retry_after_s=wait_ms / 1000,
             )
-
-    async def enter_stream(self, user_id: str) -> str:
-        token = secrets.token_hex(8)
-        if self.streams_per_user <= 0:
-            return token
-        now = int(time.time() * 1000)
-        with redis_errors("enter_stream"):
-            ok = await self._stream_enter(
-                keys=[keys.user_streams_key(user_id)],
-                args=[now, self.streams_per_user, token, now + self.lock_ttl_ms],
-            )
-        if not ok:
-            raise RateLimited(
-                f"at most {self.streams_per_user} replies at a time per user",
-                retry_after_s=1.0,
-            )
-        return token
-
-    async def leave_stream(self, user_id: str, token: str) -> None:
-        if self.streams_per_user > 0:
-            with redis_errors("leave_stream"):
-                await self.redis.zrem(keys.user_streams_key(user_id), token)

@@ -9,7 +9,8 @@ is safe under Redis Cluster because every one of them carries the same `{u:<id>}
 the declared keys, so they live in the slot the script runs on.
 
 Meta fields: uid, cid, title, window, state, created and active (ms), ttl (s), count and
-tokens (messages and their tokens since creation or the last clear), seq (the seq of the
+tokens (messages and their tokens since creation or the last clear), bytes (the encoded
+size of the messages it stores now: the user's storage quota), seq (the seq of the
 newest message ever appended: seqs are 1-based and never reused, so paging cursors stay
 valid while old messages are trimmed or cleared), ptok, ctok, cost (usage), preview and
 prole (the last message's preview and role).
@@ -37,27 +38,77 @@ local function extend(key, ttl_ms)
 end
 """
 
+# Per-user caps (SPEC §8), shared by CREATE_SESSION and APPEND_MESSAGES; carry this block
+# and its two call sites over to any script that adds sessions or messages.
+# The user's totals HASH keeps 'bytes', the sum of the 'bytes' meta field of the user's
+# sessions. A session that expires leaves its bytes (and its index entry) behind until
+# `reconcile` walks the user's sessions, which happens only when a cap would be passed:
+# under the caps a write costs a few O(1) calls more (an append: LLEN, HGET, HINCRBY and
+# an LINDEX per message its trim drops), whatever the user holds.
+_QUOTA = """
+-- Drop expired sessions from the index; resets the totals' 'bytes' to the live sum.
+-- return the number of live sessions, their bytes
+local function reconcile(index, totals, prefix)
+  local n, bytes = 0, 0
+  for _, sid in ipairs(redis.call('ZRANGE', index, 0, -1)) do
+    local meta = prefix .. sid .. ':h'
+    local b = redis.call('HGET', meta, 'bytes')
+    if b then
+      n, bytes = n + 1, bytes + tonumber(b)
+    elseif redis.call('EXISTS', meta) == 1 then
+      n = n + 1  -- written before the quota existed: its size is not known
+    else
+      redis.call('ZREM', index, sid)
+    end
+  end
+  if redis.call('EXISTS', totals) == 1 then redis.call('HSET', totals, 'bytes', bytes) end
+  return n, bytes
+end
+-- true if the user may start one more session (max 0: no cap)
+local function session_allowed(index, totals, prefix, max)
+  if max <= 0 or redis.call('ZCARD', index) < max then return true end
+  local n = reconcile(index, totals, prefix)
+  return n < max
+end
+-- true if the user may store `add` more bytes (max 0: no cap)
+local function bytes_allowed(index, totals, prefix, add, max)
+  if max <= 0 or add <= 0 then return true end
+  if tonumber(redis.call('HGET', totals, 'bytes') or '0') + add <= max then return true end
+  local _, used = reconcile(index, totals, prefix)
+  return used + add <= max
+end
+"""
+
 # KEYS[1..5] - session keys (see module docstring)
 # ARGV[1] - session id
 # ARGV[2] - now, ms since the epoch
 # ARGV[3] - ttl, seconds
 # ARGV[4] - greeting, encoded message ("" for none)
 # ARGV[5] - greeting's id, ARGV[6] - its token count, ARGV[7] - its preview text
-# ARGV[8..] - meta field, value pairs (uid, cid, title, window)
+# ARGV[8] - the user's session cap, ARGV[9] - the user's byte cap (0: none)
+# ARGV[10] - key prefix of the user's sessions ("cm:{u:<id>}:s:"), for the caps
+# ARGV[11..] - meta field, value pairs (uid, cid, title, window)
 # return {1 if created else 0 (it existed and is left as it was), meta as a flat list,
-#         pttl ms, stored length}
+#         pttl ms, stored length}, or {-1} past the session cap, {-2} past the byte
+#         cap (nothing written)
 CREATE_SESSION = (
     _EXTEND
+    + _QUOTA
     + """
 if redis.call('EXISTS', KEYS[2]) == 1 then
   return {0, redis.call('HGETALL', KEYS[2]), redis.call('PTTL', KEYS[2]),
           redis.call('LLEN', KEYS[1])}
 end
+-- Quota: refused before anything is written.
+if not session_allowed(KEYS[4], KEYS[5], ARGV[10], tonumber(ARGV[8])) then return {-1} end
+if not bytes_allowed(KEYS[4], KEYS[5], ARGV[10], #ARGV[4], tonumber(ARGV[9])) then
+  return {-2}
+end
 local now, ttl_ms = tonumber(ARGV[2]), tonumber(ARGV[3]) * 1000
 local fields = {'state', 'ACTIVE', 'created', ARGV[2], 'active', ARGV[2], 'ttl', ARGV[3],
                 'count', 0, 'tokens', 0, 'seq', 0, 'ptok', 0, 'ctok', 0, 'cost', 0,
-                'preview', '', 'prole', ''}
-for i = 8, #ARGV, 2 do
+                'preview', '', 'prole', '', 'bytes', #ARGV[4]}
+for i = 11, #ARGV, 2 do
   fields[#fields + 1] = ARGV[i]
   fields[#fields + 1] = ARGV[i + 1]
 end
@@ -74,6 +125,7 @@ if ARGV[4] ~= '' then
              'prole', 'assistant')
   redis.call('HINCRBY', KEYS[5], 'count', 1)
   redis.call('HINCRBY', KEYS[5], 'tokens', tokens)
+  redis.call('HINCRBY', KEYS[5], 'bytes', #ARGV[4])
   stored = 1
 end
 redis.call('PEXPIRE', KEYS[2], ttl_ms)
@@ -94,8 +146,10 @@ return {1, redis.call('HGETALL', KEYS[2]), ttl_ms, stored}
 # ARGV[6] - preview text, ARGV[7] - preview role (of the last message given)
 # ARGV[8] - prompt tokens, ARGV[9] - completion tokens, ARGV[10] - cost (usage to add;
 #           skipped when every message given was a duplicate: a retry pays once)
-# ARGV[11..] - triples: message id, encoded message, token count
-# return nil if the session does not exist (never created, deleted or expired), else
+# ARGV[11] - the user's byte cap (0: none), ARGV[12] - key prefix of the user's sessions
+# ARGV[13..] - triples: message id, encoded message, token count
+# return nil if the session does not exist (never created, deleted or expired), {-1} if
+#   the new messages would pass the user's byte cap (nothing written), else
 #   {appended, {duplicate ids}, stored length, seq of the newest message}
 #   followed, when ARGV[5] >= 0, by: meta as a flat list, pttl ms,
 #   {newest messages, newest first}
@@ -103,8 +157,10 @@ return {1, redis.call('HGETALL', KEYS[2]), ttl_ms, stored}
 # one HSET, because each redis.call costs more than the work most of them do.
 APPEND_MESSAGES = (
     _EXTEND
+    + _QUOTA
     + """
-local m = redis.call('HMGET', KEYS[2], 'ttl', 'seq', 'count', 'tokens', 'ptok', 'ctok')
+local m = redis.call('HMGET', KEYS[2], 'ttl', 'seq', 'count', 'tokens', 'ptok', 'ctok',
+                     'bytes')
 if not m[1] then return nil end
 local ttl_ms = tonumber(m[1]) * 1000
 local max_kept, id_window = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -117,7 +173,7 @@ if not ids then
   end
 end
 local appended, tokens, dups, items, last_new = 0, 0, {}, {}, false
-for i = 11, #ARGV, 3 do
+for i = 13, #ARGV, 3 do
   local id = ARGV[i]
   if string.find(ids, ',' .. id .. ',', 1, true) then
     dups[#dups + 1] = id
@@ -128,6 +184,20 @@ for i = 11, #ARGV, 3 do
     tokens = tokens + tonumber(ARGV[i + 2])
     appended = appended + 1
     last_new = true
+  end
+end
+-- Quota: the bytes this write adds, less those of the messages its trim drops (the
+-- oldest stored ones, then, if it brings more than max_kept, its own oldest).
+local added = 0
+if appended > 0 then
+  for _, item in ipairs(items) do added = added + #item end
+  local len = redis.call('LLEN', KEYS[1])
+  local over = len + appended - max_kept
+  -- LINDEX from the tail: the cost is that of what is dropped, not of the list.
+  for j = 1, math.min(over, len) do added = added - #redis.call('LINDEX', KEYS[1], -j) end
+  for j = 1, over - len do added = added - #items[j] end
+  if not bytes_allowed(KEYS[4], KEYS[5], ARGV[12], added, tonumber(ARGV[11])) then
+    return {-1}
   end
 end
 local seq, stored = tonumber(m[2]), 0
@@ -148,7 +218,8 @@ if appended > 0 then
   end
   seq = seq + appended
   fields = {'seq', seq, 'count', tonumber(m[3]) + appended, 'tokens', tonumber(m[4]) + tokens,
-            'active', ARGV[2], 'state', 'ACTIVE'}
+            'active', ARGV[2], 'state', 'ACTIVE',
+            'bytes', math.max(0, (tonumber(m[7]) or 0) + added)}
   if last_new then
     fields[#fields + 1] = 'preview'
     fields[#fields + 1] = ARGV[6]
@@ -157,10 +228,11 @@ if appended > 0 then
   end
   redis.call('HINCRBY', KEYS[5], 'count', appended)
   redis.call('HINCRBY', KEYS[5], 'tokens', tokens)
+  redis.call('HINCRBY', KEYS[5], 'bytes', added)
 else
   stored = redis.call('LLEN', KEYS[1])
 end
-if appended > 0 or #ARGV < 11 then
+if appended > 0 or #ARGV < 13 then
   local ptok, ctok, cost = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
   if ptok > 0 or ctok > 0 or cost > 0 then
     fields[#fields + 1] = 'ptok'
@@ -239,16 +311,19 @@ return {redis.call('HGETALL', KEYS[2]), ttl_ms, redis.call('LLEN', KEYS[1])}
 # KEYS[1..5] - session keys
 # ARGV[1] - session id
 # ARGV[2] - now, ms since the epoch
-# The messages go and the session's count and tokens restart at 0; seq, usage and the
-# user's totals stay (seqs are never reused; usage is what was spent).
+# The messages go and the session's count, tokens and bytes restart at 0; seq, usage and
+# the user's totals stay (seqs are never reused; usage is what was spent), but for the
+# bytes, which were freed.
 # return 0 if the session does not exist, else 1
 CLEAR_SESSION = (
     _EXTEND
     + """
 if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+local freed = tonumber(redis.call('HGET', KEYS[2], 'bytes') or '0')
 redis.call('DEL', KEYS[1], KEYS[3])
 redis.call('HSET', KEYS[2], 'count', 0, 'tokens', 0, 'preview', '', 'prole', '',
-           'active', ARGV[2])
+           'active', ARGV[2], 'bytes', 0)
+if freed > 0 then redis.call('HINCRBY', KEYS[5], 'bytes', -freed) end
 local ttl_ms = tonumber(redis.call('HGET', KEYS[2], 'ttl')) * 1000
 redis.call('PEXPIRE', KEYS[2], ttl_ms)
 redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
@@ -258,12 +333,18 @@ return 1
 """
 )
 
-# KEYS[1..5] - session keys, KEYS[6] - the session's turn lock, KEYS[7] - its stop flag
+# KEYS[1..5] - session keys, KEYS[6] - the session's turn lock, KEYS[7] - its stop flag,
+# KEYS[8] - its generation event stream
 # ARGV[1] - session id
+# The session's bytes leave the user's totals.
 # return 1 if the session existed, else 0
 DELETE_SESSION = """
 local existed = redis.call('EXISTS', KEYS[2])
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[6], KEYS[7])
+local freed = tonumber(redis.call('HGET', KEYS[2], 'bytes') or '0')
+if freed > 0 and redis.call('EXISTS', KEYS[5]) == 1 then
+  redis.call('HINCRBY', KEYS[5], 'bytes', -freed)
+end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[6], KEYS[7], KEYS[8])
 redis.call('ZREM', KEYS[4], ARGV[1])
 return existed
 """
@@ -290,24 +371,27 @@ return out
 
 # KEYS[1] - the user's session index ZSET, KEYS[2] - the user's totals HASH
 # ARGV[1] - key prefix of the user's sessions ("cm:{u:<id>}:s:")
-# Members whose meta has expired are removed from the index here.
+# Members whose meta has expired are removed from the index here, and the totals'
+# 'bytes' recounted from the live sessions.
 # return {totals as a flat list, number of live sessions}
-USER_TOTALS = """
-for _, sid in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  if redis.call('EXISTS', ARGV[1] .. sid .. ':h') == 0 then redis.call('ZREM', KEYS[1], sid) end
-end
-return {redis.call('HGETALL', KEYS[2]), redis.call('ZCARD', KEYS[1])}
+USER_TOTALS = (
+    _QUOTA
+    + """
+local n = reconcile(KEYS[1], KEYS[2], ARGV[1])
+return {redis.call('HGETALL', KEYS[2]), n}
 """
+)
 
 # KEYS[1] - the user's session index ZSET, KEYS[2] - the user's totals HASH
 # ARGV[1] - key prefix of the user's sessions ("cm:{u:<id>}:s:")
-# Every key of every indexed session goes (messages, meta, ids, turn lock, stop flag).
+# Every key of every indexed session goes (messages, meta, ids, turn lock, stop flag,
+# event stream).
 # return the number of sessions deleted
 DELETE_USER = """
 local sids = redis.call('ZRANGE', KEYS[1], 0, -1)
 for _, sid in ipairs(sids) do
   local p = ARGV[1] .. sid
-  redis.call('DEL', p .. ':m', p .. ':h', p .. ':i', p .. ':lock', p .. ':stop')
+  redis.call('DEL', p .. ':m', p .. ':h', p .. ':i', p .. ':lock', p .. ':stop', p .. ':ev')
 end
 redis.call('DEL', KEYS[1], KEYS[2])
 return #sids

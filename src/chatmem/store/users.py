@@ -97,6 +97,7 @@ class UserQueries:
                 cost_usd=float(h.get("cost", 0)),
             ),
             session_count=n_sessions,
+            stored_bytes=max(0, int(h.get("bytes", 0))),
         )
 
     async def ping(self) -> bool:

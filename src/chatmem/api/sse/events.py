@@ -1,10 +1,12 @@
 """Shape native SSE events (pure: values in, dicts for sse-starlette out).
 
-    event: delta  {content}
-    event: done   {message, user_message, usage, memory}
-    event: error  {code, message}
+    event: delta  {content}                                 id: <generation>.<offset>
+    event: done   {message, user_message, usage, memory, replayed}   id: <generation>.end
+    event: error  {code, message}                           id: <generation>.end
 
-Each event has an id `<reply id>:<n>` so a client can tell where it stopped.
+A delta's id says how many characters of the reply the client has once it is applied:
+`GET /v1/sessions/{sid}/stream` with that id as `Last-Event-ID` sends the rest of the
+reply from there, each character exactly once (chat/generation.py).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from chatmem.chat.service import Delta, TurnDone, TurnEvent
+from chatmem.chat.service import Delta, Ended, NativeEvent, TurnDone
 
 
 def _data(obj: Any) -> str:
@@ -21,24 +23,24 @@ def _data(obj: Any) -> str:
 
 
 def done_payload(done: TurnDone) -> dict[str, Any]:
-    return {
-        "message": done.message.to_dict(),
-        "user_message": done.user_message.to_dict(),
-        "usage": done.usage.to_dict(),
-        "memory": done.memory,
-        "replayed": done.replayed,
-    }
+    return done.payload()
 
 
-def native_event(event: TurnEvent, reply_id: str, n: int) -> dict[str, str]:
+def native_event(event: NativeEvent, generation_id: str) -> dict[str, str]:
     if isinstance(event, Delta):
-        return {"event": "delta", "id": f"{reply_id}:{n}", "data": _data({"content": event.text})}
-    return {"event": "done", "id": f"{reply_id}:{n}", "data": _data(done_payload(event))}
+        return {
+            "event": "delta",
+            "id": f"{generation_id}.{event.offset}",
+            "data": _data({"content": event.text}),
+        }
+    if isinstance(event, Ended):
+        return {"event": event.event, "id": f"{generation_id}.end", "data": _data(event.data)}
+    return {"event": "done", "id": f"{generation_id}.end", "data": _data(event.payload())}
 
 
-def error_event(code: str, message: str, reply_id: str, n: int) -> dict[str, str]:
+def error_event(code: str, message: str, generation_id: str) -> dict[str, str]:
     return {
         "event": "error",
-        "id": f"{reply_id}:{n}",
+        "id": f"{generation_id}.end",
         "data": _data({"code": code, "message": message}),
     }

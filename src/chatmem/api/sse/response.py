@@ -1,46 +1,49 @@
-"""Relay a prepared turn to the client: JSON, or SSE with pings.
+"""Relay a generation to a client as SSE, with pings.
 
-sse-starlette cancels the generator when the client disconnects; the turn's own cleanup
-then persists the partial reply and closes the upstream stream.
+The generation is server-owned (chat/generation.py): the response is one subscriber.
+When the client goes away sse-starlette cancels the subscription, and the generation
+goes on and is stored — unless it was started with `on_disconnect: "stop"` (the
+OpenAI-compatible route's way), in which case it is stopped and its partial reply stored
+as interrupted.
 
 On server shutdown (SIGTERM) a stream may go on for the grace period
-(`server.shutdown_grace_s`, uvicorn's graceful-shutdown timeout too). One still running
-shortly before it ends is stopped, so that it ends with its `done` event (the reply
-marked interrupted, as stored) rather than with a connection cut half-way.
+(`server.shutdown_grace_s`, uvicorn's graceful-shutdown timeout too). A generation still
+running shortly before it ends is stopped, so that its subscribers get their final event
+(the reply marked interrupted, as stored) rather than a connection cut half-way.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
 from sse_starlette import EventSourceResponse
-from starlette.background import BackgroundTask
 
-from chatmem.chat.service import Turn, TurnEvent
+from chatmem.api.errors import log_detail
+from chatmem.chat.service import Generation, NativeEvent
 from chatmem.errors import ChatmemError
 
 PING_S = 15
-# Stop a turn this long before the shutdown grace period ends: time to store and send it.
+# Stop a generation this long before the shutdown grace period ends: time to store it.
 SHUTDOWN_STOP_MARGIN_S = 1.0
+HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 
-EventShaper = Callable[[TurnEvent, str, int], dict[str, str]]
-ErrorShaper = Callable[[str, str, str, int], dict[str, str]]
+Frames = AsyncIterator[dict[str, Any]]
+EventShaper = Callable[[Any], dict[str, str]]
+ErrorShaper = Callable[[str, str], dict[str, str]]
 
 
-def graceful_shutdown(turn: Turn) -> dict[str, Any]:
-    """EventSourceResponse options for a turn's stream at server shutdown: sse-starlette
-    would end every stream at once; this lets it run for the grace period, and stops the
-    turn just before the end so that it ends with its `done` event."""
-    grace_s = turn.service.settings.server.shutdown_grace_s
+def graceful_shutdown(gen: Generation, grace_s: float) -> dict[str, Any]:
+    """EventSourceResponse options for a generation's stream at server shutdown:
+    sse-starlette would end every stream at once; this lets it run for the grace period,
+    and stops the generation just before the end so that it ends with its final event."""
     shutdown = anyio.Event()
 
     async def stop_before_the_cut() -> None:
         await shutdown.wait()
         await anyio.sleep(max(0.0, grace_s - SHUTDOWN_STOP_MARGIN_S))
-        turn.stop.set()
+        gen.request_stop()
 
     return {
         "shutdown_event": shutdown,
@@ -49,24 +52,42 @@ def graceful_shutdown(turn: Turn) -> dict[str, Any]:
     }
 
 
-def sse_response(turn: Turn, shape: EventShaper, shape_error: ErrorShaper) -> EventSourceResponse:
-    async def frames() -> AsyncIterator[dict[str, Any]]:
-        n = 0
-        try:
-            # aclosing: when the client goes, sse-starlette closes this generator while it
-            # is suspended at a yield; the turn's own generator must be closed with it
-            # (not left to the garbage collector) so the upstream stream ends now.
-            async with contextlib.aclosing(turn.events()) as events:
-                async for event in events:
-                    n += 1
-                    yield shape(event, turn.reply_id, n)
-        except ChatmemError as exc:
-            yield shape_error(exc.code, exc.message, turn.reply_id, n + 1)
+async def subscribe(
+    gen: Generation, shape: EventShaper, shape_error: ErrorShaper, after: int = 0
+) -> Frames:
+    """The generation's events as SSE frames; a disconnect stops it if it asked so."""
+    finished = False
+    try:
+        async for event in gen.events(after):
+            yield shape(event)
+        finished = True
+    except ChatmemError as exc:
+        finished = True
+        log_detail(exc)
+        yield shape_error(exc.code, exc.message)
+    finally:
+        if not finished and gen.on_disconnect == "stop":
+            gen.request_stop()
 
+
+def sse_response(
+    gen: Generation, frames: Frames, *, grace_s: float, headers: dict[str, str] | None = None
+) -> EventSourceResponse:
+    """`frames` (usually `subscribe(gen, …)`) as an SSE response, pinged, that ends
+    gracefully at shutdown."""
     return EventSourceResponse(
-        frames(),
+        frames,
         ping=PING_S,
-        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-        background=BackgroundTask(turn.abandon),
-        **graceful_shutdown(turn),
+        headers={**HEADERS, **(headers or {})},
+        **graceful_shutdown(gen, grace_s),
     )
+
+
+def events_response(events: AsyncIterator[NativeEvent], shape: EventShaper) -> EventSourceResponse:
+    """A re-attached client's stream (it may follow a generation of another process)."""
+
+    async def frames() -> Frames:
+        async for event in events:
+            yield shape(event)
+
+    return EventSourceResponse(frames(), ping=PING_S, headers=HEADERS)

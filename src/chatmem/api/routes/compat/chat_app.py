@@ -7,6 +7,7 @@
     GET    /chat/history?user_id=&session_id=  → {session_id, messages, total}
     GET    /chat/sessions?user_id=             → {user_id, sessions, total}
     GET    /roles                              → {roles: {id: {name, prompt, description}}}
+           (prompt: only admins see it, others a placeholder and `prompt_tokens`)
     DELETE /chat/session/{session_id}?user_id=
 
 Roles are characters; the seeds' three are built in. A chatmem session belongs to one
@@ -27,8 +28,9 @@ from fastapi import APIRouter, Query
 from sse_starlette import EventSourceResponse
 
 from chatmem.api.deps import Caller, Service
-from chatmem.api.sse.response import sse_response
+from chatmem.api.sse.response import sse_response, subscribe
 from chatmem.auth import resolve_user
+from chatmem.chat.prompts import role_view
 from chatmem.chat.service import ChatService, Delta, TurnEvent
 from chatmem.errors import CharacterNotFound, Conflict, InvalidInput
 from chatmem.models import Character, SessionMeta
@@ -112,12 +114,13 @@ async def chat_stream(
                 f"start a new session with role={character.id!r} to talk to it",
                 code="role_mismatch",
             )
-    turn = await service.prepare_turn(uid, session_id, message)
-    sid = turn.session_id
+    gen = await service.prepare_turn(uid, session_id, message, stream=True)
+    sid = gen.session_id
+    frames = subscribe(gen, lambda event: chunk_frame(event, sid), error_frame)
     return sse_response(
-        turn,
-        lambda event, _rid, _n: chunk_frame(event, sid),
-        lambda code, msg, _rid, _n: error_frame(code, msg),
+        gen,
+        frames,
+        grace_s=service.settings.server.shutdown_grace_s,
     )
 
 
@@ -147,11 +150,12 @@ async def chat_sessions(user_id: UserId, caller: Caller, service: Service) -> di
 
 
 @router.get("/roles")
-async def roles(_: Caller, service: Service) -> dict[str, Any]:
-    """Every character, as the seed's `AI_ROLES`: id → name and prompt."""
+async def roles(caller: Caller, service: Service) -> dict[str, Any]:
+    """Every character, as the seed's `AI_ROLES`: id → name and prompt (with auth on, the
+    prompt is a placeholder with its token count for non-admins)."""
     return {
         "roles": {
-            ch.id: {"name": ch.name, "prompt": ch.system_prompt, "description": ch.description}
+            ch.id: role_view(ch, show_prompts=caller.is_admin)
             for ch in await service.characters.list()
         }
     }

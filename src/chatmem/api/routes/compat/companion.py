@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import EventSourceResponse
 
 from chatmem.api.deps import Caller, Service
-from chatmem.api.sse.response import sse_response
+from chatmem.api.sse.response import sse_response, subscribe
 from chatmem.chat.conversations import character_session_id, prepare_conversation_turn
 from chatmem.chat.service import Delta, TurnEvent
 from chatmem.errors import SessionNotFound
@@ -63,18 +63,16 @@ async def chat_stream(
 ) -> EventSourceResponse:
     """Send a message to the character and stream the reply."""
     character = await service.characters.get(body.character_id)
-    turn = await prepare_conversation_turn(
+    gen = await prepare_conversation_turn(
         service,
         caller.user_id,
         character_session_id(character.id),
         character.id,
         body.message,
+        stream=True,
     )
-    return sse_response(
-        turn,
-        lambda event, _rid, _n: message_frame(event),
-        lambda code, msg, _rid, _n: error_frame(code, msg),
-    )
+    frames = subscribe(gen, message_frame, error_frame)
+    return sse_response(gen, frames, grace_s=service.settings.server.shutdown_grace_s)
 
 
 @router.delete("/history")

@@ -49,17 +49,15 @@ from fastapi import APIRouter, Header, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from sse_starlette import EventSourceResponse
-from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chatmem.api.deps import AppParts, Caller, Parts, Service
 from chatmem.api.errors import error_response
 from chatmem.api.routes.openai import shapes
-from chatmem.api.sse.response import PING_S, graceful_shutdown
+from chatmem.api.sse.response import sse_response
 from chatmem.auth import resolve_user
 from chatmem.chat.conversations import character_session_id, create_conversation
-from chatmem.chat.service import ChatService, Delta, Turn
+from chatmem.chat.service import ChatService, Delta, Generation
 from chatmem.errors import (
     CharacterNotFound,
     ChatmemError,
@@ -69,6 +67,7 @@ from chatmem.errors import (
 )
 from chatmem.ids import validate_id
 from chatmem.models import Character
+from chatmem.providers.base import GenerationParams
 
 SESSION_HEADER = "X-Session-Id"
 _ERROR_HEADERS = frozenset({"retry-after", "www-authenticate"})
@@ -171,7 +170,7 @@ async def _prepare(
     requested_session: str | None,
     content: str,
     idempotency_key: str | None,
-) -> Turn:
+) -> Generation:
     """Prepare the turn, creating the session first if the caller does not have it.
 
     The hot path (the session exists) costs no extra round trip: the turn is tried as it
@@ -183,10 +182,15 @@ async def _prepare(
         session_id = character_session_id(character.id)
     else:
         session_id = requested_session
+    # As OpenAI does, a client that goes away stops the reply.
+    opts: dict[str, Any] = {
+        "idempotency_key": idempotency_key,
+        "stream": bool(body.stream),
+        "on_disconnect": "stop",
+        "adjust_params": lambda params: _apply_params(params, body),
+    }
     try:
-        return await service.prepare_turn(
-            user_id, session_id, content, idempotency_key=idempotency_key
-        )
+        return await service.prepare_turn(user_id, session_id, content, **opts)
     except SessionNotFound:
         pass
     if character is None:
@@ -194,43 +198,42 @@ async def _prepare(
         await service.create_session(user_id, character.id, session_id=session_id, ensure=True)
     else:
         await create_conversation(service, user_id, session_id, character.id)
-    return await service.prepare_turn(user_id, session_id, content, idempotency_key=idempotency_key)
+    return await service.prepare_turn(user_id, session_id, content, **opts)
 
 
-def _apply_params(turn: Turn, body: shapes.ChatCompletionRequest) -> None:
-    params = turn.params
+def _apply_params(params: GenerationParams, body: shapes.ChatCompletionRequest) -> GenerationParams:
     if body.temperature is not None:
         params = dataclasses.replace(params, temperature=body.temperature)
     asked = body.max_completion_tokens or body.max_tokens
     if asked is not None:
         limit = min(asked, params.max_tokens) if params.max_tokens else asked
         params = dataclasses.replace(params, max_tokens=limit)
-    turn.params = params
+    return params
 
 
 def _sse_data(obj: Any) -> dict[str, str]:
     return {"data": orjson.dumps(obj).decode()}
 
 
-async def _chunks(turn: Turn, shape: shapes.ChunkShaper) -> AsyncIterator[dict[str, str]]:
-    # The role chunk goes out with the first event, not before: iterating `events()` at
-    # once is what guarantees its cleanup (the turn lock, the partial reply) ever runs.
-    sent_role = False
+async def _chunks(gen: Generation, shape: shapes.ChunkShaper) -> AsyncIterator[dict[str, str]]:
+    yield _sse_data(shape.role())
+    finished = False
     try:
-        async with contextlib.aclosing(turn.events()) as events:
-            async for event in events:
-                if not sent_role:
-                    sent_role = True
-                    yield _sse_data(shape.role())
-                if isinstance(event, Delta):
-                    yield _sse_data(shape.content(event.text))
-                else:
-                    for chunk in shape.closing(event):
-                        yield _sse_data(chunk)
+        async for event in gen.events():
+            if isinstance(event, Delta):
+                yield _sse_data(shape.content(event.text))
+            else:
+                for chunk in shape.closing(event):
+                    yield _sse_data(chunk)
+        finished = True
     except ChatmemError as exc:
+        finished = True
         status = openai_error_response(exc).status_code
         yield _sse_data(shapes.error_body(status, exc.code, exc.message))
         return
+    finally:
+        if not finished:
+            gen.request_stop()  # the client went away: OpenAI stops too
     yield {"data": shapes.DONE_DATA}
 
 
@@ -259,23 +262,21 @@ async def chat_completions(
     user_id = resolve_user(caller, body.user) if body.user is not None else caller.user_id
     from_body = body.metadata.session_id if body.metadata is not None else None
     requested = _requested_session(x_session_id, from_body)
-    turn = await _prepare(service, user_id, body, requested, content, idempotency_key)
-    _apply_params(turn, body)
+    gen = await _prepare(service, user_id, body, requested, content, idempotency_key)
     created = int(time.time())
-    headers = {SESSION_HEADER: turn.session_id, "Cache-Control": "no-store"}
+    headers = {SESSION_HEADER: gen.session_id, "Cache-Control": "no-store"}
     if body.stream:
         include_usage = body.stream_options is not None and body.stream_options.include_usage
         shape = shapes.ChunkShaper(
-            turn.reply_id, model=body.model, created=created, include_usage=include_usage
+            gen.reply_id, model=body.model, created=created, include_usage=include_usage
         )
-        return EventSourceResponse(
-            _chunks(turn, shape),
-            ping=PING_S,
-            headers={**headers, "X-Accel-Buffering": "no"},
-            background=BackgroundTask(turn.abandon),
-            **graceful_shutdown(turn),
+        return sse_response(
+            gen,
+            _chunks(gen, shape),
+            grace_s=service.settings.server.shutdown_grace_s,
+            headers=headers,
         )
-    done = await service.complete(turn)
+    done = await service.complete(gen)
     return JSONResponse(shapes.completion(done, model=body.model, created=created), headers=headers)
 
 

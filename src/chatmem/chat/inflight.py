@@ -1,0 +1,201 @@
+"""InFlight: the one owner of this process's turns in flight (STYLE rule 18).
+
+- **Reservations.** One turn at a time per session in this process (`reserve`, an
+  `async with`): the Redis lock cannot say so while Redis is down, and a local wait
+  costs no round trip. A reservation that gets a generation (`run`) is held until the
+  generation's task ends; one that does not is released when the block exits.
+- **Generations.** Their tasks are created and awaited here, and nowhere else.
+- **The tick.** One task per process, every TICK_S while generations run, makes one
+  pipelined round trip for all of them (Coordinator.tick): the coalesced deltas of
+  relayed generations go to their event streams (at most one append per generation per
+  TICK_S), stop flags are polled every STOP_POLL_S (a stop asked through another
+  process), and locks are renewed every lock_ttl / 3.
+- **Shutdown.** `drain(grace_s)` waits for the generations, stops those still running
+  after the grace period and waits for them to be stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Protocol
+
+from chatmem.chat.generation import Generation, TurnDone
+from chatmem.errors import SessionBusy, StoreUnavailable
+from chatmem.store.locks import Coordinator, TickItem
+
+log = logging.getLogger(__name__)
+
+TICK_S = 0.05
+STOP_POLL_S = 0.3
+# Stopped generations at the end of the grace period get this long to be stored.
+STOP_PERSIST_S = 5.0
+
+SessionKey = tuple[str, str]
+
+
+class StoreHealth(Protocol):
+    """Whether Redis is believed down (the outbox replayer owns that state)."""
+
+    @property
+    def store_down(self) -> bool: ...
+
+    def mark_down(self, exc: BaseException) -> None: ...
+
+
+@dataclass(eq=False)
+class Slot:
+    key: SessionKey
+    generation: Generation | None = None
+
+
+class InFlight:
+    def __init__(self, coordinator: Coordinator, health: StoreHealth, *, lock_wait_ms: int) -> None:
+        self.coordinator = coordinator
+        self.health = health
+        self.lock_wait_ms = lock_wait_ms
+        self._slots: dict[SessionKey, Slot] = {}
+        self._freed: dict[SessionKey, asyncio.Event] = {}
+        self._tasks: set[asyncio.Task[TurnDone | None]] = set()
+        self._renew_at: dict[Generation, float] = {}
+        self._ticker: asyncio.Task[None] | None = None
+
+    # --- reservations ----------------------------------------------------------------
+
+    @asynccontextmanager
+    async def reserve(self, key: SessionKey) -> AsyncIterator[Slot]:
+        """Hold the session in this process, waiting up to lock_wait_ms (SessionBusy)."""
+        deadline = time.monotonic() + self.lock_wait_ms / 1000
+        while key in self._slots:
+            freed = self._freed.setdefault(key, asyncio.Event())
+            try:
+                await asyncio.wait_for(freed.wait(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                raise SessionBusy() from None
+        slot = self._slots[key] = Slot(key)
+        try:
+            yield slot
+        finally:
+            if slot.generation is None or slot.generation.task is None:
+                self._release(slot)
+
+    def _release(self, slot: Slot) -> None:
+        if self._slots.get(slot.key) is slot:
+            del self._slots[slot.key]
+            freed = self._freed.pop(slot.key, None)
+            if freed is not None:
+                freed.set()
+
+    def local(self, key: SessionKey) -> Generation | None:
+        """The generation this process runs on that session, if any."""
+        slot = self._slots.get(key)
+        return slot.generation if slot is not None else None
+
+    @property
+    def running(self) -> list[Generation]:
+        return [s.generation for s in self._slots.values() if s.generation is not None]
+
+    # --- generations -----------------------------------------------------------------
+
+    def run(self, slot: Slot, gen: Generation) -> None:
+        """Start the generation's task; the slot is held until it ends."""
+        slot.generation = gen
+        task = asyncio.create_task(self._own(slot, gen), name=f"generation {gen.session_id}")
+        gen.task = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        if not gen.degraded:
+            ttl_s = self.coordinator.lock_ttl_ms / 1000
+            self._renew_at[gen] = time.monotonic() + ttl_s / 3
+        if self._ticker is None or self._ticker.done():
+            self._ticker = asyncio.create_task(self._tick_loop(), name="generation ticker")
+
+    async def _own(self, slot: Slot, gen: Generation) -> TurnDone | None:
+        try:
+            return await gen.run()
+        finally:
+            self._renew_at.pop(gen, None)
+            self._release(slot)
+
+    # --- the tick --------------------------------------------------------------------
+
+    async def _tick_loop(self) -> None:
+        """Ends when no generation is left (run() starts it again)."""
+        next_poll = time.monotonic() + STOP_POLL_S
+        while self._tasks:
+            await asyncio.sleep(TICK_S)
+            now = time.monotonic()
+            poll = now >= next_poll
+            if poll:
+                next_poll = now + STOP_POLL_S
+            try:
+                await self._tick(now, poll)
+            except StoreUnavailable as exc:
+                self.health.mark_down(exc)
+            except Exception:
+                log.exception("generation tick failed")
+
+    async def _tick(self, now: float, poll: bool) -> None:
+        if self.health.store_down:
+            return  # a stop reaches a generation through its own process then
+        items: list[TickItem] = []
+        gens: list[Generation] = []
+        appending: list[asyncio.Event] = []
+        ttl_s = self.coordinator.lock_ttl_ms / 1000
+        for gen in self.running:
+            if gen.degraded or gen.settling or gen.task is None:
+                continue
+            item = TickItem(gen.user_id, gen.session_id, gen.lock_token, gen.generation_id)
+            if gen.relay and gen.appending is None:
+                item.append = gen.take_unflushed()
+                if item.append is not None:
+                    gen.appending = asyncio.Event()
+                    appending.append(gen.appending)
+            item.poll = poll and not gen.stop_requested
+            if now >= self._renew_at.get(gen, now + 1):
+                item.renew = True
+                self._renew_at[gen] = now + ttl_s / 3
+            if item.append is not None or item.poll or item.renew:
+                items.append(item)
+                gens.append(gen)
+        if not items:
+            return
+        try:
+            results = await self.coordinator.tick(items)
+        except BaseException:
+            for gen, item in zip(gens, items, strict=True):
+                if item.append is not None:  # not in the stream: the next tick retries it
+                    gen.flushed = min(gen.flushed, item.append[0])
+            raise
+        finally:
+            for gen in gens:
+                if gen.appending is not None and gen.appending in appending:
+                    gen.appending.set()
+                    gen.appending = None
+        for gen, res in zip(gens, results, strict=True):
+            if res.stop:
+                gen.request_stop()
+            if res.lost_lock:
+                log.warning("generation on %s lost its session lock", gen.session_id)
+
+    # --- shutdown --------------------------------------------------------------------
+
+    async def drain(self, grace_s: float) -> None:
+        """Wait for running generations up to `grace_s`; stop the rest (their partial
+        replies are stored as interrupted) and wait for them to be stored."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=grace_s)
+        if self._tasks:
+            log.warning("stopping %d generations still running at shutdown", len(self._tasks))
+            for gen in self.running:
+                gen.request_stop()
+            await asyncio.wait(set(self._tasks), timeout=STOP_PERSIST_S)
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker

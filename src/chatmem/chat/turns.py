@@ -1,0 +1,390 @@
+"""Turns: starting, finishing, stopping and re-attaching to generations (SPEC §3).
+
+A turn: validate → reserve the session in this process (InFlight) → **begin** (one round
+trip: rate limit, the session's lock, the per-user generation cap, idempotency, the user
+message appended, the context read) → the generation runs as a task of its own
+(chat/generation.py), renewing its lock → **finish** (one round trip: the reply with
+usage and totals, the lock released, the event stream ended).
+
+What begin may find instead of a new turn:
+- an idempotent retry (`Idempotency-Key` / `client_message_id`): the stored reply is
+  replayed, or the generation still running is re-attached to — found by message id in
+  the session's id index, however many messages came after it;
+- a busy session: begin is retried until `session_lock_wait_ms`, then 409;
+- a generation whose process died (its lock expired, its event stream not ended): what
+  the stream holds is stored as its reply, marked interrupted, and the turn goes on.
+  A stop or a re-attach that finds one does the same.
+
+When Redis cannot be reached, a turn degrades instead of failing: the model gets the
+character's system prompt and the new message only, the reply says `memory: "degraded"`,
+and the turn's messages go to the local outbox (fsynced before the model is called, and
+before the reply is acknowledged), which the replayer appends to Redis once it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from chatmem.characters import CharacterRegistry
+from chatmem.chat.generation import Generation, Reading, TurnDone
+from chatmem.chat.inflight import InFlight
+from chatmem.chat.prompting import Prompter
+from chatmem.chat.resume import Resumer
+from chatmem.config import Settings
+from chatmem.durability.outbox import Outbox
+from chatmem.durability.replay import OutboxReplayer
+from chatmem.errors import Conflict, SessionBusy, StoreUnavailable
+from chatmem.metrics import Metrics
+from chatmem.models import Character, Message, Role, SessionMeta, Usage, new_id
+from chatmem.providers.base import ChatProvider, GenerationParams
+from chatmem.store.conversations import WINDOW_MAX
+from chatmem.store.streams import GenerationStreams, StreamSnapshot
+from chatmem.store.turns import TurnStore
+from chatmem.tokens import TOKENS_PER_MESSAGE, cost_usd, count_tokens
+
+# A turn reads enough history for the widest window, plus the new message.
+TURN_READ_MESSAGES = 2 * WINDOW_MAX + 1
+# Sessions whose character a degraded turn can still tell (else: the default character).
+KNOWN_CHARACTERS_MAX = 10_000
+
+SessionKey = tuple[str, str]
+ParamsAdjuster = Callable[[GenerationParams], GenerationParams]
+
+
+def idempotent_ids(key: str) -> tuple[str, str]:
+    """Message ids for a client's idempotency key: a retry writes nothing new."""
+    digest = hashlib.sha256(key.encode()).hexdigest()[:32]
+    return f"k{digest}", f"k{digest}a"
+
+
+class Turns:
+    def __init__(
+        self,
+        settings: Settings,
+        turn_store: TurnStore,
+        streams: GenerationStreams,
+        provider: ChatProvider,
+        characters: CharacterRegistry,
+        prompter: Prompter,
+        metrics: Metrics,
+        outbox: Outbox,
+        replayer: OutboxReplayer,
+    ) -> None:
+        self.settings = settings
+        self.turn_store = turn_store
+        self.streams = streams
+        self._provider = provider
+        self.characters = characters
+        self.prompter = prompter
+        self._metrics = metrics
+        self.outbox = outbox
+        self.replayer = replayer
+        self.inflight = InFlight(
+            turn_store.coordinator, replayer, lock_wait_ms=settings.limits.session_lock_wait_ms
+        )
+        self.resumer = Resumer(turn_store, streams, self.inflight, metrics)
+        self._known_characters: OrderedDict[SessionKey, Character] = OrderedDict()
+
+    @property
+    def provider(self) -> ChatProvider:
+        return self._provider
+
+    @property
+    def metrics(self) -> Metrics:
+        return self._metrics
+
+    def validate_content(self, content: str) -> str:
+        return self.prompter.validate_content(content)
+
+    # --- starting a turn ---------------------------------------------------------------
+
+    async def prepare(
+        self,
+        user_id: str,
+        session_id: str,
+        content: str,
+        *,
+        idempotency_key: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        relay: bool = False,
+        on_disconnect: str = "continue",
+        adjust_params: ParamsAdjuster | None = None,
+    ) -> Generation:
+        """Begin a turn; its generation is running (or, for a retry, done) on return.
+
+        Errors here are the client's to see. Degrades when Redis cannot be reached.
+        """
+        text = self.validate_content(content)
+        user_msg = Message(Role.USER, text, count_tokens(text), metadata=dict(metadata or {}))
+        reply_id = new_id()
+        if idempotency_key:
+            user_msg.msg_id, reply_id = idempotent_ids(idempotency_key)
+            local = self.inflight.local((user_id, session_id))
+            if local is not None and local.user_message.msg_id == user_msg.msg_id:
+                return local  # a retry of the generation running here: re-attach
+        async with self.inflight.reserve((user_id, session_id)) as slot:
+            gen: Generation | None = None
+            opts = {"relay": relay, "on_disconnect": on_disconnect}
+            if not self.replayer.store_down:
+                try:
+                    gen = await self._redis_turn(
+                        user_id, session_id, user_msg, reply_id, bool(idempotency_key), opts
+                    )
+                except StoreUnavailable as exc:
+                    self.replayer.mark_down(exc)
+            if gen is None:
+                gen = await self._degraded_turn(user_id, session_id, user_msg, reply_id, opts)
+            if adjust_params is not None:
+                gen.params = adjust_params(gen.params)
+            if not gen.finished:
+                self.inflight.run(slot, gen)
+            return gen
+
+    async def _redis_turn(
+        self,
+        user_id: str,
+        session_id: str,
+        user_msg: Message,
+        reply_id: str,
+        idempotent: bool,
+        opts: dict[str, Any],
+    ) -> Generation:
+        if self.outbox.has_pending(user_id, session_id):
+            await self._replay_outbox(user_id, session_id)
+        token = self.turn_store.coordinator.new_token()
+        gen_id = reply_id  # unique per turn: it names the generation's events too
+        deadline = time.monotonic() + self.settings.limits.session_lock_wait_ms / 1000
+        delay = 0.01
+        while True:
+            try:
+                res = await self.turn_store.begin(
+                    user_id,
+                    session_id,
+                    user_msg,
+                    reply_id=reply_id,
+                    generation_id=gen_id,
+                    token=token,
+                    idempotent=idempotent,
+                    read_last=TURN_READ_MESSAGES,
+                )
+            except StoreUnavailable:
+                # The script may have taken the lock before the connection failed.
+                self.replayer.defer_release(user_id, session_id, token)
+                raise
+            if res.kind == "ok":
+                break
+            if res.kind == "orphan":
+                await self.resumer.recover(
+                    user_id, session_id, StreamSnapshot(True, False, res.entries)
+                )
+                continue
+            if res.kind == "replay":
+                assert res.user_message is not None
+                if res.reply is not None:
+                    done = TurnDone(res.reply, res.user_message, Usage(), replayed=True)
+                    return await self._replayed(user_id, session_id, done, token, gen_id)
+                if not res.running:
+                    raise Conflict("that message was stored without a reply", code="turn_lost")
+                # Its generation runs in another process: wait for its end, then replay.
+                await self.resumer.wait_end(user_id, session_id)
+                continue
+            if time.monotonic() + delay > deadline:
+                raise SessionBusy()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.2)
+        assert res.meta is not None
+        msgs = res.messages
+        stored_user = msgs[-1]
+        character = await self.characters.get(res.meta.character_id)
+        self._remember_character((user_id, session_id), character)
+        limits = self.prompter.limits_for(res.meta, character)
+        return Generation(
+            host=self,
+            user_id=user_id,
+            meta=res.meta,
+            character=character,
+            user_message=stored_user,
+            context=self.prompter.assemble(character, msgs[:-1], stored_user, limits),
+            params=self.prompter.params(character),
+            lock_token=token,
+            reply_id=reply_id,
+            generation_id=gen_id,
+            **opts,
+        )
+
+    async def _replayed(
+        self, user_id: str, session_id: str, done: TurnDone, token: str, gen_id: str
+    ) -> Generation:
+        character = self._known_characters.get((user_id, session_id))
+        if character is None:
+            character = await self.characters.get(self.characters.default_id)
+        meta = SessionMeta(session_id, user_id, character.id)
+        limits = self.prompter.limits_for(meta, character)
+        return Generation.replayed(
+            self,
+            done,
+            user_id=user_id,
+            meta=meta,
+            character=character,
+            user_message=done.user_message or done.message,
+            context=self.prompter.assemble(character, [], None, limits),
+            params=GenerationParams(),
+            lock_token=token,
+            reply_id=done.message.msg_id,
+            generation_id=gen_id,
+        )
+
+    async def _replay_outbox(self, user_id: str, session_id: str) -> None:
+        """The session's earlier messages are still in the outbox: they go first, under
+        the session's lock (a turn of another process must not come in between)."""
+        coordinator = self.turn_store.coordinator
+        token = coordinator.new_token()
+        try:
+            await coordinator.acquire_turn(user_id, session_id, token=token)
+        except StoreUnavailable:
+            self.replayer.defer_release(user_id, session_id, token)
+            raise
+        try:
+            await self.replayer.replay_session(user_id, session_id)
+        finally:
+            try:
+                await coordinator.release_turn(user_id, session_id, token)
+            except StoreUnavailable:
+                self.replayer.defer_release(user_id, session_id, token)
+
+    async def _degraded_turn(
+        self,
+        user_id: str,
+        session_id: str,
+        user_msg: Message,
+        reply_id: str,
+        opts: dict[str, Any],
+    ) -> Generation:
+        """A turn without Redis: no history, no lock, its messages kept in the outbox."""
+        character = self._known_characters.get((user_id, session_id))
+        if character is None:
+            # Built in, so no Redis read: the session's own character is unknown here.
+            character = await self.characters.get(self.characters.default_id)
+        meta = SessionMeta(
+            session_id, user_id, character.id, window_size=self.settings.memory.window_size
+        )
+        limits = self.prompter.limits_for(meta, character)
+        gen = Generation(
+            host=self,
+            user_id=user_id,
+            meta=meta,
+            character=character,
+            user_message=user_msg,
+            context=self.prompter.assemble(character, [], user_msg, limits),
+            params=self.prompter.params(character),
+            lock_token="",
+            reply_id=reply_id,
+            generation_id=reply_id,
+            degraded=True,
+            **opts,
+        )
+        # Durable before the model is called, as in Redis (SPEC §3.3).
+        await self._to_outbox(gen, [user_msg], None)
+        self.metrics.degradations.labels("store_unavailable").inc()
+        return gen
+
+    def _remember_character(self, key: SessionKey, character: Character) -> None:
+        known = self._known_characters
+        known[key] = character
+        known.move_to_end(key)
+        if len(known) > KNOWN_CHARACTERS_MAX:
+            known.popitem(last=False)
+
+    async def _to_outbox(
+        self, gen: Generation, messages: Sequence[Message], usage: Usage | None
+    ) -> None:
+        try:
+            await self.outbox.add(gen.user_id, gen.session_id, gen.character.id, messages, usage)
+        except OSError as exc:
+            raise StoreUnavailable(
+                f"redis is unavailable and the local outbox cannot be written: {exc}"
+            ) from exc
+
+    # --- finishing a turn (GenerationHost) ---------------------------------------------
+
+    def _usage(self, gen: Generation, reading: Reading, completion: int) -> Usage:
+        chunk = reading.usage
+        if chunk is not None and chunk.usage is not None:
+            prompt_t = chunk.usage.prompt_tokens
+            completion_t = chunk.usage.completion_tokens
+        else:
+            n_msgs = len(gen.context.messages)
+            prompt_t = gen.context.total_tokens + TOKENS_PER_MESSAGE * n_msgs
+            completion_t = completion
+        model = gen.params.model or self.provider.info.name
+        return Usage(
+            prompt_t,
+            completion_t,
+            cost_usd(model, prompt_t, completion_t, self.settings.llm.prices),
+        )
+
+    async def persist(self, gen: Generation, reading: Reading) -> TurnDone | None:
+        """Store the reply and end the turn (the finish round trip); raise the turn's
+        error instead of a reply when it failed before any text."""
+        reply: Message | None = None
+        usage = Usage()
+        if reading.error is None or reading.text:
+            completion = count_tokens(reading.text)
+            usage = self._usage(gen, reading, completion)
+            model = gen.params.model or self.provider.info.name
+            metadata: dict[str, Any] = {"model": model, "usage": usage.to_dict()}
+            if reading.finish_reason:
+                metadata["finish_reason"] = reading.finish_reason
+            if reading.interrupted:
+                metadata["interrupted"] = True
+            reply = Message(
+                Role.ASSISTANT, reading.text, completion, msg_id=gen.reply_id, metadata=metadata
+            )
+            # The turn lock holds the session, so the reply directly follows the user message.
+            reply.seq = gen.user_message.seq + 1 if gen.user_message.seq else 0
+        degraded = gen.degraded
+        done = TurnDone(reply, gen.user_message, usage) if reply is not None else None
+        if not degraded:
+            if gen.appending is not None:
+                await gen.appending.wait()  # the tick's append first: deltas stay in order
+            end = _error_payload(reading) if reading.error or done is None else done.payload()
+            try:
+                await self.turn_store.finish(
+                    gen.user_id,
+                    gen.session_id,
+                    reply,
+                    usage,
+                    token=gen.lock_token,
+                    generation_id=gen.generation_id,
+                    tail=gen.take_unflushed() if gen.relay else None,
+                    end_payload=end,
+                )
+            except StoreUnavailable as exc:
+                # Redis went away during the turn: the reply is kept all the same.
+                self.replayer.mark_down(exc)
+                self.replayer.defer_release(gen.user_id, gen.session_id, gen.lock_token)
+                self.metrics.degradations.labels("reply_write").inc()
+                degraded = True
+        if degraded and reply is not None:
+            await self._to_outbox(gen, [reply], usage)
+        if reply is not None:
+            self.metrics.tokens.labels("prompt").inc(usage.prompt_tokens)
+            self.metrics.tokens.labels("completion").inc(usage.completion_tokens)
+        if reading.error is not None:
+            # The partial reply (if any) is stored, interrupted; the client sees the error.
+            raise reading.error
+        assert done is not None
+        done.memory = "degraded" if degraded else "ok"
+        return done
+
+
+def _error_payload(reading: Reading) -> dict[str, Any]:
+    err = reading.error
+    if err is None:
+        return {"code": "interrupted", "message": "the reply was interrupted"}
+    return {"code": err.code, "message": err.message}

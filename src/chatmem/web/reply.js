@@ -1,0 +1,399 @@
+// A reply streaming in: sent from this page, or re-attached to one the server is
+// writing (after a reload, or a chat opened again). The server owns the reply; the page
+// follows its events, resumes a dropped connection with Last-Event-ID, and can stop it.
+import { ApiError, api, sessionPath } from "./api.js";
+
+// After asking the server to stop, how long to wait for the reply's final event
+// before the page stops waiting (the server stores the stopped reply either way).
+const STOP_GRACE_MS = 1500;
+// A reply's connection that drops is resumed (Last-Event-ID) this many times in a row,
+// waiting a little longer each time.
+const RESUME_ATTEMPTS = 5;
+const RESUME_BACKOFF_MS = 400;
+
+// --- server-sent events over fetch ------------------------------------------------
+
+function parseEvent(block) {
+  let event = "message";
+  let id = null;
+  const data = [];
+  for (const line of block.split("\n")) {
+    if (!line || line.startsWith(":")) continue;
+    const colon = line.indexOf(":");
+    const field = colon < 0 ? line : line.slice(0, colon);
+    let value = colon < 0 ? "" : line.slice(colon + 1);
+    if (value.startsWith(" ")) value = value.slice(1);
+    if (field === "event") event = value;
+    else if (field === "data") data.push(value);
+    else if (field === "id" && !value.includes("\0")) id = value;
+  }
+  if (!data.length && id === null) return null;
+  return { event, id, data: data.length ? data.join("\n") : null };
+}
+
+export async function* readEvents(body) {
+  const reader = body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      let text = buffer + decoder.decode(value, { stream: true });
+      // A CR at the end may be the first half of a CRLF split across reads.
+      let held = "";
+      if (text.endsWith("\r")) {
+        held = "\r";
+        text = text.slice(0, -1);
+      }
+      text = text.replace(/\r\n?/g, "\n");
+      let end;
+      while ((end = text.indexOf("\n\n")) >= 0) {
+        const parsed = parseEvent(text.slice(0, end));
+        text = text.slice(end + 2);
+        if (parsed) yield parsed;
+      }
+      buffer = text + held;
+    }
+    const last = parseEvent(buffer.replace(/\r\n?/g, "\n"));
+    if (last) yield last;
+  } finally {
+    reader.releaseLock();
+  }
+}
+
+// The page's side: its elements and the helpers a reply needs.
+export function createReplies(page) {
+  const {
+    ui,
+    characterName,
+    messageItem,
+    markStopped,
+    nearEnd,
+    scrollToEnd,
+    refreshCurrent,
+    newSession,
+    showHistory,
+    showError,
+    clearError,
+    autosize,
+  } = page;
+  let active = null; // the reply shown streaming: newTurn()
+
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+  // GET …/stream: the session's running (or just finished) generation from the start,
+  // or after turn.lastEventId. null when there is none (204).
+  async function openStream(turn) {
+    const headers = turn.lastEventId ? { "Last-Event-ID": turn.lastEventId } : {};
+    const res = await api("GET", sessionPath(turn.sid, "/stream"), undefined, {
+      signal: turn.controller.signal,
+      accept: "text/event-stream",
+      headers,
+    });
+    const type = res.headers.get("Content-Type") || "";
+    if (res.status === 204 || !type.startsWith("text/event-stream")) {
+      if (res.body) res.body.cancel().catch(() => {});
+      return null;
+    }
+    return res;
+  }
+
+  // The one reader of a reply's events, for a send and a re-attach alike. A connection
+  // that drops before the reply's end is picked up again with Last-Event-ID; if the
+  // server has nothing left to replay, the stored history shows how the reply ended.
+  async function followReply(turn, res) {
+    let failures = 0;
+    for (;;) {
+      if (res) {
+        try {
+          for await (const ev of readEvents(res.body)) {
+            if (ev.id !== null) turn.lastEventId = ev.id;
+            failures = 0;
+            handleEvent(turn, ev);
+            if (turn.ended) break;
+          }
+        } catch (err) {
+          if (err && err.name === "AbortError") throw err;
+          // The connection dropped (a network error mid-body): resume below.
+        }
+        if (turn.ended) {
+          res.body.cancel().catch(() => {});
+          return;
+        }
+      }
+      if (++failures > RESUME_ATTEMPTS) {
+        throw new ApiError(0, "network", "the connection to the server was lost");
+      }
+      await sleep(RESUME_BACKOFF_MS * failures);
+      if (turn.controller.signal.aborted) throw new DOMException("detached", "AbortError");
+      let nothingLeft = false;
+      try {
+        res = await openStream(turn);
+        nothingLeft = res === null;
+      } catch (err) {
+        if (!(err instanceof ApiError)) throw err;
+        // 404: a server without re-attach, as if there were nothing to replay.
+        if (err.status !== 0 && err.status < 500 && err.status !== 404) throw err;
+        nothingLeft = err.status === 404;
+        res = null;
+      }
+      if (nothingLeft) {
+        turn.ended = true;
+        await showLatest(turn);
+        return;
+      }
+    }
+  }
+
+  // --- a turn --------------------------------------------------------------------
+
+  function setStreaming(on) {
+    ui.send.hidden = on;
+    ui.stop.hidden = !on;
+    ui.stop.disabled = false;
+    ui.composer.classList.toggle("busy", on);
+    ui.layout.classList.toggle("streaming", on);
+  }
+
+  function showTyping(on) {
+    if (on && page.current()) ui.typingName.textContent = characterName(page.current().character_id);
+    ui.typing.hidden = !on;
+    if (on) scrollToEnd();
+  }
+
+  function newTurn(sid) {
+    return {
+      sid,
+      controller: new AbortController(),
+      stopRequested: false,
+      detached: false,
+      bubble: null,
+      text: "",
+      lastEventId: null,
+      ended: false,
+    };
+  }
+
+  // The page stops watching a reply (another chat was opened); the server goes on
+  // writing it, and it is re-attached when its chat is opened again.
+  function detachTurn() {
+    const turn = active;
+    if (!turn) return;
+    turn.detached = true;
+    active = null;
+    turn.controller.abort();
+    showTyping(false);
+    setStreaming(false);
+  }
+
+  // Whatever ends a turn, the page ends it the same way.
+  async function endTurn(turn, err) {
+    if (err && err.name === "AbortError") {
+      if (turn.bubble && !turn.detached) markStopped(turn.bubble);
+    } else if (err) {
+      if (turn.bubble) markStopped(turn.bubble);
+      showError(err);
+    }
+    if (turn.bubble) turn.bubble.classList.remove("streaming");
+    if (active !== turn) return;
+    active = null;
+    showTyping(false);
+    setStreaming(false);
+    await refreshCurrent();
+  }
+
+  async function send() {
+    const text = ui.input.value.trim();
+    if (!text) return;
+    if (active) {
+      showError(new ApiError(409, "session_busy", "a reply is still being written"));
+      return;
+    }
+    clearError();
+    if (!page.current()) {
+      try {
+        await newSession();
+      } catch (err) {
+        showError(err);
+        return;
+      }
+    }
+    const turn = newTurn(page.current().session_id);
+    active = turn;
+    ui.input.value = "";
+    autosize();
+    const mine = messageItem({ role: "user", content: text });
+    ui.messages.append(mine);
+    setStreaming(true);
+    showTyping(true);
+    let res;
+    try {
+      res = await api(
+        "POST",
+        sessionPath(turn.sid, "/messages"),
+        { content: text, stream: true },
+        { signal: turn.controller.signal, accept: "text/event-stream" },
+      );
+    } catch (err) {
+      if (!(err && err.name === "AbortError")) {
+        // Refused before it was stored (busy, rate limited, too long): give it back.
+        mine.remove();
+        if (!ui.input.value) {
+          ui.input.value = text;
+          autosize();
+        }
+      }
+      await endTurn(turn, err);
+      finished("turns");
+      return;
+    }
+    let failure = null;
+    try {
+      await followReply(turn, res);
+    } catch (err) {
+      failure = err;
+    }
+    await endTurn(turn, failure);
+    if (!turn.detached) ui.input.focus();
+    finished("turns");
+  }
+
+  // After a session's history is shown: if a reply is being written in it (the page was
+  // reloaded mid-reply, or the chat was opened elsewhere), show it streaming.
+  async function reattach(sid) {
+    try {
+      await followRunning(sid);
+    } finally {
+      finished("attaches");
+    }
+  }
+
+  async function followRunning(sid) {
+    if (active) return;
+    const turn = newTurn(sid);
+    let res;
+    try {
+      res = await openStream(turn);
+    } catch (err) {
+      // 404: the chat is gone, or a server without re-attach. Nothing to show either way.
+      if (!(err instanceof ApiError && err.status === 404)) showError(err);
+      return;
+    }
+    if (!res) return;
+    if (active || !page.current() || page.current().session_id !== sid) {
+      // The page moved on (a send, another chat) while the request was out.
+      res.body.cancel().catch(() => {});
+      return;
+    }
+    active = turn;
+    setStreaming(true);
+    showTyping(true);
+    let failure = null;
+    try {
+      await followReply(turn, res);
+    } catch (err) {
+      failure = err;
+    }
+    await endTurn(turn, failure);
+  }
+
+  // For scripts and tests: how many sends (turns) and re-attach checks (attaches) ended.
+  function finished(counter) {
+    const n = Number(document.body.dataset[counter] || "0") + 1;
+    document.body.dataset[counter] = String(n);
+  }
+
+  function ensureBubble(turn) {
+    if (!turn.bubble) {
+      showTyping(false);
+      turn.bubble = messageItem({ role: "assistant", content: "" });
+      turn.bubble.classList.add("streaming");
+      ui.messages.append(turn.bubble);
+    }
+    return turn.bubble;
+  }
+
+  function shownMessage(msgId, except) {
+    for (const li of ui.messages.querySelectorAll(".message")) {
+      if (li !== except && li.dataset.msgId === msgId) return li;
+    }
+    return null;
+  }
+
+  function handleEvent(turn, ev) {
+    if (ev.data === null) return;
+    let data;
+    try {
+      data = JSON.parse(ev.data);
+    } catch {
+      return;
+    }
+    if (ev.event === "delta") {
+      const follow = nearEnd();
+      const bubble = ensureBubble(turn);
+      turn.text += data.content || "";
+      bubble.querySelector(".bubble").textContent = turn.text;
+      if (follow) scrollToEnd();
+    } else if (ev.event === "done") {
+      turn.ended = true;
+      const msg = data.message || {};
+      let bubble = ensureBubble(turn);
+      // A reply that ended just before the history was read is shown already: the
+      // replay updates that one rather than showing it twice.
+      const shown = msg.msg_id ? shownMessage(msg.msg_id, bubble) : null;
+      if (shown) {
+        bubble.remove();
+        turn.bubble = bubble = shown;
+      }
+      bubble.querySelector(".bubble").textContent = msg.content ?? turn.text;
+      if (msg.msg_id) bubble.dataset.msgId = msg.msg_id;
+      if (msg.metadata && msg.metadata.interrupted) markStopped(bubble);
+      if (data.memory && data.memory !== "ok") {
+        showError(`The reply was not fully saved to memory (${data.memory}).`);
+      }
+    } else if (ev.event === "error") {
+      turn.ended = true;
+      if (turn.bubble) markStopped(turn.bubble);
+      showError(new ApiError(200, String(data.code || "error"), String(data.message || "")));
+    }
+  }
+
+  // The reply ended while the page could not follow it: show it as stored.
+  async function showLatest(turn) {
+    if (!page.current() || page.current().session_id !== turn.sid) return;
+    if (turn.bubble) {
+      turn.bubble.remove();
+      turn.bubble = null;
+    }
+    await showHistory(turn.sid);
+  }
+
+  async function stopTurn() {
+    const turn = active;
+    if (!turn || turn.stopRequested) return;
+    turn.stopRequested = true;
+    ui.stop.disabled = true;
+    try {
+      await api("POST", sessionPath(turn.sid, "/stop"));
+    } catch (err) {
+      // Closing our connection would not stop it: the server owns the reply.
+      turn.stopRequested = false;
+      ui.stop.disabled = false;
+      showError(err);
+      return;
+    }
+    // The stopped reply ends with its `done` event; if that does not come, stop waiting.
+    setTimeout(() => {
+      if (!turn.ended) turn.controller.abort();
+    }, STOP_GRACE_MS);
+  }
+
+  return {
+    send,
+    reattach,
+    stop: stopTurn,
+    detach: detachTurn,
+    activeSid: () => (active ? active.sid : null),
+  };
+}
