@@ -17,7 +17,8 @@ from __future__ import annotations
 from chatmem.chat.service import ChatService, Generation
 from chatmem.errors import InvalidInput, SessionNotFound, StoreUnavailable
 from chatmem.models import SessionMeta
-from chatmem.store.conversations import WINDOW_MAX, validate_ttl
+from chatmem.store.keys import WINDOW_MAX
+from chatmem.store.rules import validate_ttl
 
 __all__ = [
     "CHARACTER_SESSION_PREFIX",

@@ -25,7 +25,6 @@ from chatmem.errors import (
     AlreadyExists,
     InvalidInput,
     SessionNotFound,
-    StorageQuotaExceeded,
     TooManySessions,
 )
 from chatmem.models import (
@@ -39,13 +38,19 @@ from chatmem.models import (
 from chatmem.store import keys, scripts
 from chatmem.store.client import AnyRedis, redis_errors
 from chatmem.store.codec import (
-    check_text,
     decode_messages,
     decode_meta,
     encode_message,
     meta_fields,
 )
 from chatmem.store.keys import MIN_TTL_S, PREVIEW_CHARS, WINDOW_MAX, WINDOW_MIN
+from chatmem.store.rules import (
+    over_quota,
+    preview_of,
+    validate_title,
+    validate_ttl,
+    validate_window,
+)
 from chatmem.store.users import UserQueries
 from chatmem.store.write_concern import ShortfallObserver, WriteConcern
 
@@ -58,7 +63,6 @@ __all__ = [
     "AppendResult",
     "RedisMemoryStore",
     "SessionSnapshot",
-    "preview_of",
     "validate_ttl",
     "validate_window",
 ]
@@ -82,47 +86,8 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def validate_ttl(ttl_s: int) -> int:
-    if ttl_s < MIN_TTL_S:
-        raise InvalidInput(f"ttl must be at least {MIN_TTL_S} seconds", code="invalid_ttl")
-    return ttl_s
-
-
-def validate_window(window_size: int) -> int:
-    if not WINDOW_MIN <= window_size <= WINDOW_MAX:
-        raise InvalidInput(
-            f"window_size must be between {WINDOW_MIN} and {WINDOW_MAX}", code="invalid_window"
-        )
-    return window_size
-
-
-def _validate_title(title: str) -> str:
-    if len(title) > keys.MAX_TITLE_CHARS:
-        raise InvalidInput(
-            f"title must be at most {keys.MAX_TITLE_CHARS} characters", code="invalid_title"
-        )
-    return check_text(title, "title")
-
-
-def _preview(msg: Message) -> str:
-    # Only the head can show: don't split a 4000-character message to keep 100 of it.
-    text = " ".join(msg.content[: 4 * PREVIEW_CHARS].split())
-    return text if len(text) <= PREVIEW_CHARS else text[: PREVIEW_CHARS - 1] + "…"
-
-
-# The preview a write leaves in the session's meta (turn scripts too).
-preview_of = _preview
-
-
 def _not_found(session_id: str) -> SessionNotFound:
     return SessionNotFound(f"session {session_id!r} not found")
-
-
-def over_quota(max_bytes: int) -> StorageQuotaExceeded:
-    return StorageQuotaExceeded(
-        f"your stored conversations have reached their limit of {max_bytes} bytes: "
-        "delete or clear some sessions to go on"
-    )
 
 
 class RedisMemoryStore(UserQueries):
@@ -230,14 +195,14 @@ class RedisMemoryStore(UserQueries):
         fields = meta_fields(
             user_id=user_id,
             character_id=character_id,
-            title=_validate_title(title),
+            title=validate_title(title),
             window_size=window,
         )
         args: list[Any] = [sid, _now_ms(), ttl]
         if greeting is not None:
             keys.validate_id(greeting.msg_id, "message id")
             args += [encode_message(greeting), greeting.msg_id, greeting.token_count]
-            args.append(_preview(greeting))
+            args.append(preview_of(greeting))
         else:
             args += ["", "", 0, ""]
         args += [
@@ -302,7 +267,7 @@ class RedisMemoryStore(UserQueries):
             self.max_messages,
             self.id_window,
             read_last,
-            _preview(last) if last else "",
+            preview_of(last) if last else "",
             last.role.value if last else "",
             u.prompt_tokens,
             u.completion_tokens,
@@ -364,7 +329,7 @@ class RedisMemoryStore(UserQueries):
         ks = keys.session_keys(user_id, session_id)
         args: list[Any] = [_now_ms()]
         if title is not None:
-            args += ["title", _validate_title(title)]
+            args += ["title", validate_title(title)]
         if ttl_s is not None:
             args += ["ttl", validate_ttl(ttl_s)]
         if window_size is not None:

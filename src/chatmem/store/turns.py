@@ -20,8 +20,9 @@ from chatmem.models import Message, SessionMeta, Usage
 from chatmem.store import keys, turn_scripts
 from chatmem.store.client import redis_errors
 from chatmem.store.codec import decode_message, decode_messages, decode_meta, encode_message
-from chatmem.store.conversations import RedisMemoryStore, over_quota, preview_of
+from chatmem.store.conversations import RedisMemoryStore
 from chatmem.store.locks import Coordinator
+from chatmem.store.rules import over_quota, preview_of
 from chatmem.store.streams import StreamEntry, decode_entries
 
 BeginKind = Literal["ok", "replay", "busy", "orphan"]

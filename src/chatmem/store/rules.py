@@ -1,0 +1,47 @@
+"""The store's rules for values: TTLs, windows, titles, the last-message preview, and
+the per-user byte cap's error. Checked before any Redis call (conversations.py and the
+turn scripts' callers)."""
+
+from __future__ import annotations
+
+from chatmem.errors import InvalidInput, StorageQuotaExceeded
+from chatmem.models import Message
+from chatmem.store import keys
+from chatmem.store.codec import check_text
+from chatmem.store.keys import MIN_TTL_S, PREVIEW_CHARS, WINDOW_MAX, WINDOW_MIN
+
+
+def validate_ttl(ttl_s: int) -> int:
+    if ttl_s < MIN_TTL_S:
+        raise InvalidInput(f"ttl must be at least {MIN_TTL_S} seconds", code="invalid_ttl")
+    return ttl_s
+
+
+def validate_window(window_size: int) -> int:
+    if not WINDOW_MIN <= window_size <= WINDOW_MAX:
+        raise InvalidInput(
+            f"window_size must be between {WINDOW_MIN} and {WINDOW_MAX}", code="invalid_window"
+        )
+    return window_size
+
+
+def validate_title(title: str) -> str:
+    if len(title) > keys.MAX_TITLE_CHARS:
+        raise InvalidInput(
+            f"title must be at most {keys.MAX_TITLE_CHARS} characters", code="invalid_title"
+        )
+    return check_text(title, "title")
+
+
+def preview_of(msg: Message) -> str:
+    """The preview a write leaves in the session's meta (the turn scripts' too)."""
+    # Only the head can show: don't split a 4000-character message to keep 100 of it.
+    text = " ".join(msg.content[: 4 * PREVIEW_CHARS].split())
+    return text if len(text) <= PREVIEW_CHARS else text[: PREVIEW_CHARS - 1] + "…"
+
+
+def over_quota(max_bytes: int) -> StorageQuotaExceeded:
+    return StorageQuotaExceeded(
+        f"your stored conversations have reached their limit of {max_bytes} bytes: "
+        "delete or clear some sessions to go on"
+    )
