@@ -9,29 +9,31 @@ arguments or settings (a one-line error, never a traceback).
 
 from __future__ import annotations
 
-import asyncio
-import datetime as dt
-import json
-import sys
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any
 
-import orjson
-import pydantic
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
 from rich.text import Text
 
+from chatmem.cli import data
 from chatmem.cli.chat import ChatOptions, money, printable, run_chat
-from chatmem.cli.client import ApiError, ChatmemClient, auth_headers, connect
-from chatmem.config import Settings
-from chatmem.errors import ChatmemError, InvalidInput
-
-T = TypeVar("T")
+from chatmem.cli.client import ChatmemClient
+from chatmem.cli.common import (
+    JsonOpt,
+    KeyOpt,
+    UrlOpt,
+    UserOpt,
+    call_api,
+    cell,
+    fail,
+    load_settings,
+    out,
+    print_json,
+    read_json,
+    reported_errors,
+    when,
+)
 
 app = typer.Typer(
     help="chatmem: a chat backend with conversation memory.",
@@ -45,85 +47,6 @@ characters_app = typer.Typer(
     invoke_without_command=True,
 )
 app.add_typer(characters_app, name="characters")
-
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
-
-UrlOpt = typer.Option(
-    None,
-    "--url",
-    envvar="CHATMEM_URL",
-    help="a running chatmem server (default: an in-process app on the local settings)",
-)
-UserOpt = typer.Option(None, "--user", "-u", help="user id (open mode: sent as X-User-Id)")
-KeyOpt = typer.Option(
-    None, "--api-key", envvar="CHATMEM_API_KEY", help="API key, when the server has auth on"
-)
-JsonOpt = typer.Option(False, "--json", help="print JSON instead of a table")
-
-# HTTP statuses that mean "what you asked for is wrong", as opposed to "it failed".
-_ARGUMENT_STATUSES = {400, 401, 403, 404, 422}
-
-
-def fail(message: str, code: int = 1) -> NoReturn:
-    err.print(Text(f"chatmem: error: {printable(message)}"), soft_wrap=True)
-    raise typer.Exit(code)
-
-
-@contextmanager
-def reported_errors() -> Iterator[None]:
-    """Known failures as one line on stderr and an exit code, not a traceback."""
-    try:
-        yield
-    except ApiError as exc:
-        fail(exc.message, 2 if exc.status in _ARGUMENT_STATUSES else 1)
-    except InvalidInput as exc:
-        fail(exc.message, 2)
-    except ChatmemError as exc:
-        fail(exc.message, 1)
-    except pydantic.ValidationError as exc:
-        errors = exc.errors()
-        where = ".".join(str(p) for p in errors[0]["loc"]) if errors else ""
-        fail(f"invalid setting {where}: {errors[0]['msg'] if errors else exc}", 2)
-    except OSError as exc:
-        fail(str(exc), 1)
-
-
-def load_settings(redis_url: str | None = None) -> Settings:
-    with reported_errors():
-        settings = Settings()
-        if redis_url:
-            settings.redis = settings.redis.model_copy(update={"url": redis_url})
-        return settings
-
-
-def call_api(
-    url: str | None,
-    user: str | None,
-    api_key: str | None,
-    fn: Callable[[ChatmemClient], Awaitable[T]],
-) -> T:
-    async def main() -> T:
-        async with connect(url, auth_headers(user, api_key)) as http:
-            return await fn(ChatmemClient(http))
-
-    with reported_errors():
-        return asyncio.run(main())
-
-
-def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
-
-
-def when(ts: float | int | None) -> str:
-    if not ts:
-        return ""
-    return dt.datetime.fromtimestamp(float(ts)).strftime("%Y-%m-%d %H:%M")
-
-
-def cell(value: Any) -> Text:
-    # Text, never a markup string: titles and messages are user data.
-    return Text(printable(str(value)))
 
 
 # --- serve ----------------------------------------------------------------------------
@@ -313,141 +236,11 @@ def characters_import(
     out.print(Text(f"imported {printable(created['id'])} ({printable(created['name'])})"))
 
 
-def read_json(path: Path) -> Any:
-    try:
-        raw = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
-    except OSError as exc:
-        fail(f"cannot read {path}: {exc.strerror or exc}", 2)
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        fail(f"{path} is not valid JSON: {exc}", 2)
+# --- export / import / size (cli/data.py) ---------------------------------------------
 
-
-# --- export / import ------------------------------------------------------------------
-
-RedisUrlOpt = typer.Option(
-    None, "--redis-url", help="this Redis instead of CHATMEM_REDIS_URL or the embedded one"
-)
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        transient=False,
-    )
-
-
-@app.command()
-def export(
-    user: str | None = typer.Option(None, "--user", "-u", help="only this user (default: all)"),
-    out_file: Annotated[
-        Path | None, typer.Option("--out", "-o", help="file (default: stdout)")
-    ] = None,
-    redis_url: str | None = RedisUrlOpt,
-) -> None:
-    """Export sessions with their meta and messages as JSON."""
-    from chatmem.chat.runtime import open_store
-    from chatmem.ids import validate_id
-    from chatmem.ops.transfer import export_sessions, sessions_to_export
-    from chatmem.permissions import write_private
-
-    settings = load_settings(redis_url)
-    with reported_errors():
-        if user is not None:
-            validate_id(user, "user id")
-
-    async def main() -> dict[str, Any]:
-        async with open_store(settings) as store:
-            metas = await sessions_to_export(store, user)
-            with _progress() as progress:
-                task = progress.add_task("exporting", total=len(metas))
-                return await export_sessions(store, metas, lambda n: progress.advance(task, n))
-
-    with reported_errors():
-        doc = asyncio.run(main())
-        data = orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n"
-        if out_file is None:
-            sys.stdout.buffer.write(data)
-            sys.stdout.flush()
-        else:  # every conversation exported: the owner's only
-            write_private(out_file, data)
-    n_msgs = sum(len(s["messages"]) for s in doc["sessions"])
-    err.print(f"exported {len(doc['sessions'])} sessions, {n_msgs} messages")
-
-
-@app.command("import")
-def import_(
-    file: Annotated[Path, typer.Argument(help="a file made by `chatmem export` (- for stdin)")],
-    redis_url: str | None = RedisUrlOpt,
-) -> None:
-    """Import an export: ids kept, whatever is already there skipped (idempotent)."""
-    from chatmem.chat.runtime import open_store
-    from chatmem.ops.transfer import import_sessions, parse_export
-
-    doc = read_json(file)
-    with reported_errors():
-        sessions = parse_export(doc)
-    settings = load_settings(redis_url)
-
-    async def main() -> Any:
-        async with open_store(settings) as store:
-            with _progress() as progress:
-                task = progress.add_task("importing", total=len(sessions))
-                return await import_sessions(store, sessions, lambda n: progress.advance(task, n))
-
-    with reported_errors():
-        report = asyncio.run(main())
-    err.print(
-        f"imported {report.sessions} sessions: {report.messages_added} messages added, "
-        f"{report.messages_skipped} already there"
-    )
-
-
-# --- size -----------------------------------------------------------------------------
-
-
-def _bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
-
-
-@app.command()
-def size(
-    users: int = typer.Option(..., min=1, help="users with live sessions (active within the TTL)"),
-    messages: int = typer.Option(..., min=0, max=100_000, help="stored messages per user"),
-    message_chars: int = typer.Option(400, min=1, help="average characters a message"),
-    sessions: int = typer.Option(1, min=1, max=1000, help="sessions per user"),
-) -> None:
-    """Estimate the Redis memory for a load (measured in a scratch redis-server)."""
-    from chatmem.ops.sizing import Load, estimate, measure_in_scratch
-
-    max_messages = load_settings().memory.max_messages
-    load = Load(users, messages, message_chars, sessions)
-    with reported_errors():
-        est = estimate(load, measure_in_scratch(load, max_messages=max_messages))
-    out.print(
-        f"{users:,} users × {messages:,} messages of ~{message_chars:,} characters "
-        f"({sessions:,} session{'s' if sessions > 1 else ''} each); stored after trimming "
-        f"to max_messages {max_messages:,}: {est.footprint.stored_messages:,} a user, "
-        f"{est.bytes_per_message:,.0f} bytes a message"
-    )
-    table = Table(
-        "component", Column("per user", justify="right"), Column("total", justify="right")
-    )
-    for name, per_user, total in est.lines:
-        table.add_row(name, "" if per_user is None else _bytes(per_user), _bytes(total))
-    table.add_row("total (used_memory)", "", _bytes(est.total), style="bold")
-    table.add_row("recommended maxmemory (total + 25%)", "", _bytes(est.maxmemory), style="bold")
-    table.add_row("host memory for redis-server (× 1.5)", "", _bytes(est.host_memory))
-    out.print(table)
+app.command()(data.export)
+app.command("import")(data.import_)
+app.command()(data.size)
 
 
 def main() -> None:
