@@ -51,7 +51,7 @@ class Message:
         return {"role": self.role.value, "content": self.content}
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "msg_id": self.msg_id,
             "role": self.role.value,
             "content": self.content,
@@ -60,6 +60,12 @@ class Message:
             "metadata": self.metadata,
             "seq": self.seq,
         }
+        # A reply with alternatives (SPEC §3b): the content is the selected one's.
+        alternatives = self.metadata.get("alternatives")
+        if alternatives:
+            out["alternatives"] = len(alternatives)
+            out["selected"] = self.metadata.get("selected", 0)
+        return out
 
 
 @dataclass(slots=True)
@@ -97,6 +103,9 @@ class SessionMeta:
     window_size: int = 10
     preview: str = ""
     preview_role: str = ""
+    # The session (and its message) this one was forked from (SPEC §3b).
+    forked_from: str = ""
+    forked_at: str = ""
     # Read-time facts, not stored fields.
     ttl_remaining_s: int = 0
     stored_messages: int = 0
@@ -119,6 +128,8 @@ class SessionMeta:
             "window_size": self.window_size,
             "preview": self.preview,
             "preview_role": self.preview_role,
+            "forked_from": self.forked_from or None,
+            "forked_at": self.forked_at or None,
         }
 
 

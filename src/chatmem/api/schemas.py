@@ -38,3 +38,19 @@ class SendMessage(BaseModel):
     # A streamed reply goes on when its client disconnects (re-attach with
     # GET /v1/sessions/{sid}/stream); "stop" stops it instead, as the OpenAI route does.
     on_disconnect: Literal["continue", "stop"] = "continue"
+
+
+class ChangeMessage(BaseModel):
+    """`PATCH /v1/sessions/{sid}/messages/{mid}`: one of the two (SPEC §3b)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    content: str | None = None
+    selected: int | None = Field(None, ge=0)
+
+
+class ForkSession(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    message_id: str = Field(min_length=1, max_length=128)
+    title: str = Field("", max_length=200)

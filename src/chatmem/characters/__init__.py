@@ -12,6 +12,7 @@ from chatmem.characters.card import (
     USER_NAME,
     card_to_character,
     character_to_card,
+    greetings_of,
     slugify_id,
 )
 from chatmem.characters.files import (
@@ -38,6 +39,7 @@ __all__ = [
     "DirectoryLoad",
     "card_to_character",
     "character_to_card",
+    "greetings_of",
     "load_builtins",
     "load_directory",
     "parse_character",

@@ -174,6 +174,18 @@ def _normalized_data(card: Any) -> dict[str, Any]:
     return out
 
 
+def greetings_of(ch: Character) -> list[str]:
+    """The character's greeting, then its card's `alternate_greetings` ({{char}} and
+    {{user}} filled in as for the greeting); [] for a character without a greeting."""
+    if not ch.greeting:
+        return []
+    stored = ch.extensions.get(CARD_EXTENSION)
+    data = stored.get("data") if isinstance(stored, dict) else None
+    alts = data.get("alternate_greetings") if isinstance(data, dict) else None
+    extra = [a for a in alts if isinstance(a, str) and a.strip()] if isinstance(alts, list) else []
+    return [ch.greeting, *(_substitute(a, ch.name) for a in extra)]
+
+
 def card_to_character(card: Any, *, character_id: str | None = None) -> Character:
     """Import a Character Card V2 document (see the module docstring for the mapping)."""
     data = _normalized_data(card)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from chatmem.characters import CharacterRegistry
+from chatmem.characters import CharacterRegistry, greetings_of
+from chatmem.chat.editing import Editing, greeting_message
 from chatmem.chat.generation import Delta, Ended, Generation, NativeEvent, TurnDone, TurnEvent
 from chatmem.chat.prompting import Prompter
 from chatmem.chat.prompts import context_messages
@@ -22,13 +23,13 @@ from chatmem.config import Settings
 from chatmem.durability.outbox import OUTBOX_DIR, Outbox
 from chatmem.durability.replay import OutboxReplayer
 from chatmem.metrics import Metrics
-from chatmem.models import Message, Role, SessionMeta
+from chatmem.models import Message, SessionMeta
 from chatmem.providers.base import ChatProvider
 from chatmem.store.conversations import RedisMemoryStore
+from chatmem.store.editing import MessageEdits
 from chatmem.store.locks import Coordinator
 from chatmem.store.streams import GenerationStreams
 from chatmem.store.turns import TurnStore
-from chatmem.tokens import count_tokens
 
 # The turn's types are part of what the service answers: importable from here too.
 __all__ = [
@@ -79,6 +80,11 @@ class ChatService(SessionMethods):
             self.outbox,
             self.replayer,
         )
+        self.editing = Editing(
+            MessageEdits(store),
+            lock_wait_ms=settings.limits.session_lock_wait_ms,
+            validate=self.validate_content,
+        )
 
     async def start(self) -> None:
         """Adopt outboxes left by dead processes and start replaying (app start-up)."""
@@ -110,14 +116,8 @@ class ChatService(SessionMethods):
     ) -> tuple[SessionMeta, Message | None]:
         character = await self.characters.get(character_id or self.characters.default_id)
         await self.coordinator.check_write_rate(user_id)
-        greeting = None
-        if character.greeting:
-            greeting = Message(
-                Role.ASSISTANT,
-                character.greeting,
-                count_tokens(character.greeting),
-                metadata={"greeting": True},
-            )
+        greetings = greetings_of(character)
+        greeting = greeting_message(greetings) if greetings else None
         meta = await self.store.create_session(
             user_id,
             character.id,

@@ -3,13 +3,15 @@
     {"format": "chatmem-export", "version": 1, "exported_at": 1700000000.0,
      "sessions": [{"meta": {...SessionMeta.to_dict()}, "messages": [{...}, ...]}]}
 
-Import keeps session and message ids: a session that exists is kept as it is
-(`create_session(..., ensure=True)`) and messages whose ids it already holds are skipped
-by the store, so importing the same file twice changes nothing. Usage and cost travel with
-the first batch of a session's messages, which the store counts only if that batch
-brought something new (a session exported without messages brings none). Times of
-creation and last activity restart at the import. The store is the server's own
-(`chat.runtime.open_store`: the configured Redis, or the embedded one).
+Alternatives of a reply travel in its metadata and a fork's `forked_from` in its meta,
+so both come back as they were. Import keeps session and message ids: a session that
+exists is kept as it is (`create_session(..., ensure=True)`) and messages whose ids it
+already holds are skipped by the store, so importing the same file twice changes
+nothing. Usage and cost travel with the first batch of a session's messages, which the
+store counts only if that batch brought something new (a session exported without
+messages brings none). Times of creation and last activity restart at the import. The
+store is the server's own (`chat.runtime.open_store`: the configured Redis, or the
+embedded one).
 """
 
 from __future__ import annotations
@@ -122,6 +124,12 @@ def _usage(raw: Any) -> Usage:
     )
 
 
+def _fork_of(meta: dict[str, Any]) -> tuple[str, str] | None:
+    if not meta.get("forked_from"):
+        return None
+    return str(meta["forked_from"]), str(meta.get("forked_at") or "")
+
+
 async def import_sessions(
     store: RedisMemoryStore,
     sessions: list[dict[str, Any]],
@@ -145,6 +153,7 @@ async def import_sessions(
             ttl_s=int(meta["ttl_s"]) if meta.get("ttl_s") else None,
             window_size=int(meta["window_size"]) if meta.get("window_size") else None,
             ensure=True,
+            forked_from=_fork_of(meta),
         )
         usage: Usage | None = _usage(meta.get("usage"))
         for start in range(0, len(messages), MAX_APPEND_MESSAGES):

@@ -104,6 +104,8 @@ def decode_meta(session_id: str, flat: list[Any], *, pttl_ms: int, stored: int) 
         window_size=int(get("window", 10)),
         preview=get("preview", ""),
         preview_role=get("prole", ""),
+        forked_from=get("fork", ""),
+        forked_at=get("forkmsg", ""),
         ttl_remaining_s=max(0, (pttl_ms + 999) // 1000),
         stored_messages=stored,
     )

@@ -180,12 +180,14 @@ class RedisMemoryStore(UserQueries):
         window_size: int | None = None,
         greeting: Message | None = None,
         ensure: bool = False,
+        forked_from: tuple[str, str] | None = None,
     ) -> SessionMeta:
         """Create a session (with its greeting as the first message) and return its meta.
 
         With `ensure`, an existing session of that id is kept as it is and returned
-        instead of raising AlreadyExists. Costs two round trips: the script, and the
-        global user index (which lives in another Cluster slot).
+        instead of raising AlreadyExists. `forked_from` (session id, message id) marks
+        it as a fork (an import keeps what the export said). Costs two round trips: the
+        script, and the global user index (which lives in another Cluster slot).
         """
         sid = keys.validate_id(new_id() if session_id is None else session_id, "session id")
         ks = keys.session_keys(user_id, sid)
@@ -198,6 +200,8 @@ class RedisMemoryStore(UserQueries):
             title=validate_title(title),
             window_size=window,
         )
+        if forked_from is not None:  # (session id, message id): an imported fork
+            fields["fork"], fields["forkmsg"] = forked_from
         args: list[Any] = [sid, _now_ms(), ttl]
         if greeting is not None:
             keys.validate_id(greeting.msg_id, "message id")
