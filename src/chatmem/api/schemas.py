@@ -54,3 +54,12 @@ class ForkSession(BaseModel):
 
     message_id: str = Field(min_length=1, max_length=128)
     title: str = Field("", max_length=200)
+
+
+class Revise(BaseModel):
+    """`POST /v1/sessions/{sid}/regenerate` and `/continue` (the body may be left out)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stream: bool = False
+    on_disconnect: Literal["continue", "stop"] = "continue"

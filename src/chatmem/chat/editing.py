@@ -80,6 +80,53 @@ def greeting_message(greetings: list[str]) -> Message:
     return with_alternatives(msg, alts, 0)
 
 
+REVISIONS = ("regenerate", "continue")
+
+
+def revision_parts(
+    revision: str, messages: list[Message]
+) -> tuple[Message, Message, list[Message], Message]:
+    """(user message, message revised, history, the context's last message) of a
+    revision, from the newest stored messages (oldest first); InvalidInput when the
+    session does not end with a reply to revise."""
+    if not messages or messages[-1].role is not Role.ASSISTANT:
+        raise InvalidInput(
+            f"nothing to {revision}: the session does not end with a reply", code="no_reply"
+        )
+    target = messages[-1]
+    if revision == "continue":
+        # The model sees the reply as the last, unfinished message.
+        user = messages[-2] if len(messages) > 1 else target
+        return user, target, messages[:-1], target
+    if len(messages) < 2 or messages[-2].role is not Role.USER:
+        raise InvalidInput(
+            "nothing to regenerate: the reply does not answer a user message", code="no_reply"
+        )
+    return messages[-2], target, messages[:-2], messages[-2]
+
+
+def revised(revision: str, target: Message, reply: Message) -> Message:
+    """The message that a revision's reply leaves in place of `target`."""
+    if revision == "regenerate":
+        out = add_alternative(target, reply)
+    else:
+        text = target.content + reply.content
+        metadata = dict(target.metadata)
+        metadata.update({k: v for k, v in reply.metadata.items() if k not in _OWN_KEYS})
+        metadata["continued"] = True
+        longer = Message(target.role, text, count_tokens(text), target.msg_id, target.timestamp)
+        longer.metadata = {k: v for k, v in metadata.items() if k not in _OWN_KEYS}
+        if "alternatives" in target.metadata:
+            alts = alternatives_of(target)
+            sel = target.metadata.get("selected", 0)
+            alts[sel] = alternative_of(longer)
+            out = with_alternatives(target, alts, sel)
+        else:
+            out = longer
+    out.seq = target.seq
+    return out
+
+
 class Editing:
     def __init__(self, edits: MessageEdits, *, lock_wait_ms: int, validate: Callable[[str], str]):
         self.edits = edits

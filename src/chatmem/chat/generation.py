@@ -119,6 +119,10 @@ class Generation:
     degraded: bool = False
     # How a subscriber's disconnect is taken: "continue" (native) or "stop".
     on_disconnect: str = "continue"
+    # A revision (SPEC §3b): "regenerate" or "continue" the newest message, `revises`;
+    # the reply replaces it (chat/editing.py `revised`) instead of being appended.
+    revision: str = ""
+    revises: Message | None = None
     task: asyncio.Task[TurnDone | None] | None = None
     # Set while this generation's text is being appended to its event stream.
     appending: asyncio.Event | None = None

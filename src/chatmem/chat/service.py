@@ -12,7 +12,7 @@ import logging
 from typing import Any
 
 from chatmem.characters import CharacterRegistry, greetings_of
-from chatmem.chat.editing import Editing, greeting_message
+from chatmem.chat.editing import REVISIONS, Editing, greeting_message
 from chatmem.chat.generation import Delta, Ended, Generation, NativeEvent, TurnDone, TurnEvent
 from chatmem.chat.prompting import Prompter
 from chatmem.chat.prompts import context_messages
@@ -158,6 +158,24 @@ class ChatService(SessionMethods):
             relay=stream,
             on_disconnect=on_disconnect,
             adjust_params=adjust_params,
+        )
+
+    async def prepare_revision(
+        self,
+        user_id: str,
+        session_id: str,
+        revision: str,
+        *,
+        stream: bool = False,
+        on_disconnect: str = "continue",
+    ) -> Generation:
+        """Begin a regenerate or a continue of the session's last reply (SPEC §3b): a
+        turn that appends no user message and whose reply replaces the last one (a new
+        alternative of it, or its longer text)."""
+        if revision not in REVISIONS:
+            raise ValueError(f"unknown revision {revision!r}")
+        return await self.turns.prepare(
+            user_id, session_id, "", relay=stream, on_disconnect=on_disconnect, revision=revision
         )
 
     async def complete(self, gen: Generation) -> TurnDone:

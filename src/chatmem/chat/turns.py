@@ -31,21 +31,23 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from chatmem.characters import CharacterRegistry
+from chatmem.chat.editing import revised, revision_parts
 from chatmem.chat.generation import Generation, Reading, TurnDone
 from chatmem.chat.inflight import InFlight
 from chatmem.chat.prompting import Prompter
+from chatmem.chat.replies import error_payload, reply_usage
 from chatmem.chat.resume import Resumer
 from chatmem.config import Settings
 from chatmem.durability.outbox import Outbox
 from chatmem.durability.replay import OutboxReplayer
-from chatmem.errors import Conflict, SessionBusy, StoreUnavailable
+from chatmem.errors import Conflict, InvalidInput, SessionBusy, StoreUnavailable
 from chatmem.metrics import Metrics
 from chatmem.models import Character, Message, Role, SessionMeta, Usage, new_id
 from chatmem.providers.base import ChatProvider, GenerationParams
 from chatmem.store.conversations import WINDOW_MAX
 from chatmem.store.streams import GenerationStreams, StreamSnapshot
 from chatmem.store.turns import TurnStore
-from chatmem.tokens import TOKENS_PER_MESSAGE, cost_usd, count_tokens
+from chatmem.tokens import count_tokens
 
 # A turn reads enough history for the widest window, plus the new message.
 TURN_READ_MESSAGES = 2 * WINDOW_MAX + 1
@@ -114,13 +116,18 @@ class Turns:
         relay: bool = False,
         on_disconnect: str = "continue",
         adjust_params: ParamsAdjuster | None = None,
+        revision: str = "",
     ) -> Generation:
         """Begin a turn; its generation is running (or, for a retry, done) on return.
 
-        Errors here are the client's to see. Degrades when Redis cannot be reached.
+        Errors here are the client's to see. Degrades when Redis cannot be reached, but
+        for a `revision` (regenerate, continue: chat/editing.py), which needs the history.
         """
-        text = self.validate_content(content)
-        user_msg = Message(Role.USER, text, count_tokens(text), metadata=dict(metadata or {}))
+        if revision:
+            user_msg = Message(Role.USER, "", msg_id="")  # a revision appends none
+        else:
+            text = self.validate_content(content)
+            user_msg = Message(Role.USER, text, count_tokens(text), metadata=dict(metadata or {}))
         reply_id = new_id()
         if idempotency_key:
             user_msg.msg_id, reply_id = idempotent_ids(idempotency_key)
@@ -129,7 +136,9 @@ class Turns:
                 return local  # a retry of the generation running here: re-attach
         async with self.inflight.reserve((user_id, session_id)) as slot:
             gen: Generation | None = None
-            opts = {"relay": relay, "on_disconnect": on_disconnect}
+            opts: dict[str, Any] = {"relay": relay, "on_disconnect": on_disconnect}
+            if revision:
+                opts["revision"] = revision
             if not self.replayer.store_down:
                 try:
                     gen = await self._redis_turn(
@@ -137,6 +146,8 @@ class Turns:
                     )
                 except StoreUnavailable as exc:
                     self.replayer.mark_down(exc)
+            if gen is None and revision:
+                raise StoreUnavailable("redis is unavailable: the history cannot be revised")
             if gen is None:
                 gen = await self._degraded_turn(user_id, session_id, user_msg, reply_id, opts)
             if adjust_params is not None:
@@ -199,7 +210,17 @@ class Turns:
             delay = min(delay * 2, 0.2)
         assert res.meta is not None
         msgs = res.messages
-        stored_user = msgs[-1]
+        if not opts.get("revision"):
+            stored_user, history, last = msgs[-1], msgs[:-1], msgs[-1]
+        else:
+            try:
+                stored_user, opts["revises"], history, last = revision_parts(opts["revision"], msgs)
+            except InvalidInput as exc:
+                await self.turn_store.finish(
+                    user_id, session_id, None, Usage(), token=token, generation_id=gen_id,
+                    tail=None, end_payload={"code": exc.code, "message": exc.message},
+                )  # fmt: skip
+                raise
         character = await self.characters.get(res.meta.character_id)
         self._remember_character((user_id, session_id), character)
         limits = self.prompter.limits_for(res.meta, character)
@@ -209,7 +230,7 @@ class Turns:
             meta=res.meta,
             character=character,
             user_message=stored_user,
-            context=self.prompter.assemble(character, msgs[:-1], stored_user, limits),
+            context=self.prompter.assemble(character, history, last, limits),
             params=self.prompter.params(character),
             lock_token=token,
             reply_id=reply_id,
@@ -312,22 +333,6 @@ class Turns:
 
     # --- finishing a turn (GenerationHost) ---------------------------------------------
 
-    def _usage(self, gen: Generation, reading: Reading, completion: int) -> Usage:
-        chunk = reading.usage
-        if chunk is not None and chunk.usage is not None:
-            prompt_t = chunk.usage.prompt_tokens
-            completion_t = chunk.usage.completion_tokens
-        else:
-            n_msgs = len(gen.context.messages)
-            prompt_t = gen.context.total_tokens + TOKENS_PER_MESSAGE * n_msgs
-            completion_t = completion
-        model = gen.params.model or self.provider.info.name
-        return Usage(
-            prompt_t,
-            completion_t,
-            cost_usd(model, prompt_t, completion_t, self.settings.llm.prices),
-        )
-
     async def persist(self, gen: Generation, reading: Reading) -> TurnDone | None:
         """Store the reply and end the turn (the finish round trip); raise the turn's
         error instead of a reply when it failed before any text."""
@@ -335,7 +340,7 @@ class Turns:
         usage = Usage()
         if reading.error is None or reading.text:
             completion = count_tokens(reading.text)
-            usage = self._usage(gen, reading, completion)
+            usage = reply_usage(gen, reading, completion, self.settings.llm.prices)
             model = gen.params.model or self.provider.info.name
             metadata: dict[str, Any] = {"model": model, "usage": usage.to_dict()}
             if reading.finish_reason:
@@ -347,12 +352,14 @@ class Turns:
             )
             # The turn lock holds the session, so the reply directly follows the user message.
             reply.seq = gen.user_message.seq + 1 if gen.user_message.seq else 0
+            if gen.revises is not None:
+                reply = revised(gen.revision, gen.revises, reply)
         degraded = gen.degraded
         done = TurnDone(reply, gen.user_message, usage) if reply is not None else None
         if not degraded:
             if gen.appending is not None:
                 await gen.appending.wait()  # the tick's append first: deltas stay in order
-            end = _error_payload(reading) if reading.error or done is None else done.payload()
+            end = error_payload(reading) if reading.error or done is None else done.payload()
             try:
                 await self.turn_store.finish(
                     gen.user_id,
@@ -363,6 +370,7 @@ class Turns:
                     generation_id=gen.generation_id,
                     tail=gen.take_unflushed() if gen.relay else None,
                     end_payload=end,
+                    replaces=gen.revises.msg_id if gen.revises is not None else "",
                 )
             except StoreUnavailable as exc:
                 # Redis went away during the turn: the reply is kept all the same.
@@ -370,7 +378,7 @@ class Turns:
                 self.replayer.defer_release(gen.user_id, gen.session_id, gen.lock_token)
                 self.metrics.degradations.labels("reply_write").inc()
                 degraded = True
-        if degraded and reply is not None:
+        if degraded and reply is not None and gen.revises is None:
             await self._to_outbox(gen, [reply], usage)
         if reply is not None:
             self.metrics.tokens.labels("prompt").inc(usage.prompt_tokens)
@@ -381,10 +389,3 @@ class Turns:
         assert done is not None
         done.memory = "degraded" if degraded else "ok"
         return done
-
-
-def _error_payload(reading: Reading) -> dict[str, Any]:
-    err = reading.error
-    if err is None:
-        return {"code": "interrupted", "message": "the reply was interrupted"}
-    return {"code": err.code, "message": err.message}

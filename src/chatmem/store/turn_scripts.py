@@ -115,6 +115,34 @@ local function append_one(sid, now, max_kept, id_window, id, item, ntok, preview
   return appended, seq, ttl_ms
 end
 
+-- FINISH_TURN's revision: the newest message (id `id`) becomes ARGV[6] (tokens ARGV[7],
+-- preview ARGV[8]) with the usage of ARGV[9..11]; returns replaced (0/1), the newest seq.
+local function replace_head(id)
+  local head = redis.call('LINDEX', KEYS[1], 0)
+  local m = redis.call('HMGET', KEYS[2], 'ttl', 'seq', 'tokens', 'ptok', 'ctok', 'bytes')
+  local prefix = '{"i":"' .. id .. '"'
+  if not head or string.sub(head, 1, #prefix) ~= prefix then return 0, tonumber(m[2]) end
+  local ttl_ms = tonumber(m[1]) * 1000
+  local ntok = tonumber(ARGV[7]) - cjson.decode(head).n
+  local added = #ARGV[6] - #head
+  local ptok, ctok = tonumber(ARGV[9]), tonumber(ARGV[10])
+  redis.call('LSET', KEYS[1], 0, ARGV[6])
+  redis.call('HSET', KEYS[2], 'tokens', tonumber(m[3]) + ntok, 'ptok', tonumber(m[4]) + ptok,
+             'ctok', tonumber(m[5]) + ctok, 'bytes', math.max(0, (tonumber(m[6]) or 0) + added),
+             'preview', ARGV[8], 'prole', 'assistant', 'active', ARGV[2])
+  redis.call('HINCRBYFLOAT', KEYS[2], 'cost', ARGV[11])
+  redis.call('HINCRBY', KEYS[5], 'tokens', ntok)
+  redis.call('HINCRBY', KEYS[5], 'bytes', added)
+  redis.call('HINCRBY', KEYS[5], 'ptok', ptok)
+  redis.call('HINCRBY', KEYS[5], 'ctok', ctok)
+  redis.call('HINCRBYFLOAT', KEYS[5], 'cost', ARGV[11])
+  for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ttl_ms) end
+  redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
+  extend(KEYS[4], ttl_ms)
+  extend(KEYS[5], ttl_ms)
+  return 1, tonumber(m[2])
+end
+
 local function stream_ended()
   local last = redis.call('XREVRANGE', KEYS[7], '+', '-', 'COUNT', 1)
   if #last == 0 then return true end
@@ -219,6 +247,9 @@ return {'ok', seq, redis.call('HGETALL', KEYS[2]), ttl_ms, msgs, redis.call('LLE
 # ARGV[14] - text not yet in the event stream ('' for none), ARGV[15] - its offset
 # ARGV[16] - payload of the end event, ARGV[17] - the stream's expiry after the end, ms
 # ARGV[18] - MAXLEN of the event stream
+# ARGV[19] - a revision (regenerate, continue: SPEC §3b): the id of the newest message,
+#   which the reply replaces (its alternatives or its longer text) instead of being
+#   appended; '' for a turn. A newest message of another id is left as it is.
 # A generation already ended (recovered by another process meanwhile) is not ended twice;
 # a reply whose id is stored already is not stored twice.
 # return nil if the session is gone (deleted meanwhile; the lock is released all the
@@ -231,7 +262,9 @@ redis.call('ZREM', KEYS[9], ARGV[13])
 if redis.call('EXISTS', KEYS[2]) == 0 then return nil end
 local appended, seq = 0, 0
 local ended = stream_ended()
-if ARGV[5] ~= '' and not ended then
+if ARGV[19] ~= '' then
+  if not ended then appended, seq = replace_head(ARGV[19]) end
+elseif ARGV[5] ~= '' and not ended then
   appended, seq = append_one(ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]),
     ARGV[5], ARGV[6], tonumber(ARGV[7]), ARGV[8], 'assistant', tonumber(ARGV[9]),
     tonumber(ARGV[10]), ARGV[11], 0, '')

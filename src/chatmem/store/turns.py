@@ -89,8 +89,9 @@ class TurnStore:
             max(0, c.turns_per_minute),
             keys.RATE_WINDOW_MS,
             max(0, c.streams_per_user),
-            keys.validate_id(user_msg.msg_id, "message id"),
-            encode_message(user_msg),
+            # A revision (regenerate, continue) appends no user message: id ''.
+            keys.validate_id(user_msg.msg_id, "message id") if user_msg.msg_id else "",
+            encode_message(user_msg) if user_msg.msg_id else "",
             user_msg.token_count,
             reply_id,
             generation_id,
@@ -145,10 +146,12 @@ class TurnStore:
         generation_id: str,
         tail: tuple[int, str] | None,
         end_payload: dict[str, Any],
+        replaces: str = "",
     ) -> bool | None:
         """The reply with its usage and totals, the lock released and the event stream
         ended, in one round trip. None if the session is gone; else whether the reply was
-        stored now (False: it was there already, or the generation had been ended)."""
+        stored now (False: it was there already, or the generation had been ended).
+        `replaces`: a revision's reply takes the place of the newest message, of that id."""
         if not 0 <= usage.cost_usd < math.inf:
             raise InvalidInput(f"invalid usage {usage}", code="invalid_usage")
         ks = keys.turn_keys(user_id, session_id)
@@ -167,7 +170,7 @@ class TurnStore:
         args += [token, generation_id]
         args += [tail[1], tail[0]] if tail else ["", 0]
         args += [orjson.dumps(end_payload).decode(), keys.EVENTS_TTL_AFTER_END_MS]
-        args.append(keys.EVENTS_MAXLEN)
+        args += [keys.EVENTS_MAXLEN, keys.validate_id(replaces, "message id") if replaces else ""]
         res = await self._run("finish_turn", self._finish, ks, args)
         if res is None:
             return None

@@ -12,6 +12,7 @@ from chatmem.api.schemas import CreateSession, SendMessage, UpdateSession
 from chatmem.api.sse.events import done_payload, error_event, native_event
 from chatmem.api.sse.response import events_response, sse_response, subscribe
 from chatmem.chat.inputs import check_metadata
+from chatmem.chat.service import ChatService, Generation
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 
@@ -118,6 +119,13 @@ async def send_message(
         stream=wants_sse,
         on_disconnect=body.on_disconnect,
     )
+    return await turn_response(gen, wants_sse, service)
+
+
+async def turn_response(
+    gen: Generation, wants_sse: bool, service: ChatService
+) -> StarletteResponse | dict[str, Any]:
+    """A turn's answer (a send, a regenerate, a continue): SSE, or JSON once stored."""
     if wants_sse:
         gid = gen.generation_id
         frames = subscribe(
