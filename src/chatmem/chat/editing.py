@@ -80,15 +80,21 @@ def greeting_message(greetings: list[str]) -> Message:
     return with_alternatives(msg, alts, 0)
 
 
-REVISIONS = ("regenerate", "continue")
+# "answer": a reply to the last user message, stored unanswered (the OpenAI route's
+# retry after a failed turn); appended as a turn's reply is.
+REVISIONS = ("regenerate", "continue", "answer")
 
 
 def revision_parts(
     revision: str, messages: list[Message]
-) -> tuple[Message, Message, list[Message], Message]:
+) -> tuple[Message, Message | None, list[Message], Message]:
     """(user message, message revised, history, the context's last message) of a
     revision, from the newest stored messages (oldest first); InvalidInput when the
-    session does not end with a reply to revise."""
+    session does not end with a reply to revise (or, to answer, a user message)."""
+    if revision == "answer":
+        if not messages or messages[-1].role is not Role.USER:
+            raise InvalidInput("nothing to answer", code="no_user_message")
+        return messages[-1], None, messages[:-1], messages[-1]
     if not messages or messages[-1].role is not Role.ASSISTANT:
         raise InvalidInput(
             f"nothing to {revision}: the session does not end with a reply", code="no_reply"
@@ -206,3 +212,20 @@ class Editing:
         return await self._waiting(
             lambda: self.edits.fork(user_id, session_id, msg_id, title=title)
         )
+
+    async def keep_and_rewrite(
+        self, user_id: str, session_id: str, stored: list[Message], keep: list[Message]
+    ) -> SessionMeta | None:
+        """The OpenAI route's divergence (chat/reconcile.py): the stored version is kept
+        as a fork (returned; None when nothing was stored), then the session holds
+        `keep` instead. Two scripts and a clear: not atomic as one edit is (a crash in
+        between leaves the fork and a cleared session)."""
+        fork = None
+        if stored:
+            fork, _ = await self.fork(
+                user_id, session_id, stored[-1].msg_id, title="(before an edit)"
+            )
+        await self._waiting(lambda: self.edits.store.clear(user_id, session_id))
+        if keep:
+            await self.edits.store.append(user_id, session_id, keep)
+        return fork

@@ -16,20 +16,22 @@ from chatmem.chat.editing import REVISIONS, Editing, greeting_message
 from chatmem.chat.generation import Delta, Ended, Generation, NativeEvent, TurnDone, TurnEvent
 from chatmem.chat.prompting import Prompter
 from chatmem.chat.prompts import context_messages
+from chatmem.chat.reconcile import ClientMessage, plan_turn
 from chatmem.chat.resume import Attached
 from chatmem.chat.sessions import SessionMethods
-from chatmem.chat.turns import TURN_READ_MESSAGES, ParamsAdjuster, Turns, idempotent_ids
+from chatmem.chat.turns import TURN_READ_MESSAGES, Adjuster, Turns, idempotent_ids
 from chatmem.config import Settings
 from chatmem.durability.outbox import OUTBOX_DIR, Outbox
 from chatmem.durability.replay import OutboxReplayer
 from chatmem.metrics import Metrics
-from chatmem.models import Message, SessionMeta
+from chatmem.models import Message, Role, SessionMeta
 from chatmem.providers.base import ChatProvider
 from chatmem.store.conversations import RedisMemoryStore
 from chatmem.store.editing import MessageEdits
 from chatmem.store.locks import Coordinator
 from chatmem.store.streams import GenerationStreams
 from chatmem.store.turns import TurnStore
+from chatmem.tokens import count_tokens
 
 # The turn's types are part of what the service answers: importable from here too.
 __all__ = [
@@ -145,7 +147,7 @@ class ChatService(SessionMethods):
         metadata: dict[str, Any] | None = None,
         stream: bool = False,
         on_disconnect: str = "continue",
-        adjust_params: ParamsAdjuster | None = None,
+        adjust: Adjuster | None = None,
     ) -> Generation:
         """Begin a turn: its generation runs (server-owned) when this returns. `stream`:
         its deltas are relayed to subscribers and to its event stream (re-attach)."""
@@ -157,7 +159,7 @@ class ChatService(SessionMethods):
             metadata=metadata,
             relay=stream,
             on_disconnect=on_disconnect,
-            adjust_params=adjust_params,
+            adjust=adjust,
         )
 
     async def prepare_revision(
@@ -168,6 +170,7 @@ class ChatService(SessionMethods):
         *,
         stream: bool = False,
         on_disconnect: str = "continue",
+        adjust: Adjuster | None = None,
     ) -> Generation:
         """Begin a regenerate or a continue of the session's last reply (SPEC §3b): a
         turn that appends no user message and whose reply replaces the last one (a new
@@ -175,8 +178,45 @@ class ChatService(SessionMethods):
         if revision not in REVISIONS:
             raise ValueError(f"unknown revision {revision!r}")
         return await self.turns.prepare(
-            user_id, session_id, "", relay=stream, on_disconnect=on_disconnect, revision=revision
+            user_id,
+            session_id,
+            "",
+            relay=stream,
+            on_disconnect=on_disconnect,
+            revision=revision,
+            adjust=adjust,
         )
+
+    async def prepare_client_turn(
+        self,
+        user_id: str,
+        session_id: str,
+        prior: list[ClientMessage],
+        content: str,
+        *,
+        idempotency_key: str | None = None,
+        stream: bool = False,
+        on_disconnect: str = "continue",
+        adjust: Adjuster | None = None,
+    ) -> Generation:
+        """A turn of a client that sends its whole conversation (`prior`, then its new
+        user message `content`): reconciled with the stored one (chat/reconcile.py)
+        first, at the cost of one read. With an idempotency key, a plain send."""
+        opts: dict[str, Any] = {"stream": stream, "on_disconnect": on_disconnect}
+        opts["adjust"] = adjust
+        if idempotency_key:
+            return await self.prepare_turn(
+                user_id, session_id, content, idempotency_key=idempotency_key, **opts
+            )
+        snap = await self.store.read(user_id, session_id, last=self.store.max_messages)
+        plan = plan_turn(prior, content, snap.messages)
+        if plan.kind == "answer" or plan.kind == "regenerate":
+            return await self.prepare_revision(user_id, session_id, plan.kind, **opts)
+        if plan.kind == "diverge":
+            keep = [plan.greeting] if plan.greeting is not None else []
+            keep += [Message(Role(m.role), m.content, count_tokens(m.content)) for m in plan.prior]
+            await self.editing.keep_and_rewrite(user_id, session_id, snap.messages, keep)
+        return await self.prepare_turn(user_id, session_id, content, **opts)
 
     async def complete(self, gen: Generation) -> TurnDone:
         """The generation's final event, once its reply is stored."""

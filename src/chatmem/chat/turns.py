@@ -55,7 +55,8 @@ TURN_READ_MESSAGES = 2 * WINDOW_MAX + 1
 KNOWN_CHARACTERS_MAX = 10_000
 
 SessionKey = tuple[str, str]
-ParamsAdjuster = Callable[[GenerationParams], GenerationParams]
+# Changes a generation before it starts (the OpenAI route: its parameters, its prompt).
+Adjuster = Callable[[Generation], None]
 
 
 def idempotent_ids(key: str) -> tuple[str, str]:
@@ -115,7 +116,7 @@ class Turns:
         metadata: dict[str, Any] | None = None,
         relay: bool = False,
         on_disconnect: str = "continue",
-        adjust_params: ParamsAdjuster | None = None,
+        adjust: Adjuster | None = None,
         revision: str = "",
     ) -> Generation:
         """Begin a turn; its generation is running (or, for a retry, done) on return.
@@ -150,8 +151,8 @@ class Turns:
                 raise StoreUnavailable("redis is unavailable: the history cannot be revised")
             if gen is None:
                 gen = await self._degraded_turn(user_id, session_id, user_msg, reply_id, opts)
-            if adjust_params is not None:
-                gen.params = adjust_params(gen.params)
+            if adjust is not None:
+                adjust(gen)
             if not gen.finished:
                 self.inflight.run(slot, gen)
             return gen

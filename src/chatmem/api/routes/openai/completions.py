@@ -1,14 +1,19 @@
 """OpenAI-compatible chat with server-side memory: `POST /v1/chat/completions`, `GET /v1/models`.
 
 Point any OpenAI client (the official SDK included, streaming too) at `<chatmem>/v1`.
-Unlike OpenAI, the server keeps the conversation: the client sends only its new message.
+Unlike OpenAI, the server keeps the conversation, whether the client sends only its new
+message or, as most do, the whole conversation every time.
 
-- **Message.** The last message of `messages` is the new one and must have role `user`
+- **Messages.** The last message of `messages` is the new one and must have role `user`
   (else 400 `no_user_message`); text content parts are joined by newlines, other parts
-  are refused (400 `unsupported_content`). Every earlier message — a leading
-  system/developer prompt included — is ignored: the character supplies the system
-  prompt and the session the history, so a client that resends its whole conversation
-  still works and nothing is stored twice.
+  are refused (400 `unsupported_content`). The user and assistant messages before it
+  are reconciled with the stored ones (chat/reconcile.py): agreeing (or none) → the new
+  message is appended; the same last user message again, unanswered (a retry after a
+  failure) → it is answered, not stored twice; answered (a regenerate) → a new
+  alternative of its reply; different (an earlier message edited) → the stored version
+  is kept as a fork and the session goes on from the client's. Other roles before the
+  new message are left out. The system/developer messages, joined, are the system
+  prompt of this turn instead of the character's.
 - **Session.** The `X-Session-Id` header, or `metadata.session_id` in the body (both
   given and different: 400 `session_id_mismatch`). A session the caller does not have
   yet is created on first use, with its character's greeting as its first message.
@@ -57,6 +62,7 @@ from chatmem.api.routes.openai import shapes
 from chatmem.api.sse.response import sse_response
 from chatmem.auth import resolve_user
 from chatmem.chat.conversations import character_session_id, create_conversation
+from chatmem.chat.reconcile import ClientMessage
 from chatmem.chat.service import ChatService, Delta, Generation
 from chatmem.errors import (
     CharacterNotFound,
@@ -171,6 +177,7 @@ async def _prepare(
     content: str,
     idempotency_key: str | None,
 ) -> Generation:
+    prior, system_prompt = _conversation(body.messages)
     """Prepare the turn, creating the session first if the caller does not have it.
 
     The hot path (the session exists) costs no extra round trip: the turn is tried as it
@@ -182,15 +189,21 @@ async def _prepare(
         session_id = character_session_id(character.id)
     else:
         session_id = requested_session
+
     # As OpenAI does, a client that goes away stops the reply.
+    def adjust(gen: Generation) -> None:
+        gen.params = _apply_params(gen.params, body)
+        if system_prompt is not None:
+            _use_system_prompt(gen, system_prompt)
+
     opts: dict[str, Any] = {
         "idempotency_key": idempotency_key,
         "stream": bool(body.stream),
         "on_disconnect": "stop",
-        "adjust_params": lambda params: _apply_params(params, body),
+        "adjust": adjust,
     }
     try:
-        return await service.prepare_turn(user_id, session_id, content, **opts)
+        return await service.prepare_client_turn(user_id, session_id, prior, content, **opts)
     except SessionNotFound:
         pass
     if character is None:
@@ -198,7 +211,30 @@ async def _prepare(
         await service.create_session(user_id, character.id, session_id=session_id, ensure=True)
     else:
         await create_conversation(service, user_id, session_id, character.id)
-    return await service.prepare_turn(user_id, session_id, content, **opts)
+    return await service.prepare_client_turn(user_id, session_id, prior, content, **opts)
+
+
+def _conversation(
+    messages: list[shapes.ChatMessageIn],
+) -> tuple[list[ClientMessage], str | None]:
+    """The user and assistant messages before the new one, and the system prompt the
+    client gave (its system and developer messages joined; None: it gave none)."""
+    prior: list[ClientMessage] = []
+    system: list[str] = []
+    for msg in messages[:-1]:
+        if msg.role in ("system", "developer"):
+            system.append(shapes.message_text(msg))
+        elif msg.role in ("user", "assistant"):
+            prior.append(ClientMessage(msg.role, shapes.message_text(msg)))
+    return prior, "\n\n".join(system) if system else None
+
+
+def _use_system_prompt(gen: Generation, prompt: str) -> None:
+    messages = gen.context.messages
+    if messages and messages[0]["role"] == "system":
+        messages[0] = {"role": "system", "content": prompt}
+    else:
+        messages.insert(0, {"role": "system", "content": prompt})
 
 
 def _apply_params(params: GenerationParams, body: shapes.ChatCompletionRequest) -> GenerationParams:

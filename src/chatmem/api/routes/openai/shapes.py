@@ -92,19 +92,20 @@ class ChatCompletionRequest(BaseModel):
 
 
 def new_user_text(messages: list[ChatMessageIn]) -> str:
-    """The text of the new message: the last one, which must be the user's.
-
-    Everything before it (system or developer prompts, earlier turns) is ignored: the
-    character supplies the system prompt and the session the history, so a client that
-    resends its whole conversation each time still works, and nothing is stored twice.
-    """
+    """The text of the new message: the last one, which must be the user's (what comes
+    before it is reconciled with the session: see the route's doc)."""
     last = messages[-1]
     if last.role != "user":
         raise InvalidInput(
             f"the last message must be the user's new message, not a {last.role!r} message",
             code="no_user_message",
         )
-    content = last.content
+    return message_text(last)
+
+
+def message_text(message: ChatMessageIn) -> str:
+    """A message's text: its text parts joined by newlines (other parts: 400)."""
+    content = message.content
     if content is None:
         return ""
     if isinstance(content, str):

@@ -1,0 +1,165 @@
+"""Real OpenAI clients against a real uvicorn, each sending its whole conversation every
+turn (SPEC §4): the model receives each message once and nothing is stored twice; a
+retry after a 503 leaves one user message; a re-sent request is a regenerate (two
+alternatives); an edit of an earlier message forks the session."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from openai import AsyncOpenAI, OpenAI
+
+from tests.api_support import make_test_settings
+from tests.fake_openai import FakeOpenAI, Reply
+from tests.live_server import LiveServer
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def base_url(
+    redis_url: str, fake: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    settings = make_test_settings(redis_url, fake.base_url, tmp_path_factory.mktemp("data"))
+    with LiveServer(settings) as server:
+        yield server.url
+
+
+@pytest.fixture(autouse=True)
+def _fresh(fake: FakeOpenAI) -> None:
+    fake.reset()
+
+
+@pytest.fixture
+def user() -> str:
+    return f"u{uuid.uuid4().hex[:12]}"
+
+
+def _history(base_url: str, user: str, sid: str) -> list[dict[str, Any]]:
+    r = httpx.get(f"{base_url}/v1/sessions/{sid}/messages", headers={"X-User-Id": user})
+    assert r.status_code == 200, r.text
+    msgs: list[dict[str, Any]] = r.json()["messages"]
+    return [m for m in msgs if not m["metadata"].get("greeting")]
+
+
+def _sessions(base_url: str, user: str) -> list[dict[str, Any]]:
+    r = httpx.get(f"{base_url}/v1/sessions", headers={"X-User-Id": user})
+    out: list[dict[str, Any]] = r.json()["sessions"]
+    return out
+
+
+def _sync(base_url: str, user: str, sid: str, **kw: Any) -> OpenAI:
+    return OpenAI(
+        base_url=f"{base_url}/v1",
+        api_key="open-mode",
+        default_headers={"X-User-Id": user, "X-Session-Id": sid},
+        timeout=30,
+        **kw,
+    )
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_sync_sdk_whole_conversation_each_turn(
+    base_url: str, fake: FakeOpenAI, user: str, stream: bool
+) -> None:
+    client = _sync(base_url, user, "conv")
+    fake.script(Reply(text="Hi Ada."), Reply(text="You are Ada."))
+    convo: list[Any] = [{"role": "user", "content": "I am Ada"}]
+    for reply_no in range(2):
+        if stream:
+            chunks = client.chat.completions.create(model="m", messages=convo, stream=True)
+            text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        else:
+            done = client.chat.completions.create(model="m", messages=convo)
+            text = done.choices[0].message.content or ""
+        convo.append({"role": "assistant", "content": text})
+        if reply_no == 0:
+            convo.append({"role": "user", "content": "who am I?"})
+    # (the session's greeting comes first: the server keeps it)
+    sent = [m["content"] for m in fake.chat_bodies[-1]["messages"] if m["role"] != "system"]
+    assert sent[-3:] == ["I am Ada", "Hi Ada.", "who am I?"]
+    assert len(sent) == len(set(sent))
+    stored = [m["content"] for m in _history(base_url, user, "conv")]
+    assert stored == ["I am Ada", "Hi Ada.", "who am I?", "You are Ada."]
+
+
+async def test_async_sdk_retry_after_503_stores_one_user_message(
+    base_url: str, fake: FakeOpenAI, user: str
+) -> None:
+    """The SDK's default retries re-send the request after the model's 503: the user
+    message is answered, not stored again (it was stored three times before)."""
+    fake.script(Reply(status=503), Reply(status=503), Reply(text="Third time lucky."))
+    async with AsyncOpenAI(
+        base_url=f"{base_url}/v1",
+        api_key="open-mode",
+        default_headers={"X-User-Id": user, "X-Session-Id": "retry"},
+        timeout=30,
+    ) as client:
+        client = client.with_options(max_retries=2)
+        # The SDK waits between retries; keep it short.
+        done = await client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "hello?"}]
+        )
+    assert done.choices[0].message.content == "Third time lucky."
+    assert len(fake.chat_bodies) == 3
+    stored = [(m["role"], m["content"]) for m in _history(base_url, user, "retry")]
+    assert stored == [("user", "hello?"), ("assistant", "Third time lucky.")]
+
+
+def test_resent_request_is_a_regenerate(base_url: str, fake: FakeOpenAI, user: str) -> None:
+    client = _sync(base_url, user, "regen", max_retries=0)
+    fake.script(Reply(text="First."), Reply(text="Second."))
+    convo: list[Any] = [{"role": "user", "content": "tell me"}]
+    client.chat.completions.create(model="m", messages=convo)
+    again = client.chat.completions.create(model="m", messages=convo)
+    assert again.choices[0].message.content == "Second."
+    stored = _history(base_url, user, "regen")
+    assert [m["content"] for m in stored] == ["tell me", "Second."]
+    assert (stored[-1]["alternatives"], stored[-1]["selected"]) == (2, 1)
+    assert [m["content"] for m in fake.chat_bodies[-1]["messages"]].count("tell me") == 1
+
+
+def test_edit_of_an_earlier_message_forks(base_url: str, fake: FakeOpenAI, user: str) -> None:
+    client = _sync(base_url, user, "edit", max_retries=0)
+    fake.script(Reply(text="A1"), Reply(text="A2"), Reply(text="A3"))
+    client.chat.completions.create(model="m", messages=[{"role": "user", "content": "Q1"}])
+    client.chat.completions.create(
+        model="m",
+        messages=[
+            {"role": "user", "content": "Q1"},
+            {"role": "assistant", "content": "A1"},
+            {"role": "user", "content": "Q2"},
+        ],
+    )
+    # The user edits Q1 in their client and sends from there.
+    client.chat.completions.create(
+        model="m",
+        messages=[
+            {"role": "user", "content": "Q1 edited"},
+            {"role": "assistant", "content": "A1"},
+            {"role": "user", "content": "Q2"},
+        ],
+    )
+    sent = [m["content"] for m in fake.chat_bodies[-1]["messages"] if m["role"] != "system"]
+    assert sent[-3:] == ["Q1 edited", "A1", "Q2"] and "Q1" not in sent
+    now = [m["content"] for m in _history(base_url, user, "edit")]
+    assert now == ["Q1 edited", "A1", "Q2", "A3"]
+    [fork] = [s for s in _sessions(base_url, user) if s["forked_from"] == "edit"]
+    old = [m["content"] for m in _history(base_url, user, fork["session_id"])]
+    assert old == ["Q1", "A1", "Q2", "A2"]
+
+
+def test_the_sdk_sees_openai_errors(base_url: str, fake: FakeOpenAI, user: str) -> None:
+    client = _sync(base_url, user, "err", max_retries=0)
+    fake.script(Reply(status=503))
+    with pytest.raises(openai.InternalServerError):
+        client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
