@@ -90,6 +90,8 @@ def test_sync_sdk_whole_conversation_each_turn(
     assert len(sent) == len(set(sent))
     stored = [m["content"] for m in _history(base_url, user, "conv")]
     assert stored == ["I am Ada", "Hi Ada.", "who am I?", "You are Ada."]
+    # Agreeing histories are appended to: no fork, no rewrite (the ids stay).
+    assert [s["session_id"] for s in _sessions(base_url, user)] == ["conv"]
 
 
 async def test_async_sdk_retry_after_503_stores_one_user_message(
