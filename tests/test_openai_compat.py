@@ -221,19 +221,28 @@ async def test_session_from_user_and_metadata(
     assert r.status_code == 404
 
 
-async def test_no_session_means_the_characters_conversation(
-    client: AsyncOpenAI, fake: FakeOpenAI
+async def test_no_session_is_stateless(
+    client: AsyncOpenAI, fake: FakeOpenAI, raw: httpx.AsyncClient
 ) -> None:
-    response = await client.chat.completions.with_raw_response.create(
-        model="teacher", messages=[user_msg("first")]
-    )
-    assert response.headers["x-session-id"] == "char.teacher"
-    await client.chat.completions.create(model="teacher", messages=[user_msg("second")])
-    assert sent_messages(fake)[1:] == [
+    """Without a session, as OpenAI: the context is the client's messages exactly as sent
+    and nothing is stored (every call of a user used to go into one session per
+    character, so unrelated conversations leaked into each other); usage still counts."""
+    messages: list[Any] = [
+        {"role": "system", "content": "Be brief."},
         user_msg("first"),
-        assistant_msg(fake.default.text),
+        assistant_msg("an answer the server never gave"),
         user_msg("second"),
     ]
+    response = await client.chat.completions.with_raw_response.create(
+        model="teacher", messages=messages
+    )
+    assert "x-session-id" not in response.headers
+    await client.chat.completions.create(model="teacher", messages=[user_msg("unrelated")])
+    assert fake.chat_bodies[0]["messages"] == messages
+    assert fake.chat_bodies[1]["messages"] == [user_msg("unrelated")]
+    assert (await raw.get("/v1/sessions")).json()["sessions"] == []
+    me = (await raw.get("/v1/me")).json()
+    assert me["usage"]["completion_tokens"] > 0 and me["message_count"] == 0
 
 
 async def test_idempotency_key_returns_the_stored_reply(

@@ -19,6 +19,7 @@ from chatmem.chat.prompts import context_messages
 from chatmem.chat.reconcile import ClientMessage, plan_turn
 from chatmem.chat.resume import Attached
 from chatmem.chat.sessions import SessionMethods
+from chatmem.chat.stateless import StatelessTurns
 from chatmem.chat.turns import TURN_READ_MESSAGES, Adjuster, Turns, idempotent_ids
 from chatmem.config import Settings
 from chatmem.durability.outbox import OUTBOX_DIR, Outbox
@@ -31,6 +32,7 @@ from chatmem.store.editing import MessageEdits
 from chatmem.store.locks import Coordinator
 from chatmem.store.streams import GenerationStreams
 from chatmem.store.turns import TurnStore
+from chatmem.store.usage import UsageLedger
 from chatmem.tokens import count_tokens
 
 # The turn's types are part of what the service answers: importable from here too.
@@ -82,6 +84,7 @@ class ChatService(SessionMethods):
             self.outbox,
             self.replayer,
         )
+        self.stateless = StatelessTurns(self.turns, UsageLedger(store))
         self.editing = Editing(
             MessageEdits(store),
             lock_wait_ms=settings.limits.session_lock_wait_ms,

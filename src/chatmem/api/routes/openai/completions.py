@@ -17,8 +17,9 @@ message or, as most do, the whole conversation every time.
 - **Session.** The `X-Session-Id` header, or `metadata.session_id` in the body (both
   given and different: 400 `session_id_mismatch`). A session the caller does not have
   yet is created on first use, with its character's greeting as its first message.
-  Neither given: the caller's one conversation with the character, the session
-  `char.<character id>` that seed 004's routes use too.
+  Neither given: stateless, as OpenAI is — the client's messages are the context
+  exactly as sent (its system prompt included), nothing is stored in any session, and
+  the usage is added to the user's totals (chat/stateless.py).
 - **Model.** `model` names the character when it is a character id (`"teacher"`);
   anything else (`"gpt-4o-mini"`) means the default character. It only chooses the
   character of a session being created: an existing session keeps its own. The reply
@@ -61,7 +62,6 @@ from chatmem.api.errors import error_response
 from chatmem.api.routes.openai import shapes
 from chatmem.api.sse.response import sse_response
 from chatmem.auth import resolve_user
-from chatmem.chat.conversations import character_session_id, create_conversation
 from chatmem.chat.reconcile import ClientMessage
 from chatmem.chat.service import ChatService, Delta, Generation
 from chatmem.errors import (
@@ -177,25 +177,27 @@ async def _prepare(
     content: str,
     idempotency_key: str | None,
 ) -> Generation:
-    prior, system_prompt = _conversation(body.messages)
-    """Prepare the turn, creating the session first if the caller does not have it.
+    """Prepare the turn (stateless without a session), creating the session first if the
+    caller does not have it.
 
     The hot path (the session exists) costs no extra round trip: the turn is tried as it
     is, and only a missing session is created, then the turn retried once.
     """
-    character: Character | None = None
-    if requested_session is None:
-        character = await _character_for(service, body.model)
-        session_id = character_session_id(character.id)
-    else:
-        session_id = requested_session
+    prior, system_prompt = _conversation(body.messages)
 
     # As OpenAI does, a client that goes away stops the reply.
     def adjust(gen: Generation) -> None:
         gen.params = _apply_params(gen.params, body)
-        if system_prompt is not None:
+        if system_prompt is not None and requested_session is not None:
             _use_system_prompt(gen, system_prompt)
 
+    if requested_session is None:  # stateless, as OpenAI is (chat/stateless.py)
+        character = await _character_for(service, body.model)
+        sent = [{"role": m.role, "content": shapes.message_text(m)} for m in body.messages]
+        return await service.stateless.prepare(
+            user_id, character, sent, relay=bool(body.stream), adjust=adjust
+        )
+    session_id = requested_session
     opts: dict[str, Any] = {
         "idempotency_key": idempotency_key,
         "stream": bool(body.stream),
@@ -206,11 +208,8 @@ async def _prepare(
         return await service.prepare_client_turn(user_id, session_id, prior, content, **opts)
     except SessionNotFound:
         pass
-    if character is None:
-        character = await _character_for(service, body.model)
-        await service.create_session(user_id, character.id, session_id=session_id, ensure=True)
-    else:
-        await create_conversation(service, user_id, session_id, character.id)
+    character = await _character_for(service, body.model)
+    await service.create_session(user_id, character.id, session_id=session_id, ensure=True)
     return await service.prepare_client_turn(user_id, session_id, prior, content, **opts)
 
 
@@ -300,7 +299,9 @@ async def chat_completions(
     requested = _requested_session(x_session_id, from_body)
     gen = await _prepare(service, user_id, body, requested, content, idempotency_key)
     created = int(time.time())
-    headers = {SESSION_HEADER: gen.session_id, "Cache-Control": "no-store"}
+    headers = {"Cache-Control": "no-store"}
+    if requested is not None:
+        headers[SESSION_HEADER] = gen.session_id
     if body.stream:
         include_usage = body.stream_options is not None and body.stream_options.include_usage
         shape = shapes.ChunkShaper(
