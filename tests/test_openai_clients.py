@@ -165,3 +165,49 @@ def test_the_sdk_sees_openai_errors(base_url: str, fake: FakeOpenAI, user: str) 
     fake.script(Reply(status=503))
     with pytest.raises(openai.InternalServerError):
         client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
+
+
+def _chat(base_url: str, user: str, sid: str | None = None) -> Any:
+    from langchain_openai import ChatOpenAI
+
+    headers = {"X-User-Id": user} | ({"X-Session-Id": sid} if sid else {})
+    return ChatOpenAI(
+        base_url=f"{base_url}/v1",
+        api_key="open-mode",  # type: ignore[arg-type]
+        model="assistant",
+        default_headers=headers,
+        max_retries=0,
+        timeout=30,
+    )
+
+
+def test_langchain_batch_without_a_session_does_not_leak(
+    base_url: str, fake: FakeOpenAI, user: str
+) -> None:
+    """The issue's case: a `batch()` of four independent prompts, no session — each call
+    sends its own prompt only (the model used to see the other three)."""
+    prompts = ["alpha?", "bravo?", "charlie?", "delta?"]
+    replies = _chat(base_url, user).batch(prompts)
+    assert [r.content for r in replies] == [fake.default.text] * 4
+    sent = sorted(tuple(m["content"] for m in body["messages"]) for body in fake.chat_bodies)
+    assert sent == [(p,) for p in prompts]
+    assert _sessions(base_url, user) == []
+
+
+def test_langchain_invoke_and_stream_in_a_session(
+    base_url: str, fake: FakeOpenAI, user: str
+) -> None:
+    from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+
+    chat = _chat(base_url, user, "lc")
+    fake.script(Reply(text="Hello Bo."), Reply(text="You are Bo, still."))
+    history: list[Any] = [SystemMessage("Answer in one line."), HumanMessage("I am Bo")]
+    first = chat.invoke(history)
+    history += [AIMessage(str(first.content)), HumanMessage("who am I?")]
+    text = "".join(str(chunk.content) for chunk in chat.stream(history))
+    assert text == "You are Bo, still."
+    sent = fake.chat_bodies[-1]["messages"]
+    assert sent[0] == {"role": "system", "content": "Answer in one line."}
+    assert [m["content"] for m in sent[1:]][-3:] == ["I am Bo", "Hello Bo.", "who am I?"]
+    stored = [m["content"] for m in _history(base_url, user, "lc")]
+    assert stored == ["I am Bo", "Hello Bo.", "who am I?", "You are Bo, still."]
