@@ -211,3 +211,30 @@ def test_langchain_invoke_and_stream_in_a_session(
     assert [m["content"] for m in sent[1:]][-3:] == ["I am Bo", "Hello Bo.", "who am I?"]
     stored = [m["content"] for m in _history(base_url, user, "lc")]
     assert stored == ["I am Bo", "Hello Bo.", "who am I?", "You are Bo, still."]
+
+
+def test_parameters_are_passed_on(base_url: str, fake: FakeOpenAI, user: str) -> None:
+    client = _sync(base_url, user, "params", max_retries=0)
+    client.chat.completions.create(
+        model="m",
+        messages=[{"role": "user", "content": "json please"}],
+        temperature=0.3,
+        top_p=0.9,
+        max_completion_tokens=77,
+        stop=["END", "STOP"],
+        seed=42,
+        presence_penalty=0.5,
+        frequency_penalty=-0.5,
+        response_format={"type": "json_object"},
+    )
+    body = fake.chat_bodies[-1]
+    assert (body["temperature"], body["top_p"], body["max_tokens"]) == (0.3, 0.9, 77)
+    assert (body["stop"], body["seed"]) == (["END", "STOP"], 42)
+    assert (body["presence_penalty"], body["frequency_penalty"]) == (0.5, -0.5)
+    assert body["response_format"] == {"type": "json_object"}
+    # Stateless too, and a single stop string is a stop string.
+    stateless = OpenAI(base_url=f"{base_url}/v1", api_key="k", default_headers={"X-User-Id": user})
+    stateless.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "x"}], stop="a long stop string"
+    )
+    assert fake.chat_bodies[-1]["stop"] == "a long stop string"

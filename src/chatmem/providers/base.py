@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +20,10 @@ class GenerationParams:
     model: str | None = None
     temperature: float | None = None
     max_tokens: int | None = None
+    # More of OpenAI's sampling fields (top_p, stop, seed, penalties, response_format),
+    # as a client gave them to the OpenAI-compatible route; a provider that cannot honour
+    # one leaves it out.
+    options: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

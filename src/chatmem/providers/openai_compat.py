@@ -165,6 +165,8 @@ class OpenAICompatProvider:
             "temperature": s.temperature if params.temperature is None else params.temperature,
             "max_tokens": params.max_tokens or s.max_tokens,
         }
+        if params.options:
+            body.update({k: v for k, v in params.options.items() if k not in body})
         if self._ask_usage:
             body["stream_options"] = {"include_usage": True}
         return orjson.dumps(body)

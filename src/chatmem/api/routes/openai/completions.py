@@ -30,7 +30,10 @@ message or, as most do, the whole conversation every time.
   (1-128 of letters, digits, `-_.@`), stated as a pattern in the schema.
 - **Parameters.** `temperature` is honoured; `max_tokens` / `max_completion_tokens` may
   lower the reply limit, never raise it (the context budget was reserved for it);
-  `n` must be 1; other OpenAI parameters are accepted and ignored.
+  `top_p`, `stop`, `seed`, `presence_penalty`, `frequency_penalty` and
+  `response_format` are passed on to an OpenAI-compatible model as given (the embedded
+  model leaves them out); `n` must be 1; other OpenAI parameters (`tools` among them,
+  not relayed yet) are accepted and ignored.
 - **Replies.** A `chat.completion` object, or with `stream: true` `chat.completion.chunk`
   events (`data:` lines only), a usage chunk when `stream_options.include_usage`, then
   `data: [DONE]`. A failure mid-stream is sent as `data: {"error": …}` with no `[DONE]`,
@@ -239,6 +242,9 @@ def _use_system_prompt(gen: Generation, prompt: str) -> None:
 def _apply_params(params: GenerationParams, body: shapes.ChatCompletionRequest) -> GenerationParams:
     if body.temperature is not None:
         params = dataclasses.replace(params, temperature=body.temperature)
+    options = {k: getattr(body, k) for k in shapes.PASSED_ON if getattr(body, k) is not None}
+    if options:
+        params = dataclasses.replace(params, options=options)
     asked = body.max_completion_tokens or body.max_tokens
     if asked is not None:
         limit = min(asked, params.max_tokens) if params.max_tokens else asked

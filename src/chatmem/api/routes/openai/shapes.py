@@ -89,6 +89,18 @@ class ChatCompletionRequest(BaseModel):
     max_tokens: TokenCount | None = None
     max_completion_tokens: TokenCount | None = None
     n: ChoiceCount | None = Field(None, description="chatmem answers with one choice")
+    # Passed on to the model as given (SPEC §4).
+    top_p: float | None = Field(None, ge=0.0, le=1.0)
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    response_format: dict[str, Any] | None = None
+
+
+PASSED_ON = (
+    "top_p", "stop", "seed", "presence_penalty", "frequency_penalty", "response_format"
+)  # fmt: skip
 
 
 def new_user_text(messages: list[ChatMessageIn]) -> str:
