@@ -388,3 +388,32 @@ async def test_docs_page_works_offline(client: httpx.AsyncClient) -> None:
     js = await client.get("/static-offline-docs/swagger-ui-bundle.js")
     assert js.status_code == 200 and len(js.content) > 100_000
     assert (await client.get("/openapi.json")).json()["info"]["title"] == "chatmem"
+
+
+async def test_active_streams_counts_streamed_replies_only(
+    client: httpx.AsyncClient, fake: FakeOpenAI
+) -> None:
+    """Regression: `chatmem_active_streams` counted every generation, JSON turns too."""
+
+    async def gauge() -> float:
+        text = (await client.get("/metrics")).text
+        line = next(x for x in text.splitlines() if x.startswith("chatmem_active_streams "))
+        return float(line.split()[1])
+
+    async def while_generating(body: dict[str, Any]) -> float:
+        sid = await new_session(client)
+        fake.script(Reply(text="slow " * 20, delay_s=0.05))
+        send = asyncio.create_task(
+            client.post(f"/v1/sessions/{sid}/messages", json=body, headers=H)
+        )
+        async with asyncio.timeout(10):
+            while not fake.chat_requests:  # noqa: ASYNC110 (the fake model has no event)
+                await asyncio.sleep(0.01)
+        seen = await gauge()
+        assert (await send).status_code == 200
+        fake.requests.clear()
+        return seen
+
+    assert await while_generating({"content": "json"}) == 0
+    assert await while_generating({"content": "sse", "stream": True}) == 1
+    assert await gauge() == 0
