@@ -22,7 +22,7 @@ import redis
 from typer.testing import CliRunner
 
 from chatmem.api.app import create_app
-from chatmem.cli import app
+from chatmem.cli.commands import app
 from chatmem.cli.inprocess import app_client
 from chatmem.ops.embedded import SOCKET_NAME
 from tests.api_support import make_test_settings, running_app

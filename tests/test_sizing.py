@@ -15,7 +15,7 @@ import pytest
 from redis.asyncio import Redis
 from typer.testing import CliRunner
 
-from chatmem.cli import app
+from chatmem.cli.commands import app
 from chatmem.ops.sizing import Load, UserFootprint, estimate, measure_in_scratch
 from chatmem.store import keys
 from tests.api_support import make_test_settings, running_app
