@@ -49,7 +49,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.fake_openai import serve_in_process  # noqa: E402
-from tests.redis_servers import RedisProcess, free_port  # noqa: E402
+from tests.redis_servers import RedisProcess  # noqa: E402
+from tests.support import free_port  # noqa: E402
 
 # The model's pace (--chunks, --delay-ms change it for the whole run).
 CHUNKS = 20

@@ -9,9 +9,12 @@ chunked body, and noticing the instant a client closes a stream it is reading.
         settings = LLMSettings(base_url=fake.base_url, api_key="k")
         ...
         fake.chat_bodies[-1]["messages"]        # exactly what the model was sent
+        await fake.wait_requests(1)             # the model was asked (a turn is under way)
         await fake.wait_disconnected()          # a stream was closed by its client
 
-Replies are consumed one per chat request, in order; then `default` answers.
+Replies are consumed one per chat request, in order; then `respond(body)`, if set,
+chooses one from the request; else `default` answers. Tests get the server through the
+`fake` fixture (conftest), reset for each test.
 `python -m tests.fake_openai --chunks N` serves in a process of its own (bench/).
 """
 
@@ -25,7 +28,7 @@ import subprocess
 import sys
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -101,14 +104,17 @@ class FakeOpenAI:
         api_key: str | None = None,
         port: int = 0,
     ) -> None:
-        self.default = default or Reply()
+        self._initial = default or Reply(), api_key
+        self.default, self.api_key = self._initial  # api_key: other bearer tokens get a 401
+        self.respond: Callable[[Any], Reply] | None = None
         self.model = model
-        self.api_key = api_key  # when set, other bearer tokens get a 401
         self.port = port
         self.requests: list[RecordedRequest] = []
         self.disconnected = threading.Event()  # set when a client closes a stream early
         self.connections = 0  # TCP connections accepted (keep-alive reuse shows here)
         self._script: deque[Reply] = deque()
+        self._arrived = threading.Condition()  # notified as each request is recorded
+        self._epoch = 0  # bumped by reset: a request of an earlier test reports nothing
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -144,11 +150,27 @@ class FakeOpenAI:
         """Wait (without blocking the caller's loop) until a client closes a stream early."""
         return await asyncio.to_thread(self.disconnected.wait, timeout_s)
 
-    def reset(self) -> None:
+    def requests_arrived(self, n: int, timeout_s: float = 10.0) -> bool:
+        """Block until `n` chat requests have arrived (False after `timeout_s`)."""
+        with self._arrived:
+            return self._arrived.wait_for(lambda: self.request_count >= n, timeout_s)
+
+    async def wait_requests(self, n: int, timeout_s: float = 10.0) -> None:
+        """Wait (without blocking the caller's loop) until `n` chat requests have arrived."""
+        if not await asyncio.to_thread(self.requests_arrived, n, timeout_s):
+            raise AssertionError(f"{self.request_count} chat requests after {timeout_s} s, not {n}")
+
+    def reset(self, *, default: Reply | None = None, api_key: str | None = None) -> None:
+        """Forget scripts, requests and hooks; answer with `default` (else the one given
+        at construction) and require `api_key` (else the one given at construction)."""
+        self._epoch += 1
         self._script.clear()
         self.requests.clear()
         self.disconnected.clear()
         self.connections = 0
+        self.respond = None
+        self.default = default or self._initial[0]
+        self.api_key = api_key or self._initial[1]
 
     def start(self) -> FakeOpenAI:
         ready = threading.Event()
@@ -216,7 +238,10 @@ class FakeOpenAI:
         """Answer one request; False when the connection must not be reused."""
         body = orjson.loads(req.raw_body) if req.raw_body.strip() else None
         record = RecordedRequest(req.method, req.path, req.headers, body)
-        self.requests.append(record)
+        epoch = self._epoch
+        with self._arrived:
+            self.requests.append(record)
+            self._arrived.notify_all()
         keep_alive = req.headers.get("connection", "").lower() != "close"
         if self.api_key and req.headers.get("authorization") != f"Bearer {self.api_key}":
             await _send_json(writer, 401, _error_body(401, "Incorrect API key provided"))
@@ -228,7 +253,10 @@ class FakeOpenAI:
         if req.method != "POST" or not req.path.endswith("/chat/completions"):
             await _send_json(writer, 404, _error_body(404, f"no route {req.path}"))
             return keep_alive
-        reply = self._script.popleft() if self._script else self.default
+        if self._script:
+            reply = self._script.popleft()
+        else:
+            reply = self.respond(body) if self.respond is not None else self.default
         closed = asyncio.ensure_future(reader.read(1))  # completes when the client hangs up
         try:
             await self._reply(reply, body, record, writer, closed)
@@ -239,7 +267,7 @@ class FakeOpenAI:
             # Let the cancelled read finish before the next request reads this stream
             # (waiting, not awaiting it: a cancellation of this task must not be eaten).
             await asyncio.wait([closed])
-            if record.outcome == "client_closed":
+            if record.outcome == "client_closed" and epoch == self._epoch:
                 self.disconnected.set()
 
     async def _reply(

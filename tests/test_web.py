@@ -32,10 +32,11 @@ XSS = "<img src=x onerror=alert(1)>"
 API_KEY = "web-test-key"
 
 
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI(default=Reply(text=DEFAULT_REPLY, delay_s=0.03)) as server:
-        yield server
+# Every test takes `fake`: the page's model answers this, whatever ran before.
+pytestmark = [
+    pytest.mark.fake_model(default=Reply(text=DEFAULT_REPLY, delay_s=0.03)),
+    pytest.mark.usefixtures("fake"),
+]
 
 
 def _settings(redis_url: str, fake: FakeOpenAI, data_dir: Path, **kwargs: Any) -> Any:
@@ -45,9 +46,9 @@ def _settings(redis_url: str, fake: FakeOpenAI, data_dir: Path, **kwargs: Any) -
 
 @pytest.fixture(scope="module")
 def server(
-    redis_url: str, fake: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory
+    redis_url: str, fake_model: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LiveServer]:
-    settings = _settings(redis_url, fake, tmp_path_factory.mktemp("web"))
+    settings = _settings(redis_url, fake_model, tmp_path_factory.mktemp("web"))
     with LiveServer(settings) as live:
         yield live
 
@@ -85,8 +86,7 @@ class PageWatch:
 
 
 @pytest.fixture
-def context(browser: Browser, fake: FakeOpenAI) -> Iterator[BrowserContext]:
-    fake.reset()
+def context(browser: Browser) -> Iterator[BrowserContext]:
     ctx = browser.new_context(viewport={"width": 1100, "height": 720})
     ctx.set_default_timeout(10_000)
     yield ctx
@@ -331,9 +331,8 @@ def test_html_in_messages_titles_and_cards_renders_as_text(
 
 
 def test_phone_width_has_no_horizontal_scroll(
-    browser: Browser, server: LiveServer, fake: FakeOpenAI, shots: Path
+    browser: Browser, server: LiveServer, shots: Path
 ) -> None:
-    fake.reset()
     ctx = browser.new_context(
         viewport={"width": 375, "height": 740}, device_scale_factor=2, is_mobile=True
     )
