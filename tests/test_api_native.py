@@ -12,6 +12,7 @@ import pytest
 
 from chatmem.api.app import create_app
 from chatmem.config import Settings
+from chatmem.tokens import count_tokens
 from tests.api_support import make_test_settings, new_session, running_app, sse_events, sse_stream
 from tests.fake_openai import FakeOpenAI, Reply
 from tests.live_uvicorn import serve_in_thread
@@ -180,6 +181,34 @@ async def test_concurrent_sends_to_one_session_get_409(
         assert second.status_code == 409
         assert second.json()["error"]["code"] == "session_busy"
         assert (await first).status_code == 200
+
+
+async def test_system_prompt_tokens_count_in_the_context_budget(
+    redis_url: str, redis_client: Any, fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    """The service's system prompt tokens reach the budget: counted as 0, history filled
+    the whole budget and the model was sent more than max_context_tokens (every API test
+    passed all the same)."""
+    budget = 400
+    prompt = "You are a careful assistant who answers in full sentences. " * 10
+    memory = {"max_context_tokens": budget}
+    settings = make_test_settings(redis_url, fake.base_url, tmp_path, memory=memory)
+    character = {"id": "verbose", "name": "Verbose", "system_prompt": prompt}
+    async with running_app(settings) as (_, client):
+        assert (await client.post("/v1/characters", json=character, headers=H)).status_code == 201
+        sid = await new_session(client, character_id="verbose")
+        fake.default = Reply(text="word " * 40)
+        for _ in range(6):  # 12 messages of about 40 tokens: more than the budget holds
+            r = await client.post(
+                f"/v1/sessions/{sid}/messages", json={"content": "word " * 40}, headers=H
+            )
+            assert r.status_code == 200, r.text
+        tokens = (await client.get(f"/v1/sessions/{sid}/context", headers=H)).json()["tokens"]
+    assert tokens["budget"] == budget and tokens["system"] == count_tokens(prompt) > 100
+    assert tokens["total"] <= budget and tokens["dropped_by_budget"] > 0
+    sent = fake.chat_bodies[-1]["messages"]
+    assert sent[0]["content"] == prompt
+    assert sum(count_tokens(m["content"]) for m in sent) <= budget
 
 
 async def test_provider_errors_map_to_gateway_statuses(
