@@ -19,13 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 from fastapi import FastAPI
 
 from chatmem.config import Settings
 from chatmem.durability.outbox import OUTBOX_DIR, REJECTED_FILE
-from chatmem.models import Message, Role, Usage
+from chatmem.models import Message, Role
 from tests.api_support import (
     FAST_FAILING_REDIS,
     REDIS_DOWN_TIMEOUT_S,
@@ -370,15 +369,6 @@ async def test_outbox_kept_on_disk_when_redis_is_still_down_at_shutdown(
             done["message"]["msg_id"],
         ]
     assert outbox_files(data_dir) == []
-
-
-def test_record_round_trip() -> None:
-    from chatmem.durability.outbox import OutboxRecord
-
-    msg = Message(Role.ASSISTANT, "hi", 1, metadata={"usage": {"prompt_tokens": 2}})
-    rec = OutboxRecord(7, "u", "s", "c", [msg], Usage(2, 1, 1e-9))
-    back = OutboxRecord.from_doc(orjson.loads(rec.to_line()))
-    assert back.messages == [msg] and back.usage == rec.usage and back.n == 7
 
 
 async def test_seed_chat_answers_while_redis_is_down(
