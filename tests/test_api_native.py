@@ -166,23 +166,6 @@ async def test_idempotency_key_replays_the_stored_reply(
     assert [m["content"] for m in hist[1:]] == ["q", "first answer"]
 
 
-async def test_concurrent_sends_to_one_session_get_409(
-    settings: Settings, fake: FakeOpenAI, redis_client: Any
-) -> None:
-    settings.limits.session_lock_wait_ms = 200
-    async with running_app(settings) as (_, client):
-        sid = await new_session(client)
-        fake.script(Reply(text="slow " * 10, delay_s=0.1))
-        first = asyncio.create_task(
-            client.post(f"/v1/sessions/{sid}/messages", json={"content": "a"}, headers=H)
-        )
-        await fake.wait_requests(1)  # the first turn holds the session
-        second = await client.post(f"/v1/sessions/{sid}/messages", json={"content": "b"}, headers=H)
-        assert second.status_code == 409
-        assert second.json()["error"]["code"] == "session_busy"
-        assert (await first).status_code == 200
-
-
 async def test_system_prompt_tokens_count_in_the_context_budget(
     redis_url: str, redis_client: Any, fake: FakeOpenAI, tmp_path: Path
 ) -> None:
