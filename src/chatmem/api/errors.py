@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -37,7 +38,8 @@ def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
 def error_response(exc: e.ChatmemError) -> JSONResponse:
     headers: dict[str, str] = {}
     if isinstance(exc, e.RateLimited):
-        headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
+        # Rounded up: a client that waits as told must not come back too early.
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
     if isinstance(exc, e.Unauthenticated):
         headers["WWW-Authenticate"] = "Bearer"
     return JSONResponse(
