@@ -141,14 +141,12 @@ def fake(fake_model: FakeOpenAI, request: pytest.FixtureRequest) -> FakeOpenAI:
     return fake_model
 
 
-# The app in-process on the real Redis, its model the fake. A module that needs other
-# settings defines its own `client`.
-
-
 @pytest.fixture
 async def client(
     redis_url: str, redis_client: AnyRedis, fake: FakeOpenAI, tmp_data_dir: Path
 ) -> AsyncIterator[httpx.AsyncClient]:
+    """The app in-process on the real Redis (flushed), its model `fake`. A module that
+    needs other settings defines its own `client`."""
     settings = make_test_settings(redis_url, fake.base_url, tmp_data_dir)
     async with running_app(settings) as (_, http):
         yield http
