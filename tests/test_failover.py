@@ -14,6 +14,7 @@ the window the write concern closes is really there.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import time
@@ -32,6 +33,16 @@ from chatmem.store.conversations import RedisMemoryStore
 from tests.redis_servers import RedisProcess, SentinelProcesses
 from tests.support import eventually
 
+# redis-py drops some connections during a Sentinel failover without closing them: their
+# Connections, StreamWriters and sockets complain when collected (seen once warnings became errors;
+# creation stacks traced to redis/asyncio/sentinel.py and connection.py under the writes
+# below). Not chatmem's to fix: each test collects them at its end, where this module's
+# filter applies, rather than in whichever later test the collector happens to run.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Exception ignored in. <(function (StreamWriter|_SelectorTransport|AbstractConnection)"
+    "[.]__del__|socket[.]socket):pytest.PytestUnraisableExceptionWarning"
+)
+
 DOWN_AFTER_MS = 1000
 FAILOVER_TIMEOUT_MS = 3000
 RESUME_BUDGET_S = DOWN_AFTER_MS / 1000 + 3
@@ -40,6 +51,12 @@ TIMEOUT_S = 0.5  # the client's socket and connect timeouts
 RETRY_PAUSE_S = 0.02
 WRITES_BEFORE = 20  # acknowledged by each writer before the replica is cut off
 WRITES_AFTER = 5  # acknowledged by each writer on the new master before the end
+
+
+@pytest.fixture(autouse=True)
+def _collect_dropped_connections() -> Iterator[None]:
+    yield
+    gc.collect()
 
 
 @pytest.fixture
