@@ -43,9 +43,10 @@ class Target:
 
 @pytest.fixture(scope="module")
 def target(
-    redis_url: str, fake: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory
+    redis_url: str, fake_model: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Target]:
-    tap = StreamTap(create_app(web_settings(redis_url, fake, tmp_path_factory.mktemp("web"))))
+    settings = web_settings(redis_url, fake_model, tmp_path_factory.mktemp("web"))
+    tap = StreamTap(create_app(settings))
     with LiveServer(app=tap) as live:
         yield Target(live, tap)
 
