@@ -47,8 +47,10 @@ ROOT = Path(__file__).resolve().parent.parent
 SEEDS_DIR = ROOT.parent / "shared" / "seeds"
 sys.path.insert(0, str(ROOT))
 
-from tests.fake_openai import FakeOpenAI, Reply, serve_in_process  # noqa: E402
-from tests.redis_servers import RedisProcess, free_port  # noqa: E402
+from tests.fake_openai import FakeOpenAI, Reply  # noqa: E402
+from tests.fake_openai_process import serve_in_process  # noqa: E402
+from tests.redis_servers import RedisProcess  # noqa: E402
+from tests.support import free_port  # noqa: E402
 
 CONNECTIONS = 32
 USERS = 200

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ from chatmem.store import keys
 from chatmem.store.conversations import AnyRedis
 from tests.api_support import make_test_settings, running_app
 from tests.fake_openai import FakeOpenAI, Reply
+from tests.redis_servers import expire_now
 
 LONG = "x" * 4001
 WIDE = {"user_id": "u", "message": "hi", "window_size": 21}
@@ -151,9 +151,7 @@ async def test_seed001_ttl_flow(client: httpx.AsyncClient, redis_client: AnyRedi
     assert (await client.put("/ttl/nobody", params={"new_ttl": 300})).status_code == 404
 
     # Expiry: shorten the TTL of every key of the session in Redis itself.
-    for key in keys.session_keys("user_redis_001", "default")[:3]:
-        await redis_client.pexpire(key, 20)
-    await asyncio.sleep(0.1)
+    await expire_now(redis_client, *keys.session_keys("user_redis_001", "default")[:3])
     gone = await client.get("/history/user_redis_001")
     assert gone.status_code == 404
     assert error_code(gone) == "session_not_found"
