@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
-import pytest
 
 from chatmem.models import Message, Role
 from chatmem.ops.transfer import export_sessions, import_sessions
@@ -16,7 +15,7 @@ from chatmem.store.codec import encode_message
 from chatmem.store.conversations import RedisMemoryStore
 from chatmem.store.editing import MessageEdits
 from chatmem.tokens import count_tokens
-from tests.fake_openai import FakeOpenAI, Reply
+from tests.fake_openai import FakeOpenAI
 
 H = {"X-User-Id": "alice"}
 
@@ -274,9 +273,3 @@ async def test_an_edit_from_a_stale_read_is_refused_not_misapplied(
     assert calls == ["v1", "v2"]
     snap = await store.read("carol", "s1", last=5)
     assert [m.content for m in snap.messages] == ["v2+"]
-
-
-@pytest.fixture
-def fake() -> Any:
-    with FakeOpenAI(default=Reply(text="Hello from the fake model.")) as server:
-        yield server

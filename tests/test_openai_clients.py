@@ -20,23 +20,12 @@ from tests.live_server import LiveServer
 
 
 @pytest.fixture(scope="module")
-def fake() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def base_url(
-    redis_url: str, fake: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory
+    redis_url: str, fake_model: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    settings = make_test_settings(redis_url, fake.base_url, tmp_path_factory.mktemp("data"))
+    settings = make_test_settings(redis_url, fake_model.base_url, tmp_path_factory.mktemp("data"))
     with LiveServer(settings) as server:
         yield server.url
-
-
-@pytest.fixture(autouse=True)
-def _fresh(fake: FakeOpenAI) -> None:
-    fake.reset()
 
 
 @pytest.fixture

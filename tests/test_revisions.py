@@ -7,10 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
-import orjson
 
 from chatmem.store import keys
 from chatmem.tokens import count_tokens
+from tests.api_support import sse_events
 from tests.fake_openai import FakeOpenAI, Reply
 
 H = {"X-User-Id": "alice"}
@@ -33,20 +33,6 @@ async def _history(client: httpx.AsyncClient, sid: str) -> list[dict[str, Any]]:
 async def _meta(client: httpx.AsyncClient, sid: str) -> dict[str, Any]:
     meta: dict[str, Any] = (await client.get(f"/v1/sessions/{sid}", headers=H)).json()
     return meta
-
-
-def _sse(text: str) -> list[tuple[str, Any]]:
-    out = []
-    for frame in text.replace("\r\n", "\n").split("\n\n"):
-        event, data = "message", []
-        for line in frame.split("\n"):
-            if line.startswith("event:"):
-                event = line[6:].strip()
-            elif line.startswith("data:"):
-                data.append(line[5:].strip())
-        if data:
-            out.append((event, orjson.loads("\n".join(data))))
-    return out
 
 
 async def test_regenerate_adds_a_selected_alternative(
@@ -102,10 +88,10 @@ async def test_regenerate_streams_like_a_send_and_keeps_ten(
     fake.script(Reply(text="streamed alternative here"))
     r = await client.post(f"/v1/sessions/{sid}/regenerate", json={"stream": True}, headers=H)
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
-    events = _sse(r.text)
-    deltas = "".join(d["content"] for e, d in events if e == "delta")
+    events = sse_events(r.text)
+    deltas = "".join(e.data["content"] for e in events if e.event == "delta")
     assert deltas == "streamed alternative here"
-    [done] = [d for e, d in events if e == "done"]
+    [done] = [e.data for e in events if e.event == "done"]
     assert (done["message"]["content"], done["message"]["alternatives"]) == (deltas, 2)
     for n in range(10):
         fake.script(Reply(text=f"take {n}"))
