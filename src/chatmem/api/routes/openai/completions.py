@@ -38,7 +38,8 @@ message or, as most do, the whole conversation every time.
   events (`data:` lines only), a usage chunk when `stream_options.include_usage`, then
   `data: [DONE]`. A failure mid-stream is sent as `data: {"error": …}` with no `[DONE]`,
   which the SDK raises as an `APIError`. The `X-Session-Id` response header names the
-  session used. An `Idempotency-Key` header makes a retry return the stored reply.
+  session used (none when stateless). In a session, an `Idempotency-Key` header makes a
+  retry return the stored reply (the request is then a plain send, not reconciled).
 - **Errors** use OpenAI's shape, `{"error": {"message", "type", "code", "param"}}` with
   chatmem's machine-readable `code`. Invalid requests are 400 `invalid_request` here
   (OpenAI's status), not the 422 of the native routes; the fields chatmem reads are
