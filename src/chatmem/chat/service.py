@@ -146,9 +146,12 @@ class ChatService(SessionMethods):
         stream: bool = False,
         on_disconnect: str = "continue",
         adjust_params: ParamsAdjuster | None = None,
+        character_id: str | None = None,
+        history_messages: int | None = None,
     ) -> Generation:
         """Begin a turn: its generation runs (server-owned) when this returns. `stream`:
-        its deltas are relayed to subscribers and to its event stream (re-attach)."""
+        its deltas are relayed to subscribers and to its event stream (re-attach).
+        `character_id` / `history_messages`: see `Turns.prepare` (the seed routes')."""
         return await self.turns.prepare(
             user_id,
             session_id,
@@ -158,6 +161,8 @@ class ChatService(SessionMethods):
             relay=stream,
             on_disconnect=on_disconnect,
             adjust_params=adjust_params,
+            character_id=character_id,
+            history_messages=history_messages,
         )
 
     async def complete(self, gen: Generation) -> TurnDone:

@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from chatmem.characters import CharacterRegistry
@@ -38,7 +40,7 @@ from chatmem.chat.resume import Resumer
 from chatmem.config import Settings
 from chatmem.durability.outbox import Outbox
 from chatmem.durability.replay import OutboxReplayer
-from chatmem.errors import Conflict, SessionBusy, StoreUnavailable
+from chatmem.errors import Conflict, SessionBusy, SessionNotFound, StoreUnavailable
 from chatmem.metrics import Metrics
 from chatmem.models import Character, Message, Role, SessionMeta, Usage, new_id
 from chatmem.providers.base import ChatProvider, GenerationParams
@@ -47,6 +49,8 @@ from chatmem.store.streams import GenerationStreams, StreamSnapshot
 from chatmem.store.turns import TurnStore
 from chatmem.tokens import TOKENS_PER_MESSAGE, cost_usd, count_tokens
 
+log = logging.getLogger(__name__)
+
 # A turn reads enough history for the widest window, plus the new message.
 TURN_READ_MESSAGES = 2 * WINDOW_MAX + 1
 # Sessions whose character a degraded turn can still tell (else: the default character).
@@ -54,6 +58,14 @@ KNOWN_CHARACTERS_MAX = 10_000
 
 SessionKey = tuple[str, str]
 ParamsAdjuster = Callable[[GenerationParams], GenerationParams]
+
+
+@dataclass(frozen=True, slots=True)
+class TurnShape:
+    """What a seed route asks of one turn (see `Turns.prepare`)."""
+
+    character_id: str | None = None
+    history_messages: int | None = None
 
 
 def idempotent_ids(key: str) -> tuple[str, str]:
@@ -114,11 +126,18 @@ class Turns:
         relay: bool = False,
         on_disconnect: str = "continue",
         adjust_params: ParamsAdjuster | None = None,
+        character_id: str | None = None,
+        history_messages: int | None = None,
     ) -> Generation:
         """Begin a turn; its generation is running (or, for a retry, done) on return.
 
+        `character_id`: this turn talks to that character (its system prompt and
+        parameters) and the session follows it from now on (seed 002 picks the role per
+        message). `history_messages`: the context holds up to that many history messages
+        (within the token budget) instead of the session's window of rounds (seed 004).
         Errors here are the client's to see. Degrades when Redis cannot be reached.
         """
+        turn = TurnShape(character_id, history_messages)
         text = self.validate_content(content)
         user_msg = Message(Role.USER, text, count_tokens(text), metadata=dict(metadata or {}))
         reply_id = new_id()
@@ -133,12 +152,12 @@ class Turns:
             if not self.replayer.store_down:
                 try:
                     gen = await self._redis_turn(
-                        user_id, session_id, user_msg, reply_id, bool(idempotency_key), opts
+                        user_id, session_id, user_msg, reply_id, bool(idempotency_key), opts, turn
                     )
                 except StoreUnavailable as exc:
                     self.replayer.mark_down(exc)
             if gen is None:
-                gen = await self._degraded_turn(user_id, session_id, user_msg, reply_id, opts)
+                gen = await self._degraded_turn(user_id, session_id, user_msg, reply_id, opts, turn)
             if adjust_params is not None:
                 gen.params = adjust_params(gen.params)
             if not gen.finished:
@@ -153,6 +172,7 @@ class Turns:
         reply_id: str,
         idempotent: bool,
         opts: dict[str, Any],
+        turn: TurnShape,
     ) -> Generation:
         if self.outbox.has_pending(user_id, session_id):
             await self._replay_outbox(user_id, session_id)
@@ -170,7 +190,7 @@ class Turns:
                     generation_id=gen_id,
                     token=token,
                     idempotent=idempotent,
-                    read_last=TURN_READ_MESSAGES,
+                    read_last=max(TURN_READ_MESSAGES, (turn.history_messages or 0) + 1),
                 )
             except StoreUnavailable:
                 # The script may have taken the lock before the connection failed.
@@ -200,9 +220,19 @@ class Turns:
         assert res.meta is not None
         msgs = res.messages
         stored_user = msgs[-1]
-        character = await self.characters.get(res.meta.character_id)
+        character = await self.characters.get(turn.character_id or res.meta.character_id)
+        if character.id != res.meta.character_id:
+            # Under the turn's lock: no other turn of the session reads the old one now.
+            # The turn goes on with its character even if the switch cannot be stored.
+            try:
+                await self.turn_store.store.update_session(
+                    user_id, session_id, character_id=character.id
+                )
+                res.meta.character_id = character.id
+            except (StoreUnavailable, SessionNotFound) as exc:
+                log.warning("session %s keeps its character: %s", session_id, exc)
         self._remember_character((user_id, session_id), character)
-        limits = self.prompter.limits_for(res.meta, character)
+        limits = self.prompter.limits_for(res.meta, character, turn.history_messages)
         return Generation(
             host=self,
             user_id=user_id,
@@ -264,10 +294,13 @@ class Turns:
         user_msg: Message,
         reply_id: str,
         opts: dict[str, Any],
+        turn: TurnShape,
     ) -> Generation:
         """A turn without Redis: no history, no lock, its messages kept in the outbox."""
         character = self._known_characters.get((user_id, session_id))
-        if character is None:
+        if turn.character_id is not None:
+            character = await self.characters.get(turn.character_id)
+        elif character is None:
             # Built in, so no Redis read: the session's own character is unknown here.
             character = await self.characters.get(self.characters.default_id)
         meta = SessionMeta(
