@@ -17,7 +17,8 @@ from chatmem.chat.prompting import Prompter
 from chatmem.chat.prompts import context_messages
 from chatmem.chat.resume import Attached
 from chatmem.chat.sessions import SessionMethods
-from chatmem.chat.turns import TURN_READ_MESSAGES, ParamsAdjuster, Turns, idempotent_ids
+from chatmem.chat.turn_shape import TURN_READ_MESSAGES
+from chatmem.chat.turns import ParamsAdjuster, Turns, idempotent_ids
 from chatmem.config import Settings
 from chatmem.durability.outbox import OUTBOX_DIR, Outbox
 from chatmem.durability.replay import OutboxReplayer

@@ -25,11 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from chatmem.characters import CharacterRegistry
@@ -37,35 +35,23 @@ from chatmem.chat.generation import Generation, Reading, TurnDone
 from chatmem.chat.inflight import InFlight
 from chatmem.chat.prompting import Prompter
 from chatmem.chat.resume import Resumer
+from chatmem.chat.turn_shape import TurnShape, follow_character
 from chatmem.config import Settings
 from chatmem.durability.outbox import Outbox
 from chatmem.durability.replay import OutboxReplayer
-from chatmem.errors import Conflict, SessionBusy, SessionNotFound, StoreUnavailable
+from chatmem.errors import Conflict, SessionBusy, StoreUnavailable
 from chatmem.metrics import Metrics
 from chatmem.models import Character, Message, Role, SessionMeta, Usage, new_id
 from chatmem.providers.base import ChatProvider, GenerationParams
-from chatmem.store.conversations import WINDOW_MAX
 from chatmem.store.streams import GenerationStreams, StreamSnapshot
 from chatmem.store.turns import TurnStore
 from chatmem.tokens import TOKENS_PER_MESSAGE, cost_usd, count_tokens
 
-log = logging.getLogger(__name__)
-
-# A turn reads enough history for the widest window, plus the new message.
-TURN_READ_MESSAGES = 2 * WINDOW_MAX + 1
 # Sessions whose character a degraded turn can still tell (else: the default character).
 KNOWN_CHARACTERS_MAX = 10_000
 
 SessionKey = tuple[str, str]
 ParamsAdjuster = Callable[[GenerationParams], GenerationParams]
-
-
-@dataclass(frozen=True, slots=True)
-class TurnShape:
-    """What a seed route asks of one turn (see `Turns.prepare`)."""
-
-    character_id: str | None = None
-    history_messages: int | None = None
 
 
 def idempotent_ids(key: str) -> tuple[str, str]:
@@ -131,11 +117,8 @@ class Turns:
     ) -> Generation:
         """Begin a turn; its generation is running (or, for a retry, done) on return.
 
-        `character_id`: this turn talks to that character (its system prompt and
-        parameters) and the session follows it from now on (seed 002 picks the role per
-        message). `history_messages`: the context holds up to that many history messages
-        (within the token budget) instead of the session's window of rounds (seed 004).
-        Errors here are the client's to see. Degrades when Redis cannot be reached.
+        `character_id`, `history_messages`: the seed routes' (chat/turn_shape.py). Errors
+        here are the client's to see. Degrades when Redis cannot be reached.
         """
         turn = TurnShape(character_id, history_messages)
         text = self.validate_content(content)
@@ -190,7 +173,7 @@ class Turns:
                     generation_id=gen_id,
                     token=token,
                     idempotent=idempotent,
-                    read_last=max(TURN_READ_MESSAGES, (turn.history_messages or 0) + 1),
+                    read_last=turn.read_messages,
                 )
             except StoreUnavailable:
                 # The script may have taken the lock before the connection failed.
@@ -221,16 +204,7 @@ class Turns:
         msgs = res.messages
         stored_user = msgs[-1]
         character = await self.characters.get(turn.character_id or res.meta.character_id)
-        if character.id != res.meta.character_id:
-            # Under the turn's lock: no other turn of the session reads the old one now.
-            # The turn goes on with its character even if the switch cannot be stored.
-            try:
-                await self.turn_store.store.update_session(
-                    user_id, session_id, character_id=character.id
-                )
-                res.meta.character_id = character.id
-            except (StoreUnavailable, SessionNotFound) as exc:
-                log.warning("session %s keeps its character: %s", session_id, exc)
+        await follow_character(self.turn_store.store, res.meta, character)
         self._remember_character((user_id, session_id), character)
         limits = self.prompter.limits_for(res.meta, character, turn.history_messages)
         return Generation(
