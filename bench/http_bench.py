@@ -46,9 +46,11 @@ from redis.asyncio import Redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.fake_openai import FakeOpenAI, Reply, serve_in_process  # noqa: E402
-from tests.redis_servers import RedisProcess, free_port  # noqa: E402
+from tests.fake_openai import FakeOpenAI, Reply  # noqa: E402
+from tests.fake_openai_process import serve_in_process  # noqa: E402
+from tests.redis_servers import RedisProcess  # noqa: E402
 from tests.seed_docs import SEEDS_DIR, one_block, seed_document  # noqa: E402
+from tests.support import free_port  # noqa: E402
 
 CONNECTIONS = 32
 USERS = 200

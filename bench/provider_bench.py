@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))  # tests.fake_openai
 
 from openai import AsyncOpenAI  # noqa: E402
-from tests.fake_openai import serve_in_process  # noqa: E402
+from tests.fake_openai_process import serve_in_process  # noqa: E402
 
 from chatmem.config import LLMSettings  # noqa: E402
 from chatmem.providers.base import GenerationParams  # noqa: E402

@@ -48,8 +48,9 @@ from redis.asyncio import Redis as AsyncRedis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.fake_openai import serve_in_process  # noqa: E402
-from tests.redis_servers import RedisProcess, free_port  # noqa: E402
+from tests.fake_openai_process import serve_in_process  # noqa: E402
+from tests.redis_servers import RedisProcess  # noqa: E402
+from tests.support import free_port  # noqa: E402
 
 # The model's pace (--chunks, --delay-ms change it for the whole run).
 CHUNKS = 20

@@ -1,13 +1,15 @@
-"""Run the real app in-process for API tests: real Redis, real lifespan, httpx.ASGITransport."""
+"""The app for API tests: settings that ignore the environment, the app in-process (real
+Redis, real lifespan, httpx.ASGITransport), and the one SSE parser of the test suite."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
+import orjson
 from fastapi import FastAPI
 
 from chatmem.api.app import create_app
@@ -32,11 +34,12 @@ def make_test_settings(
     memory: dict[str, Any] | None = None,
     limits: dict[str, Any] | None = None,
     auth: dict[str, Any] | None = None,
+    redis: dict[str, Any] | None = None,
 ) -> Settings:
     """Settings that ignore the environment and .env: tests say everything they need."""
     return Settings(
         data_dir=data_dir,
-        redis=RedisSettings(url=redis_url),
+        redis=RedisSettings(url=redis_url, **(redis or {})),
         llm=LLMSettings(
             provider="openai",
             base_url=llm_base_url,
@@ -73,3 +76,102 @@ async def running_app(
             transport=transport, base_url="http://chatmem.test", timeout=30, **client_kwargs
         ) as client:
             yield app, client
+
+
+# Socket, connect and pool timeouts for tests that stop Redis: short, so that a dead Redis
+# costs little time, yet long enough for a loaded machine to connect in time.
+REDIS_DOWN_TIMEOUT_S = 1.0
+FAST_FAILING_REDIS = {
+    "socket_timeout_s": REDIS_DOWN_TIMEOUT_S,
+    "connect_timeout_s": REDIS_DOWN_TIMEOUT_S,
+    "pool_timeout_s": REDIS_DOWN_TIMEOUT_S,
+}
+
+
+async def new_session(
+    client: httpx.AsyncClient, user: str = "alice", expect: int = 201, **body: Any
+) -> str:
+    r = await client.post("/v1/sessions", json=body, headers={"X-User-Id": user})
+    assert r.status_code == expect, r.text
+    sid: str = r.json()["session"]["session_id"]
+    return sid
+
+
+# --- server-sent events ------------------------------------------------------------------
+
+
+class SSEEvent(NamedTuple):
+    """One event: its name ("message" when unnamed), its data (JSON-decoded when it is
+    JSON, else the text, as `[DONE]`), its id ("" when none)."""
+
+    event: str
+    data: Any
+    id: str
+
+
+class _Frame:
+    def __init__(self) -> None:
+        self.event = "message"
+        self.data: list[str] = []
+        self.id = ""
+
+    def feed(self, line: str) -> None:
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "event":
+            self.event = value
+        elif name == "data":
+            self.data.append(value)
+        elif name == "id":
+            self.id = value
+        # comments (":" first) and unknown fields are skipped, as the spec says
+
+    def done(self) -> SSEEvent | None:
+        if not self.data:
+            return None
+        text = "\n".join(self.data)
+        try:
+            data = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            data = text
+        return SSEEvent(self.event, data, self.id)
+
+
+def _events(lines: Iterable[str]) -> list[SSEEvent]:
+    out, frame = [], _Frame()
+    for line in lines:
+        if line:
+            frame.feed(line)
+            continue
+        if (event := frame.done()) is not None:
+            out.append(event)
+        frame = _Frame()
+    if (event := frame.done()) is not None:
+        out.append(event)
+    return out
+
+
+def sse_events(body: str) -> list[SSEEvent]:
+    """Every event of a whole SSE body."""
+    return _events(body.replace("\r\n", "\n").replace("\r", "\n").split("\n"))
+
+
+async def sse_stream(response: httpx.Response) -> AsyncIterator[SSEEvent]:
+    """The events of a streamed response, each as soon as its blank line arrives."""
+    frame = _Frame()
+    async for line in response.aiter_lines():
+        if line:
+            frame.feed(line)
+            continue
+        if (event := frame.done()) is not None:
+            yield event
+        frame = _Frame()
+
+
+def sse_done(body: str) -> dict[str, Any]:
+    """The data of a turn's `done` event."""
+    for event in sse_events(body):
+        if event.event == "done":
+            done: dict[str, Any] = event.data
+            return done
+    raise AssertionError(f"no done event in {body!r}")

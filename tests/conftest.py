@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -11,8 +13,9 @@ from chatmem.config import RedisSettings
 from chatmem.store.client import make_redis
 from chatmem.store.conversations import AnyRedis, RedisMemoryStore
 from tests.api_support import make_test_settings, running_app
-from tests.fake_openai import FakeOpenAI, Reply
+from tests.fake_openai import FakeOpenAI
 from tests.redis_servers import RedisClusterProcesses, RedisProcess, SentinelProcesses
+from tests.support import scrubbed_env
 
 # The configurations the memory store's contract tests run against (STYLE rule 14).
 MEMORY_BACKENDS = ("standalone", "cluster", "sentinel")
@@ -61,6 +64,17 @@ def sentinel_redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
     servers.stop()
 
 
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisProcess]:
+    """A Redis of the test's own, to kill, SIGSTOP or restart: durable across a restart
+    (same port, same dir, AOF fsynced at every write)."""
+    server = RedisProcess(tmp_path, "appendonly yes", "appendfsync always").start()
+    yield server
+    if server.proc is not None and server.proc.poll() is None:
+        os.kill(server.proc.pid, signal.SIGCONT)
+    server.stop()
+
+
 @pytest.fixture(params=MEMORY_BACKENDS)
 def memory_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
@@ -99,18 +113,40 @@ def tmp_data_dir(tmp_path: Path) -> Path:
     return d
 
 
-# The app in-process on the real Redis, its model the fake OpenAI-compatible server. A
-# module that needs another reply or other settings defines its own `fake` or `client`.
 @pytest.fixture
-def fake() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI(default=Reply(text="Hello from the fake model.")) as server:
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No CHATMEM_ variable of the developer's and no .env (the working directory is the
+    test's own, returned): code that reads the environment sees only what the test sets."""
+    for name in os.environ.keys() - scrubbed_env().keys():
+        monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def fake_model() -> Iterator[FakeOpenAI]:
+    """The fake OpenAI-compatible model server, one for the whole run. Tests take it as
+    `fake`; a module-scoped server only needs its `base_url` from here."""
+    with FakeOpenAI() as server:
         yield server
+
+
+@pytest.fixture
+def fake(fake_model: FakeOpenAI, request: pytest.FixtureRequest) -> FakeOpenAI:
+    """The fake model, reset: no script, no requests recorded. A module or test changes
+    its default reply or API key with `@pytest.mark.fake_model(default=Reply(...),
+    api_key=...)`."""
+    marker = request.node.get_closest_marker("fake_model")
+    fake_model.reset(**(marker.kwargs if marker else {}))
+    return fake_model
 
 
 @pytest.fixture
 async def client(
     redis_url: str, redis_client: AnyRedis, fake: FakeOpenAI, tmp_data_dir: Path
 ) -> AsyncIterator[httpx.AsyncClient]:
+    """The app in-process on the real Redis (flushed), its model `fake`. A module that
+    needs other settings defines its own `client`."""
     settings = make_test_settings(redis_url, fake.base_url, tmp_data_dir)
     async with running_app(settings) as (_, http):
         yield http

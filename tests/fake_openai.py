@@ -1,37 +1,35 @@
 """A fake OpenAI-compatible server: real sockets, real HTTP/1.1, scripted replies.
 
-It is a small asyncio server of its own rather than a Starlette app, because the
-tests need what a framework hides: dropping a connection in the middle of a
-chunked body, and noticing the instant a client closes a stream it is reading.
+Its HTTP is tests/http_wire.py's own: a framework would hide what tests need.
 
     with FakeOpenAI() as fake:                  # a thread serving 127.0.0.1:<free port>
         fake.script(Reply(text="Hi there", delay_s=0.01), Reply(status=500))
         settings = LLMSettings(base_url=fake.base_url, api_key="k")
         ...
         fake.chat_bodies[-1]["messages"]        # exactly what the model was sent
+        await fake.wait_requests(1)             # the model was asked (a turn is under way)
         await fake.wait_disconnected()          # a stream was closed by its client
 
-Replies are consumed one per chat request, in order; then `default` answers.
-`python -m tests.fake_openai --chunks N` serves in a process of its own (bench/).
+Replies are consumed one per chat request, in order; then `respond(body)`, if set,
+chooses one from the request; else `default` answers. Tests get the server through the
+`fake` fixture (conftest), reset for each test. `python -m tests.fake_openai --chunks N`
+serves in a process of its own (bench/, through tests/fake_openai_process.py).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import re
-import subprocess
-import sys
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from http import HTTPStatus
-from pathlib import Path
-from typing import IO, Any, Literal
+from typing import Any, Literal
 
 import orjson
+
+from tests.http_wire import Request, closed_within, error_body, read_request, send_json
 
 UsageMode = Literal["final", "inline", "null", "absent"]
 Outcome = Literal["pending", "completed", "client_closed", "dropped"]
@@ -82,14 +80,6 @@ class RecordedRequest:
     chunks_sent: int = 0
 
 
-@dataclass
-class _Request:
-    method: str
-    path: str
-    headers: dict[str, str]
-    raw_body: bytes
-
-
 class FakeOpenAI:
     """An OpenAI-compatible server in a background thread on 127.0.0.1."""
 
@@ -101,14 +91,17 @@ class FakeOpenAI:
         api_key: str | None = None,
         port: int = 0,
     ) -> None:
-        self.default = default or Reply()
+        self._initial = default or Reply(), api_key
+        self.default, self.api_key = self._initial  # api_key: other bearer tokens get a 401
+        self.respond: Callable[[Any], Reply] | None = None
         self.model = model
-        self.api_key = api_key  # when set, other bearer tokens get a 401
         self.port = port
         self.requests: list[RecordedRequest] = []
         self.disconnected = threading.Event()  # set when a client closes a stream early
         self.connections = 0  # TCP connections accepted (keep-alive reuse shows here)
         self._script: deque[Reply] = deque()
+        self._arrived = threading.Condition()  # notified as each request is recorded
+        self._epoch = 0  # bumped by reset: a request of an earlier test reports nothing
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -144,11 +137,27 @@ class FakeOpenAI:
         """Wait (without blocking the caller's loop) until a client closes a stream early."""
         return await asyncio.to_thread(self.disconnected.wait, timeout_s)
 
-    def reset(self) -> None:
+    def requests_arrived(self, n: int, timeout_s: float = 10.0) -> bool:
+        """Block until `n` chat requests have arrived (False after `timeout_s`)."""
+        with self._arrived:
+            return self._arrived.wait_for(lambda: self.request_count >= n, timeout_s)
+
+    async def wait_requests(self, n: int, timeout_s: float = 10.0) -> None:
+        """Wait (without blocking the caller's loop) until `n` chat requests have arrived."""
+        if not await asyncio.to_thread(self.requests_arrived, n, timeout_s):
+            raise AssertionError(f"{self.request_count} chat requests after {timeout_s} s, not {n}")
+
+    def reset(self, *, default: Reply | None = None, api_key: str | None = None) -> None:
+        """Forget scripts, requests and hooks; answer with `default` (else the one given
+        at construction) and require `api_key` (else the one given at construction)."""
+        self._epoch += 1
         self._script.clear()
         self.requests.clear()
         self.disconnected.clear()
         self.connections = 0
+        self.respond = None
+        self.default = default or self._initial[0]
+        self.api_key = api_key or self._initial[1]
 
     def start(self) -> FakeOpenAI:
         ready = threading.Event()
@@ -200,7 +209,7 @@ class FakeOpenAI:
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            while (request := await _read_request(reader)) is not None:
+            while (request := await read_request(reader)) is not None:
                 if not await self._answer(request, reader, writer):
                     break
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
@@ -211,24 +220,30 @@ class FakeOpenAI:
                 await writer.wait_closed()
 
     async def _answer(
-        self, req: _Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self, req: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> bool:
         """Answer one request; False when the connection must not be reused."""
         body = orjson.loads(req.raw_body) if req.raw_body.strip() else None
         record = RecordedRequest(req.method, req.path, req.headers, body)
-        self.requests.append(record)
+        epoch = self._epoch
+        with self._arrived:
+            self.requests.append(record)
+            self._arrived.notify_all()
         keep_alive = req.headers.get("connection", "").lower() != "close"
         if self.api_key and req.headers.get("authorization") != f"Bearer {self.api_key}":
-            await _send_json(writer, 401, _error_body(401, "Incorrect API key provided"))
+            await send_json(writer, 401, error_body(401, "Incorrect API key provided"))
             return keep_alive
         if req.method == "GET" and req.path.rstrip("/").endswith("/models"):
             models = {"object": "list", "data": [{"id": self.model, "object": "model"}]}
-            await _send_json(writer, 200, models)
+            await send_json(writer, 200, models)
             return keep_alive
         if req.method != "POST" or not req.path.endswith("/chat/completions"):
-            await _send_json(writer, 404, _error_body(404, f"no route {req.path}"))
+            await send_json(writer, 404, error_body(404, f"no route {req.path}"))
             return keep_alive
-        reply = self._script.popleft() if self._script else self.default
+        if self._script:
+            reply = self._script.popleft()
+        else:
+            reply = self.respond(body) if self.respond is not None else self.default
         closed = asyncio.ensure_future(reader.read(1))  # completes when the client hangs up
         try:
             await self._reply(reply, body, record, writer, closed)
@@ -239,7 +254,7 @@ class FakeOpenAI:
             # Let the cancelled read finish before the next request reads this stream
             # (waiting, not awaiting it: a cancellation of this task must not be eaten).
             await asyncio.wait([closed])
-            if record.outcome == "client_closed":
+            if record.outcome == "client_closed" and epoch == self._epoch:
                 self.disconnected.set()
 
     async def _reply(
@@ -250,18 +265,18 @@ class FakeOpenAI:
         writer: asyncio.StreamWriter,
         closed: asyncio.Future[bytes],
     ) -> None:
-        if reply.headers_delay_s and await _closed_within(closed, reply.headers_delay_s):
+        if reply.headers_delay_s and await closed_within(closed, reply.headers_delay_s):
             record.outcome = "client_closed"
         elif reply.status != 200:
             headers = {}
             if reply.retry_after_s is not None:
                 headers["retry-after"] = f"{reply.retry_after_s:g}"
-            await _send_json(
-                writer, reply.status, _error_body(reply.status, reply.error_message), headers
+            await send_json(
+                writer, reply.status, error_body(reply.status, reply.error_message), headers
             )
             record.outcome = "completed"
         elif reply.plain or not (isinstance(body, dict) and body.get("stream")):
-            await _send_json(writer, 200, self._completion(reply, body))
+            await send_json(writer, 200, self._completion(reply, body))
             record.outcome = "completed"
         else:
             await self._stream(reply, body, record, writer, closed)
@@ -285,11 +300,11 @@ class FakeOpenAI:
                 return
             if event is _STALL:
                 await writer.drain()
-                if await _closed_within(closed, reply.stall_s):
+                if await closed_within(closed, reply.stall_s):
                     record.outcome = "client_closed"
                     return
                 continue
-            gone = await _closed_within(closed, reply.delay_s) if reply.delay_s else closed.done()
+            gone = await closed_within(closed, reply.delay_s) if reply.delay_s else closed.done()
             if gone:
                 record.outcome = "client_closed"
                 return
@@ -336,7 +351,7 @@ class FakeOpenAI:
             if reply.comments:
                 out.append(b": keep-alive\n\n")
         if reply.error_in_stream is not None:
-            err = _error_body(500, reply.error_in_stream)
+            err = error_body(500, reply.error_in_stream)
             return [*out, b"data: " + orjson.dumps(err) + b"\n\n"]
         inline = {"usage": usage} if reply.usage == "inline" else {}
         out.append(event({}, reply.finish_reason, **inline))
@@ -378,87 +393,7 @@ _DROP = b"<drop>"  # close the socket here instead of going on
 _STALL = b"<stall>"  # pause here for `stall_s`
 
 
-async def _closed_within(closed: asyncio.Future[bytes], delay_s: float) -> bool:
-    await asyncio.wait([closed], timeout=delay_s)
-    return closed.done()
-
-
-async def _read_request(reader: asyncio.StreamReader) -> _Request | None:
-    try:
-        head = await reader.readuntil(b"\r\n\r\n")
-    except asyncio.IncompleteReadError:
-        return None  # the client closed an idle keep-alive connection
-    lines = head.decode("latin-1").split("\r\n")
-    method, path, _ = lines[0].split(" ", 2)
-    headers = {}
-    for line in lines[1:]:
-        if ":" in line:
-            name, value = line.split(":", 1)
-            headers[name.strip().lower()] = value.strip()
-    body = await reader.readexactly(int(headers.get("content-length", "0")))
-    return _Request(method, path, headers, body)
-
-
-def _error_body(status: int, message: str) -> dict[str, Any]:
-    kind = "invalid_request_error" if 400 <= status < 500 else "server_error"
-    return {"error": {"message": message, "type": kind, "param": None, "code": status}}
-
-
-async def _send_json(
-    writer: asyncio.StreamWriter,
-    status: int,
-    payload: Any,
-    headers: dict[str, str] | None = None,
-) -> None:
-    body = orjson.dumps(payload)
-    head = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}"]
-    head += ["content-type: application/json", f"content-length: {len(body)}"]
-    head += [f"{k}: {v}" for k, v in (headers or {}).items()]
-    writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
-    await writer.drain()
-
-
-@contextlib.contextmanager
-def serve_in_process(
-    command: list[str], *, cwd: Path, stderr: IO[str] | None = None
-) -> Iterator[tuple[int, int]]:
-    """Run `command` (this module's `main`, or a bench's own wrapper of it), which prints
-    `PORT <n>` once listening and serves until its stdin closes; yields (port, pid).
-
-    A process of its own, so that a benchmark's CPU figures do not count the fake.
-    """
-    proc = subprocess.Popen(
-        command, cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if not line.startswith("PORT "):
-            raise RuntimeError(f"the fake model did not start: {line!r}")
-        yield int(line.split()[1]), proc.pid
-    finally:
-        assert proc.stdin is not None
-        proc.stdin.close()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Serve until stdin closes; prints `PORT <n>` once listening (for bench/)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--chunks", type=int, default=1000)
-    parser.add_argument("--piece", default="tok ", help="the text of each delta")
-    parser.add_argument("--delay-s", type=float, default=0.0, help="pause before each chunk")
-    args = parser.parse_args(argv)
-    reply = Reply(text=args.piece * args.chunks, chunks=args.chunks, delay_s=args.delay_s)
-    with FakeOpenAI(default=reply, port=args.port) as fake:
-        print(f"PORT {fake.port}", flush=True)
-        sys.stdin.read()
-
-
 if __name__ == "__main__":
+    from tests.fake_openai_process import main
+
     main()

@@ -10,9 +10,7 @@ subprocess) can talk to it while it runs.
 
 from __future__ import annotations
 
-import socket
 import threading
-import time
 from types import TracebackType
 from typing import Any
 
@@ -22,6 +20,7 @@ import uvicorn
 from chatmem.api.app import create_app
 from chatmem.config import Settings
 from chatmem.providers.base import ChatProvider
+from tests.support import free_port, wait_until
 
 START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 15.0
@@ -33,13 +32,6 @@ STOP_TIMEOUT_S = 15.0
 # and threadpool call: load them here, in the importing thread.
 for _name in ("open_file", "wrap_file", "Path", "to_thread", "from_thread"):
     getattr(anyio, _name)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class LiveServer:
@@ -84,14 +76,18 @@ class LiveServer:
             target=self._server.run, name=f"uvicorn-{self.port}", daemon=True
         )
         self._thread.start()
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not self._server.started:
-            if not self._thread.is_alive():
+        thread = self._thread
+
+        def started() -> bool:
+            if not thread.is_alive():
                 raise RuntimeError("uvicorn exited during start-up (see the log above)")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"uvicorn did not start within {START_TIMEOUT_S} s")
-            time.sleep(0.02)
+            return bool(self._server.started)
+
+        try:
+            wait_until(started, "uvicorn to start", timeout_s=START_TIMEOUT_S)
+        except AssertionError:
+            self.stop()
+            raise
         return self
 
     def stop(self) -> None:

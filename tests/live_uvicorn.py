@@ -11,7 +11,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,7 +18,8 @@ from typing import Any
 
 import httpx
 
-from tests.live_server import LiveServer, free_port
+from tests.live_server import LiveServer
+from tests.support import free_port, wait_until
 
 START_TIMEOUT_S = 30.0
 
@@ -51,16 +51,12 @@ class ChatmemProcess:
         return self
 
     def wait_ready(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
+        def healthy() -> bool:
             assert self.proc is not None and self.proc.poll() is None, "chatmem exited"
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"chatmem on port {self.port} did not start")
+            return httpx.get(self.url + "/health", timeout=1).status_code == 200
+
+        what = f"chatmem on port {self.port} to start"
+        wait_until(healthy, what, timeout_s=START_TIMEOUT_S, ignore=(httpx.TransportError,))
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -9,21 +9,13 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import redis
 
 from chatmem.ops.embedded import redis_server_binary
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+from tests.support import eventually, free_port, wait_until
 
 
 class RedisProcess:
@@ -63,16 +55,13 @@ class RedisProcess:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith((b"+PONG", b"-NOAUTH")):
-                        return self
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError(f"redis-server on port {self.port} did not start")
+        wait_until(self._answers, f"redis-server on port {self.port}", ignore=(OSError,))
+        return self
+
+    def _answers(self) -> bool:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith((b"+PONG", b"-NOAUTH"))
 
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -91,6 +80,17 @@ class RedisProcess:
 async def all_keys(client: Any) -> set[str]:
     """Every key on the server (SCAN: fine in tests, never on the request path)."""
     return {k async for k in client.scan_iter(count=1000)}
+
+
+async def expire_now(client: Any, *keys: str) -> None:
+    """Expire `keys` as their TTLs running out would, and return once they are gone."""
+    for key in keys:
+        await client.pexpire(key, 1)
+    await eventually(lambda: _all_gone(client, keys), f"{keys} to expire")
+
+
+async def _all_gone(client: Any, keys: tuple[str, ...]) -> bool:
+    return not any([await client.exists(key) for key in keys])
 
 
 async def keyspace(client: Any) -> dict[str, tuple[bytes, int]]:
@@ -123,18 +123,6 @@ def free_cluster_port() -> int:
                     continue
             return port
     raise RuntimeError("no free port pair for a cluster node")
-
-
-def _wait(check: Callable[[], bool], what: str, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except (OSError, redis.RedisError):
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"timed out waiting for {what}")
 
 
 class RedisClusterProcesses:
@@ -185,7 +173,7 @@ class RedisClusterProcesses:
                         return False
             return True
 
-        _wait(ready, "the cluster to agree")
+        wait_until(ready, "the cluster to agree", timeout_s=20, ignore=(OSError, redis.RedisError))
         return self
 
     def stop(self) -> None:
@@ -234,7 +222,12 @@ class SentinelProcesses:
                         return False
             return True
 
-        _wait(ready, "the sentinels to see the master, its replica and each other")
+        wait_until(
+            ready,
+            "the sentinels to see the master, its replica and each other",
+            timeout_s=20,
+            ignore=(OSError, redis.RedisError),
+        )
         return self
 
     def stop(self) -> None:

@@ -3,32 +3,26 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 
 from chatmem.api.app import create_app
 from chatmem.config import Settings
-from tests.api_support import make_test_settings, running_app
+from chatmem.tokens import count_tokens
+from tests.api_support import make_test_settings, new_session, running_app, sse_events, sse_stream
 from tests.fake_openai import FakeOpenAI, Reply
 from tests.live_uvicorn import serve_in_thread
+from tests.support import eventually
 
 H = {"X-User-Id": "alice"}
 
 
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as server:
-        yield server
-
-
 @pytest.fixture
 def settings(redis_url: str, fake: FakeOpenAI, tmp_path: Path) -> Settings:
-    fake.reset()
     return make_test_settings(redis_url, fake.base_url, tmp_path)
 
 
@@ -36,30 +30,6 @@ def settings(redis_url: str, fake: FakeOpenAI, tmp_path: Path) -> Settings:
 async def client(settings: Settings, redis_client: Any) -> AsyncIterator[httpx.AsyncClient]:
     async with running_app(settings) as (_, c):
         yield c
-
-
-async def new_session(client: httpx.AsyncClient, headers: dict[str, str] = H, **body: Any) -> str:
-    r = await client.post("/v1/sessions", json=body, headers=headers)
-    assert r.status_code == 201, r.text
-    sid: str = r.json()["session"]["session_id"]
-    return sid
-
-
-def sse_events(text: str) -> list[tuple[str, Any, str]]:
-    """(event, data, id) of each SSE frame; comment lines are skipped."""
-    out = []
-    for frame in text.replace("\r\n", "\n").split("\n\n"):
-        event, data, eid = "message", [], ""
-        for line in frame.split("\n"):
-            if line.startswith("event:"):
-                event = line[6:].strip()
-            elif line.startswith("data:"):
-                data.append(line[5:].strip())
-            elif line.startswith("id:"):
-                eid = line[3:].strip()
-        if data:
-            out.append((event, orjson.loads("\n".join(data)), eid))
-    return out
 
 
 async def test_session_lifecycle_and_memory(client: httpx.AsyncClient, fake: FakeOpenAI) -> None:
@@ -196,21 +166,32 @@ async def test_idempotency_key_replays_the_stored_reply(
     assert [m["content"] for m in hist[1:]] == ["q", "first answer"]
 
 
-async def test_concurrent_sends_to_one_session_get_409(
-    settings: Settings, fake: FakeOpenAI, redis_client: Any
+async def test_system_prompt_tokens_count_in_the_context_budget(
+    redis_url: str, redis_client: Any, fake: FakeOpenAI, tmp_path: Path
 ) -> None:
-    settings.limits.session_lock_wait_ms = 200
+    """The service's system prompt tokens reach the budget: counted as 0, history filled
+    the whole budget and the model was sent more than max_context_tokens (every API test
+    passed all the same)."""
+    budget = 400
+    prompt = "You are a careful assistant who answers in full sentences. " * 10
+    memory = {"max_context_tokens": budget}
+    settings = make_test_settings(redis_url, fake.base_url, tmp_path, memory=memory)
+    character = {"id": "verbose", "name": "Verbose", "system_prompt": prompt}
     async with running_app(settings) as (_, client):
-        sid = await new_session(client)
-        fake.script(Reply(text="slow " * 10, delay_s=0.1))
-        first = asyncio.create_task(
-            client.post(f"/v1/sessions/{sid}/messages", json={"content": "a"}, headers=H)
-        )
-        await asyncio.sleep(0.3)
-        second = await client.post(f"/v1/sessions/{sid}/messages", json={"content": "b"}, headers=H)
-        assert second.status_code == 409
-        assert second.json()["error"]["code"] == "session_busy"
-        assert (await first).status_code == 200
+        assert (await client.post("/v1/characters", json=character, headers=H)).status_code == 201
+        sid = await new_session(client, character_id="verbose")
+        fake.default = Reply(text="word " * 40)
+        for _ in range(6):  # 12 messages of about 40 tokens: more than the budget holds
+            r = await client.post(
+                f"/v1/sessions/{sid}/messages", json={"content": "word " * 40}, headers=H
+            )
+            assert r.status_code == 200, r.text
+        tokens = (await client.get(f"/v1/sessions/{sid}/context", headers=H)).json()["tokens"]
+    assert tokens["budget"] == budget and tokens["system"] == count_tokens(prompt) > 100
+    assert tokens["total"] <= budget and tokens["dropped_by_budget"] > 0
+    sent = fake.chat_bodies[-1]["messages"]
+    assert sent[0]["content"] == prompt
+    assert sum(count_tokens(m["content"]) for m in sent) <= budget
 
 
 async def test_provider_errors_map_to_gateway_statuses(
@@ -253,8 +234,8 @@ async def test_health_ready_metrics(client: httpx.AsyncClient) -> None:
 
 async def _read_until_deltas(resp: httpx.Response, n: int) -> int:
     seen = 0
-    async for line in resp.aiter_lines():
-        if line.startswith("event: delta"):
+    async for event in sse_stream(resp):
+        if event.event == "delta":
             seen += 1
             if seen >= n:
                 break
@@ -311,12 +292,13 @@ def test_on_disconnect_stop_keeps_partial_reply_and_closes_upstream(
                 assert await _read_until_deltas(resp, 5) == 5
             # the client hung up: the server must store the partial reply and hang up too
             assert await fake.wait_disconnected(10)
-            for _ in range(100):
+
+            async def reply_stored() -> list[dict[str, Any]]:
                 hist = (await c.get(f"/v1/sessions/{sid}/messages", headers=H)).json()
-                if hist["messages"][-1]["role"] == "assistant" and len(hist["messages"]) == 3:
-                    break
-                await asyncio.sleep(0.05)
-            last = hist["messages"][-1]
+                done = hist["messages"][-1]["role"] == "assistant" and len(hist["messages"]) == 3
+                return hist["messages"] if done else []
+
+            last = (await eventually(reply_stored, "the partial reply stored"))[-1]
             assert last["role"] == "assistant" and last["metadata"]["interrupted"] is True
             assert 0 < len(last["content"]) < len("w " * 200)
             # the session is free again
@@ -341,17 +323,15 @@ def test_stop_endpoint_stops_generation(
                 json={"content": "go", "stream": True},
                 headers=H,
             ) as resp:
-                events: list[str] = []
-                stopped = False
-                async for line in resp.aiter_lines():
-                    if line.startswith("event:"):
-                        events.append(line[6:].strip())
-                        if events.count("delta") == 3 and not stopped:
+                deltas = 0
+                async for event in sse_stream(resp):
+                    if event.event == "delta":
+                        deltas += 1
+                        if deltas == 3:
                             r = await c.post(f"/v1/sessions/{sid}/stop", headers=H)
                             assert r.json()["stopped"] is True
-                            stopped = True
-                    if line.startswith("data:") and events and events[-1] == "done":
-                        done = orjson.loads(line[5:])
+                    elif event.event == "done":
+                        done = event.data
                         break
             assert done["message"]["metadata"]["interrupted"] is True
             assert await fake.wait_disconnected(10)
@@ -388,3 +368,32 @@ async def test_docs_page_works_offline(client: httpx.AsyncClient) -> None:
     js = await client.get("/static-offline-docs/swagger-ui-bundle.js")
     assert js.status_code == 200 and len(js.content) > 100_000
     assert (await client.get("/openapi.json")).json()["info"]["title"] == "chatmem"
+
+
+async def test_active_streams_counts_streamed_replies_only(
+    client: httpx.AsyncClient, fake: FakeOpenAI
+) -> None:
+    """Regression: `chatmem_active_streams` counted every generation, JSON turns too."""
+
+    async def gauge() -> float:
+        text = (await client.get("/metrics")).text
+        line = next(x for x in text.splitlines() if x.startswith("chatmem_active_streams "))
+        return float(line.split()[1])
+
+    async def while_generating(body: dict[str, Any]) -> float:
+        sid = await new_session(client)
+        fake.script(Reply(text="slow " * 20, delay_s=0.05))
+        send = asyncio.create_task(
+            client.post(f"/v1/sessions/{sid}/messages", json=body, headers=H)
+        )
+        async with asyncio.timeout(10):
+            while not fake.chat_requests:  # noqa: ASYNC110 (the fake model has no event)
+                await asyncio.sleep(0.01)
+        seen = await gauge()
+        assert (await send).status_code == 200
+        fake.requests.clear()
+        return seen
+
+    assert await while_generating({"content": "json"}) == 0
+    assert await while_generating({"content": "sse", "stream": True}) == 1
+    assert await gauge() == 0

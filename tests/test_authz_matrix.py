@@ -3,7 +3,7 @@ admin / anonymous: the right status each, and no response ever showing another u
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +26,6 @@ WHO = ("owner", "other", "admin", "anon")
 def headers(who: str) -> dict[str, str]:
     key = {"owner": KEYS["alice"], "other": KEYS["bob"], "admin": KEYS["admin"]}.get(who)
     return {"Authorization": f"Bearer {key}"} if key else {}
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as server:
-        yield server
 
 
 @pytest.fixture

@@ -15,23 +15,21 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 
 from chatmem.api.app import create_app
-from tests.api_support import make_test_settings
+from tests.api_support import make_test_settings, sse_stream
 from tests.fake_openai import FakeOpenAI, Reply
 from tests.live_uvicorn import serve_in_thread
+from tests.support import eventually
 
 USERS, SESSIONS_PER_USER = 20, 10
 
 
-class EchoFake(FakeOpenAI):
-    """Answers each request with its own last user message, repeated: a reply that went
-    to the wrong stream would show another user's token."""
-
-    async def _reply(self, reply: Reply, body: Any, *args: Any) -> None:
-        last = body["messages"][-1]["content"]
-        await super()._reply(Reply(text=f"{last} " * 20, delay_s=0.01), body, *args)
+def echo(body: Any) -> Reply:
+    """Each request's own last user message, repeated: a reply that went to the wrong
+    stream would show another user's token."""
+    last = body["messages"][-1]["content"]
+    return Reply(text=f"{last} " * 20, delay_s=0.01)
 
 
 async def one_stream(c: httpx.AsyncClient, user: str, j: int, abandon: bool) -> dict[str, Any]:
@@ -44,12 +42,9 @@ async def one_stream(c: httpx.AsyncClient, user: str, j: int, abandon: bool) -> 
     body = {"content": token, "stream": True, "on_disconnect": "stop" if abandon else "continue"}
     async with c.stream("POST", f"/v1/sessions/{sid}/messages", json=body, headers=h) as resp:
         assert resp.status_code == 200
-        event = ""
-        async for line in resp.aiter_lines():
-            if line.startswith("event:"):
-                event = line[6:].strip()
-            elif line.startswith("data:") and event == "delta":
-                seen.append(orjson.loads(line[5:])["content"])
+        async for event in sse_stream(resp):
+            if event.event == "delta":
+                seen.append(event.data["content"])
                 if abandon and len(seen) >= cut:
                     break
     return {"user": user, "sid": sid, "token": token, "seen": seen, "abandoned": abandon}
@@ -68,16 +63,15 @@ async def storm(base: str) -> list[dict[str, Any]]:
         results = await asyncio.gather(*jobs)
         for res in results:
             assert all(d.strip() == res["token"] for d in res["seen"] if d.strip()), res
-        # Let the server finish storing the abandoned turns, then check every history.
-        await asyncio.sleep(1.0)
+        # Every history, once the server has stored the turn's reply (abandoned ones too).
         for res in results:
             h = {"X-User-Id": res["user"]}
-            for _ in range(50):
-                hist = (await c.get(f"/v1/sessions/{res['sid']}/messages", headers=h)).json()
-                msgs = hist["messages"]
-                if msgs and msgs[-1]["role"] == "assistant" and len(msgs) >= 2:
-                    break
-                await asyncio.sleep(0.1)
+
+            async def reply_stored(sid: str = res["sid"], h: dict[str, str] = h) -> Any:
+                msgs = (await c.get(f"/v1/sessions/{sid}/messages", headers=h)).json()["messages"]
+                return msgs if len(msgs) >= 2 and msgs[-1]["role"] == "assistant" else None
+
+            msgs = await eventually(reply_stored, f"the reply of {res['sid']} stored")
             user_msgs = [m["content"] for m in msgs if m["role"] == "user"]
             assert user_msgs == [res["token"]]
             reply = msgs[-1]
@@ -93,11 +87,11 @@ async def storm(base: str) -> list[dict[str, Any]]:
 
 
 def test_cancel_storm_never_crosses_users(
-    redis_url: str, tmp_path: Path, redis_client: Any
+    redis_url: str, tmp_path: Path, redis_client: Any, fake: FakeOpenAI
 ) -> None:
-    with EchoFake() as fake:
-        settings = make_test_settings(redis_url, fake.base_url, tmp_path)
-        with serve_in_thread(create_app(settings)) as base:
-            results = asyncio.run(storm(base))
-        assert len(results) == USERS * SESSIONS_PER_USER
-        assert fake.client_disconnects > 0
+    fake.respond = echo
+    settings = make_test_settings(redis_url, fake.base_url, tmp_path)
+    with serve_in_thread(create_app(settings)) as base:
+        results = asyncio.run(storm(base))
+    assert len(results) == USERS * SESSIONS_PER_USER
+    assert fake.client_disconnects > 0

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,29 +24,24 @@ from chatmem.api.app import create_app
 from chatmem.cli.commands import app
 from chatmem.cli.inprocess import app_client
 from chatmem.ops.embedded import SOCKET_NAME
-from tests.api_support import make_test_settings, running_app
+from tests.api_support import make_test_settings, running_app, sse_stream
 from tests.fake_openai import FakeOpenAI, Reply
-from tests.live_server import LiveServer, free_port
+from tests.live_server import LiveServer
 from tests.redis_servers import RedisProcess
+from tests.support import free_port, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 
-
-@pytest.fixture
-def fake() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI(default=Reply(text="Nice to meet you, Bob.")) as server:
-        yield server
+pytestmark = pytest.mark.fake_model(default=Reply(text="Nice to meet you, Bob."))
 
 
 @pytest.fixture
 def env(
-    redis_url: str, fake: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    redis_url: str, fake: FakeOpenAI, clean_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> dict[str, str]:
     """The environment of a chatmem on the test Redis and fake model, nothing inherited."""
-    for name in list(os.environ):
-        if name.startswith("CHATMEM_"):
-            monkeypatch.delenv(name)
+    tmp_path = clean_env
     values = {
         "CHATMEM_REDIS_URL": redis_url,
         "CHATMEM_DATA_DIR": str(tmp_path / "data"),
@@ -59,7 +53,6 @@ def env(
     }
     for name, value in values.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.chdir(tmp_path)  # no developer's .env
     return {**os.environ, **values}
 
 
@@ -157,8 +150,8 @@ async def test_in_process_replies_stream_as_they_are_generated(
         async with http.stream(
             "POST", f"/v1/sessions/{sid}/messages", json={"content": "hi", "stream": True}
         ) as res:
-            async for line in res.aiter_lines():
-                if line.startswith("event: delta"):
+            async for event in sse_stream(res):
+                if event.event == "delta":
                     arrivals.append(time.monotonic() - started)
     assert len(arrivals) == 8
     assert arrivals[0] < arrivals[-1] - 0.6, "the deltas arrived all at once"
@@ -300,16 +293,11 @@ def test_bad_arguments_in_a_real_process(env: dict[str, str], tmp_path: Path) ->
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    def healthy() -> bool:
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("the server did not come up")
+        return httpx.get(url + "/health", timeout=1).status_code == 200
+
+    wait_until(healthy, "the server to come up", timeout_s=60, ignore=(httpx.TransportError,))
 
 
 @pytest.mark.slow
@@ -319,37 +307,39 @@ def test_serve_workers_share_one_embedded_redis_stopped_at_exit(
     env = {k: v for k, v in env.items() if k != "CHATMEM_REDIS_URL"}
     data_dir = Path(env["CHATMEM_DATA_DIR"])
     port = free_port()
-    proc = subprocess.Popen(
+    # A context manager: the stderr pipe is closed however the test ends (it leaked).
+    with subprocess.Popen(
         [PY, "-m", "chatmem", "serve", "--port", str(port), "--workers", "2"],
         env=env,
         cwd=tmp_path,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(url, proc)
-        h = {"X-User-Id": "w"}
-        sids = {
-            httpx.post(url + "/v1/sessions", json={}, headers=h).json()["session"]["session_id"]
-            for _ in range(6)
-        }
-        # Whichever worker answers sees every session: one Redis for both.
-        for _ in range(6):
-            listed = httpx.get(url + "/v1/sessions", headers=h).json()["sessions"]
-            assert {s["session_id"] for s in listed} == sids
-        assert (data_dir / SOCKET_NAME).exists()
-    finally:
-        proc.send_signal(signal.SIGINT)
+    ) as proc:
+        url = f"http://127.0.0.1:{port}"
         try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-    assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
+            _wait_healthy(url, proc)
+            h = {"X-User-Id": "w"}
+            sids = {
+                httpx.post(url + "/v1/sessions", json={}, headers=h).json()["session"]["session_id"]
+                for _ in range(6)
+            }
+            # Whichever worker answers sees every session: one Redis for both.
+            for _ in range(6):
+                listed = httpx.get(url + "/v1/sessions", headers=h).json()["sessions"]
+                assert {s["session_id"] for s in listed} == sids
+            assert (data_dir / SOCKET_NAME).exists()
+        finally:
+            proc.send_signal(signal.SIGINT)
+            try:
+                _, stderr = proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                raise
+    assert proc.returncode == 0, stderr
     # The parent stopped the Redis it started: nothing answers on its socket any more.
-    probe = redis.Redis(unix_socket_path=str(data_dir / SOCKET_NAME), socket_timeout=1)
-    with pytest.raises(redis.ConnectionError):
+    with (
+        redis.Redis(unix_socket_path=str(data_dir / SOCKET_NAME), socket_timeout=1) as probe,
+        pytest.raises(redis.ConnectionError),
+    ):
         probe.ping()
-    probe.close()

@@ -1,13 +1,10 @@
 """`chatmem chat --session` shows the reply the server is still writing (SPEC §3.5, §3.6).
 
-A real uvicorn, Redis and fake model; the chat runs in-process (typer's CliRunner). Each
-test runs twice, as tests/web/test_reattach.py does:
-- `real-route`: the real app. These need the server side of issue 11 (`GET
-  /v1/sessions/{sid}/stream`, a disconnect that does not stop the generation); until it
-  lands they FAIL, on purpose (the duplicate check passes either way).
-- `standin`: the same app behind tests/standin_stream.py, a TEMPORARY test-only stand-in
-  of that contract. Once the server side is merged, delete the parameter, the stand-in
-  and the stand-in-only test (the cutting-proxy test covers resume on the real route).
+A real uvicorn, Redis and fake model; the chat runs in-process (typer's CliRunner). The
+real app (`GET /v1/sessions/{sid}/stream`, a disconnect that does not stop the
+generation) is served behind tests/stream_tap.py, which passes every request on and
+records the `Last-Event-ID` the app receives (and can end a send's response after a
+given number of events), as in tests/web/test_reattach.py.
 """
 
 from __future__ import annotations
@@ -27,20 +24,19 @@ from tests.api_support import make_test_settings
 from tests.cutting_proxy import CuttingProxy
 from tests.fake_openai import FakeOpenAI, Reply
 from tests.live_server import LiveServer
-from tests.standin_stream import StandInStream
+from tests.stream_tap import StreamTap
 
 LONG_REPLY = " ".join(f"w{i}" for i in range(60))
 USER = "cli-reattach"
 
 
-@pytest.fixture(params=["real-route", "standin"])
+@pytest.fixture
 def live(
-    request: pytest.FixtureRequest, redis_url: str, fake: FakeOpenAI, tmp_path: Path
-) -> Iterator[tuple[LiveServer, StandInStream | None]]:
-    application = create_app(make_test_settings(redis_url, fake.base_url, tmp_path))
-    wrapped = StandInStream(application) if request.param == "standin" else None
-    with LiveServer(app=wrapped or application) as server:
-        yield server, wrapped
+    redis_url: str, fake: FakeOpenAI, tmp_path: Path
+) -> Iterator[tuple[LiveServer, StreamTap]]:
+    tap = StreamTap(create_app(make_test_settings(redis_url, fake.base_url, tmp_path)))
+    with LiveServer(app=tap) as server:
+        yield server, tap
 
 
 def new_session(url: str) -> str:
@@ -81,7 +77,7 @@ def stored(url: str, sid: str) -> list[dict[str, Any]]:
 
 
 def test_chat_opened_on_a_running_reply_shows_it_then_the_prompt(
-    live: tuple[LiveServer, StandInStream | None], fake: FakeOpenAI
+    live: tuple[LiveServer, StreamTap], fake: FakeOpenAI
 ) -> None:
     server, _ = live
     fake.script(Reply(text=LONG_REPLY, delay_s=0.05))
@@ -96,7 +92,7 @@ def test_chat_opened_on_a_running_reply_shows_it_then_the_prompt(
 
 
 def test_chat_opened_just_after_a_reply_ended_shows_it_once(
-    live: tuple[LiveServer, StandInStream | None], fake: FakeOpenAI
+    live: tuple[LiveServer, StreamTap], fake: FakeOpenAI
 ) -> None:
     """The stream of a reply that ended recently replays it, while the history shown just
     before holds it already: the chat printed the reply twice."""
@@ -110,9 +106,9 @@ def test_chat_opened_just_after_a_reply_ended_shows_it_once(
 
 
 def test_a_connection_cut_mid_reply_resumes_where_it_was_cut(
-    live: tuple[LiveServer, StandInStream | None], fake: FakeOpenAI
+    live: tuple[LiveServer, StreamTap], fake: FakeOpenAI
 ) -> None:
-    server, _ = live
+    server, tap = live
     sid = new_session(server.url)
     fake.script(Reply(text=LONG_REPLY, delay_s=0.05))
     with CuttingProxy(server.port) as proxy:
@@ -125,19 +121,23 @@ def test_a_connection_cut_mid_reply_resumes_where_it_was_cut(
     assert out.count(LONG_REPLY) == 1 and f"Luna › {LONG_REPLY}" in out, out
     last = stored(server.url, sid)[-1]
     assert last["content"] == LONG_REPLY and not last["metadata"].get("interrupted")
+    assert [i for i in tap.last_event_ids if i is not None] != [], "no resume"
 
 
 def test_a_dropped_reply_resumes_after_the_last_event_id(
-    redis_url: str, fake: FakeOpenAI, tmp_path: Path
+    live: tuple[LiveServer, StreamTap], fake: FakeOpenAI
 ) -> None:
-    """Stand-in only (it cuts the connection): the chat resumes where it was cut, with
-    Last-Event-ID, and prints every delta exactly once."""
-    wrapped = StandInStream(create_app(make_test_settings(redis_url, fake.base_url, tmp_path)))
-    with LiveServer(app=wrapped) as server:
-        sid = new_session(server.url)
-        wrapped.cut_after_events = 3
-        fake.script(Reply(text=LONG_REPLY, delay_s=0.02))
-        out = chat(server.url, sid, "go on\n/quit\n")
+    """The send's response ends after 3 events, before the reply's end: the chat resumes
+    where it was cut, with the last event's id as Last-Event-ID, and prints every delta
+    exactly once."""
+    server, tap = live
+    sid = new_session(server.url)
+    tap.cut_after_events = 3
+    fake.script(Reply(text=LONG_REPLY, delay_s=0.02))
+    out = chat(server.url, sid, "go on\n/quit\n")
     assert out.count(LONG_REPLY) == 1 and f"Luna › {LONG_REPLY}" in out, out
-    resumed_from = [i for i in wrapped.last_event_ids if i is not None]
-    assert resumed_from == wrapped.cut_at_ids, (wrapped.last_event_ids, wrapped.cut_at_ids)
+    last = stored(server.url, sid)[-1]
+    assert last["content"] == LONG_REPLY and not last["metadata"].get("interrupted")
+    assert len(tap.cut_at_ids) == 1, "the response was not cut"
+    resumed_from = [i for i in tap.last_event_ids if i is not None]
+    assert resumed_from == tap.cut_at_ids, (tap.last_event_ids, tap.cut_at_ids)

@@ -13,7 +13,7 @@ from chatmem.api.routes.compat.chat_app import chunk_frame, error_frame
 from chatmem.chat.service import Delta, TurnDone
 from chatmem.models import Message, Role, Usage
 from chatmem.store.conversations import AnyRedis
-from tests.api_support import make_test_settings, running_app
+from tests.api_support import make_test_settings, running_app, sse_events
 from tests.fake_openai import FakeOpenAI, Reply
 
 TEACHER_PROMPT = "你是一位经验丰富的老师，擅长用简单易懂的方式解释复杂概念，善于启发学生思考。"
@@ -26,11 +26,8 @@ ROLE_PROMPTS = {
 }
 
 
-def data_frames(body: str) -> list[dict[str, Any]]:
-    """The JSON of every `data:` line of an SSE body (comments and other fields skipped)."""
-    return [
-        json.loads(line[len("data:") :]) for line in body.splitlines() if line.startswith("data:")
-    ]
+def data_frames(body: str) -> list[Any]:
+    return [event.data for event in sse_events(body)]
 
 
 async def start(http: httpx.AsyncClient, user_id: str, **params: str) -> str:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,28 +12,17 @@ from chatmem.api.routes.compat.companion import error_frame, message_frame
 from chatmem.chat.service import Delta, TurnDone
 from chatmem.models import Message, Role, Usage
 from chatmem.store.conversations import AnyRedis
-from tests.api_support import make_test_settings, running_app
+from tests.api_support import make_test_settings, running_app, sse_events
 from tests.fake_openai import FakeOpenAI, Reply
 
 USER = {"X-User-Id": "user_12345"}
 
 
-@pytest.fixture
-def fake() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI(default=Reply(text="嗨 我在 呢")) as server:
-        yield server
+pytestmark = pytest.mark.fake_model(default=Reply(text="嗨 我在 呢"))
 
 
-def events(body: str) -> list[tuple[str, dict[str, Any]]]:
-    """(event name, JSON data) of every SSE event in a body; comments are skipped."""
-    out = []
-    for block in body.replace("\r\n", "\n").split("\n\n"):
-        fields = dict(
-            line.split(": ", 1) for line in block.splitlines() if line and not line.startswith(":")
-        )
-        if "data" in fields:
-            out.append((fields.get("event", "message"), json.loads(fields["data"])))
-    return out
+def events(body: str) -> list[tuple[str, Any]]:
+    return [(event.event, event.data) for event in sse_events(body)]
 
 
 async def send(

@@ -14,55 +14,39 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 from fastapi import FastAPI
 
 from chatmem.config import Settings
 from chatmem.durability.outbox import OUTBOX_DIR, REJECTED_FILE
-from chatmem.models import Message, Role, Usage
-from tests.api_support import make_test_settings, running_app
+from chatmem.models import Message, Role
+from tests.api_support import (
+    FAST_FAILING_REDIS,
+    REDIS_DOWN_TIMEOUT_S,
+    make_test_settings,
+    new_session,
+    running_app,
+    sse_done,
+)
 from tests.fake_openai import FakeOpenAI, Reply
 from tests.redis_servers import RedisProcess
+from tests.support import eventually
 
 H = {"X-User-Id": "alice"}
-# Socket, connect and pool timeouts of these tests' Redis client: short, so that a stopped
-# Redis costs little time, yet long enough for a loaded machine to connect in time.
-TIMEOUT_S = 1.0
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as server:
-        yield server
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisProcess]:
-    """A Redis of the test's own, durable across kill and restart (same port, same dir)."""
-    server = RedisProcess(tmp_path, "appendonly yes", "appendfsync always").start()
-    yield server
-    if server.proc is not None and server.proc.poll() is None:
-        os.kill(server.proc.pid, signal.SIGCONT)
-    server.stop()
+TIMEOUT_S = REDIS_DOWN_TIMEOUT_S
 
 
 def degraded_settings(redis_url: str, llm_url: str, data_dir: Path) -> Settings:
-    settings = make_test_settings(redis_url, llm_url, data_dir)
-    settings.redis.socket_timeout_s = TIMEOUT_S
-    settings.redis.connect_timeout_s = TIMEOUT_S
-    settings.redis.pool_timeout_s = TIMEOUT_S
-    return settings
+    return make_test_settings(redis_url, llm_url, data_dir, redis=FAST_FAILING_REDIS)
 
 
 @pytest.fixture
 def settings(redis_server: RedisProcess, fake: FakeOpenAI, tmp_path: Path) -> Settings:
-    fake.reset()
     return degraded_settings(redis_server.url, fake.base_url, tmp_path / "data")
 
 
@@ -70,24 +54,6 @@ def settings(redis_server: RedisProcess, fake: FakeOpenAI, tmp_path: Path) -> Se
 async def app_client(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
     async with running_app(settings) as (app, client):
         yield app, client
-
-
-def sse_done(text: str) -> dict[str, Any]:
-    event = ""
-    for line in text.replace("\r\n", "\n").split("\n"):
-        if line.startswith("event:"):
-            event = line[6:].strip()
-        elif line.startswith("data:") and event == "done":
-            done: dict[str, Any] = orjson.loads(line[5:])
-            return done
-    raise AssertionError(f"no done event in {text!r}")
-
-
-async def new_session(client: httpx.AsyncClient, **body: Any) -> str:
-    r = await client.post("/v1/sessions", json=body, headers=H)
-    assert r.status_code == 201, r.text
-    sid: str = r.json()["session"]["session_id"]
-    return sid
 
 
 async def send(client: httpx.AsyncClient, sid: str, content: str, **body: Any) -> Any:
@@ -99,14 +65,12 @@ async def send(client: httpx.AsyncClient, sid: str, content: str, **body: Any) -
 
 
 async def wait_ready(client: httpx.AsyncClient, timeout_s: float = 15.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while True:
+    async def ready() -> dict[str, Any] | None:
         r = await client.get("/ready")
-        if r.status_code == 200:
-            body: dict[str, Any] = r.json()
-            return body
-        assert time.monotonic() < deadline, f"not ready after {timeout_s} s: {r.json()}"
-        await asyncio.sleep(0.1)
+        return r.json() if r.status_code == 200 else None
+
+    body: dict[str, Any] = await eventually(ready, "/ready to answer 200", timeout_s=timeout_s)
+    return body
 
 
 async def history(client: httpx.AsyncClient, sid: str) -> list[dict[str, Any]]:
@@ -253,7 +217,7 @@ async def test_redis_lost_during_the_reply_keeps_the_reply(
     sid = await new_session(client)
     fake.script(Reply(text="slow words " * 5, delay_s=0.1))
     turn = asyncio.create_task(send(client, sid, "tell me"))
-    await asyncio.sleep(0.3)
+    await fake.wait_requests(1)  # the user message is in Redis, the reply under way
     redis_server.kill()
     done = await turn
     assert done["memory"] == "degraded" and done["message"]["content"] == "slow words " * 5
@@ -405,15 +369,6 @@ async def test_outbox_kept_on_disk_when_redis_is_still_down_at_shutdown(
             done["message"]["msg_id"],
         ]
     assert outbox_files(data_dir) == []
-
-
-def test_record_round_trip() -> None:
-    from chatmem.durability.outbox import OutboxRecord
-
-    msg = Message(Role.ASSISTANT, "hi", 1, metadata={"usage": {"prompt_tokens": 2}})
-    rec = OutboxRecord(7, "u", "s", "c", [msg], Usage(2, 1, 1e-9))
-    back = OutboxRecord.from_doc(orjson.loads(rec.to_line()))
-    assert back.messages == [msg] and back.usage == rec.usage and back.n == 7
 
 
 async def test_seed_chat_answers_while_redis_is_down(

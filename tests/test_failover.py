@@ -14,6 +14,7 @@ the window the write concern closes is really there.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import time
@@ -30,6 +31,17 @@ from chatmem.models import Message, Role
 from chatmem.store.client import make_redis
 from chatmem.store.conversations import RedisMemoryStore
 from tests.redis_servers import RedisProcess, SentinelProcesses
+from tests.support import eventually
+
+# redis-py drops some connections during a Sentinel failover without closing them: their
+# Connections, StreamWriters and sockets complain when collected (seen once warnings became errors;
+# creation stacks traced to redis/asyncio/sentinel.py and connection.py under the writes
+# below). Not chatmem's to fix: each test collects them at its end, where this module's
+# filter applies, rather than in whichever later test the collector happens to run.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Exception ignored in. <(function (StreamWriter|_SelectorTransport|AbstractConnection)"
+    "[.]__del__|socket[.]socket):pytest.PytestUnraisableExceptionWarning"
+)
 
 DOWN_AFTER_MS = 1000
 FAILOVER_TIMEOUT_MS = 3000
@@ -37,7 +49,14 @@ RESUME_BUDGET_S = DOWN_AFTER_MS / 1000 + 3
 WRITERS = 4
 TIMEOUT_S = 0.5  # the client's socket and connect timeouts
 RETRY_PAUSE_S = 0.02
-CUT_OFF_S = 0.3  # the master alone takes writes this long before it is killed
+WRITES_BEFORE = 20  # acknowledged by each writer before the replica is cut off
+WRITES_AFTER = 5  # acknowledged by each writer on the new master before the end
+
+
+@pytest.fixture(autouse=True)
+def _collect_dropped_connections() -> Iterator[None]:
+    yield
+    gc.collect()
 
 
 @pytest.fixture
@@ -64,14 +83,14 @@ def master_ports(rig: SentinelProcesses) -> set[int]:
     return ports
 
 
-async def promoted(rig: SentinelProcesses, old_port: int, deadline: float) -> int:
+async def promoted(rig: SentinelProcesses, old_port: int, timeout_s: float) -> int:
     """Wait until every Sentinel names a new master; returns its port."""
-    while True:
+
+    async def new_master() -> int | None:
         ports = await asyncio.to_thread(master_ports, rig)
-        if old_port not in ports and len(ports) == 1:
-            return ports.pop()
-        assert time.monotonic() < deadline, f"no failover: the Sentinels say {ports}"
-        await asyncio.sleep(0.05)
+        return ports.pop() if old_port not in ports and len(ports) == 1 else None
+
+    return await eventually(new_master, "every Sentinel to name a new master", timeout_s=timeout_s)
 
 
 def cut_off_replica(rig: SentinelProcesses) -> None:
@@ -87,6 +106,7 @@ def cut_off_replica(rig: SentinelProcesses) -> None:
 class Writes:
     acked: dict[str, list[str]] = field(default_factory=dict)  # session → ids, in order
     ack_times: dict[str, list[float]] = field(default_factory=dict)
+    last_failure: dict[str, float] = field(default_factory=dict)
     failures: int = 0
 
     def resumed_after(self, t: float) -> float | None:
@@ -94,9 +114,20 @@ class Writes:
         firsts = [next((x for x in ts if x > t), None) for ts in self.ack_times.values()]
         return None if None in firsts else max(x for x in firsts if x is not None)
 
+    def acked_after(self, t: float, n: int) -> bool:
+        """Whether every writer has had `n` writes acknowledged after `t`."""
+        return all(sum(x > t for x in ts) >= n for ts in self.ack_times.values())
+
+    def answered_after(self, t: float) -> bool:
+        """Whether every writer has had a write refused, or two acknowledged, after `t`
+        (the first may have been under way before)."""
+        return all(
+            sum(x > t for x in ts) >= 2 or self.last_failure.get(sid, 0) > t
+            for sid, ts in self.ack_times.items()
+        )
+
 
 async def write_until(store: RedisMemoryStore, sid: str, log: Writes, stop: asyncio.Event) -> None:
-    log.acked[sid], log.ack_times[sid] = [], []
     i = 0
     while not stop.is_set():
         msg = Message(Role.USER, f"message {i} of {sid}", 4, msg_id=f"{sid}-{i}")
@@ -104,6 +135,7 @@ async def write_until(store: RedisMemoryStore, sid: str, log: Writes, stop: asyn
             await store.append("alice", sid, [msg])
         except StoreUnavailable:
             log.failures += 1
+            log.last_failure[sid] = time.monotonic()
             await asyncio.sleep(RETRY_PAUSE_S)
             continue  # the same message again: appends are idempotent by id
         log.acked[sid].append(msg.msg_id)
@@ -114,7 +146,7 @@ async def write_until(store: RedisMemoryStore, sid: str, log: Writes, stop: asyn
 async def kill_master_under_writes(
     rig: SentinelProcesses, wait_replicas: int, *, restart_old_master: bool
 ) -> tuple[Writes, float, RedisMemoryStore, list[str]]:
-    """Writers run for a second, the master is SIGKILLed; returns the writes, the time
+    """Writers write a while, the master is SIGKILLed; returns the writes, the time
     from the kill until every writer had one acknowledged again, and a store on the new
     master. With `restart_old_master` the old master comes back as the new one's replica
     once Sentinel has promoted (WAIT 1 needs a replica)."""
@@ -137,31 +169,37 @@ async def kill_master_under_writes(
     for sid in sids:
         await store.create_session("alice", "assistant", session_id=sid)
     log, stop = Writes(), asyncio.Event()
+    for sid in sids:
+        log.acked[sid], log.ack_times[sid] = [], []
     tasks = [asyncio.create_task(write_until(store, sid, log, stop)) for sid in sids]
     try:
-        await asyncio.sleep(1.0)
+        await eventually(lambda: log.acked_after(0, WRITES_BEFORE), "writes before the kill")
         old_port = rig.master.port
-        assert all(log.acked.values()), "writes before the kill"
         await asyncio.to_thread(cut_off_replica, rig)
-        await asyncio.sleep(CUT_OFF_S)
+        cut_at = time.monotonic()
+        # Every writer has had a write answered by the master alone (acknowledged, or
+        # refused as not replicated).
+        await eventually(lambda: log.answered_after(cut_at), "writes after the cut")
         rig.master.kill()
         killed_at = time.monotonic()
         assert rig.replica.proc is not None
         os.kill(rig.replica.proc.pid, signal.SIGCONT)
-        deadline = killed_at + 30
         if restart_old_master:
-            new_port = await promoted(rig, old_port, deadline)
+            new_port = await promoted(rig, old_port, 30)
             workdir = rig.master.workdir.parent
             rig.master = RedisProcess(workdir, f"replicaof 127.0.0.1 {new_port}", port=old_port)
             await asyncio.to_thread(rig.master.start)
-        while (resumed := log.resumed_after(killed_at)) is None:
-            assert time.monotonic() < deadline, f"writes did not resume ({log.failures} failed)"
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(0.5)  # and go on for a while on the new master
+        resumed = await eventually(
+            lambda: log.resumed_after(killed_at),
+            f"writes to resume ({log.failures} failed so far)",
+            timeout_s=max(0.0, killed_at + 30 - time.monotonic()),
+        )
+        # And they go on for a while on the new master.
+        await eventually(lambda: log.acked_after(resumed, WRITES_AFTER), "writes after")
     finally:
         stop.set()
         await asyncio.gather(*tasks)
-    await promoted(rig, old_port, time.monotonic() + 10)
+    await promoted(rig, old_port, 10)
     return log, resumed - killed_at, store, sids
 
 

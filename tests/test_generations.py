@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 from redis.asyncio.connection import AbstractConnection
 
@@ -24,7 +23,7 @@ from chatmem.models import Message, Role
 from chatmem.store.locks import Coordinator
 from chatmem.store.streams import GenerationStreams
 from chatmem.store.turns import TurnStore
-from tests.api_support import make_test_settings, running_app
+from tests.api_support import make_test_settings, running_app, sse_events, sse_stream
 from tests.fake_openai import FakeOpenAI, Reply
 from tests.live_uvicorn import serve_in_thread
 
@@ -49,20 +48,6 @@ async def new_session(c: httpx.AsyncClient, headers: dict[str, str] = H) -> str:
     assert r.status_code == 201, r.text
     sid: str = r.json()["session"]["session_id"]
     return sid
-
-
-def sse(text: str) -> list[tuple[str, dict[str, Any], str]]:
-    """(event, data, id) of each SSE event of a body."""
-    out = []
-    for block in text.split("\r\n\r\n" if "\r\n" in text else "\n\n"):
-        fields: dict[str, str] = {}
-        for line in block.splitlines():
-            if ":" in line and not line.startswith(":"):
-                name, _, value = line.partition(":")
-                fields[name] = value.strip()
-        if "event" in fields:
-            out.append((fields["event"], orjson.loads(fields["data"]), fields.get("id", "")))
-    return out
 
 
 class RoundTrips:
@@ -128,7 +113,7 @@ async def test_a_streamed_turn_costs_two_round_trips_plus_its_stream_appends(
         f"/v1/sessions/{sid}/messages", json={"content": "hi", "stream": True}, headers=H
     )
     elapsed = time.monotonic() - started
-    assert sse(r.text)[-1][0] == "done"
+    assert sse_events(r.text)[-1][0] == "done"
     extra = round_trips.count - before - 2
     # Stream appends, plus a stop poll every 0.3 s: both bounded by the reply's length.
     assert 1 <= extra <= elapsed / 0.05 + elapsed / 0.3 + 2
@@ -344,19 +329,15 @@ def test_reattach_in_the_same_process_resumes_after_last_event_id(
             async with c.stream(
                 "POST", f"/v1/sessions/{sid}/messages", json=body, headers=H
             ) as resp:
-                event = ""
-                async for line in resp.aiter_lines():
-                    if line.startswith("event:"):
-                        event = line[6:].strip()
-                    elif line.startswith("id:"):
-                        last_id = line[3:].strip()
-                    elif line.startswith("data:") and event == "delta":
-                        seen.append(orjson.loads(line[5:])["content"])
+                async for event in sse_stream(resp):
+                    last_id = event.id
+                    if event.event == "delta":
+                        seen.append(event.data["content"])
                         if len(seen) == 2:
                             break
             h = {**H, "Last-Event-ID": last_id}
             r = await c.get(f"/v1/sessions/{sid}/stream", headers=h)
-            events = sse(r.text)
+            events = sse_events(r.text)
             rest = [d["content"] for e, d, _ in events if e == "delta"]
             assert events[-1][0] == "done"
             stored = events[-1][1]["message"]["content"]
@@ -365,7 +346,7 @@ def test_reattach_in_the_same_process_resumes_after_last_event_id(
             # Once ended: from its end nothing to send (204); from the start, all of it.
             h = {**H, "Last-Event-ID": events[-1][2]}
             assert (await c.get(f"/v1/sessions/{sid}/stream", headers=h)).status_code == 204
-            again = sse((await c.get(f"/v1/sessions/{sid}/stream", headers=H)).text)
+            again = sse_events((await c.get(f"/v1/sessions/{sid}/stream", headers=H)).text)
             assert "".join(d["content"] for e, d, _ in again if e == "delta") == stored
 
     with serve_in_thread(create_app(settings)) as base:
@@ -440,4 +421,4 @@ async def test_a_json_turn_pays_nothing_for_streaming(
     r = await c.post(
         f"/v1/sessions/{sid}/messages", json={"content": "hi", "stream": True}, headers=H
     )
-    assert sse(r.text)[-1][0] == "done" and len(built) > 1
+    assert sse_events(r.text)[-1][0] == "done" and len(built) > 1

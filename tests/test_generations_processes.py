@@ -7,31 +7,24 @@ Real `python -m chatmem serve` processes, the test Redis, the fake model in this
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 
+from tests.api_support import sse_stream
 from tests.fake_openai import FakeOpenAI, Reply
 from tests.live_uvicorn import ChatmemProcess
+from tests.support import scrubbed_env
 
 LOCK_TTL_MS = 2000
 
 
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as server:
-        yield server
-
-
 def chatmem_env(redis_url: str, fake: FakeOpenAI) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATMEM_")}
-    return env | {
+    return scrubbed_env() | {
         "CHATMEM_REDIS_URL": redis_url,
         "CHATMEM_LLM_PROVIDER": "openai",
         "CHATMEM_LLM_BASE_URL": fake.base_url,
@@ -46,9 +39,9 @@ def chatmem_env(redis_url: str, fake: FakeOpenAI) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def servers(
-    redis_url: str, fake: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory
+    redis_url: str, fake_model: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[ChatmemProcess, ChatmemProcess]]:
-    env = chatmem_env(redis_url, fake)
+    env = chatmem_env(redis_url, fake_model)
     tmp = tmp_path_factory.mktemp("generations")
     a = ChatmemProcess(env, tmp / "a" / "data").start()
     b = ChatmemProcess(env, tmp / "b" / "data").start()
@@ -71,17 +64,11 @@ async def new_session(c: httpx.AsyncClient, url: str, user: str) -> str:
 async def read_events(resp: httpx.Response, stop_after_deltas: int | None = None) -> list[Any]:
     """(event, data, id) of each event, stopping after that many deltas if given."""
     out: list[Any] = []
-    event, eid = "", ""
-    async for line in resp.aiter_lines():
-        if line.startswith("event:"):
-            event = line[6:].strip()
-        elif line.startswith("id:"):
-            eid = line[3:].strip()
-        elif line.startswith("data:"):
-            out.append((event, orjson.loads(line[5:]), eid))
-            deltas = sum(1 for e in out if e[0] == "delta")
-            if stop_after_deltas is not None and deltas >= stop_after_deltas:
-                break
+    async for event in sse_stream(resp):
+        out.append(event)
+        deltas = sum(1 for e in out if e.event == "delta")
+        if stop_after_deltas is not None and deltas >= stop_after_deltas:
+            break
     return out
 
 

@@ -32,43 +32,35 @@ from tests.api_support import make_test_settings
 from tests.fake_openai import FakeOpenAI, Reply
 from tests.live_server import LiveServer
 
+# Every test takes `fake` (reset), even one that never looks at it.
+pytestmark = pytest.mark.usefixtures("fake")
+
 ADMIN_KEY = "sk-admin-key-0123456789"
 BOB_KEY = "sk-bob-key-0123456789"
 BUILTINS = {ch.id: ch for ch in load_builtins()}
 
 
 @pytest.fixture(scope="module")
-def fake() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def base_url(
-    redis_url: str, fake: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory
+    redis_url: str, fake_model: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    settings = make_test_settings(redis_url, fake.base_url, tmp_path_factory.mktemp("data"))
+    settings = make_test_settings(redis_url, fake_model.base_url, tmp_path_factory.mktemp("data"))
     with LiveServer(settings) as server:
         yield server.url
 
 
 @pytest.fixture(scope="module")
 def auth_base_url(
-    redis_url: str, fake: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory
+    redis_url: str, fake_model: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     settings = make_test_settings(
         redis_url,
-        fake.base_url,
+        fake_model.base_url,
         tmp_path_factory.mktemp("data"),
         auth_keys=f"{ADMIN_KEY}=root:admin,{BOB_KEY}=bob",
     )
     with LiveServer(settings) as server:
         yield server.url
-
-
-@pytest.fixture(autouse=True)
-def _fresh_fake(fake: FakeOpenAI) -> None:
-    fake.reset()
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from chatmem.config import LLMSettings
 from chatmem.errors import ProviderBadRequest, ProviderUnavailable
 from chatmem.providers import GenerationParams, StreamChunk
 from chatmem.providers.local import LocalLlamaProvider, bundled_model_path
+from tests.support import eventually
 
 MESSAGES = [
     {"role": "system", "content": "You are a helpful assistant."},
@@ -142,8 +143,8 @@ async def test_requests_beyond_the_queue_are_refused(model: LocalLlamaProvider) 
     refused = model.stream(MESSAGES, LONG)
     await anext(running)
     waiting = asyncio.create_task(anext(queued))
-    await asyncio.sleep(0.05)
-    assert model.pending == 2  # local_queue_size=1: one running, one waiting
+    # local_queue_size=1: one running, one waiting
+    await eventually(lambda: model.pending == 2, "the second request queued")
     with pytest.raises(ProviderUnavailable, match="busy"):
         await anext(refused)
     waiting.cancel()

@@ -8,37 +8,30 @@ fake model in this process (it records what each turn sent).
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 import redis
 
+from tests.api_support import make_test_settings, running_app, sse_stream
 from tests.fake_openai import FakeOpenAI, Reply
 from tests.live_uvicorn import ChatmemProcess
+from tests.support import scrubbed_env
 
 H = {"X-User-Id": "alice"}
 
 
 @pytest.fixture(scope="module")
-def fake() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def servers(
-    redis_url: str, fake: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory
+    redis_url: str, fake_model: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[ChatmemProcess, ChatmemProcess]]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATMEM_")}
-    env |= {
+    env = scrubbed_env() | {
         "CHATMEM_REDIS_URL": redis_url,
         "CHATMEM_LLM_PROVIDER": "openai",
-        "CHATMEM_LLM_BASE_URL": fake.base_url,
+        "CHATMEM_LLM_BASE_URL": fake_model.base_url,
         "CHATMEM_LLM_API_KEY": "test-key",
         "CHATMEM_LLM_MODEL": "fake-model",
         "CHATMEM_LLM_MAX_RETRIES": "0",
@@ -58,10 +51,9 @@ def servers(
 
 
 @pytest.fixture
-def clean(redis_url: str, fake: FakeOpenAI) -> None:
+def clean(redis_url: str) -> None:
     with redis.Redis.from_url(redis_url) as client:
         client.flushdb()
-    fake.reset()
 
 
 def new_session(url: str) -> str:
@@ -145,45 +137,41 @@ async def test_a_stop_sent_to_one_server_stops_the_turn_streaming_on_the_other(
             headers=H,
         )
         async with request as response:
-            event = ""
-            async for line in response.aiter_lines():
-                if line.startswith("event:"):
-                    event = line[6:].strip()
-                elif line.startswith("data:") and event == "delta":
+            async for event in sse_stream(response):
+                if event.event == "delta":
                     deltas += 1
                     if deltas == 3:
                         r = await client.post(f"{b.url}/v1/sessions/{sid}/stop", headers=H)
                         assert r.json()["stopped"] is True
-                elif line.startswith("data:") and event == "done":
-                    done = orjson.loads(line[5:])
+                elif event.event == "done":
+                    done = event.data
         assert 3 <= deltas < 100
         assert done["message"]["metadata"]["interrupted"] is True
         r = await client.get(f"{b.url}/v1/sessions/{sid}/messages", headers=H)
         assert r.json()["messages"][-1]["metadata"]["interrupted"] is True
 
 
+@pytest.mark.fake_model(default=Reply(text="slow " * 5, chunks=5, delay_s=0.2))
 async def test_concurrent_streams_are_capped_by_llm_max_connections_not_a_constant(
-    redis_url: str, tmp_path: Path
+    redis_url: str, fake: FakeOpenAI, tmp_path: Path
 ) -> None:
     """The upstream pool was a fixed 512 connections: the 513th concurrent stream of a
     process waited for one and failed after connect_timeout_s (1 000 streams in
     bench/stream_load.py). It is CHATMEM_LLM_MAX_CONNECTIONS now, 1024 by default."""
     from chatmem.config import LLMSettings
-    from tests.api_support import make_test_settings, running_app
 
-    assert LLMSettings().max_connections >= 1000
-    with FakeOpenAI(default=Reply(text="slow " * 5, chunks=5, delay_s=0.2)) as fake:
-        llm = {"max_connections": 2, "connect_timeout_s": 0.3}
-        settings = make_test_settings(redis_url, fake.base_url, tmp_path / "data", llm=llm)
-        async with running_app(settings) as (_, client):
-            sids = []
-            for _ in range(3):
-                r = await client.post("/v1/sessions", json={"character_id": "assistant"}, headers=H)
-                sids.append(r.json()["session"]["session_id"])
-            replies = await asyncio.gather(
-                *(
-                    client.post(f"/v1/sessions/{sid}/messages", json={"content": "hi"}, headers=H)
-                    for sid in sids
-                )
+    assert LLMSettings(_env_file=None).max_connections >= 1000  # type: ignore[call-arg]
+    llm = {"max_connections": 2, "connect_timeout_s": 0.3}
+    settings = make_test_settings(redis_url, fake.base_url, tmp_path / "data", llm=llm)
+    async with running_app(settings) as (_, client):
+        sids = []
+        for _ in range(3):
+            r = await client.post("/v1/sessions", json={"character_id": "assistant"}, headers=H)
+            sids.append(r.json()["session"]["session_id"])
+        replies = await asyncio.gather(
+            *(
+                client.post(f"/v1/sessions/{sid}/messages", json={"content": "hi"}, headers=H)
+                for sid in sids
             )
+        )
     assert sorted(r.status_code for r in replies) == [200, 200, 504]

@@ -54,18 +54,19 @@ CHECKS = [
 STRICT_CHECKS = [*CHECKS, openapi_checks.negative_data_rejection]
 
 
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI(default=Reply(text="a short reply")) as server:
-        yield server
+# Every test takes `fake`: the model it calls answers this, whatever ran before.
+pytestmark = [
+    pytest.mark.fake_model(default=Reply(text="a short reply")),
+    pytest.mark.usefixtures("fake"),
+]
 
 
 @pytest.fixture(scope="module")
 def app(
-    redis_url: str, fake: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory
+    redis_url: str, fake_model: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[FastAPI]:
     data_dir: Path = tmp_path_factory.mktemp("data")
-    yield create_app(make_test_settings(redis_url, fake.base_url, data_dir))
+    yield create_app(make_test_settings(redis_url, fake_model.base_url, data_dir))
     # schemathesis started the app's lifespan on its own event loop thread; end it here.
     asgi.shutdown_lifespans()
 

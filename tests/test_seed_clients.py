@@ -10,7 +10,6 @@ The assertions are what the documents say their code prints or answers.
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import httpx
 import pytest
 
 from chatmem.store.conversations import AnyRedis
-from tests.api_support import make_test_settings
+from tests.api_support import make_test_settings, sse_events
 from tests.fake_openai import FakeOpenAI, Reply
 from tests.live_server import LiveServer
 from tests.seed_docs import (
@@ -35,13 +34,7 @@ from tests.seed_docs import (
 REPLY = "你好，我记住了。"
 SCRIPT_TIMEOUT_S = 90
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI(default=Reply(text=REPLY)) as server:
-        yield server
+pytestmark = [pytest.mark.slow, pytest.mark.fake_model(default=Reply(text=REPLY))]
 
 
 @pytest.fixture
@@ -200,11 +193,7 @@ def test_seed003_api_examples_as_written(server: LiveServer, fake: FakeOpenAI) -
     assert started["message"] == "聊天会话已创建"
     assert started["welcome_message"] == "你好！我是你的AI助手，有什么可以帮助你的吗？"
     # The stream example names the session `session_id`, which it starts.
-    frames = [
-        json.loads(line.removeprefix("data:"))
-        for line in answers["/chat/stream"].text.splitlines()
-        if line.startswith("data:")
-    ]
+    frames = [event.data for event in sse_events(answers["/chat/stream"].text)]
     assert [f["type"] for f in frames][-1] == "end"
     assert frames[-1]["session_id"] == "session_id"
     assert "".join(f["content"] for f in frames if f["type"] == "chunk") == REPLY

@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from chatmem.api.app import create_app
 from chatmem.chat.service import ChatService
 from tests.api_support import make_test_settings
 from tests.fake_openai import FakeOpenAI
-from tests.live_server import free_port
+from tests.support import free_port, scrubbed_env, wait_until
 
 ALICE_KEY = "alice-key-0123456789abcdef"
 START_TIMEOUT_S = 60
@@ -48,7 +47,7 @@ class Serve:
         self.data_dir = data_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        base = {k: v for k, v in os.environ.items() if not k.startswith("CHATMEM_")}
+        base = scrubbed_env()
         self.env = base | {
             "CHATMEM_DATA_DIR": str(data_dir),
             "CHATMEM_LLM_PROVIDER": "openai",
@@ -82,17 +81,17 @@ class Serve:
         return self.stderr_path.read_text(errors="replace")
 
     def wait_ready(self) -> Serve:
-        assert self.proc is not None
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            assert self.proc.poll() is None, self.stderr
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not come up"
-            time.sleep(0.1)
+        def healthy() -> bool:
+            assert self.proc is not None and self.proc.poll() is None, self.stderr
+            return httpx.get(self.url + "/health", timeout=1).status_code == 200
+
+        wait_until(
+            healthy,
+            "the server to come up",
+            timeout_s=START_TIMEOUT_S,
+            ignore=(httpx.TransportError,),
+        )
+        return self
 
     def wait_exit(self, timeout_s: float = START_TIMEOUT_S) -> int:
         assert self.proc is not None
@@ -114,17 +113,9 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.kill(pid, signal.SIGKILL)
 
 
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as server:
-        yield server
-
-
 def no_redis_left(data_dir: Path) -> None:
-    deadline = time.monotonic() + 5  # a SIGTERMed server may take a moment to exit
-    while redis_servers_in(data_dir) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert redis_servers_in(data_dir) == []
+    # A SIGTERMed server may take a moment to exit.
+    wait_until(lambda: redis_servers_in(data_dir) == [], "no redis-server left", timeout_s=5)
 
 
 @pytest.mark.slow

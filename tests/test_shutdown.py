@@ -13,24 +13,22 @@ afterwards, every streamed reply is exactly what its client was sent.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 
 from chatmem.config import RedisSettings
 from chatmem.ops.embedded import EmbeddedRedis
 from chatmem.store.client import make_redis
 from chatmem.store.conversations import RedisMemoryStore
+from tests.api_support import sse_stream
 from tests.fake_openai import FakeOpenAI, Reply
-from tests.live_server import free_port
+from tests.support import free_port, scrubbed_env, wait_until
 
 STREAMS = 50
 JSON_TURNS = 4  # long, not streamed: cut by uvicorn at the end of the grace period
@@ -40,20 +38,22 @@ SHORT_WORDS = 8  # about 2 s: ends within the grace period
 LONG_WORDS = 80  # about 20 s: cut by the shutdown
 
 
-class PacedFake(FakeOpenAI):
-    """Short or long replies, as the user message asks; `all_asked` once every turn's
-    request has arrived."""
+def paced(body: Any) -> Reply:
+    """A short or a long reply, as the user message asks."""
+    words = SHORT_WORDS if body["messages"][-1]["content"].startswith("short") else LONG_WORDS
+    return Reply(text="w " * words, delay_s=WORD_DELAY_S)
 
-    def __init__(self, expected: int) -> None:
-        super().__init__()
-        self.expected = expected
-        self.all_asked = threading.Event()
 
-    async def _reply(self, reply: Reply, body: Any, *args: Any) -> None:
-        if self.request_count >= self.expected:
-            self.all_asked.set()
-        words = SHORT_WORDS if body["messages"][-1]["content"].startswith("short") else LONG_WORDS
-        await super()._reply(Reply(text="w " * words, delay_s=WORD_DELAY_S), body, *args)
+def refuses_connections(url: str) -> bool:
+    """Whether nothing listens on `url` any more (a connection accepted while uvicorn was
+    closing its socket, and dropped unanswered, counts as "not yet")."""
+    try:
+        httpx.get(url + "/health", timeout=5)
+    except httpx.ConnectError:
+        return True
+    except httpx.RemoteProtocolError:
+        pass
+    return False
 
 
 async def stream(
@@ -67,18 +67,13 @@ async def stream(
             "POST", f"/v1/sessions/{sid}/messages", json=body, headers={"X-User-Id": user}
         ) as resp:
             assert resp.status_code == 200
-            event = ""
-            async for line in resp.aiter_lines():
-                if line.startswith("event:"):
-                    event = line[6:].strip()
-                elif line.startswith("data:"):
-                    data = orjson.loads(line[5:])
-                    if event == "delta":
-                        if not seen:
-                            started.put_nowait(sid)
-                        seen.append(data["content"])
-                    elif event == "done":
-                        done = data
+            async for event in sse_stream(resp):
+                if event.event == "delta":
+                    if not seen:
+                        started.put_nowait(sid)
+                    seen.append(event.data["content"])
+                elif event.event == "done":
+                    done = event.data
     except httpx.TransportError:
         pass  # the server ended a cut stream by closing the connection
     short = content.startswith("short")
@@ -98,7 +93,7 @@ async def json_turn(c: httpx.AsyncClient, user: str, sid: str) -> dict[str, Any]
 
 
 async def clients(
-    url: str, proc: subprocess.Popen[bytes], fake: PacedFake
+    url: str, proc: subprocess.Popen[bytes], fake: FakeOpenAI
 ) -> tuple[list[dict[str, Any]], float]:
     limits = httpx.Limits(max_connections=STREAMS + JSON_TURNS + 10, keepalive_expiry=1)
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as c:
@@ -118,64 +113,58 @@ async def clients(
         tasks += [asyncio.create_task(json_turn(c, u, sid)) for u, sid in sessions[STREAMS:]]
         for _ in range(STREAMS):  # every reply under way
             await asyncio.wait_for(started.get(), 30)
-        assert await asyncio.to_thread(fake.all_asked.wait, 30)
+        await fake.wait_requests(STREAMS + JSON_TURNS, timeout_s=30)
         proc.send_signal(signal.SIGTERM)
         term_at = time.monotonic()
-        await asyncio.sleep(0.5)
-        with pytest.raises(httpx.ConnectError):  # no longer accepting
-            async with httpx.AsyncClient(base_url=url, timeout=5) as fresh:
-                await fresh.get("/health")
+        # No longer accepting, well before the grace period is over.
+        await asyncio.to_thread(wait_until, lambda: refuses_connections(url), "SIGTERM taken")
+        assert time.monotonic() - term_at < GRACE_S
         results = await asyncio.gather(*tasks)
         return results, term_at
 
 
 @pytest.mark.slow
 def test_sigterm_lets_turns_finish_or_stores_them_interrupted(
-    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path_factory: pytest.TempPathFactory, fake: FakeOpenAI
 ) -> None:
     data_dir = tmp_path_factory.mktemp("sd")  # short: the embedded Redis's unix socket
     port = free_port()
-    with PacedFake(expected=STREAMS + JSON_TURNS) as fake:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CHATMEM_")}
-        env |= {
-            "CHATMEM_DATA_DIR": str(data_dir),
-            "CHATMEM_LLM_PROVIDER": "openai",
-            "CHATMEM_LLM_BASE_URL": fake.base_url,
-            "CHATMEM_LLM_API_KEY": "test-key",
-            "CHATMEM_LLM_MODEL": "fake-model",
-            "CHATMEM_LLM_MAX_RETRIES": "0",
-            "CHATMEM_LIMITS_REQUESTS_PER_MINUTE": "100000",
-            "CHATMEM_SERVER_SHUTDOWN_GRACE_S": str(GRACE_S),
-        }
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "chatmem", "serve", "--port", str(port)],
-            env=env,
-            cwd=data_dir,  # no developer's .env
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                assert proc.poll() is None, proc.stderr.read() if proc.stderr else b""
-                try:
-                    if httpx.get(url + "/ready", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "the server did not come up"
-                time.sleep(0.1)
-            results, term_at = asyncio.run(clients(url, proc, fake))
-            proc.wait(GRACE_S + 15)
-            stopped_after_s = time.monotonic() - term_at
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-            if proc.stderr:
-                proc.stderr.close()
+    fake.respond = paced
+    env = scrubbed_env() | {
+        "CHATMEM_DATA_DIR": str(data_dir),
+        "CHATMEM_LLM_PROVIDER": "openai",
+        "CHATMEM_LLM_BASE_URL": fake.base_url,
+        "CHATMEM_LLM_API_KEY": "test-key",
+        "CHATMEM_LLM_MODEL": "fake-model",
+        "CHATMEM_LLM_MAX_RETRIES": "0",
+        "CHATMEM_LIMITS_REQUESTS_PER_MINUTE": "100000",
+        "CHATMEM_SERVER_SHUTDOWN_GRACE_S": str(GRACE_S),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chatmem", "serve", "--port", str(port)],
+        env=env,
+        cwd=data_dir,  # no developer's .env
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else b""
+        return httpx.get(url + "/ready", timeout=1).status_code == 200
+
+    try:
+        wait_until(ready, "the server to come up", timeout_s=60, ignore=(httpx.TransportError,))
+        results, term_at = asyncio.run(clients(url, proc, fake))
+        proc.wait(GRACE_S + 15)
+        stopped_after_s = time.monotonic() - term_at
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+        if proc.stderr:
+            proc.stderr.close()
     # uvicorn re-raises the signal once it has shut down cleanly.
     assert proc.returncode in (0, -signal.SIGTERM), stderr
     assert "Application shutdown complete" in stderr

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from chatmem.errors import AlreadyExists, InvalidInput, SessionNotFound, StoreUnavailable
 from chatmem.models import Message, Role, SessionState, Usage
 from chatmem.store import keys
 from chatmem.store.conversations import AnyRedis, RedisMemoryStore
-from tests.redis_servers import all_keys
+from tests.redis_servers import all_keys, expire_now
+from tests.support import next_millisecond
 
 
 @pytest.fixture
@@ -196,9 +195,9 @@ async def test_session_id_can_be_reused_after_delete(store: RedisMemoryStore) ->
 async def test_list_sessions_newest_first_with_preview(store: RedisMemoryStore) -> None:
     for sid in ("s1", "s2", "s3"):
         await store.create_session("alice", "assistant", session_id=sid, title=sid.upper())
-        await asyncio.sleep(0.003)
+        next_millisecond()  # the store stamps in ms: each session is newer than the last
     await store.append("alice", "s1", [msg(Role.USER, "q"), msg(Role.ASSISTANT, "  the\n answer ")])
-    await asyncio.sleep(0.003)
+    next_millisecond()
     long = "word " * 100
     await store.append("alice", "s2", [msg(Role.USER, long)])
 
@@ -219,9 +218,7 @@ async def test_list_sessions_never_lists_expired(
 ) -> None:
     await store.create_session("alice", "assistant", session_id="gone")
     await store.create_session("alice", "assistant", session_id="kept")
-    for key in keys.session_keys("alice", "gone")[:3]:
-        await redis_client.pexpire(key, 1)
-    await asyncio.sleep(0.02)
+    await expire_now(redis_client, *keys.session_keys("alice", "gone")[:3])
     assert [s.session_id for s in await store.list_sessions("alice")] == ["kept"]
     assert await redis_client.zrange(keys.user_sessions_key("alice"), 0, -1) == ["kept"]
 
@@ -255,16 +252,14 @@ async def test_list_users_newest_first_and_drops_expired(
 ) -> None:
     for uid in ("u1", "u2", "u3"):
         await store.create_session(uid, "assistant", session_id="s")
-        await asyncio.sleep(0.003)
+        next_millisecond()
     assert await store.list_users() == ["u3", "u2", "u1"]
     assert await store.list_users(limit=1, offset=1) == ["u2"]
     assert await store.count_users() == 3
 
     # u2's data expires: it disappears from the listing and from the index.
-    for key in await all_keys(redis_client):
-        if key.startswith(keys.user_tag("u2")):
-            await redis_client.pexpire(key, 1)
-    await asyncio.sleep(0.02)
+    u2_keys = [k for k in await all_keys(redis_client) if k.startswith(keys.user_tag("u2"))]
+    await expire_now(redis_client, *u2_keys)
     assert await store.list_users() == ["u3", "u1"]
     assert await store.count_users() == 2
 
@@ -301,8 +296,7 @@ async def test_user_totals_count_only_live_sessions(
 ) -> None:
     await store.create_session("alice", "assistant", session_id="gone")
     await store.create_session("alice", "assistant", session_id="kept")
-    await redis_client.pexpire(keys.session_meta_key("alice", "gone"), 1)
-    await asyncio.sleep(0.02)
+    await expire_now(redis_client, keys.session_meta_key("alice", "gone"))
     assert (await store.user_totals("alice")).session_count == 1
 
 
@@ -318,7 +312,7 @@ async def test_on_op_observer_sees_each_operation(redis_client: AnyRedis) -> Non
 async def test_unreachable_redis_is_store_unavailable() -> None:
     from chatmem.config import RedisSettings
     from chatmem.store.client import make_redis
-    from tests.redis_servers import free_port
+    from tests.support import free_port
 
     url = f"redis://127.0.0.1:{free_port()}/0"
     client = make_redis(url, RedisSettings(url=url, connect_timeout_s=0.2, socket_timeout_s=0.2))

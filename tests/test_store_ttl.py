@@ -6,15 +6,13 @@ PEXPIRE directly (what an elapsed TTL would leave behind) instead of weakening t
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from chatmem.errors import SessionNotFound
 from chatmem.models import Message, Role, SessionState
 from chatmem.store import keys
 from chatmem.store.conversations import AnyRedis, RedisMemoryStore
-from tests.redis_servers import all_keys
+from tests.redis_servers import all_keys, expire_now
 
 
 @pytest.fixture
@@ -93,8 +91,7 @@ async def test_expired_session_is_gone_everywhere(
     store: RedisMemoryStore, redis_client: AnyRedis, session: list[str]
 ) -> None:
     await store.append("alice", "s1", [Message(Role.USER, "x")])
-    await _age(redis_client, session[:3], 50)
-    await asyncio.sleep(0.15)
+    await expire_now(redis_client, *session[:3])
 
     for op in (
         lambda: store.read("alice", "s1", last=10),

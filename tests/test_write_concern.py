@@ -161,7 +161,7 @@ async def test_a_master_without_the_script_loads_it_and_runs_the_write_once(
 
 
 async def test_unreachable_redis_is_still_store_unavailable() -> None:
-    from tests.redis_servers import free_port
+    from tests.support import free_port
 
     url = f"redis://127.0.0.1:{free_port()}/0"
     client = make_redis(url, RedisSettings(url=url, connect_timeout_s=0.2, socket_timeout_s=0.2))
@@ -194,20 +194,19 @@ def test_store_refuses_a_wait_without_a_timeout(redis_client: Redis) -> None:
 
 
 async def test_a_turn_whose_write_no_replica_confirmed_is_degraded_and_counted(
-    redis_url: str, redis_client: Redis, tmp_path: Path
+    redis_url: str, redis_client: Redis, fake: FakeOpenAI, tmp_path: Path
 ) -> None:
     """Through the app: no replica confirms the user message, so the turn is answered
     from the outbox (`memory: degraded`), as when Redis is down, and the metric counts it."""
-    with FakeOpenAI() as fake:
-        settings = make_test_settings(redis_url, fake.base_url, tmp_path / "data")
-        await RedisMemoryStore(redis_client).create_session("alice", "assistant", session_id="s1")
-        settings.redis.wait_replicas = 1
-        settings.redis.wait_timeout_ms = 20
-        async with running_app(settings) as (_, client):
-            r = await client.post(
-                "/v1/sessions/s1/messages", json={"content": "hi"}, headers={"X-User-Id": "alice"}
-            )
-            assert r.status_code == 200, r.text
-            assert r.json()["memory"] == "degraded"
-            metrics = (await client.get("/metrics")).text
-            assert 'chatmem_store_not_replicated_total{op="begin_turn"}' in metrics
+    settings = make_test_settings(redis_url, fake.base_url, tmp_path / "data")
+    await RedisMemoryStore(redis_client).create_session("alice", "assistant", session_id="s1")
+    settings.redis.wait_replicas = 1
+    settings.redis.wait_timeout_ms = 20
+    async with running_app(settings) as (_, client):
+        r = await client.post(
+            "/v1/sessions/s1/messages", json={"content": "hi"}, headers={"X-User-Id": "alice"}
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["memory"] == "degraded"
+        metrics = (await client.get("/metrics")).text
+        assert 'chatmem_store_not_replicated_total{op="begin_turn"}' in metrics

@@ -34,7 +34,7 @@ class Metrics:
         )
         self.tokens = Counter("chatmem_tokens_total", "Tokens by kind", ["kind"], registry=r)
         self.active_streams = Gauge(
-            "chatmem_active_streams", "Replies being generated now", registry=r
+            "chatmem_active_streams", "Streamed replies being generated now", registry=r
         )
         self.degradations = Counter(
             "chatmem_degradations_total", "Turns served without memory", ["reason"], registry=r

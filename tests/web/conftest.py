@@ -27,10 +27,16 @@ DEFAULT_REPLY = "Hello! I am the fake model, streaming this reply to you one wor
 LUNA_GREETING = "Hey, it's Luna! How's your day going? I'm all ears."
 
 
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI(default=Reply(text=DEFAULT_REPLY, delay_s=0.03)) as server:
-        yield server
+WEB_REPLY = Reply(text=DEFAULT_REPLY, delay_s=0.03)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The page's model streams DEFAULT_REPLY word by word unless a test says otherwise
+    (the `fake` fixture of tests/conftest.py reads the marker)."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in item.path.parents and item.get_closest_marker("fake_model") is None:
+            item.add_marker(pytest.mark.fake_model(default=WEB_REPLY))
 
 
 def web_settings(redis_url: str, fake: FakeOpenAI, data_dir: Path, **kwargs: Any) -> Any:
@@ -40,9 +46,9 @@ def web_settings(redis_url: str, fake: FakeOpenAI, data_dir: Path, **kwargs: Any
 
 @pytest.fixture(scope="module")
 def server(
-    redis_url: str, fake: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory
+    redis_url: str, fake_model: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LiveServer]:
-    settings = web_settings(redis_url, fake, tmp_path_factory.mktemp("web"))
+    settings = web_settings(redis_url, fake_model, tmp_path_factory.mktemp("web"))
     with LiveServer(settings) as live:
         yield live
 

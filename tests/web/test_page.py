@@ -219,9 +219,8 @@ def test_html_in_messages_titles_and_cards_renders_as_text(
 
 
 def test_phone_width_has_no_horizontal_scroll(
-    browser: Browser, server: LiveServer, fake: FakeOpenAI, shots: Path
+    browser: Browser, server: LiveServer, shots: Path
 ) -> None:
-    fake.reset()
     ctx = browser.new_context(
         viewport={"width": 375, "height": 740}, device_scale_factor=2, is_mobile=True
     )

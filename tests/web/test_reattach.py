@@ -1,14 +1,9 @@
 """The page re-attaches to a reply the server is still writing (SPEC §3.5, §3.6).
 
-Each test runs twice:
-- `real-route`: the real app. These need the server side of issue 11 (`GET
-  /v1/sessions/{sid}/stream`, and a disconnect that does not stop the generation); until
-  it lands they FAIL, on purpose: the reply is cut short when the page goes, and the page
-  finds nothing to re-attach to (404). (The duplicate check passes either way.)
-- `standin`: the same app behind tests/standin_stream.py, a TEMPORARY test-only stand-in
-  that serves that contract, so that the page is checked now. Once the server side is
-  merged, delete the parameter, the stand-in and the stand-in-only test (the
-  cutting-proxy test covers resume on the real route).
+Against the real app (`GET /v1/sessions/{sid}/stream`, and a disconnect that does not
+stop the generation), behind tests/stream_tap.py, which passes every request on and
+records the `Last-Event-ID` the app receives (and can end a send's response after a
+given number of events).
 """
 
 from __future__ import annotations
@@ -26,7 +21,7 @@ from chatmem.api.app import create_app
 from tests.cutting_proxy import CuttingProxy
 from tests.fake_openai import FakeOpenAI, Reply
 from tests.live_server import LiveServer
-from tests.standin_stream import StandInStream
+from tests.stream_tap import StreamTap
 from tests.web.conftest import PageWatch, chat, open_page, send, user_id, wait_idle, web_settings
 
 pytestmark = pytest.mark.browser
@@ -39,7 +34,7 @@ STREAMING = ".message.assistant.streaming .bubble"
 @dataclass
 class Target:
     live: LiveServer
-    standin: StandInStream | None
+    tap: StreamTap
 
     @property
     def url(self) -> str:
@@ -47,20 +42,20 @@ class Target:
 
 
 @pytest.fixture(scope="module")
-def standin(
-    redis_url: str, fake: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[LiveServer, StandInStream]]:
-    wrapped = StandInStream(create_app(web_settings(redis_url, fake, tmp_path_factory.mktemp("s"))))
-    with LiveServer(app=wrapped) as live:
-        yield live, wrapped
+def target(
+    redis_url: str, fake_model: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Target]:
+    settings = web_settings(redis_url, fake_model, tmp_path_factory.mktemp("web"))
+    tap = StreamTap(create_app(settings))
+    with LiveServer(app=tap) as live:
+        yield Target(live, tap)
 
 
-@pytest.fixture(params=["real-route", "standin"])
-def target(request: pytest.FixtureRequest) -> Target:
-    if request.param == "real-route":
-        return Target(request.getfixturevalue("server"), None)
-    live, wrapped = request.getfixturevalue("standin")
-    return Target(live, wrapped)
+@pytest.fixture(autouse=True)
+def fresh_tap(target: Target) -> None:
+    target.tap.cut_after_events = None
+    target.tap.cut_at_ids.clear()
+    target.tap.last_event_ids.clear()
 
 
 @pytest.fixture
@@ -170,8 +165,7 @@ def test_a_connection_cut_mid_reply_resumes_where_it_was_cut(
         page = context.new_page()
         watch = PageWatch(page)
         open_page(page, proxy.url)
-        if target.standin is not None:
-            target.standin.last_event_ids.clear()
+        target.tap.last_event_ids.clear()
         start_long_reply(page, fake)
         proxy.cut()  # the page's connection is reset mid-body
 
@@ -181,24 +175,25 @@ def test_a_connection_cut_mid_reply_resumes_where_it_was_cut(
         expect(reply).not_to_have_class(re.compile(r"\binterrupted\b"))
         assert stored(target, page)[-1]["content"] == LONG_REPLY
         assert watch.errors == []
-    if target.standin is not None:
-        assert [i for i in target.standin.last_event_ids if i is not None] != []
+    assert [i for i in target.tap.last_event_ids if i is not None] != [], "no resume"
 
 
 def test_a_dropped_connection_resumes_after_the_last_event_id(
-    context: BrowserContext, standin: tuple[LiveServer, StandInStream], fake: FakeOpenAI
+    context: BrowserContext, target: Target, fake: FakeOpenAI
 ) -> None:
-    """Stand-in only (it cuts the connection): the page resumes where it was cut, with
-    Last-Event-ID, and shows every delta exactly once."""
-    live, wrapped = standin
+    """The send's response ends after 5 events, before the reply's end: the page resumes
+    where it was cut, with the last event's id as Last-Event-ID, and shows every delta
+    exactly once."""
     page = context.new_page()
-    open_page(page, live.url)
-    wrapped.last_event_ids.clear()
-    wrapped.cut_after_events = 5
+    open_page(page, target.url)
+    tap = target.tap
+    tap.cut_after_events = 5
     fake.script(Reply(text=LONG_REPLY, delay_s=0.03))
     send(page, "go")
     wait_idle(page)
     expect(page.locator(f"{ASSISTANT} .bubble")).to_have_text([LONG_REPLY])
     expect(page.locator(ASSISTANT)).not_to_have_class(re.compile(r"\binterrupted\b"))
-    resumed_from = [i for i in wrapped.last_event_ids if i is not None]
-    assert resumed_from == wrapped.cut_at_ids, (wrapped.last_event_ids, wrapped.cut_at_ids)
+    assert stored(target, page)[-1]["content"] == LONG_REPLY
+    assert len(tap.cut_at_ids) == 1, "the response was not cut"
+    resumed_from = [i for i in tap.last_event_ids if i is not None]
+    assert resumed_from == tap.cut_at_ids, (tap.last_event_ids, tap.cut_at_ids)

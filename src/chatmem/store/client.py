@@ -97,6 +97,20 @@ def _strip_query(url: str, name: str) -> str:
     return parts._replace(query=query).geturl()
 
 
+class _SentinelMaster(Redis):
+    """The master a Sentinel names. Closing it closes the Sentinel's own clients too:
+    redis-py leaves them to the caller, and left open their connections leaked."""
+
+    sentinel_manager: Sentinel | None = None
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        try:
+            await super().aclose(close_connection_pool)
+        finally:
+            if self.sentinel_manager is not None:
+                await self.sentinel_manager.aclose()
+
+
 def make_redis(url: str, settings: RedisSettings) -> AnyRedis:
     timeouts = {
         "socket_timeout": settings.socket_timeout_s,
@@ -116,7 +130,8 @@ def make_redis(url: str, settings: RedisSettings) -> AnyRedis:
             password=parts.password,
             **timeouts,
         )
-        client: Redis = sentinel.master_for(master, redis_class=Redis)
+        client: _SentinelMaster = sentinel.master_for(master, redis_class=_SentinelMaster)
+        client.sentinel_manager = sentinel
         return client
     if _wants_cluster(url, settings):
         return RedisCluster.from_url(

@@ -1,0 +1,89 @@
+"""What every kind of test needs: a free port, waiting for a condition, a clean environment.
+
+Tests never sleep to order events: they wait for the event itself, polling a condition
+with a deadline (`wait_until`, `eventually`), or on a hook that says it happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TypeVar, cast
+
+T = TypeVar("T")
+
+POLL_S = 0.02
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_until(
+    check: Callable[[], T],
+    what: str,
+    *,
+    timeout_s: float = 10.0,
+    ignore: tuple[type[Exception], ...] = (),
+) -> T:
+    """Poll `check` until it returns something true (returned), or fail after `timeout_s`.
+
+    Exceptions of the `ignore` types count as "not yet"."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if result := check():
+                return result
+        except ignore:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(POLL_S)
+
+
+async def eventually(
+    check: Callable[[], Awaitable[T] | T],
+    what: str,
+    *,
+    timeout_s: float = 10.0,
+    ignore: tuple[type[Exception], ...] = (),
+) -> T:
+    """`wait_until` in a test's event loop (which it never blocks): `check` may be a
+    coroutine function or a plain one."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            result = check()
+            if inspect.isawaitable(result):
+                result = await result
+            if result:
+                return cast(T, result)
+        except ignore:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        await asyncio.sleep(POLL_S)
+
+
+def next_millisecond() -> None:
+    """Return once the wall clock has moved on to a later millisecond (at most one away):
+    what is stamped in ms after this call sorts after what was stamped before it."""
+    start = time.time_ns() // 1_000_000
+    while time.time_ns() // 1_000_000 <= start:
+        pass
+
+
+ENV_PREFIX = "CHATMEM_"
+
+
+def scrubbed_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment without any CHATMEM_ setting (a developer's own would leak in)."""
+    environ = os.environ if environ is None else environ
+    return {k: v for k, v in environ.items() if not k.startswith(ENV_PREFIX)}
