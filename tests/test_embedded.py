@@ -154,4 +154,5 @@ def test_a_server_whose_owner_died_is_adopted_and_stopped(tmp_data_dir: Path) ->
     finally:
         if proc.poll() is None:  # never leave it running, even when the test fails
             proc.kill()
-            proc.wait()
+        with proc:  # waits, and closes the pipes the first owner would have closed
+            pass

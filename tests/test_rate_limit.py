@@ -29,7 +29,7 @@ async def send(client: httpx.AsyncClient, user: str, sid: str, content: str) -> 
 async def test_over_the_limit_is_429_with_retry_after_and_passes_again_after_it(
     redis_url: str, redis_client: AnyRedis, fake: FakeOpenAI, tmp_path: Path
 ) -> None:
-    limits = {"requests_per_minute": LIMIT}
+    limits = {"turns_per_minute": LIMIT}
     settings = make_test_settings(redis_url, fake.base_url, tmp_path, limits=limits)
     async with running_app(settings) as (_, client):
         sid = await new_session(client, "alice")
