@@ -44,12 +44,12 @@ import httpx
 from redis.asyncio import Redis
 
 ROOT = Path(__file__).resolve().parent.parent
-SEEDS_DIR = ROOT.parent / "shared" / "seeds"
 sys.path.insert(0, str(ROOT))
 
 from tests.fake_openai import FakeOpenAI, Reply  # noqa: E402
 from tests.fake_openai_process import serve_in_process  # noqa: E402
 from tests.redis_servers import RedisProcess  # noqa: E402
+from tests.seed_docs import SEEDS_DIR, one_block, seed_document  # noqa: E402
 from tests.support import free_port  # noqa: E402
 
 CONNECTIONS = 32
@@ -99,14 +99,13 @@ SEED_PATCHES = [
 ]
 
 
-def extract_seed_app(seeds_dir: Path = SEEDS_DIR) -> str:
+def extract_seed_app(seeds_dir: Path | None = None) -> str:
     """Seed 001's app as LangChain 1.x can run it (see the module docstring)."""
-    (path,) = sorted(seeds_dir.glob("001_*.txt"))
-    blocks = re.findall(r"```python\n(.*?)```", path.read_text(encoding="utf-8"), re.S)
-    found: list[str] = [b for b in blocks if "FastAPI(" in b and "RedisChatMessageHistory" in b]
-    if len(found) != 1:
-        raise SystemExit(f"{path}: expected one python block with the app, found {len(found)}")
-    code = found[0]
+    path = seed_document("001", seeds_dir)
+    try:
+        code = one_block(path, "python", "FastAPI(", "RedisChatMessageHistory")
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
     for old, new in SEED_PATCHES:
         if code.count(old) != 1:
             raise SystemExit(f"{path}: cannot patch the seed, {old.strip()!r} not found once")

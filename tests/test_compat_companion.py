@@ -82,6 +82,39 @@ async def test_seed004_stream_and_memory(client: httpx.AsyncClient, fake: FakeOp
     assert [m["content"] for m in native.json()["messages"]] == ["重新开始", "嗨 我在 呢"]
 
 
+async def test_context_is_up_to_50_history_messages(
+    client: httpx.AsyncClient, fake: FakeOpenAI
+) -> None:
+    """Regression: the context stopped at the sessions' default window of 10 rounds (20
+    messages); the document's `get_context_messages(max_messages=50)` sends up to 50."""
+    for n in range(30):
+        assert (await send(client, "companion", f"m{n}")).status_code == 200
+    await send(client, "companion", "last")
+    sent = fake.chat_bodies[-1]["messages"]
+    assert sent[0]["role"] == "system"
+    history = sent[1:-1]
+    assert len(history) == 50
+    assert history[0] == {"role": "user", "content": "m5"}  # the newest 50 of 60
+    assert sent[-1] == {"role": "user", "content": "last"}
+
+
+async def test_context_stays_within_the_token_budget(
+    redis_url: str, redis_client: AnyRedis, fake: FakeOpenAI, tmp_data_dir: Path
+) -> None:
+    """Up to 50 messages, but never past the token budget: the newest that fit."""
+    settings = make_test_settings(
+        redis_url, fake.base_url, tmp_data_dir, memory={"max_context_tokens": 400}
+    )
+    async with running_app(settings) as (_, http):
+        for n in range(30):
+            await send(http, "companion", f"message number {n}")
+        await send(http, "companion", "last")
+        history = fake.chat_bodies[-1]["messages"][1:-1]
+        assert 4 <= len(history) < 50
+        assert history[-1]["content"] == "嗨 我在 呢"
+        assert history[-2]["content"] == "message number 29"
+
+
 async def test_clearing_a_conversation_never_started_is_fine(client: httpx.AsyncClient) -> None:
     resp = await client.delete(
         "/api/v1/chat/history", params={"character_id": "luna"}, headers=USER

@@ -162,12 +162,36 @@ async def test_seed001_ttl_flow(client: httpx.AsyncClient, redis_client: AnyRedi
     assert 1790 <= fresh["ttl_remaining"] <= 1800
 
 
-async def test_ttl_below_a_minute_is_refused_on_chat(client: httpx.AsyncClient) -> None:
-    resp = await client.post("/chat", json={"user_id": "short", "message": "hi", "ttl": 5})
+async def test_chat_takes_a_ttl_of_a_few_seconds(
+    client: httpx.AsyncClient, redis_client: AnyRedis
+) -> None:
+    """Regression: `POST /chat` with `ttl: 5` was a 400 `invalid_ttl`, so seed 001's own
+    expiry test printed its failure; the document checks >= 60 on `PUT /ttl` only."""
+    short = await chat(client, "user_ttl_test", "测试TTL", ttl=5)
+    assert 1 <= short["ttl_remaining"] <= 5
+    assert (await client.get("/history/user_ttl_test")).status_code == 200
+    session_keys = keys.session_keys("user_ttl_test", "default")[:3]
+    for key in session_keys:
+        assert 0 < await redis_client.pttl(key) <= 5000
+    # (seed 001's own script waits the 6 s: tests/test_seed_clients.py)
+    await expire_now(redis_client, *session_keys)
+    gone = await client.get("/history/user_ttl_test")
+    assert gone.status_code == 404
+    assert error_code(gone) == "session_not_found"
+    # PUT /ttl keeps the document's floor of 60 s.
+    await chat(client, "user_ttl_test", "again", ttl=1)
+    refused = await client.put("/ttl/user_ttl_test", params={"new_ttl": 5})
+    assert refused.status_code == 400
+    assert error_code(refused) == "invalid_ttl"
+
+
+@pytest.mark.parametrize("ttl", [0, -5, 10**30])
+async def test_chat_refuses_a_ttl_below_a_second_or_past_a_year(
+    client: httpx.AsyncClient, ttl: int
+) -> None:
+    resp = await client.post("/chat", json={"user_id": "short", "message": "hi", "ttl": ttl})
     assert resp.status_code == 400
     assert error_code(resp) == "invalid_ttl"
-    huge = await client.post("/chat", json={"user_id": "short", "message": "hi", "ttl": 10**30})
-    assert huge.status_code == 400
     assert (await client.get("/history/short")).status_code == 404
 
 

@@ -34,11 +34,21 @@ class Prompter:
             )
         return text
 
-    def limits_for(self, meta: SessionMeta, character: Character) -> ContextLimits:
+    def limits_for(
+        self, meta: SessionMeta, character: Character, history_messages: int | None = None
+    ) -> ContextLimits:
+        """The session's limits; with `history_messages`, up to that many history messages
+        instead of its window of rounds (the system prompt, the new message and
+        post-history instructions come on top), still within the token budget."""
         mem = self.settings.memory
+        window_size, max_messages = meta.window_size, mem.max_context_messages
+        if history_messages is not None:
+            window_size = (history_messages + 1) // 2
+            fixed = 1 + bool(character.system_prompt) + bool(character.post_history_instructions)
+            max_messages = history_messages + fixed
         return ContextLimits(
-            window_size=meta.window_size,
-            max_context_messages=mem.max_context_messages,
+            window_size=window_size,
+            max_context_messages=max_messages,
             max_context_tokens=mem.max_context_tokens,
             model_context_window=self.provider.info.context_window,
             reply_tokens=self.params(character).max_tokens or self.settings.llm.max_tokens,

@@ -20,7 +20,8 @@ from chatmem.chat.reconcile import ClientMessage, plan_turn
 from chatmem.chat.resume import Attached
 from chatmem.chat.sessions import SessionMethods
 from chatmem.chat.stateless import StatelessTurns
-from chatmem.chat.turns import TURN_READ_MESSAGES, Adjuster, Turns, idempotent_ids
+from chatmem.chat.turn_shape import TURN_READ_MESSAGES
+from chatmem.chat.turns import Adjuster, Turns, idempotent_ids
 from chatmem.config import Settings
 from chatmem.durability.outbox import OUTBOX_DIR, Outbox
 from chatmem.durability.replay import OutboxReplayer
@@ -151,9 +152,12 @@ class ChatService(SessionMethods):
         stream: bool = False,
         on_disconnect: str = "continue",
         adjust: Adjuster | None = None,
+        character_id: str | None = None,
+        history_messages: int | None = None,
     ) -> Generation:
         """Begin a turn: its generation runs (server-owned) when this returns. `stream`:
-        its deltas are relayed to subscribers and to its event stream (re-attach)."""
+        its deltas are relayed to subscribers and to its event stream (re-attach).
+        `character_id` / `history_messages`: see `Turns.prepare` (the seed routes')."""
         return await self.turns.prepare(
             user_id,
             session_id,
@@ -163,6 +167,8 @@ class ChatService(SessionMethods):
             relay=stream,
             on_disconnect=on_disconnect,
             adjust=adjust,
+            character_id=character_id,
+            history_messages=history_messages,
         )
 
     async def prepare_revision(

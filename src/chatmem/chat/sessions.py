@@ -17,7 +17,7 @@ from chatmem.durability.replay import OutboxReplayer
 from chatmem.metrics import Metrics
 from chatmem.models import SessionMeta, SessionSnapshot, SessionState, UserTotals
 from chatmem.providers.base import ChatProvider
-from chatmem.store.conversations import RedisMemoryStore
+from chatmem.store.conversations import MIN_TTL_S, RedisMemoryStore
 
 # Per-user reads in flight at once when counting every user's messages (well under the
 # connection pool).
@@ -52,9 +52,17 @@ class SessionMethods:
         ttl_s: int | None = None,
         window_size: int | None = None,
         state: SessionState | None = None,
+        min_ttl_s: int = MIN_TTL_S,
     ) -> SessionMeta:
+        """`min_ttl_s`: the floor of `ttl_s` (60 s but on seed 001's `POST /chat`)."""
         return await self.store.update_session(
-            user_id, session_id, title=title, ttl_s=ttl_s, window_size=window_size, state=state
+            user_id,
+            session_id,
+            title=title,
+            ttl_s=ttl_s,
+            window_size=window_size,
+            state=state,
+            min_ttl_s=min_ttl_s,
         )
 
     async def delete_session(self, user_id: str, session_id: str) -> None:

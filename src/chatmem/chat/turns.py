@@ -37,6 +37,7 @@ from chatmem.chat.inflight import InFlight
 from chatmem.chat.prompting import Prompter
 from chatmem.chat.replies import error_payload, reply_usage
 from chatmem.chat.resume import Resumer
+from chatmem.chat.turn_shape import TurnShape, follow_character
 from chatmem.config import Settings
 from chatmem.durability.outbox import Outbox
 from chatmem.durability.replay import OutboxReplayer
@@ -44,13 +45,10 @@ from chatmem.errors import Conflict, InvalidInput, SessionBusy, StoreUnavailable
 from chatmem.metrics import Metrics
 from chatmem.models import Character, Message, Role, SessionMeta, Usage, new_id
 from chatmem.providers.base import ChatProvider, GenerationParams
-from chatmem.store.conversations import WINDOW_MAX
 from chatmem.store.streams import GenerationStreams, StreamSnapshot
 from chatmem.store.turns import TurnStore
 from chatmem.tokens import count_tokens
 
-# A turn reads enough history for the widest window, plus the new message.
-TURN_READ_MESSAGES = 2 * WINDOW_MAX + 1
 # Sessions whose character a degraded turn can still tell (else: the default character).
 KNOWN_CHARACTERS_MAX = 10_000
 
@@ -118,12 +116,16 @@ class Turns:
         on_disconnect: str = "continue",
         adjust: Adjuster | None = None,
         revision: str = "",
+        character_id: str | None = None,
+        history_messages: int | None = None,
     ) -> Generation:
         """Begin a turn; its generation is running (or, for a retry, done) on return.
 
-        Errors here are the client's to see. Degrades when Redis cannot be reached, but
-        for a `revision` (regenerate, continue: chat/editing.py), which needs the history.
+        `character_id`, `history_messages`: the seed routes' (chat/turn_shape.py). Errors
+        here are the client's to see. Degrades when Redis cannot be reached, but for a
+        `revision` (regenerate, continue: chat/editing.py), which needs the history.
         """
+        turn = TurnShape(character_id, history_messages)
         if revision:
             user_msg = Message(Role.USER, "", msg_id="")  # a revision appends none
         else:
@@ -143,14 +145,14 @@ class Turns:
             if not self.replayer.store_down:
                 try:
                     gen = await self._redis_turn(
-                        user_id, session_id, user_msg, reply_id, bool(idempotency_key), opts
+                        user_id, session_id, user_msg, reply_id, bool(idempotency_key), opts, turn
                     )
                 except StoreUnavailable as exc:
                     self.replayer.mark_down(exc)
             if gen is None and revision:
                 raise StoreUnavailable("redis is unavailable: the history cannot be revised")
             if gen is None:
-                gen = await self._degraded_turn(user_id, session_id, user_msg, reply_id, opts)
+                gen = await self._degraded_turn(user_id, session_id, user_msg, reply_id, opts, turn)
             if adjust is not None:
                 adjust(gen)
             if not gen.finished:
@@ -165,6 +167,7 @@ class Turns:
         reply_id: str,
         idempotent: bool,
         opts: dict[str, Any],
+        turn: TurnShape,
     ) -> Generation:
         if self.outbox.has_pending(user_id, session_id):
             await self._replay_outbox(user_id, session_id)
@@ -182,7 +185,7 @@ class Turns:
                     generation_id=gen_id,
                     token=token,
                     idempotent=idempotent,
-                    read_last=TURN_READ_MESSAGES,
+                    read_last=turn.read_messages,
                 )
             except StoreUnavailable:
                 # The script may have taken the lock before the connection failed.
@@ -222,9 +225,10 @@ class Turns:
                     tail=None, end_payload={"code": exc.code, "message": exc.message},
                 )  # fmt: skip
                 raise
-        character = await self.characters.get(res.meta.character_id)
+        character = await self.characters.get(turn.character_id or res.meta.character_id)
+        await follow_character(self.turn_store.store, res.meta, character)
         self._remember_character((user_id, session_id), character)
-        limits = self.prompter.limits_for(res.meta, character)
+        limits = self.prompter.limits_for(res.meta, character, turn.history_messages)
         return Generation(
             host=self,
             user_id=user_id,
@@ -286,10 +290,13 @@ class Turns:
         user_msg: Message,
         reply_id: str,
         opts: dict[str, Any],
+        turn: TurnShape,
     ) -> Generation:
         """A turn without Redis: no history, no lock, its messages kept in the outbox."""
         character = self._known_characters.get((user_id, session_id))
-        if character is None:
+        if turn.character_id is not None:
+            character = await self.characters.get(turn.character_id)
+        elif character is None:
             # Built in, so no Redis read: the session's own character is unknown here.
             character = await self.characters.get(self.characters.default_id)
         meta = SessionMeta(

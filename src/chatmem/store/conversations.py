@@ -181,6 +181,7 @@ class RedisMemoryStore(UserQueries):
         greeting: Message | None = None,
         ensure: bool = False,
         forked_from: tuple[str, str] | None = None,
+        min_ttl_s: int = MIN_TTL_S,
     ) -> SessionMeta:
         """Create a session (with its greeting as the first message) and return its meta.
 
@@ -192,7 +193,7 @@ class RedisMemoryStore(UserQueries):
         sid = keys.validate_id(new_id() if session_id is None else session_id, "session id")
         ks = keys.session_keys(user_id, sid)
         keys.validate_id(character_id, "character id")
-        ttl = validate_ttl(ttl_s if ttl_s is not None else self.default_ttl_s)
+        ttl = validate_ttl(ttl_s if ttl_s is not None else self.default_ttl_s, min_ttl_s)
         window = validate_window(window_size if window_size is not None else self.default_window)
         fields = meta_fields(
             user_id=user_id,
@@ -328,14 +329,19 @@ class RedisMemoryStore(UserQueries):
         ttl_s: int | None = None,
         window_size: int | None = None,
         state: SessionState | None = None,
+        character_id: str | None = None,
+        min_ttl_s: int = MIN_TTL_S,
     ) -> SessionMeta:
-        """Change title / ttl / window / state; refreshes the TTL of every session key."""
+        """Change title / ttl / window / state / character; refreshes the TTL of every
+        session key."""
         ks = keys.session_keys(user_id, session_id)
         args: list[Any] = [_now_ms()]
         if title is not None:
             args += ["title", validate_title(title)]
         if ttl_s is not None:
-            args += ["ttl", validate_ttl(ttl_s)]
+            args += ["ttl", validate_ttl(ttl_s, min_ttl_s)]
+        if character_id is not None:
+            args += ["cid", keys.validate_id(character_id, "character id")]
         if window_size is not None:
             args += ["window", validate_window(window_size)]
         if state is not None:

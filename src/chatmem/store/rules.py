@@ -11,9 +11,11 @@ from chatmem.store.codec import check_text
 from chatmem.store.keys import MIN_TTL_S, PREVIEW_CHARS, WINDOW_MAX, WINDOW_MIN
 
 
-def validate_ttl(ttl_s: int) -> int:
-    if ttl_s < MIN_TTL_S:
-        raise InvalidInput(f"ttl must be at least {MIN_TTL_S} seconds", code="invalid_ttl")
+def validate_ttl(ttl_s: int, minimum_s: int = MIN_TTL_S) -> int:
+    """At least `minimum_s` (MIN_TTL_S but for seed 001's `POST /chat`, which takes any
+    TTL of a second or more, as its document does)."""
+    if ttl_s < max(1, minimum_s):
+        raise InvalidInput(f"ttl must be at least {max(1, minimum_s)} seconds", code="invalid_ttl")
     return ttl_s
 
 

@@ -10,13 +10,14 @@
            (prompt: only admins see it, others a placeholder and `prompt_tokens`)
     DELETE /chat/session/{session_id}?user_id=
 
-Roles are characters; the seeds' three are built in. A chatmem session belongs to one
-character, chosen at `/chat/start` (`role`, default `assistant`). The seed picked the
-system prompt per message instead: here `role` on `/chat/stream` may be omitted (the
-session's character) or name the session's own; another existing role is a 409
-`role_mismatch` rather than a silent switch, an unknown one a 400 `unsupported_role`
-as in the seed. Errors found before the stream starts (unknown session, empty message,
-busy session) are ordinary JSON errors with their status, not SSE frames.
+Roles are characters; the seeds' three are built in. The role is chosen per message, as
+the document's page sends it: a turn with `role` uses that role's system prompt, and the
+session follows the role last used (its character, shown by `/chat/sessions`); without
+`role`, the session's own. An unknown role is a 400 `unsupported_role` as in the seed.
+A stream for a session id the user does not have yet starts it (empty, with the turn's
+role, default `assistant`), and the history of such an id is empty (200), as in the
+document; deleting one is a 404. Errors found before the stream starts (empty message,
+busy session, a malformed id) are ordinary JSON errors with their status, not SSE frames.
 """
 
 from __future__ import annotations
@@ -30,15 +31,17 @@ from sse_starlette import EventSourceResponse
 from chatmem.api.deps import Caller, Service
 from chatmem.api.sse.response import sse_response, subscribe
 from chatmem.auth import resolve_user
+from chatmem.chat.conversations import prepare_conversation_turn
 from chatmem.chat.prompts import role_view
 from chatmem.chat.service import ChatService, Delta, TurnEvent
-from chatmem.errors import CharacterNotFound, Conflict, InvalidInput
+from chatmem.errors import CharacterNotFound, InvalidInput, SessionNotFound
 from chatmem.models import Character, SessionMeta
 
 router = APIRouter(tags=["seed 002/003: chat app"])
 
 SESSION_CREATED = "聊天会话已创建"
 SESSION_DELETED = "会话已删除"
+DEFAULT_ROLE = "assistant"
 
 UserId = Annotated[str, Query(description="the user (with auth on: the caller, or any if admin)")]
 SessionId = Annotated[str, Query(description="a session from /chat/start")]
@@ -80,7 +83,7 @@ def _session_row(meta: SessionMeta) -> dict[str, Any]:
 
 @router.post("/chat/start")
 async def start_chat(
-    user_id: UserId, caller: Caller, service: Service, role: str = "assistant"
+    user_id: UserId, caller: Caller, service: Service, role: str = DEFAULT_ROLE
 ) -> dict[str, Any]:
     """A new session with the role's character; its greeting is the first message."""
     uid = resolve_user(caller, user_id)
@@ -101,20 +104,22 @@ async def chat_stream(
     message: Annotated[str, Query(description="the user's message")],
     caller: Caller,
     service: Service,
-    role: Annotated[str | None, Query(description="the session's role, if given")] = None,
+    role: Annotated[
+        str | None, Query(description="this message's role (the session follows it)")
+    ] = None,
 ) -> EventSourceResponse:
     """Send a message and stream the reply as the seed's SSE frames."""
     uid = resolve_user(caller, user_id)
-    if role is not None:
-        character = await _role(service, role)
-        meta = await service.get_session(uid, session_id)
-        if meta.character_id != character.id:
-            raise Conflict(
-                f"session {session_id!r} talks to {meta.character_id!r}; "
-                f"start a new session with role={character.id!r} to talk to it",
-                code="role_mismatch",
-            )
-    gen = await service.prepare_turn(uid, session_id, message, stream=True)
+    character = await _role(service, role or DEFAULT_ROLE)
+    gen = await prepare_conversation_turn(
+        service,
+        uid,
+        session_id,
+        character.id,
+        message,
+        stream=True,
+        turn_character=role is not None,
+    )
     sid = gen.session_id
     frames = subscribe(gen, lambda event: chunk_frame(event, sid), error_frame)
     return sse_response(
@@ -128,9 +133,12 @@ async def chat_stream(
 async def chat_history(
     user_id: UserId, session_id: SessionId, caller: Caller, service: Service
 ) -> dict[str, Any]:
-    """The session's stored messages, oldest first."""
+    """The session's stored messages, oldest first (none for an id not started yet)."""
     uid = resolve_user(caller, user_id)
-    snap = await service.read_history(uid, session_id)
+    try:
+        snap = await service.read_history(uid, session_id)
+    except SessionNotFound:
+        return {"session_id": session_id, "messages": [], "total": 0}
     return {
         "session_id": session_id,
         "messages": [

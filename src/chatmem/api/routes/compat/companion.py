@@ -7,6 +7,10 @@
            event: error    data: {"error": "…", "code": "…"}
     DELETE /api/v1/chat/history?character_id=  → {"message": "历史已清空", "character_id"}
 
+Its context follows the document: the character's system prompt, up to 50 history
+messages (`get_context_messages(max_messages=50)`) within the token budget, and the new
+message — not the native sessions' window of rounds.
+
 The user is the caller (the credential with auth on, `X-User-Id` in open mode), never
 the body. The conversation is the session `char.<character_id>`, created empty on the
 first message and living by the server's default TTL (24 h, as in the seed).
@@ -27,7 +31,11 @@ from sse_starlette import EventSourceResponse
 
 from chatmem.api.deps import Caller, Service
 from chatmem.api.sse.response import sse_response, subscribe
-from chatmem.chat.conversations import character_session_id, prepare_conversation_turn
+from chatmem.chat.conversations import (
+    SEED_COMPANION_HISTORY_MESSAGES,
+    character_session_id,
+    prepare_conversation_turn,
+)
 from chatmem.chat.service import Delta, TurnEvent
 from chatmem.errors import SessionNotFound
 
@@ -70,6 +78,7 @@ async def chat_stream(
         character.id,
         body.message,
         stream=True,
+        history_messages=SEED_COMPANION_HISTORY_MESSAGES,
     )
     frames = subscribe(gen, message_frame, error_frame)
     return sse_response(gen, frames, grace_s=service.settings.server.shutdown_grace_s)

@@ -8,8 +8,9 @@ session with the default character, created on first use with the seeds' default
 session's own. `GET /health` is shared with the native API (routes/health.py).
 
 Where the seeds differ from chatmem, on purpose:
-- a TTL below 60 s (or above a year) is a 400 `invalid_ttl`, on `POST /chat` as on
-  `PUT /ttl`; seed 001 accepted any TTL;
+- `PUT /ttl` refuses a TTL below 60 s as seed 001 does; `POST /chat` takes any `ttl` of
+  1 s or more, as the document does (its expiry test sends 5); above a year, or below
+  1 s, both answer 400 `invalid_ttl`;
 - `DELETE /history` keeps the conversation with zero messages (seed 000); seed 001
   deleted it;
 - `GET /stats` walks the users index and each user's sessions index, never `KEYS`
@@ -29,6 +30,7 @@ from chatmem.api.deps import Caller, Service
 from chatmem.auth import Principal, require_admin, resolve_user
 from chatmem.chat.conversations import (
     DEFAULT_SESSION_ID,
+    SEED_CHAT_MIN_TTL_S,
     WINDOW_MAX,
     check_ttl,
     prepare_conversation_turn,
@@ -98,6 +100,7 @@ async def chat(body: ChatRequest, caller: Caller, service: Service) -> dict[str,
         window_size=body.window_size,
         new_ttl_s=SEED_TTL_S,
         new_window_size=SEED_WINDOW_SIZE,
+        min_ttl_s=SEED_CHAT_MIN_TTL_S,
     )
     done = await service.complete(turn)
     reply = {

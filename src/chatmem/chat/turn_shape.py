@@ -1,0 +1,48 @@
+"""What a seed route asks of one turn beyond a native one (SPEC §4 "Seed-compatible API").
+
+- `character_id`: the turn talks to that character (its system prompt and parameters)
+  and the session follows it from then on — seed 002's page picks the role per message.
+- `history_messages`: the context holds up to that many history messages, within the
+  token budget, instead of the session's window of rounds — seed 004's context.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from chatmem.errors import SessionNotFound, StoreUnavailable
+from chatmem.models import Character, SessionMeta
+from chatmem.store.conversations import RedisMemoryStore
+from chatmem.store.keys import WINDOW_MAX
+
+log = logging.getLogger(__name__)
+
+# A turn reads enough history for the widest window, plus the new message.
+TURN_READ_MESSAGES = 2 * WINDOW_MAX + 1
+
+
+@dataclass(frozen=True, slots=True)
+class TurnShape:
+    character_id: str | None = None
+    history_messages: int | None = None
+
+    @property
+    def read_messages(self) -> int:
+        """Messages the turn's begin reads back: the history it may use and the new one."""
+        return max(TURN_READ_MESSAGES, (self.history_messages or 0) + 1)
+
+
+async def follow_character(
+    store: RedisMemoryStore, meta: SessionMeta, character: Character
+) -> None:
+    """Make the session talk to `character` from now on. Called under the turn's lock, so
+    no other turn of the session reads the old one meanwhile; the turn goes on with its
+    character even if the switch cannot be stored."""
+    if character.id == meta.character_id:
+        return
+    try:
+        await store.update_session(meta.user_id, meta.session_id, character_id=character.id)
+        meta.character_id = character.id
+    except (StoreUnavailable, SessionNotFound) as exc:
+        log.warning("session %s keeps its character: %s", meta.session_id, exc)
