@@ -1,10 +1,12 @@
 // The chatmem web page: plain DOM, no framework, no build step.
 //
 // Safety rule: text from the API (messages, titles, character cards) only ever reaches
-// the page through textContent / text nodes, never innerHTML.
+// the page through textContent / text nodes, never innerHTML — except a reply's Markdown,
+// which the server renders and sanitizes and markdown.js checks again.
 //
 // Modules: api.js talks to the API; reply.js streams a reply in (sent or re-attached);
-// this one is the rest of the page: characters, sessions, history, composer, layout.
+// markdown.js shows replies' Markdown; this one is the rest of the page: characters,
+// sessions, history, composer, layout.
 import {
   ApiError,
   STORE,
@@ -16,6 +18,7 @@ import {
   storageSet,
   userId,
 } from "./api.js";
+import { markPending, renderPending } from "./markdown.js";
 import { createReplies } from "./reply.js";
 
 const HISTORY_PAGE = 50;
@@ -282,6 +285,7 @@ async function newSession() {
   setCurrent(data.session);
   ui.messages.replaceChildren();
   if (data.greeting) ui.messages.append(messageItem(data.greeting));
+  renderPending(ui.messages);
   state.nextBefore = null;
   ui.loadOlder.hidden = true;
   renderSessions();
@@ -356,6 +360,9 @@ function renderHistory(history) {
   state.nextBefore = history.next_before;
   ui.loadOlder.hidden = !history.next_before;
   scrollToEnd();
+  renderPending(ui.messages).then(() => {
+    if (nearEnd()) scrollToEnd();
+  });
 }
 
 async function showHistory(sid) {
@@ -376,6 +383,7 @@ async function loadOlder() {
   ui.scroll.scrollTop += ui.scroll.scrollHeight - height;
   state.nextBefore = page.next_before;
   ui.loadOlder.hidden = !page.next_before;
+  await renderPending(ui.messages);
 }
 
 async function refreshCurrent() {
@@ -404,6 +412,7 @@ function messageItem(msg) {
   if (md.greeting) li.classList.add("greeting");
   const bubble = node("div", "bubble", msg.content);
   li.append(bubble);
+  if (msg.role !== "user") markPending(li, msg.content);
   if (md.interrupted) markStopped(li);
   return li;
 }
@@ -521,6 +530,8 @@ const replies = createReplies({
   characterName,
   messageItem,
   markStopped,
+  markPending,
+  renderPending,
   nearEnd,
   scrollToEnd,
   refreshCurrent,

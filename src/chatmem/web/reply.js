@@ -69,6 +69,8 @@ export function createReplies(page) {
     characterName,
     messageItem,
     markStopped,
+    markPending,
+    renderPending,
     nearEnd,
     scrollToEnd,
     refreshCurrent,
@@ -196,6 +198,8 @@ export function createReplies(page) {
       showError(err);
     }
     if (turn.bubble) turn.bubble.classList.remove("streaming");
+    // A reply streamed in as text: its Markdown is shown now that it is complete.
+    await renderPending(ui.messages);
     if (active !== turn) return;
     active = null;
     showTyping(false);
@@ -346,7 +350,9 @@ export function createReplies(page) {
         bubble.remove();
         turn.bubble = bubble = shown;
       }
-      bubble.querySelector(".bubble").textContent = msg.content ?? turn.text;
+      const text = msg.content ?? turn.text;
+      bubble.querySelector(".bubble").textContent = text;
+      markPending(bubble, text);
       if (msg.msg_id) bubble.dataset.msgId = msg.msg_id;
       if (msg.metadata && msg.metadata.interrupted) markStopped(bubble);
       if (data.memory && data.memory !== "ok") {
