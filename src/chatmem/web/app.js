@@ -414,7 +414,17 @@ function messageItem(msg) {
   li.append(bubble);
   if (msg.role !== "user") markPending(li, msg.content);
   if (md.interrupted) markStopped(li);
+  else if (md.finish_reason === "length") markCutOff(li);
   return li;
+}
+
+// The reply reached its length limit (the character's or the model's max tokens).
+function markCutOff(li) {
+  li.classList.add("cut-off");
+  if (li.querySelector(".tag")) return;
+  const tag = node("span", "tag", "cut off");
+  tag.title = "The reply reached its length limit and ends mid-way.";
+  li.append(tag);
 }
 
 function markStopped(li) {
@@ -530,6 +540,7 @@ const replies = createReplies({
   characterName,
   messageItem,
   markStopped,
+  markCutOff,
   markPending,
   renderPending,
   nearEnd,

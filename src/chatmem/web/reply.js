@@ -69,6 +69,7 @@ export function createReplies(page) {
     characterName,
     messageItem,
     markStopped,
+    markCutOff,
     markPending,
     renderPending,
     nearEnd,
@@ -354,7 +355,9 @@ export function createReplies(page) {
       bubble.querySelector(".bubble").textContent = text;
       markPending(bubble, text);
       if (msg.msg_id) bubble.dataset.msgId = msg.msg_id;
-      if (msg.metadata && msg.metadata.interrupted) markStopped(bubble);
+      const md = msg.metadata || {};
+      if (md.interrupted) markStopped(bubble);
+      else if (md.finish_reason === "length") markCutOff(bubble);
       if (data.memory && data.memory !== "ok") {
         showError(`The reply was not fully saved to memory (${data.memory}).`);
       }
