@@ -50,3 +50,28 @@ def test_a_reply_cut_at_its_length_limit_is_marked(
     last = page.locator(".message.assistant").last
     expect(last.locator(".tag")).to_have_text("cut off")
     assert page.locator(".message.assistant .tag").count() == 1
+
+
+def test_first_message_titles_the_chat_and_search_filters_the_sidebar(
+    page: Page, fake: FakeOpenAI
+) -> None:
+    page.click("#new-session")
+    expect(page.locator("#session-title")).to_have_text("Luna")
+    chat(page, "Plan a weekend in Kyoto\nwith temples and tea")
+    expect(page.locator("#session-title")).to_have_text("Plan a weekend in Kyoto")
+    expect(page.locator(".session .session-title").first).to_have_text("Plan a weekend in Kyoto")
+    fake.script(Reply(text="Bananas are berries, botanically."))
+    page.click("#new-session")
+    chat(page, "Tell me a fruit fact")
+    sessions = page.locator("#session-list .session")
+    expect(sessions).to_have_count(2)
+
+    page.fill("#session-search", "kyoto")  # a title, whatever the case
+    expect(sessions.locator(".session-title")).to_have_text(["Plan a weekend in Kyoto"])
+    page.fill("#session-search", "berries")  # a preview (the last message)
+    expect(sessions.locator(".session-title")).to_have_text(["Tell me a fruit fact"])
+    page.fill("#session-search", "no such words")
+    expect(sessions).to_have_count(0)
+    expect(page.locator("#sessions-empty")).to_have_text("No chats match.")
+    page.fill("#session-search", "")
+    expect(sessions).to_have_count(2)

@@ -17,10 +17,12 @@ from chatmem.chat.prompting import Prompter
 from chatmem.chat.prompts import context_messages
 from chatmem.chat.resume import Attached
 from chatmem.chat.sessions import SessionMethods
+from chatmem.chat.titles import is_placeholder, title_from_message
 from chatmem.chat.turns import TURN_READ_MESSAGES, ParamsAdjuster, Turns, idempotent_ids
 from chatmem.config import Settings
 from chatmem.durability.outbox import OUTBOX_DIR, Outbox
 from chatmem.durability.replay import OutboxReplayer
+from chatmem.errors import StoreUnavailable
 from chatmem.metrics import Metrics
 from chatmem.models import Message, Role, SessionMeta
 from chatmem.providers.base import ChatProvider
@@ -149,7 +151,7 @@ class ChatService(SessionMethods):
     ) -> Generation:
         """Begin a turn: its generation runs (server-owned) when this returns. `stream`:
         its deltas are relayed to subscribers and to its event stream (re-attach)."""
-        return await self.turns.prepare(
+        gen = await self.turns.prepare(
             user_id,
             session_id,
             content,
@@ -159,6 +161,22 @@ class ChatService(SessionMethods):
             on_disconnect=on_disconnect,
             adjust_params=adjust_params,
         )
+        await self._title_from_first_message(gen, content)
+        return gen
+
+    async def _title_from_first_message(self, gen: Generation, content: str) -> None:
+        meta = gen.meta
+        if not is_placeholder(meta.title, gen.character.name, meta.message_count):
+            return
+        title = title_from_message(content)
+        if not title:
+            return
+        try:
+            await self.store.update_session(gen.user_id, meta.session_id, title=title)
+        except StoreUnavailable:
+            log.info("title: Redis unavailable, session %s keeps its title", meta.session_id)
+        else:
+            meta.title = title
 
     async def complete(self, gen: Generation) -> TurnDone:
         """The generation's final event, once its reply is stored."""

@@ -36,6 +36,7 @@ const ui = {
   newSession: $("new-session"),
   sessionList: $("session-list"),
   sessionsEmpty: $("sessions-empty"),
+  search: $("session-search"),
   identity: $("identity"),
   forgetKey: $("forget-key"),
   title: $("session-title"),
@@ -64,6 +65,7 @@ const state = {
   sessions: [],
   current: null, // the open session's meta
   nextBefore: null, // history cursor for "load older"
+  allSessions: false, // the listing holds every session (not only the most recent page)
 };
 
 // --- identity ----------------------------------------------------------------
@@ -148,16 +150,35 @@ function showCharacter() {
 
 // --- sessions ------------------------------------------------------------------
 
-async function loadSessions() {
-  const data = await apiJson("GET", "/v1/sessions");
+// The sidebar lists the most recent chats; a search reads them all (up to the API's
+// 1000, the per-user cap's default) once, then filters as the user types.
+const SESSIONS_PAGE = 100;
+const SESSIONS_ALL = 1000;
+
+async function loadSessions(limit = state.allSessions ? SESSIONS_ALL : SESSIONS_PAGE) {
+  const data = await apiJson("GET", `/v1/sessions?limit=${limit}`);
   state.sessions = data.sessions;
+  state.allSessions = limit === SESSIONS_ALL || data.sessions.length < limit;
   renderSessions();
 }
 
+function searchText(meta) {
+  return `${meta.title || ""}\n${meta.preview || ""}\n${characterName(meta.character_id)}`;
+}
+
 function renderSessions() {
-  const items = state.sessions.map((s) => sessionItem(s));
-  ui.sessionList.replaceChildren(...items);
-  ui.sessionsEmpty.hidden = state.sessions.length > 0;
+  const query = ui.search.value.trim().toLowerCase();
+  const shown = query
+    ? state.sessions.filter((s) => searchText(s).toLowerCase().includes(query))
+    : state.sessions;
+  ui.sessionList.replaceChildren(...shown.map((s) => sessionItem(s)));
+  ui.sessionsEmpty.hidden = shown.length > 0;
+  ui.sessionsEmpty.textContent = query ? "No chats match." : "No chats yet.";
+}
+
+async function searchSessions() {
+  if (ui.search.value.trim() && !state.allSessions) await loadSessions(SESSIONS_ALL);
+  else renderSessions();
 }
 
 function sessionItem(meta) {
@@ -499,6 +520,7 @@ function wire() {
     showCharacter();
   });
   ui.loadOlder.addEventListener("click", () => loadOlder().catch(showError));
+  ui.search.addEventListener("input", () => searchSessions().catch(showError));
   ui.errorClose.addEventListener("click", clearError);
   ui.openSidebar.addEventListener("click", openSidebar);
   ui.closeSidebar.addEventListener("click", closeSidebar);
