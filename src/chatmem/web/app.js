@@ -16,8 +16,8 @@ import {
   sessionPath,
   storageGet,
   storageSet,
-  userId,
 } from "./api.js";
+import { createIdentity } from "./identity.js";
 import { markPending, renderPending } from "./markdown.js";
 import { createReplies } from "./reply.js";
 
@@ -70,11 +70,8 @@ const state = {
 
 // --- identity ----------------------------------------------------------------
 
-function showIdentity() {
-  const hasKey = Boolean(storageGet(STORE.key));
-  ui.identity.textContent = hasKey ? "Signed in with an API key" : `You are ${userId()}`;
-  ui.forgetKey.hidden = !hasKey;
-}
+const identity = createIdentity({ onChange: () => boot().catch(showError) });
+const showIdentity = () => identity.show();
 
 // --- errors --------------------------------------------------------------------
 
@@ -537,7 +534,9 @@ function wire() {
 
 async function boot() {
   showIdentity();
+  state.allSessions = false;
   await loadCharacters();
+  await identity.load();
   await loadSessions();
   const saved = storageGet(STORE.session);
   const target = state.sessions.find((s) => s.session_id === saved) || state.sessions[0];
