@@ -31,6 +31,7 @@ from chatmem.cli.client import (
     auth_headers,
     connect,
 )
+from chatmem.cli.terminal import LineReader
 
 PROMPT = "you › "
 STOP_GRACE_S = 3.0
@@ -75,6 +76,7 @@ class TerminalChat:
     portal: BlockingPortal
     api: ChatmemClient
     names: dict[str, str]
+    reader: LineReader
     session: dict[str, Any] = field(default_factory=dict)
     shown_ids: set[str] = field(default_factory=set)
     echoes_input: bool = field(default_factory=lambda: sys.stdin.isatty())
@@ -132,7 +134,7 @@ class TerminalChat:
     def run(self) -> None:
         while True:
             try:
-                line = self.console.input(PROMPT)
+                line = self.reader.read(PROMPT)
             except (EOFError, KeyboardInterrupt):
                 self.console.print()
                 return
@@ -211,7 +213,8 @@ class TerminalChat:
     def watch(self, func: Any, *args: Any) -> None:
         future = self.portal.start_task_soon(func, *args)
         try:
-            _wait(future)
+            with self.reader.quiet():
+                _wait(future)
         except KeyboardInterrupt:
             self.interrupt(future)
         except ApiError as exc:
@@ -221,8 +224,9 @@ class TerminalChat:
             pass
 
     def interrupt(self, future: concurrent.futures.Future[None]) -> None:
-        """Ask the server to stop, let the reply end by itself, else stop watching it."""
-        with contextlib.suppress(Exception):
+        """Ask the server to stop, let the reply end by itself, else stop watching it
+        (a second Ctrl+C stops waiting: quietly, no traceback)."""
+        with contextlib.suppress(Exception, KeyboardInterrupt):
             self.portal.call(self._stop)
         try:
             future.result(timeout=STOP_GRACE_S)
@@ -366,7 +370,7 @@ def run_chat(console: Console, opts: ChatOptions) -> None:
     ):
         api = ChatmemClient(http)
         names = portal.call(_character_names, api)
-        chat = TerminalChat(console, portal, api, names)
+        chat = TerminalChat(console, portal, api, names, LineReader(console))
         portal.call(chat.open, opts)
         if opts.session:
             chat.reattach()

@@ -9,6 +9,7 @@ arguments or settings (a one-line error, never a traceback).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -61,7 +62,7 @@ def serve(
     log_level: str = typer.Option("info", help="uvicorn log level"),
 ) -> None:
     """Run the HTTP server: the page at /, the API at /v1, the docs at /docs."""
-    from chatmem.cli.serve import LOG_LEVELS, run_server
+    from chatmem.cli.serve import LOG_LEVELS, run_server, startup_banner
 
     settings = load_settings()
     workers = workers or settings.server.workers
@@ -72,6 +73,8 @@ def serve(
     settings.server = settings.server.model_copy(
         update={"host": host or settings.server.host, "port": port or settings.server.port}
     )
+    sys.stderr.write(startup_banner(settings, workers=workers))
+    sys.stderr.flush()
     with reported_errors():
         run_server(settings, workers=workers, reload=reload, log_level=log_level.lower())
 
@@ -92,8 +95,14 @@ def chat(
     opts = ChatOptions(
         url=url, user=user, api_key=api_key, character=character, session=session, title=title
     )
-    with reported_errors():
-        run_chat(out, opts)
+    try:
+        with reported_errors():
+            run_chat(out, opts)
+    except KeyboardInterrupt:
+        # Ctrl+C while connecting, or once more while a reply was being stopped: leave
+        # quietly, as any terminal program does.
+        out.print()
+        raise typer.Exit(130) from None
 
 
 # --- reading --------------------------------------------------------------------------
