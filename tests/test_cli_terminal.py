@@ -213,3 +213,23 @@ def test_serve_banner_says_url_model_data_dir_and_auth(tmp_path: Path) -> None:
     text = startup_banner(remote, workers=4)
     assert "http://0.0.0.0:9000/  (4 workers)" in text
     assert "m1 at https://api.example.com/v1" in text and "auth     API keys" in text
+
+
+def test_replies_are_rendered_as_markdown_on_a_terminal(
+    terminal: Callable[..., Tmux], fake: FakeOpenAI
+) -> None:
+    reply = (
+        "Here is **bold** text.\n\n| name | value |\n|------|-------|\n| alpha | 1 |\n\n"
+        "```python\nprint('hi')\n```\n\n- one\n- two"
+    )
+    fake.script(Reply(text=reply, chunks=8, delay_s=0.05))
+    t = terminal("-c", "luna")
+    t.wait_for(lambda s: prompts(s) == 1, "the first prompt")
+    t.type("markdown please")
+    t.keys("Enter")
+    screen = t.wait_for(lambda s: "out tokens" in s and at_prompt(s), "the reply")
+    shown = screen[screen.index("markdown please") :]
+    assert "Here is bold text." in shown and "**" not in shown
+    assert "alpha" in shown and "|------|" not in shown  # a drawn table, not the source
+    assert "print('hi')" in shown and "```" not in shown
+    assert "• one" in shown

@@ -31,6 +31,7 @@ from chatmem.cli.client import (
     auth_headers,
     connect,
 )
+from chatmem.cli.reply_view import ReplyView, markdown
 from chatmem.cli.terminal import LineReader
 
 PROMPT = "you › "
@@ -124,8 +125,15 @@ class TerminalChat:
 
     def show_message(self, msg: dict[str, Any]) -> None:
         who = "you" if msg["role"] == "user" else self.name()
+        stopped = (msg.get("metadata") or {}).get("interrupted")
+        if msg["role"] != "user" and self.console.is_terminal:
+            self.console.print(Text(f"{printable(who)} ›", "bold"))
+            self.console.print(markdown(printable(msg["content"])))
+            if stopped:
+                self.console.print(Text(" [stopped]", "dim"))
+            return
         text = Text.assemble((f"{printable(who)} › ", "bold"), printable(msg["content"]))
-        if (msg.get("metadata") or {}).get("interrupted"):
+        if stopped:
             text.append(" [stopped]", "dim")
         self.console.print(text, soft_wrap=True)
 
@@ -288,43 +296,45 @@ class TerminalChat:
         if self.console.is_terminal:
             status = self.console.status(f"{self.name()} is typing…")
             status.start()
-        started = ended = False
+        view = ReplyView(self.console, printable(self.name()))
+        ended = False
 
         def begin() -> None:
-            nonlocal started
             if status is not None:
                 status.stop()
-            if not started:
-                started = True
-                self.console.print(Text(f"{printable(self.name())} › ", "bold"), end="")
+            view.begin()
 
         try:
             async for ev in events:
                 if ev.event == "delta":
                     begin()
-                    chunk = printable(str(ev.data.get("content", "")))
-                    self.console.print(Text(chunk), end="", soft_wrap=True)
+                    view.add(printable(str(ev.data.get("content", ""))))
                 elif ev.event == "done":
                     ended = True
                     begin()
-                    self.finish(ev.data)
+                    self.finish(view, ev.data)
                     break
                 elif ev.event == "error":
-                    if started:
-                        self.console.print()
+                    if view.started:
+                        view.end()
                     raise ApiError(200, str(ev.data.get("code")), str(ev.data.get("message")))
         finally:
             if status is not None:
                 status.stop()
-        if started and not ended:
-            self.console.print()
+            if view.started and not ended:
+                view.end()  # stopped, cancelled or cut: what came is shown
+        if view.started and not ended:
             self.console.print(Text("  (the end of this reply was lost; /history shows it)", "dim"))
 
-    def finish(self, done: dict[str, Any]) -> None:
+    def finish(self, view: ReplyView, done: dict[str, Any]) -> None:
         message = done.get("message") or {}
-        if (message.get("metadata") or {}).get("interrupted"):
-            self.console.print(Text(" [stopped]", "dim"), end="")
-        self.console.print()
+        metadata = message.get("metadata") or {}
+        marks = []
+        if metadata.get("interrupted"):
+            marks.append(Text(" [stopped]", "dim"))
+        elif metadata.get("finish_reason") == "length":
+            marks.append(Text(" [cut off: the reply reached its length limit]", "dim"))
+        view.end(marks)
         u = done.get("usage") or {}
         self.console.print(
             Text(
