@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from chatmem.cli.serve import startup_banner
@@ -233,3 +234,24 @@ def test_replies_are_rendered_as_markdown_on_a_terminal(
     assert "alpha" in shown and "|------|" not in shown  # a drawn table, not the source
     assert "print('hi')" in shown and "```" not in shown
     assert "• one" in shown
+
+
+def test_sessions_table_keeps_every_field_at_80_columns(live: LiveServer) -> None:
+    h = {"X-User-Id": "narrow"}
+    body = {"character_id": "luna", "title": "Trip to Kyoto"}
+    sid = httpx.post(f"{live.url}/v1/sessions", json=body, headers=h).json()["session"][
+        "session_id"
+    ]
+    httpx.post(
+        f"{live.url}/v1/sessions/{sid}/messages",
+        json={"content": "temples?"},
+        headers=h,
+        timeout=30,
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "COLUMNS": "80"}
+    cmd = [sys.executable, "-m", "chatmem", "sessions", "--url", live.url, "--user", "narrow"]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60, check=True)
+    lines = res.stdout.splitlines()
+    assert max(len(ln) for ln in lines) <= 80, res.stdout
+    for field in (sid, "Trip to Kyoto", "luna", "3 msgs", "tok", "$", REPLY[:12]):
+        assert field in res.stdout, (field, res.stdout)

@@ -108,6 +108,10 @@ def chat(
 # --- reading --------------------------------------------------------------------------
 
 
+WIDE_TABLE_COLUMNS = 140
+PREVIEW_CHARS = 80
+
+
 @app.command()
 def sessions(
     url: str | None = UrlOpt,
@@ -124,7 +128,24 @@ def sessions(
     if not rows:
         out.print("no sessions")
         return
-    # Ids are what the other commands take: never cut; the preview gives way first.
+    # Ids are what the other commands take: never cut. Below WIDE_TABLE_COLUMNS the
+    # figures stack in one column and the preview goes under the title, so that every
+    # field is still there at 80 columns.
+    if out.width < WIDE_TABLE_COLUMNS:
+        table = Table(Column("session", no_wrap=True), "chat", Column("activity", no_wrap=True))
+        for s in rows:
+            usage = s.get("usage") or {}
+            chat_cell = Text(printable(str(s["title"])), "bold")
+            if s.get("preview"):
+                chat_cell.append("\n" + printable(str(s["preview"]))[:PREVIEW_CHARS], "dim")
+            activity = (
+                f"{printable(str(s['character_id']))} · {s['message_count']} msgs\n"
+                f"{usage.get('total_tokens', 0)} tok · {money(usage.get('cost_usd'))}\n"
+                f"{when(s.get('last_active_at'))}"
+            )
+            table.add_row(cell(s["session_id"]), chat_cell, Text(activity))
+        out.print(table)
+        return
     table = Table(
         Column("session", no_wrap=True),
         "title",
