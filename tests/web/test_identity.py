@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -17,6 +18,8 @@ from tests.live_server import LiveServer
 from tests.web.conftest import PageWatch, chat, open_page
 
 pytestmark = pytest.mark.browser
+
+ALICE = f"alice-{uuid.uuid4().hex[:8]}"  # the test Redis is shared: a user of its own
 
 
 @pytest.fixture
@@ -54,16 +57,16 @@ def test_page_cli_and_server_share_the_default_user(plain_page: Page, server: Li
     page.fill("#user-input", "bad id!")
     page.click("#user-save")
     expect(page.locator("#user-form")).to_be_visible()  # refused, nothing changed
-    page.fill("#user-input", "alice")
+    page.fill("#user-input", ALICE)
     page.click("#user-save")
-    expect(page.locator("#identity")).to_have_text("You are alice")
+    expect(page.locator("#identity")).to_have_text(f"You are {ALICE}")
     expect(page.locator("#session-list .session")).to_have_count(0)
     chat(page, "hello as alice")
     alice_sid = page.evaluate("localStorage.getItem('chatmem.sessionId')")
-    assert cli_session_ids(server.url, "--user", "alice") == {alice_sid}
+    assert cli_session_ids(server.url, "--user", ALICE) == {alice_sid}
     page.reload()
     page.wait_for_selector("body[data-ready=true]")
-    expect(page.locator("#identity")).to_have_text("You are alice")
+    expect(page.locator("#identity")).to_have_text(f"You are {ALICE}")
 
     # Empty: back to the default user and its chat.
     page.click("#change-user")
