@@ -25,11 +25,13 @@ install: $(VENV)/.installed-run
 install-test: $(VENV)/.installed-test
 
 # Debian's Chromium for the browser tests (Playwright drives it; no browser download),
-# and a CJK font so the built-in Chinese characters render in screenshots.
+# a CJK font so the built-in Chinese characters render in screenshots, and tmux for the
+# terminal chat's tests (tests/test_cli_terminal.py).
 chromium:
-	@if [ ! -x /usr/bin/chromium ] || ! fc-list 2>/dev/null | grep -qi wqy; then \
+	@if [ ! -x /usr/bin/chromium ] || ! command -v tmux >/dev/null \
+			|| ! fc-list 2>/dev/null | grep -qi wqy; then \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-			chromium fonts-wqy-microhei; \
+			chromium fonts-wqy-microhei tmux; \
 	fi
 
 run: install

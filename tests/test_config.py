@@ -32,6 +32,7 @@ DOCUMENTED: dict[str, tuple[str, str, Any]] = {
     "CHATMEM_REDIS_WAIT_TIMEOUT_MS": ("300", "redis.wait_timeout_ms", 300),
     "CHATMEM_DATA_DIR": ("/srv/chatmem", "data_dir", Path("/srv/chatmem")),
     "CHATMEM_CHARACTERS_DIR": ("/srv/chars", "characters_dir", Path("/srv/chars")),
+    "CHATMEM_DEFAULT_CHARACTER": ("teacher", "default_character", "teacher"),
     "CHATMEM_LLM_BASE_URL": ("http://llm:8080/v1", "llm.base_url", "http://llm:8080/v1"),
     "CHATMEM_LLM_API_KEY": ("sk-test", "llm.api_key", "sk-test"),
     "CHATMEM_LLM_MODEL": ("deepseek-chat", "llm.model", "deepseek-chat"),

@@ -185,6 +185,10 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(default_factory=_default_data_dir)
     characters_dir: Path | None = None
+    # The character new chats start with when the client names none (the page preselects
+    # it); unset: the one that suits the model (Luna for the bundled local model), else
+    # `assistant`.
+    default_character: str | None = None
     # CHATMEM_LOCAL_MODEL_PATH, the documented name of llm.local_model_path (which wins).
     local_model_path: Path | None = Field(None, exclude=True, repr=False)
     redis: RedisSettings = Field(default_factory=RedisSettings)

@@ -1,5 +1,5 @@
 """What the page tests share: one server and one browser per test module, a fresh
-browser context (so a fresh localStorage, so a fresh generated user id) per test, and
+browser context (so a fresh localStorage, with a user id of its own) per test, and
 helpers that drive the page as a user does.
 
 The helpers are imported by the test modules; the fixtures come to them as fixtures.
@@ -8,6 +8,7 @@ The helpers are imported by the test modules; the fixtures come to them as fixtu
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,12 @@ def context(browser: Browser, fake: FakeOpenAI) -> Iterator[BrowserContext]:
     fake.reset()
     ctx = browser.new_context(viewport={"width": 1100, "height": 720})
     ctx.set_default_timeout(10_000)
+    # Each test its own user, as if it had set one on the page ("Change" in the sidebar);
+    # without one the page is the server's default user (tests/web/test_identity.py).
+    ctx.add_init_script(
+        f"if (!localStorage.getItem('chatmem.user')) "
+        f"localStorage.setItem('chatmem.user', 'web-test-{uuid.uuid4().hex[:12]}')"
+    )
     yield ctx
     ctx.close()
 
@@ -133,7 +140,7 @@ def wait_idle(page: Page) -> None:
 
 
 def user_id(page: Page) -> str:
-    uid: str = page.evaluate("localStorage.getItem('chatmem.userId')")
+    uid: str = page.evaluate("localStorage.getItem('chatmem.user')")
     return uid
 
 

@@ -124,8 +124,9 @@ def test_switch_characters_and_sessions_and_rename(
     expect(page.locator("#session-list .session")).to_have_count(2)
 
     # Back to Luna's session: its history comes back.
+    # (titled by its first message: tests/web/test_page_defaults.py)
     page.locator(".session", has_text="Luna").locator(".session-open").click()
-    expect(page.locator("#session-title")).to_have_text("Luna")
+    expect(page.locator("#session-title")).to_have_text("I love hiking in the Alps.")
     expect(page.locator(".message.user .bubble")).to_have_text(["I love hiking in the Alps."])
 
     luna_item = page.locator(".session", has_text="Luna")

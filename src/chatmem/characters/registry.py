@@ -34,8 +34,15 @@ log = logging.getLogger(__name__)
 
 
 class CharacterRegistry:
-    def __init__(self, stored: CharacterStore, characters_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        stored: CharacterStore,
+        characters_dir: Path | None = None,
+        *,
+        preferred_default: str | None = None,
+    ) -> None:
         self._stored = stored
+        self._preferred_default = preferred_default
         self._characters_dir = characters_dir
         self._builtins = {ch.id: ch for ch in load_builtins()}
         self._static: dict[str, Character] = {}
@@ -57,10 +64,19 @@ class CharacterRegistry:
             sources[ch.id] = f"loaded from {self._characters_dir}"
         self._static, self._sources = static, sources
         self._load_errors = loaded.errors if loaded else []
+        if self._preferred_default and self._preferred_default not in static:
+            log.warning(
+                "characters: the default character %r does not exist; using %r",
+                self._preferred_default,
+                DEFAULT_CHARACTER_ID,
+            )
 
     @property
     def default_id(self) -> str:
-        return DEFAULT_CHARACTER_ID
+        """The preferred default (configured, or the one that suits the model) when it
+        is a built-in or directory character, else `assistant`."""
+        preferred = self._preferred_default
+        return preferred if preferred in self._static else DEFAULT_CHARACTER_ID
 
     @property
     def load_errors(self) -> builtins.list[CharacterLoadError]:

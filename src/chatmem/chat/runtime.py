@@ -30,7 +30,7 @@ from chatmem.durability.outbox import OUTBOX_DIR, Outbox
 from chatmem.metrics import Metrics
 from chatmem.ops.embedded import EmbeddedRedis
 from chatmem.providers.base import ChatProvider
-from chatmem.providers.factory import make_provider
+from chatmem.providers.factory import make_provider, suggested_character
 from chatmem.store.auth_failures import RedisFailureCounter
 from chatmem.store.characters import CharacterStore
 from chatmem.store.client import AnyRedis, make_redis
@@ -118,7 +118,11 @@ async def running(
         redis = await _connect(settings, stack)
         metrics = Metrics()
         store = _store(redis, settings, metrics)
-        characters = CharacterRegistry(CharacterStore(redis), settings.characters_dir)
+        characters = CharacterRegistry(
+            CharacterStore(redis),
+            settings.characters_dir,
+            preferred_default=settings.default_character or suggested_character(settings.llm),
+        )
         lim = settings.limits
         coordinator = Coordinator(
             redis,

@@ -20,11 +20,13 @@ from chatmem.chat.reconcile import ClientMessage, plan_turn
 from chatmem.chat.resume import Attached
 from chatmem.chat.sessions import SessionMethods
 from chatmem.chat.stateless import StatelessTurns
+from chatmem.chat.titles import is_placeholder, title_from_message
 from chatmem.chat.turn_shape import TURN_READ_MESSAGES
 from chatmem.chat.turns import Adjuster, Turns, idempotent_ids
 from chatmem.config import Settings
 from chatmem.durability.outbox import OUTBOX_DIR, Outbox
 from chatmem.durability.replay import OutboxReplayer
+from chatmem.errors import StoreUnavailable
 from chatmem.metrics import Metrics
 from chatmem.models import Message, Role, SessionMeta
 from chatmem.providers.base import ChatProvider
@@ -158,7 +160,7 @@ class ChatService(SessionMethods):
         """Begin a turn: its generation runs (server-owned) when this returns. `stream`:
         its deltas are relayed to subscribers and to its event stream (re-attach).
         `character_id` / `history_messages`: see `Turns.prepare` (the seed routes')."""
-        return await self.turns.prepare(
+        gen = await self.turns.prepare(
             user_id,
             session_id,
             content,
@@ -170,6 +172,22 @@ class ChatService(SessionMethods):
             character_id=character_id,
             history_messages=history_messages,
         )
+        await self._title_from_first_message(gen, content)
+        return gen
+
+    async def _title_from_first_message(self, gen: Generation, content: str) -> None:
+        meta = gen.meta
+        if not is_placeholder(meta.title, gen.character.name, meta.message_count):
+            return
+        title = title_from_message(content)
+        if not title:
+            return
+        try:
+            await self.store.update_session(gen.user_id, meta.session_id, title=title)
+        except StoreUnavailable:
+            log.info("title: Redis unavailable, session %s keeps its title", meta.session_id)
+        else:
+            meta.title = title
 
     async def prepare_revision(
         self,

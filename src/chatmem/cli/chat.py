@@ -31,6 +31,8 @@ from chatmem.cli.client import (
     auth_headers,
     connect,
 )
+from chatmem.cli.reply_view import ReplyView, markdown
+from chatmem.cli.terminal import LineReader
 
 PROMPT = "you › "
 STOP_GRACE_S = 3.0
@@ -75,6 +77,7 @@ class TerminalChat:
     portal: BlockingPortal
     api: ChatmemClient
     names: dict[str, str]
+    reader: LineReader
     session: dict[str, Any] = field(default_factory=dict)
     shown_ids: set[str] = field(default_factory=set)
     echoes_input: bool = field(default_factory=lambda: sys.stdin.isatty())
@@ -122,8 +125,15 @@ class TerminalChat:
 
     def show_message(self, msg: dict[str, Any]) -> None:
         who = "you" if msg["role"] == "user" else self.name()
+        stopped = (msg.get("metadata") or {}).get("interrupted")
+        if msg["role"] != "user" and self.console.is_terminal:
+            self.console.print(Text(f"{printable(who)} ›", "bold"))
+            self.console.print(markdown(printable(msg["content"])))
+            if stopped:
+                self.console.print(Text(" [stopped]", "dim"))
+            return
         text = Text.assemble((f"{printable(who)} › ", "bold"), printable(msg["content"]))
-        if (msg.get("metadata") or {}).get("interrupted"):
+        if stopped:
             text.append(" [stopped]", "dim")
         self.console.print(text, soft_wrap=True)
 
@@ -132,7 +142,7 @@ class TerminalChat:
     def run(self) -> None:
         while True:
             try:
-                line = self.console.input(PROMPT)
+                line = self.reader.read(PROMPT)
             except (EOFError, KeyboardInterrupt):
                 self.console.print()
                 return
@@ -211,7 +221,8 @@ class TerminalChat:
     def watch(self, func: Any, *args: Any) -> None:
         future = self.portal.start_task_soon(func, *args)
         try:
-            _wait(future)
+            with self.reader.quiet():
+                _wait(future)
         except KeyboardInterrupt:
             self.interrupt(future)
         except ApiError as exc:
@@ -221,8 +232,9 @@ class TerminalChat:
             pass
 
     def interrupt(self, future: concurrent.futures.Future[None]) -> None:
-        """Ask the server to stop, let the reply end by itself, else stop watching it."""
-        with contextlib.suppress(Exception):
+        """Ask the server to stop, let the reply end by itself, else stop watching it
+        (a second Ctrl+C stops waiting: quietly, no traceback)."""
+        with contextlib.suppress(Exception, KeyboardInterrupt):
             self.portal.call(self._stop)
         try:
             future.result(timeout=STOP_GRACE_S)
@@ -284,43 +296,45 @@ class TerminalChat:
         if self.console.is_terminal:
             status = self.console.status(f"{self.name()} is typing…")
             status.start()
-        started = ended = False
+        view = ReplyView(self.console, printable(self.name()))
+        ended = False
 
         def begin() -> None:
-            nonlocal started
             if status is not None:
                 status.stop()
-            if not started:
-                started = True
-                self.console.print(Text(f"{printable(self.name())} › ", "bold"), end="")
+            view.begin()
 
         try:
             async for ev in events:
                 if ev.event == "delta":
                     begin()
-                    chunk = printable(str(ev.data.get("content", "")))
-                    self.console.print(Text(chunk), end="", soft_wrap=True)
+                    view.add(printable(str(ev.data.get("content", ""))))
                 elif ev.event == "done":
                     ended = True
                     begin()
-                    self.finish(ev.data)
+                    self.finish(view, ev.data)
                     break
                 elif ev.event == "error":
-                    if started:
-                        self.console.print()
+                    if view.started:
+                        view.end()
                     raise ApiError(200, str(ev.data.get("code")), str(ev.data.get("message")))
         finally:
             if status is not None:
                 status.stop()
-        if started and not ended:
-            self.console.print()
+            if view.started and not ended:
+                view.end()  # stopped, cancelled or cut: what came is shown
+        if view.started and not ended:
             self.console.print(Text("  (the end of this reply was lost; /history shows it)", "dim"))
 
-    def finish(self, done: dict[str, Any]) -> None:
+    def finish(self, view: ReplyView, done: dict[str, Any]) -> None:
         message = done.get("message") or {}
-        if (message.get("metadata") or {}).get("interrupted"):
-            self.console.print(Text(" [stopped]", "dim"), end="")
-        self.console.print()
+        metadata = message.get("metadata") or {}
+        marks = []
+        if metadata.get("interrupted"):
+            marks.append(Text(" [stopped]", "dim"))
+        elif metadata.get("finish_reason") == "length":
+            marks.append(Text(" [cut off: the reply reached its length limit]", "dim"))
+        view.end(marks)
         u = done.get("usage") or {}
         self.console.print(
             Text(
@@ -366,7 +380,7 @@ def run_chat(console: Console, opts: ChatOptions) -> None:
     ):
         api = ChatmemClient(http)
         names = portal.call(_character_names, api)
-        chat = TerminalChat(console, portal, api, names)
+        chat = TerminalChat(console, portal, api, names, LineReader(console))
         portal.call(chat.open, opts)
         if opts.session:
             chat.reattach()

@@ -9,6 +9,7 @@ arguments or settings (a one-line error, never a traceback).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -61,7 +62,7 @@ def serve(
     log_level: str = typer.Option("info", help="uvicorn log level"),
 ) -> None:
     """Run the HTTP server: the page at /, the API at /v1, the docs at /docs."""
-    from chatmem.cli.serve import LOG_LEVELS, run_server
+    from chatmem.cli.serve import LOG_LEVELS, run_server, startup_banner
 
     settings = load_settings()
     workers = workers or settings.server.workers
@@ -72,6 +73,8 @@ def serve(
     settings.server = settings.server.model_copy(
         update={"host": host or settings.server.host, "port": port or settings.server.port}
     )
+    sys.stderr.write(startup_banner(settings, workers=workers))
+    sys.stderr.flush()
     with reported_errors():
         run_server(settings, workers=workers, reload=reload, log_level=log_level.lower())
 
@@ -92,11 +95,21 @@ def chat(
     opts = ChatOptions(
         url=url, user=user, api_key=api_key, character=character, session=session, title=title
     )
-    with reported_errors():
-        run_chat(out, opts)
+    try:
+        with reported_errors():
+            run_chat(out, opts)
+    except KeyboardInterrupt:
+        # Ctrl+C while connecting, or once more while a reply was being stopped: leave
+        # quietly, as any terminal program does.
+        out.print()
+        raise typer.Exit(130) from None
 
 
 # --- reading --------------------------------------------------------------------------
+
+
+WIDE_TABLE_COLUMNS = 140
+PREVIEW_CHARS = 80
 
 
 @app.command()
@@ -115,7 +128,24 @@ def sessions(
     if not rows:
         out.print("no sessions")
         return
-    # Ids are what the other commands take: never cut; the preview gives way first.
+    # Ids are what the other commands take: never cut. Below WIDE_TABLE_COLUMNS the
+    # figures stack in one column and the preview goes under the title, so that every
+    # field is still there at 80 columns.
+    if out.width < WIDE_TABLE_COLUMNS:
+        table = Table(Column("session", no_wrap=True), "chat", Column("activity", no_wrap=True))
+        for s in rows:
+            usage = s.get("usage") or {}
+            chat_cell = Text(printable(str(s["title"])), "bold")
+            if s.get("preview"):
+                chat_cell.append("\n" + printable(str(s["preview"]))[:PREVIEW_CHARS], "dim")
+            activity = (
+                f"{printable(str(s['character_id']))} · {s['message_count']} msgs\n"
+                f"{usage.get('total_tokens', 0)} tok · {money(usage.get('cost_usd'))}\n"
+                f"{when(s.get('last_active_at'))}"
+            )
+            table.add_row(cell(s["session_id"]), chat_cell, Text(activity))
+        out.print(table)
+        return
     table = Table(
         Column("session", no_wrap=True),
         "title",

@@ -26,6 +26,42 @@ LOG_LEVELS = frozenset({"critical", "error", "warning", "info", "debug", "trace"
 APP_FACTORY = "chatmem.api.app:create_app"
 
 
+def startup_banner(settings: Settings, *, workers: int = 1) -> str:
+    """What `chatmem serve` says before it starts: where, which model, where the data
+    lives and who may call it."""
+    from chatmem.auth import OPEN_MODE_USER_ID
+
+    server, llm, auth = settings.server, settings.llm, settings.auth
+    host = f"[{server.host}]" if ":" in server.host else server.host
+    if llm.resolved_provider == "local":
+        from chatmem.providers.local import bundled_model_path
+
+        path = llm.local_model_path or bundled_model_path()
+        model = f"{path.name if path else 'none installed'} (local, llama.cpp)"
+    else:
+        model = f"{llm.model or 'the server default'} at {llm.base_url or 'api.openai.com'}"
+    if auth.keys.strip() and auth.jwt_secret:
+        mode = "API keys and JWTs"
+    elif auth.keys.strip():
+        mode = "API keys"
+    elif auth.jwt_secret:
+        mode = "JWTs"
+    else:
+        mode = f"open (X-User-Id, else user {OPEN_MODE_USER_ID!r}; everyone is admin)"
+    redis = "embedded (in the data dir)" if settings.redis.url is None else "CHATMEM_REDIS_URL"
+    rows = [
+        (
+            "url",
+            f"http://{host}:{server.port}/" + (f"  ({workers} workers)" if workers > 1 else ""),
+        ),
+        ("model", model),
+        ("data dir", str(settings.data_dir)),
+        ("redis", redis),
+        ("auth", mode),
+    ]
+    return "chatmem\n" + "".join(f"  {k:<9}{v}\n" for k, v in rows)
+
+
 def run_server(
     settings: Settings, *, workers: int = 1, reload: bool = False, log_level: str = "info"
 ) -> None:

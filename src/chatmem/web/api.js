@@ -2,7 +2,7 @@
 // the API key dialog when the server asks for one, and what each error means to a user.
 
 export const STORE = {
-  user: "chatmem.userId",
+  user: "chatmem.user",
   key: "chatmem.apiKey",
   session: "chatmem.sessionId",
   character: "chatmem.characterId",
@@ -24,20 +24,13 @@ export function storageSet(name, value) {
   }
 }
 
-let cachedUser = null;
+export const USER_ID_PATTERN = /^[A-Za-z0-9_.@-]{1,128}$/;
 
-// Open mode: a generated id, kept in localStorage, names this browser's user.
+// Open mode: the user id chosen on this page ("Change" in the sidebar), else none — the
+// server's default user, the same one `chatmem chat` and `chatmem sessions` use.
 export function userId() {
-  if (cachedUser) return cachedUser;
-  let id = storageGet(STORE.user);
-  if (!id || !/^[A-Za-z0-9_.@-]{1,128}$/.test(id)) {
-    const bytes = new Uint8Array(8);
-    crypto.getRandomValues(bytes);
-    id = "web-" + Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
-    storageSet(STORE.user, id);
-  }
-  cachedUser = id;
-  return id;
+  const id = storageGet(STORE.user);
+  return id && USER_ID_PATTERN.test(id) ? id : null;
 }
 
 export class ApiError extends Error {
@@ -50,7 +43,9 @@ export class ApiError extends Error {
 }
 
 function requestHeaders(hasBody, accept, extra) {
-  const h = { ...extra, Accept: accept || "application/json", "X-User-Id": userId() };
+  const h = { ...extra, Accept: accept || "application/json" };
+  const user = userId();
+  if (user) h["X-User-Id"] = user;
   const key = storageGet(STORE.key);
   if (key) h.Authorization = `Bearer ${key}`;
   if (hasBody) h["Content-Type"] = "application/json";

@@ -1,10 +1,12 @@
 // The chatmem web page: plain DOM, no framework, no build step.
 //
 // Safety rule: text from the API (messages, titles, character cards) only ever reaches
-// the page through textContent / text nodes, never innerHTML.
+// the page through textContent / text nodes, never innerHTML — except a reply's Markdown,
+// which the server renders and sanitizes and markdown.js checks again.
 //
 // Modules: api.js talks to the API; reply.js streams a reply in (sent or re-attached);
-// this one is the rest of the page: characters, sessions, history, composer, layout.
+// markdown.js shows replies' Markdown; this one is the rest of the page: characters,
+// sessions, history, composer, layout.
 import {
   ApiError,
   STORE,
@@ -14,8 +16,9 @@ import {
   sessionPath,
   storageGet,
   storageSet,
-  userId,
 } from "./api.js";
+import { createIdentity } from "./identity.js";
+import { markPending, renderPending } from "./markdown.js";
 import { createReplies } from "./reply.js";
 
 const HISTORY_PAGE = 50;
@@ -33,6 +36,7 @@ const ui = {
   newSession: $("new-session"),
   sessionList: $("session-list"),
   sessionsEmpty: $("sessions-empty"),
+  search: $("session-search"),
   identity: $("identity"),
   forgetKey: $("forget-key"),
   title: $("session-title"),
@@ -61,15 +65,13 @@ const state = {
   sessions: [],
   current: null, // the open session's meta
   nextBefore: null, // history cursor for "load older"
+  allSessions: false, // the listing holds every session (not only the most recent page)
 };
 
 // --- identity ----------------------------------------------------------------
 
-function showIdentity() {
-  const hasKey = Boolean(storageGet(STORE.key));
-  ui.identity.textContent = hasKey ? "Signed in with an API key" : `You are ${userId()}`;
-  ui.forgetKey.hidden = !hasKey;
-}
+const identity = createIdentity({ onChange: () => boot().catch(showError) });
+const showIdentity = () => identity.show();
 
 // --- errors --------------------------------------------------------------------
 
@@ -145,16 +147,35 @@ function showCharacter() {
 
 // --- sessions ------------------------------------------------------------------
 
-async function loadSessions() {
-  const data = await apiJson("GET", "/v1/sessions");
+// The sidebar lists the most recent chats; a search reads them all (up to the API's
+// 1000, the per-user cap's default) once, then filters as the user types.
+const SESSIONS_PAGE = 100;
+const SESSIONS_ALL = 1000;
+
+async function loadSessions(limit = state.allSessions ? SESSIONS_ALL : SESSIONS_PAGE) {
+  const data = await apiJson("GET", `/v1/sessions?limit=${limit}`);
   state.sessions = data.sessions;
+  state.allSessions = limit === SESSIONS_ALL || data.sessions.length < limit;
   renderSessions();
 }
 
+function searchText(meta) {
+  return `${meta.title || ""}\n${meta.preview || ""}\n${characterName(meta.character_id)}`;
+}
+
 function renderSessions() {
-  const items = state.sessions.map((s) => sessionItem(s));
-  ui.sessionList.replaceChildren(...items);
-  ui.sessionsEmpty.hidden = state.sessions.length > 0;
+  const query = ui.search.value.trim().toLowerCase();
+  const shown = query
+    ? state.sessions.filter((s) => searchText(s).toLowerCase().includes(query))
+    : state.sessions;
+  ui.sessionList.replaceChildren(...shown.map((s) => sessionItem(s)));
+  ui.sessionsEmpty.hidden = shown.length > 0;
+  ui.sessionsEmpty.textContent = query ? "No chats match." : "No chats yet.";
+}
+
+async function searchSessions() {
+  if (ui.search.value.trim() && !state.allSessions) await loadSessions(SESSIONS_ALL);
+  else renderSessions();
 }
 
 function sessionItem(meta) {
@@ -282,6 +303,7 @@ async function newSession() {
   setCurrent(data.session);
   ui.messages.replaceChildren();
   if (data.greeting) ui.messages.append(messageItem(data.greeting));
+  renderPending(ui.messages);
   state.nextBefore = null;
   ui.loadOlder.hidden = true;
   renderSessions();
@@ -356,6 +378,9 @@ function renderHistory(history) {
   state.nextBefore = history.next_before;
   ui.loadOlder.hidden = !history.next_before;
   scrollToEnd();
+  renderPending(ui.messages).then(() => {
+    if (nearEnd()) scrollToEnd();
+  });
 }
 
 async function showHistory(sid) {
@@ -376,6 +401,7 @@ async function loadOlder() {
   ui.scroll.scrollTop += ui.scroll.scrollHeight - height;
   state.nextBefore = page.next_before;
   ui.loadOlder.hidden = !page.next_before;
+  await renderPending(ui.messages);
 }
 
 async function refreshCurrent() {
@@ -404,8 +430,19 @@ function messageItem(msg) {
   if (md.greeting) li.classList.add("greeting");
   const bubble = node("div", "bubble", msg.content);
   li.append(bubble);
+  if (msg.role !== "user") markPending(li, msg.content);
   if (md.interrupted) markStopped(li);
+  else if (md.finish_reason === "length") markCutOff(li);
   return li;
+}
+
+// The reply reached its length limit (the character's or the model's max tokens).
+function markCutOff(li) {
+  li.classList.add("cut-off");
+  if (li.querySelector(".tag")) return;
+  const tag = node("span", "tag", "cut off");
+  tag.title = "The reply reached its length limit and ends mid-way.";
+  li.append(tag);
 }
 
 function markStopped(li) {
@@ -480,6 +517,7 @@ function wire() {
     showCharacter();
   });
   ui.loadOlder.addEventListener("click", () => loadOlder().catch(showError));
+  ui.search.addEventListener("input", () => searchSessions().catch(showError));
   ui.errorClose.addEventListener("click", clearError);
   ui.openSidebar.addEventListener("click", openSidebar);
   ui.closeSidebar.addEventListener("click", closeSidebar);
@@ -496,7 +534,9 @@ function wire() {
 
 async function boot() {
   showIdentity();
+  state.allSessions = false;
   await loadCharacters();
+  await identity.load();
   await loadSessions();
   const saved = storageGet(STORE.session);
   const target = state.sessions.find((s) => s.session_id === saved) || state.sessions[0];
@@ -521,6 +561,9 @@ const replies = createReplies({
   characterName,
   messageItem,
   markStopped,
+  markCutOff,
+  markPending,
+  renderPending,
   nearEnd,
   scrollToEnd,
   refreshCurrent,

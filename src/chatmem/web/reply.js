@@ -69,6 +69,9 @@ export function createReplies(page) {
     characterName,
     messageItem,
     markStopped,
+    markCutOff,
+    markPending,
+    renderPending,
     nearEnd,
     scrollToEnd,
     refreshCurrent,
@@ -196,6 +199,8 @@ export function createReplies(page) {
       showError(err);
     }
     if (turn.bubble) turn.bubble.classList.remove("streaming");
+    // A reply streamed in as text: its Markdown is shown now that it is complete.
+    await renderPending(ui.messages);
     if (active !== turn) return;
     active = null;
     showTyping(false);
@@ -346,9 +351,13 @@ export function createReplies(page) {
         bubble.remove();
         turn.bubble = bubble = shown;
       }
-      bubble.querySelector(".bubble").textContent = msg.content ?? turn.text;
+      const text = msg.content ?? turn.text;
+      bubble.querySelector(".bubble").textContent = text;
+      markPending(bubble, text);
       if (msg.msg_id) bubble.dataset.msgId = msg.msg_id;
-      if (msg.metadata && msg.metadata.interrupted) markStopped(bubble);
+      const md = msg.metadata || {};
+      if (md.interrupted) markStopped(bubble);
+      else if (md.finish_reason === "length") markCutOff(bubble);
       if (data.memory && data.memory !== "ok") {
         showError(`The reply was not fully saved to memory (${data.memory}).`);
       }
