@@ -27,10 +27,8 @@ REPLY = "Nice to meet you."
 PROMPT = "you ›"
 
 
-@pytest.fixture
-def fake() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI(default=Reply(text=REPLY)) as server:
-        yield server
+# The model's default answer here (the `fake` fixture of tests/conftest.py reads it).
+pytestmark = pytest.mark.fake_model(default=Reply(text=REPLY))
 
 
 @pytest.fixture

@@ -17,9 +17,9 @@ pytestmark = pytest.mark.browser
 
 @pytest.fixture(scope="module")
 def server(
-    redis_url: str, fake: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory
+    redis_url: str, fake_model: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LiveServer]:
-    settings = web_settings(redis_url, fake, tmp_path_factory.mktemp("web-defaults"))
+    settings = web_settings(redis_url, fake_model, tmp_path_factory.mktemp("web-defaults"))
     settings = settings.model_copy(update={"default_character": "luna"})
     with LiveServer(settings) as live:
         yield live
