@@ -156,6 +156,13 @@ class RedisMemoryStore(UserQueries):
             if self._on_op is not None:
                 self._on_op(name, time.perf_counter() - start)
 
+    async def run_write(
+        self, name: str, script: AsyncScript, ks: list[str], args: list[Any]
+    ) -> Any:
+        """A write script of another store module (turns, edits) run as this store's own:
+        timed, Redis errors mapped, the write concern waited for."""
+        return await self._run(name, script, ks, args, write=True)
+
     @asynccontextmanager
     async def _op(self, name: str) -> AsyncIterator[None]:
         """Like `_run`, for operations made of plain commands."""

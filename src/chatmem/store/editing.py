@@ -45,15 +45,7 @@ class MessageEdits:
         self._fork = store.redis.register_script(edit_scripts.FORK_SESSION)
 
     async def _run(self, name: str, script: Any, ks: list[str], args: list[Any]) -> Any:
-        start = time.perf_counter()
-        try:
-            with redis_errors(name):
-                wc = self.store.write_concern
-                if wc is not None:
-                    return await wc.run(name, script, ks, args)
-                return await script(keys=ks, args=args)
-        finally:
-            self.store.observe(name, time.perf_counter() - start)
+        return await self.store.run_write(name, script, ks, args)
 
     async def _stored(self, user_id: str, session_id: str) -> list[Any]:
         """The session's stored messages, encoded, newest first ([]: none or no session)."""

@@ -18,7 +18,6 @@ import orjson
 from chatmem.errors import InvalidInput, RateLimited, SessionNotFound
 from chatmem.models import Message, SessionMeta, Usage
 from chatmem.store import keys, turn_scripts
-from chatmem.store.client import redis_errors
 from chatmem.store.codec import decode_message, decode_messages, decode_meta, encode_message
 from chatmem.store.conversations import RedisMemoryStore
 from chatmem.store.locks import Coordinator
@@ -51,15 +50,7 @@ class TurnStore:
         self._finish = redis.register_script(turn_scripts.FINISH_TURN)
 
     async def _run(self, name: str, script: Any, ks: list[str], args: list[Any]) -> Any:
-        start = time.perf_counter()
-        try:
-            with redis_errors(name):
-                wc = self.store.write_concern
-                if wc is not None:
-                    return await wc.run(name, script, ks, args)
-                return await script(keys=ks, args=args)
-        finally:
-            self.store.observe(name, time.perf_counter() - start)
+        return await self.store.run_write(name, script, ks, args)
 
     async def begin(
         self,
