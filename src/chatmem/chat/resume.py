@@ -19,7 +19,13 @@ from chatmem.chat.inflight import InFlight
 from chatmem.errors import SessionNotFound
 from chatmem.metrics import Metrics
 from chatmem.models import Message, Role, Usage, new_id
-from chatmem.store.streams import GenerationStreams, StreamDelta, StreamEnd, StreamSnapshot
+from chatmem.store.streams import (
+    GenerationStreams,
+    StreamDelta,
+    StreamEnd,
+    StreamEntry,
+    StreamSnapshot,
+)
 from chatmem.store.turns import TurnStore
 from chatmem.tokens import count_tokens
 
@@ -138,14 +144,11 @@ class Resumer:
         last_entry = "0-0"
         for entry_id, entry in snap.entries:
             last_entry = entry_id
-            if isinstance(entry, StreamDelta):
-                text = _text_after(entry, sent)
-                if text:
-                    sent = entry.offset + len(entry.text)
-                    yield Delta(text, sent)
-            elif isinstance(entry, StreamEnd):
-                yield Ended(entry.event, entry.payload)
-                return
+            event, sent = _event_of(entry, sent)
+            if event is not None:
+                yield event
+                if isinstance(event, Ended):
+                    return
         async for event in self._follow(user_id, session_id, last_entry, sent):
             yield event
 
@@ -167,19 +170,30 @@ class Resumer:
                 continue
             for entry_id, entry in entries:
                 after_entry = entry_id
-                if isinstance(entry, StreamDelta):
-                    text = _text_after(entry, sent)
-                    if text:
-                        sent = entry.offset + len(entry.text)
-                        yield Delta(text, sent)
-                elif isinstance(entry, StreamEnd):
-                    yield Ended(entry.event, entry.payload)
-                    return
+                event, sent = _event_of(entry, sent)
+                if event is not None:
+                    yield event
+                    if isinstance(event, Ended):
+                        return
 
     async def wait_end(self, user_id: str, session_id: str) -> None:
         """Wait until the session's generation (of another process) has ended."""
         async for _ in self._follow(user_id, session_id, "0-0", 0):
             pass
+
+
+def _event_of(entry: StreamEntry, sent: int) -> tuple[NativeEvent | None, int]:
+    """The event a client that has `sent` characters of the reply gets for one stream
+    entry (None: nothing new in it), and how many characters it has then."""
+    if isinstance(entry, StreamDelta):
+        text = _text_after(entry, sent)
+        if not text:
+            return None, sent
+        sent = entry.offset + len(entry.text)
+        return Delta(text, sent), sent
+    if isinstance(entry, StreamEnd):
+        return Ended(entry.event, entry.payload), sent
+    return None, sent
 
 
 def _text_after(entry: StreamDelta, sent: int) -> str:
