@@ -72,3 +72,20 @@ class ChatmemProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait()
+
+
+@contextmanager
+def two_processes(
+    env: dict[str, str], tmp: Path
+) -> Iterator[tuple[ChatmemProcess, ChatmemProcess]]:
+    """Two `chatmem serve` processes sharing `env` (one Redis), each with its own data
+    dir under `tmp`, started together and stopped on exit."""
+    a = ChatmemProcess(env, tmp / "a" / "data").start()
+    b = ChatmemProcess(env, tmp / "b" / "data").start()
+    try:
+        a.wait_ready()
+        b.wait_ready()
+        yield a, b
+    finally:
+        a.stop()
+        b.stop()

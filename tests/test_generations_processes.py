@@ -17,7 +17,7 @@ import pytest
 
 from tests.api_support import sse_stream
 from tests.fake_openai import FakeOpenAI, Reply
-from tests.live_uvicorn import ChatmemProcess
+from tests.live_uvicorn import ChatmemProcess, two_processes
 from tests.support import scrubbed_env
 
 LOCK_TTL_MS = 2000
@@ -43,15 +43,8 @@ def servers(
 ) -> Iterator[tuple[ChatmemProcess, ChatmemProcess]]:
     env = chatmem_env(redis_url, fake_model)
     tmp = tmp_path_factory.mktemp("generations")
-    a = ChatmemProcess(env, tmp / "a" / "data").start()
-    b = ChatmemProcess(env, tmp / "b" / "data").start()
-    try:
-        a.wait_ready()
-        b.wait_ready()
-        yield a, b
-    finally:
-        a.stop()
-        b.stop()
+    with two_processes(env, tmp) as pair:
+        yield pair
 
 
 async def new_session(c: httpx.AsyncClient, url: str, user: str) -> str:

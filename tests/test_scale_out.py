@@ -18,7 +18,7 @@ import redis
 
 from tests.api_support import make_test_settings, running_app, sse_stream
 from tests.fake_openai import FakeOpenAI, Reply
-from tests.live_uvicorn import ChatmemProcess
+from tests.live_uvicorn import ChatmemProcess, two_processes
 from tests.support import scrubbed_env
 
 H = {"X-User-Id": "alice"}
@@ -39,15 +39,8 @@ def servers(
         "CHATMEM_LIMITS_SESSION_LOCK_WAIT_MS": "300",
     }
     tmp = tmp_path_factory.mktemp("scale-out")
-    a = ChatmemProcess(env, tmp / "a" / "data").start()
-    b = ChatmemProcess(env, tmp / "b" / "data").start()
-    try:
-        a.wait_ready()
-        b.wait_ready()
-        yield a, b
-    finally:
-        a.stop()
-        b.stop()
+    with two_processes(env, tmp) as pair:
+        yield pair
 
 
 @pytest.fixture
