@@ -22,7 +22,7 @@ from chatmem.api.routes.openai.shapes import (
     ChunkShaper,
     completion,
     error_body,
-    new_user_text,
+    new_message,
 )
 from chatmem.characters import load_builtins
 from chatmem.chat.service import TurnDone
@@ -555,13 +555,15 @@ async def test_auth_the_sdk_key_is_the_credential(auth_base_url: str, fake: Fake
 # --- pure --------------------------------------------------------------------------------
 
 
-def test_new_user_text_joins_text_parts() -> None:
+def test_new_message_joins_text_parts() -> None:
     msg = ChatMessageIn.model_validate(
         {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}
     )
-    assert new_user_text([msg]) == "a\nb"
+    assert new_message([msg]).content == "a\nb"
     with pytest.raises(InvalidInput):
-        new_user_text([ChatMessageIn(role="tool", content="x")])
+        new_message([ChatMessageIn(role="assistant", content="x")])
+    tool = new_message([ChatMessageIn(role="tool", content="42", tool_call_id="call_1")])
+    assert (tool.role, tool.content, tool.tool_call_id) == ("tool", "42", "call_1")
 
 
 def _done(text: str = "hi", *, finish: str | None = "stop") -> TurnDone:

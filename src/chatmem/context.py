@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from chatmem.models import Message
+from chatmem.models import Message, Role
 from chatmem.tokens import TOKENS_PER_MESSAGE, TOKENS_PER_REPLY_PRIMER
 
 
@@ -42,7 +43,7 @@ class ContextLimits:
 
 @dataclass(slots=True)
 class AssembledContext:
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]
     history: list[Message]
     system_tokens: int
     history_tokens: int
@@ -103,8 +104,11 @@ def assemble_context(
         kept.append(msg)
         left -= msg.token_count
     kept.reverse()
+    # A tool's result whose call was cut off is not sent: a model refuses it alone.
+    while kept and kept[0].role is Role.TOOL:
+        kept.pop(0)
 
-    out: list[dict[str, str]] = []
+    out: list[dict[str, Any]] = []
     if system_prompt:
         out.append({"role": "system", "content": system_prompt})
     out.extend(m.to_llm() for m in kept)

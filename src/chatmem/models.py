@@ -20,6 +20,18 @@ class Role(StrEnum):
     USER = "user"
     ASSISTANT = "assistant"
     SYSTEM = "system"
+    # A tool's result, answering one of an assistant message's tool calls (the
+    # OpenAI-compatible route's agent loops).
+    TOOL = "tool"
+
+
+# Where a message keeps OpenAI's tool fields: in its metadata, so that the store, the
+# outbox, alternatives and export/import carry them as they carry any metadata.
+# An assistant message's calls, each `{"id", "type": "function", "function": {"name",
+# "arguments"}}`, as the model gave them:
+TOOL_CALLS = "tool_calls"
+# A tool message's answer to one of them: that call's id.
+TOOL_CALL_ID = "tool_call_id"
 
 
 class SessionState(StrEnum):
@@ -47,8 +59,18 @@ class Message:
     # Position in the session since it was created (1-based); set by the store on reads.
     seq: int = 0
 
-    def to_llm(self) -> dict[str, str]:
-        return {"role": self.role.value, "content": self.content}
+    def to_llm(self) -> dict[str, Any]:
+        """The message as a chat model is sent it (OpenAI's shape, tool fields included)."""
+        out: dict[str, Any] = {"role": self.role.value, "content": self.content}
+        if self.metadata:
+            calls = self.metadata.get(TOOL_CALLS)
+            if calls:
+                out[TOOL_CALLS] = calls
+                out["content"] = self.content or None  # as OpenAI sends a call-only reply
+            call_id = self.metadata.get(TOOL_CALL_ID)
+            if call_id is not None:
+                out[TOOL_CALL_ID] = call_id
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         out = {

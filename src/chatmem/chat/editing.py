@@ -83,6 +83,8 @@ def greeting_message(greetings: list[str]) -> Message:
 # "answer": a reply to the last user message, stored unanswered (the OpenAI route's
 # retry after a failed turn); appended as a turn's reply is.
 REVISIONS = ("regenerate", "continue", "answer")
+# What a reply answers: the user's message, or a tool's result.
+_ANSWERED = (Role.USER, Role.TOOL)
 
 
 def revision_parts(
@@ -92,7 +94,8 @@ def revision_parts(
     revision, from the newest stored messages (oldest first); InvalidInput when the
     session does not end with a reply to revise (or, to answer, a user message)."""
     if revision == "answer":
-        if not messages or messages[-1].role is not Role.USER:
+        # A tool's result too: the OpenAI route's agent loop (chat/reconcile.py).
+        if not messages or messages[-1].role not in _ANSWERED:
             raise InvalidInput("nothing to answer", code="no_user_message")
         return messages[-1], None, messages[:-1], messages[-1]
     if not messages or messages[-1].role is not Role.ASSISTANT:
@@ -104,7 +107,7 @@ def revision_parts(
         # The model sees the reply as the last, unfinished message.
         user = messages[-2] if len(messages) > 1 else target
         return user, target, messages[:-1], target
-    if len(messages) < 2 or messages[-2].role is not Role.USER:
+    if len(messages) < 2 or messages[-2].role not in _ANSWERED:
         raise InvalidInput(
             "nothing to regenerate: the reply does not answer a user message", code="no_reply"
         )

@@ -27,11 +27,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from chatmem.chat.reconcile import call_tokens
 from chatmem.context import AssembledContext
 from chatmem.errors import ChatmemError
 from chatmem.metrics import Metrics
-from chatmem.models import Character, Message, SessionMeta, Usage
+from chatmem.models import TOOL_CALLS, Character, Message, SessionMeta, Usage
 from chatmem.providers.base import ChatProvider, GenerationParams, StreamChunk
+from chatmem.tokens import count_tokens
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +85,19 @@ class Reading:
     finish_reason: str | None
     interrupted: bool
     error: ChatmemError | None
+    # The model's tool calls (OpenAI's objects), stored and relayed with the reply.
+    tool_calls: tuple[dict[str, Any], ...] = ()
+
+    def reply_tokens(self) -> int:
+        """The reply's size in the context: its text and its tool calls."""
+        return count_tokens(self.text) + call_tokens(self.tool_calls)
+
+    def reply_metadata(self, **fields: Any) -> dict[str, Any]:
+        """The reply message's metadata: `fields`, then its tool calls (kept with the
+        reply: the OpenAI route's agent loops, chat/reconcile.py)."""
+        if self.tool_calls:
+            fields[TOOL_CALLS] = list(self.tool_calls)
+        return fields
 
 
 class GenerationHost(Protocol):
@@ -168,6 +183,7 @@ class Generation:
         started = time.perf_counter()
         usage: StreamChunk | None = None
         finish_reason: str | None = None
+        tool_calls: tuple[dict[str, Any], ...] = ()
         error: ChatmemError | None = None
         metrics = self.host.metrics
         # Streams only: a JSON turn is a generation, not a stream a client holds open.
@@ -184,6 +200,8 @@ class Generation:
                             usage = chunk
                         if chunk.finish_reason:
                             finish_reason = chunk.finish_reason
+                        if chunk.tool_calls:
+                            tool_calls = chunk.tool_calls
                         if chunk.text:
                             if not self._length:
                                 metrics.first_token.observe(time.perf_counter() - started)
@@ -207,7 +225,12 @@ class Generation:
             if streams is not None:
                 streams.dec()
         reading = Reading(
-            "".join(self._parts), usage, finish_reason, self._stop or error is not None, error
+            "".join(self._parts),
+            usage,
+            finish_reason,
+            self._stop or error is not None,
+            error,
+            tool_calls,
         )
         outcome = "stopped" if self._stop else "error" if error else "ok"
         try:

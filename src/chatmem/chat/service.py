@@ -36,7 +36,6 @@ from chatmem.store.locks import Coordinator
 from chatmem.store.streams import GenerationStreams
 from chatmem.store.turns import TurnStore
 from chatmem.store.usage import UsageLedger
-from chatmem.tokens import count_tokens
 
 # The turn's types are part of what the service answers: importable from here too.
 __all__ = [
@@ -219,7 +218,7 @@ class ChatService(SessionMethods):
         user_id: str,
         session_id: str,
         prior: list[ClientMessage],
-        content: str,
+        new: ClientMessage,
         *,
         idempotency_key: str | None = None,
         stream: bool = False,
@@ -227,23 +226,32 @@ class ChatService(SessionMethods):
         adjust: Adjuster | None = None,
     ) -> Generation:
         """A turn of a client that sends its whole conversation (`prior`, then its new
-        user message `content`): reconciled with the stored one (chat/reconcile.py)
-        first, at the cost of one read. With an idempotency key, a plain send."""
+        message `new`: the user's, or a tool's result): reconciled with the stored one
+        (chat/reconcile.py) first, at the cost of one read. With an idempotency key, a
+        new user message is a plain send."""
         opts: dict[str, Any] = {"stream": stream, "on_disconnect": on_disconnect}
         opts["adjust"] = adjust
-        if idempotency_key:
+        is_tool = new.role == Role.TOOL.value
+        if idempotency_key and not is_tool:
             return await self.prepare_turn(
-                user_id, session_id, content, idempotency_key=idempotency_key, **opts
+                user_id, session_id, new.content, idempotency_key=idempotency_key, **opts
             )
         snap = await self.store.read(user_id, session_id, last=self.store.max_messages)
-        plan = plan_turn(prior, content, snap.messages)
+        plan = plan_turn(prior, new, snap.messages)
         if plan.kind == "answer" or plan.kind == "regenerate":
             return await self.prepare_revision(user_id, session_id, plan.kind, **opts)
         if plan.kind == "diverge":
             keep = [plan.greeting] if plan.greeting is not None else []
-            keep += [Message(Role(m.role), m.content, count_tokens(m.content)) for m in plan.prior]
+            keep += [m.to_message() for m in plan.prior]
             await self.editing.keep_and_rewrite(user_id, session_id, snap.messages, keep)
-        return await self.prepare_turn(user_id, session_id, content, **opts)
+        # A tool's result goes in as a message of its own (one append, with the results
+        # before it), then is answered as a stored, unanswered message is.
+        added = [m.to_message() for m in plan.extra] + ([new.to_message()] if is_tool else [])
+        if added:
+            await self.store.append(user_id, session_id, added)
+        if is_tool:
+            return await self.prepare_revision(user_id, session_id, "answer", **opts)
+        return await self.prepare_turn(user_id, session_id, new.content, **opts)
 
     async def complete(self, gen: Generation) -> TurnDone:
         """The generation's final event, once its reply is stored."""

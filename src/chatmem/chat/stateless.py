@@ -7,9 +7,9 @@ so no lock is taken and unrelated conversations never meet."""
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from chatmem.chat.generation import Generation, Reading, TurnDone
+from chatmem.chat.reconcile import ClientMessage, check_tool_results
 from chatmem.chat.replies import reply_usage
 from chatmem.chat.turns import Adjuster, Turns
 from chatmem.context import AssembledContext
@@ -18,7 +18,6 @@ from chatmem.metrics import Metrics
 from chatmem.models import Character, Message, Role, SessionMeta, new_id
 from chatmem.providers.base import ChatProvider
 from chatmem.store.usage import UsageLedger
-from chatmem.tokens import count_tokens
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +41,18 @@ class StatelessTurns:
         self,
         user_id: str,
         character: Character,
-        messages: list[dict[str, str]],
+        messages: list[ClientMessage],
         *,
         relay: bool,
         adjust: Adjuster | None = None,
     ) -> Generation:
+        """Start a generation whose context is `messages`, exactly as the client sent
+        them (InvalidInput first if a tool message answers no call)."""
+        check_tool_results([], messages)
         key = f"stateless-{new_id()}"
-        tokens = sum(count_tokens(m["content"]) for m in messages)
-        context = AssembledContext(list(messages), [], 0, tokens, 0, tokens, 0, 0, 0)
+        tokens = sum(m.token_count for m in messages)
+        sent = [m.to_llm() for m in messages]
+        context = AssembledContext(sent, [], 0, tokens, 0, tokens, 0, 0, 0)
         gen = Generation(
             host=self,
             user_id=user_id,
@@ -74,9 +77,9 @@ class StatelessTurns:
     async def persist(self, gen: Generation, reading: Reading) -> TurnDone | None:
         if reading.error is not None and not reading.text:
             raise reading.error
-        completion = count_tokens(reading.text)
+        completion = reading.reply_tokens()
         usage = reply_usage(gen, reading, completion, self.turns.settings.llm.prices)
-        metadata: dict[str, Any] = {"usage": usage.to_dict()}
+        metadata = reading.reply_metadata(usage=usage.to_dict())
         if reading.finish_reason:
             metadata["finish_reason"] = reading.finish_reason
         reply = Message(Role.ASSISTANT, reading.text, completion, gen.reply_id, metadata=metadata)

@@ -347,10 +347,10 @@ class Turns:
         reply: Message | None = None
         usage = Usage()
         if reading.error is None or reading.text:
-            completion = count_tokens(reading.text)
+            completion = reading.reply_tokens()  # its tool calls too
             usage = reply_usage(gen, reading, completion, self.settings.llm.prices)
             model = gen.params.model or self.provider.info.name
-            metadata: dict[str, Any] = {"model": model, "usage": usage.to_dict()}
+            metadata = reading.reply_metadata(model=model, usage=usage.to_dict())
             if reading.finish_reason:
                 metadata["finish_reason"] = reading.finish_reason
             if reading.interrupted:

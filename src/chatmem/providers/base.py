@@ -42,6 +42,10 @@ class StreamChunk:
     finish_reason: str | None = None
     # Set when the provider reports usage, usually on the last chunk only.
     usage: TokenUsage | None = None
+    # The reply's tool calls, whole (OpenAI's `{"id", "type", "function": {"name",
+    # "arguments"}}`), once the model has finished them: the provider assembles the
+    # streamed fragments (providers/tool_calls.py). Only a provider with `tools` sends them.
+    tool_calls: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +54,9 @@ class ModelInfo:
 
     name: str
     context_window: int
+    # Capabilities, as data: whether the model takes OpenAI's `tools` and tool messages
+    # (the OpenAI-compatible route answers 400 `tools_unsupported` when it does not).
+    tools: bool = False
 
 
 class ChatProvider(Protocol):
@@ -57,9 +64,10 @@ class ChatProvider(Protocol):
     def info(self) -> ModelInfo: ...
 
     def stream(
-        self, messages: Sequence[Mapping[str, str]], params: GenerationParams
+        self, messages: Sequence[Mapping[str, Any]], params: GenerationParams
     ) -> AsyncIterator[StreamChunk]:
-        """Generate a reply; an async generator, cancellable at any await."""
+        """Generate a reply; an async generator, cancellable at any await. `messages`
+        are OpenAI's chat messages (`role`, `content`, and the tool fields)."""
         ...
 
     async def aclose(self) -> None:

@@ -155,7 +155,7 @@ class LocalLlamaProvider:
         self._worker.shutdown(wait=False)
 
     async def stream(
-        self, messages: Sequence[Mapping[str, str]], params: GenerationParams
+        self, messages: Sequence[Mapping[str, Any]], params: GenerationParams
     ) -> AsyncIterator[StreamChunk]:
         """Stream one reply; `params.model` is ignored (there is one model)."""
         self._admit()
@@ -199,7 +199,7 @@ class LocalLlamaProvider:
 
     def _generate(
         self,
-        messages: list[dict[str, str]],
+        messages: list[dict[str, Any]],
         params: GenerationParams,
         push: Push,
         cancel: threading.Event,
@@ -216,7 +216,7 @@ class LocalLlamaProvider:
 
     def _run(
         self,
-        messages: list[dict[str, str]],
+        messages: list[dict[str, Any]],
         params: GenerationParams,
         push: Push,
         cancel: threading.Event,

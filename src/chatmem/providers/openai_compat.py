@@ -35,6 +35,7 @@ from chatmem.errors import (
     ProviderUnavailable,
 )
 from chatmem.providers.base import GenerationParams, ModelInfo, StreamChunk, TokenUsage
+from chatmem.providers.tool_calls import ToolCallAssembler, whole_calls
 from chatmem.redact import redact
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -106,7 +107,7 @@ class OpenAICompatProvider:
             window = settings.context_window
         else:
             window = KNOWN_CONTEXT_WINDOWS.get(self._model, settings.context_window)
-        self._info = ModelInfo(name=self._model, context_window=window)
+        self._info = ModelInfo(name=self._model, context_window=window, tools=True)
 
     @property
     def info(self) -> ModelInfo:
@@ -116,7 +117,7 @@ class OpenAICompatProvider:
         await self._client.aclose()
 
     async def stream(
-        self, messages: Sequence[Mapping[str, str]], params: GenerationParams
+        self, messages: Sequence[Mapping[str, Any]], params: GenerationParams
     ) -> AsyncIterator[StreamChunk]:
         """Stream one reply; cancelling or closing it closes the upstream response."""
         attempt = 0
@@ -155,7 +156,7 @@ class OpenAICompatProvider:
         return error
 
     def _request_body(
-        self, messages: Sequence[Mapping[str, str]], params: GenerationParams
+        self, messages: Sequence[Mapping[str, Any]], params: GenerationParams
     ) -> bytes:
         s = self._settings
         body: dict[str, Any] = {
@@ -215,19 +216,25 @@ async def _relay(resp: httpx.Response) -> AsyncIterator[StreamChunk]:
         yield _completion_chunk(_loads(await resp.aread()))
         return
     decoder = _SSEDecoder()
+    tools = ToolCallAssembler()
     blocks = resp.aiter_bytes()
     async for block in blocks:
         for payload in decoder.feed(block):
             if payload == b"[DONE]":
                 await _drain(blocks)
+                if calls := tools.calls():
+                    yield StreamChunk(tool_calls=calls)
                 return
-            chunk = _delta_chunk(_loads(payload))
+            chunk = _delta_chunk(_tool_fragments(_loads(payload), tools))
             if chunk is not None:
                 yield chunk
     for payload in decoder.close():
-        chunk = None if payload == b"[DONE]" else _delta_chunk(_loads(payload))
-        if chunk is not None:
-            yield chunk
+        if payload != b"[DONE]":
+            chunk = _delta_chunk(_tool_fragments(_loads(payload), tools))
+            if chunk is not None:
+                yield chunk
+    if calls := tools.calls():
+        yield StreamChunk(tool_calls=calls)
 
 
 async def _drain(blocks: AsyncIterator[bytes]) -> None:
@@ -244,6 +251,18 @@ def _loads(payload: bytes) -> Any:
         raise ProviderUnavailable(
             f"the model provider sent malformed data: {_clip(payload)}"
         ) from None
+
+
+def _tool_fragments(event: Any, tools: ToolCallAssembler) -> Any:
+    """Hand the event's `delta.tool_calls` to `tools`; the event, for `_delta_chunk`.
+    The calls are sent on, whole, once the stream has ended."""
+    if isinstance(event, dict):
+        choices = event.get("choices")
+        if choices and isinstance(choices[0], dict):
+            delta = choices[0].get("delta")
+            if isinstance(delta, dict) and "tool_calls" in delta:
+                tools.feed(delta["tool_calls"])
+    return event
 
 
 def _delta_chunk(event: Any) -> StreamChunk | None:
@@ -282,6 +301,7 @@ def _completion_chunk(body: Any) -> StreamChunk:
         reasoning=_text(message.get("reasoning_content") or message.get("reasoning")),
         finish_reason=choice.get("finish_reason") or "stop",
         usage=_usage(body.get("usage")),
+        tool_calls=whole_calls(message),
     )
 
 

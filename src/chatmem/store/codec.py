@@ -16,7 +16,7 @@ import orjson
 from chatmem.errors import InvalidInput
 from chatmem.models import Message, Role, SessionMeta, SessionState, Usage
 
-_ROLE_CODES = {Role.USER: "u", Role.ASSISTANT: "a", Role.SYSTEM: "s"}
+_ROLE_CODES = {Role.USER: "u", Role.ASSISTANT: "a", Role.SYSTEM: "s", Role.TOOL: "o"}
 _CODE_ROLES = {v: k for k, v in _ROLE_CODES.items()}
 _STATES = {s.value: s for s in SessionState}
 _loads = orjson.loads

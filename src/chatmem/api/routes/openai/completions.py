@@ -4,16 +4,24 @@ Point any OpenAI client (the official SDK included, streaming too) at `<chatmem>
 Unlike OpenAI, the server keeps the conversation, whether the client sends only its new
 message or, as most do, the whole conversation every time.
 
-- **Messages.** The last message of `messages` is the new one and must have role `user`
-  (else 400 `no_user_message`); text content parts are joined by newlines, other parts
-  are refused (400 `unsupported_content`). The user and assistant messages before it
-  are reconciled with the stored ones (chat/reconcile.py): agreeing (or none) → the new
-  message is appended; the same last user message again, unanswered (a retry after a
-  failure) → it is answered, not stored twice; answered (a regenerate) → a new
+- **Messages.** The last message of `messages` is the new one: the user's, or a tool's
+  result (else 400 `no_user_message`); text content parts are joined by newlines, other
+  parts are refused (400 `unsupported_content`). The user, assistant and tool messages
+  before it are reconciled with the stored ones (chat/reconcile.py): agreeing (or none)
+  → the new message is appended; the same last message again, unanswered (a retry after
+  a failure) → it is answered, not stored twice; answered (a regenerate) → a new
   alternative of its reply; different (an earlier message edited) → the stored version
   is kept as a fork and the session goes on from the client's. Other roles before the
   new message are left out. The system/developer messages, joined, are the system
   prompt of this turn instead of the character's.
+- **Tools.** `tools`, `tool_choice` and `parallel_tool_calls` go to the model; its tool
+  calls come back in OpenAI's shape (`message.tool_calls`, or streamed as
+  `delta.tool_calls` fragments once the model has finished them; `finish_reason`
+  `tool_calls`) and are stored with the reply. The client's tool results (`role:
+  "tool"`, `tool_call_id`) are stored after it and answered. A tool message that
+  answers no call of the assistant message before it is 400 `invalid_tool_message`,
+  and a model that cannot do tools (the embedded one) answers a request with tools or
+  tool messages 400 `tools_unsupported`; either way nothing is stored.
 - **Session.** The `X-Session-Id` header, or `metadata.session_id` in the body (both
   given and different: 400 `session_id_mismatch`). A session the caller does not have
   yet is created on first use, with its character's greeting as its first message.
@@ -32,14 +40,15 @@ message or, as most do, the whole conversation every time.
   lower the reply limit, never raise it (the context budget was reserved for it);
   `top_p`, `stop`, `seed`, `presence_penalty`, `frequency_penalty` and
   `response_format` are passed on to an OpenAI-compatible model as given (the embedded
-  model leaves them out); `n` must be 1; other OpenAI parameters (`tools` among them,
-  not relayed yet) are accepted and ignored.
+  model leaves them out), as are the tool parameters; `n` must be 1; other OpenAI
+  parameters are accepted and ignored.
 - **Replies.** A `chat.completion` object, or with `stream: true` `chat.completion.chunk`
   events (`data:` lines only), a usage chunk when `stream_options.include_usage`, then
   `data: [DONE]`. A failure mid-stream is sent as `data: {"error": …}` with no `[DONE]`,
   which the SDK raises as an `APIError`. The `X-Session-Id` response header names the
   session used (none when stateless). In a session, an `Idempotency-Key` header makes a
-  retry return the stored reply (the request is then a plain send, not reconciled).
+  retry return the stored reply (a new user message is then a plain send, not
+  reconciled; a tool result is always reconciled, which is retry-safe by itself).
 - **Errors** use OpenAI's shape, `{"error": {"message", "type", "code", "param"}}` with
   chatmem's machine-readable `code`. Invalid requests are 400 `invalid_request` here
   (OpenAI's status), not the 422 of the native routes; the fields chatmem reads are
@@ -63,7 +72,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chatmem.api.deps import AppParts, Caller, Parts, Service
 from chatmem.api.errors import error_response
-from chatmem.api.routes.openai import shapes
+from chatmem.api.routes.openai import model_shapes, shapes, tool_shapes
 from chatmem.api.sse.response import sse_response
 from chatmem.auth import resolve_user
 from chatmem.chat.reconcile import ClientMessage
@@ -178,7 +187,7 @@ async def _prepare(
     user_id: str,
     body: shapes.ChatCompletionRequest,
     requested_session: str | None,
-    content: str,
+    new: ClientMessage,
     idempotency_key: str | None,
 ) -> Generation:
     """Prepare the turn (stateless without a session), creating the session first if the
@@ -197,7 +206,7 @@ async def _prepare(
 
     if requested_session is None:  # stateless, as OpenAI is (chat/stateless.py)
         character = await _character_for(service, body.model)
-        sent = [{"role": m.role, "content": shapes.message_text(m)} for m in body.messages]
+        sent = [shapes.client_message(m) for m in body.messages]
         return await service.stateless.prepare(
             user_id, character, sent, relay=bool(body.stream), adjust=adjust
         )
@@ -209,27 +218,34 @@ async def _prepare(
         "adjust": adjust,
     }
     try:
-        return await service.prepare_client_turn(user_id, session_id, prior, content, **opts)
+        return await service.prepare_client_turn(user_id, session_id, prior, new, **opts)
     except SessionNotFound:
         pass
     character = await _character_for(service, body.model)
     await service.create_session(user_id, character.id, session_id=session_id, ensure=True)
-    return await service.prepare_client_turn(user_id, session_id, prior, content, **opts)
+    return await service.prepare_client_turn(user_id, session_id, prior, new, **opts)
 
 
 def _conversation(
     messages: list[shapes.ChatMessageIn],
 ) -> tuple[list[ClientMessage], str | None]:
-    """The user and assistant messages before the new one, and the system prompt the
-    client gave (its system and developer messages joined; None: it gave none)."""
+    """The user, assistant and tool messages before the new one, and the system prompt
+    the client gave (its system and developer messages joined; None: it gave none)."""
     prior: list[ClientMessage] = []
     system: list[str] = []
     for msg in messages[:-1]:
         if msg.role in ("system", "developer"):
             system.append(shapes.message_text(msg))
-        elif msg.role in ("user", "assistant"):
-            prior.append(ClientMessage(msg.role, shapes.message_text(msg)))
+        elif msg.role in ("user", "assistant", "tool"):
+            prior.append(shapes.client_message(msg))
     return prior, "\n\n".join(system) if system else None
+
+
+def _validated(service: ChatService, new: ClientMessage) -> ClientMessage:
+    """The new message, its text as stored (a tool's result may be empty)."""
+    if new.role == "tool" and not new.content.strip():
+        return new
+    return dataclasses.replace(new, content=service.validate_content(new.content))
 
 
 def _use_system_prompt(gen: Generation, prompt: str) -> None:
@@ -300,11 +316,18 @@ async def chat_completions(
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> Response:
     """Send the user's new message; the session supplies the history (see the module doc)."""
-    content = service.validate_content(shapes.new_user_text(body.messages))
+    new = _validated(service, shapes.new_message(body.messages))
+    if not service.provider.info.tools and tool_shapes.uses_tools(
+        body.tools, [shapes.client_message(m) for m in body.messages]
+    ):
+        raise InvalidInput(
+            "the model cannot use tools: send no tools and no tool messages",
+            code="tools_unsupported",
+        )
     user_id = resolve_user(caller, body.user) if body.user is not None else caller.user_id
     from_body = body.metadata.session_id if body.metadata is not None else None
     requested = _requested_session(x_session_id, from_body)
-    gen = await _prepare(service, user_id, body, requested, content, idempotency_key)
+    gen = await _prepare(service, user_id, body, requested, new, idempotency_key)
     created = int(time.time())
     headers = {"Cache-Control": "no-store"}
     if requested is not None:
@@ -324,26 +347,26 @@ async def chat_completions(
     return JSONResponse(shapes.completion(done, model=body.model, created=created), headers=headers)
 
 
-@router.get("/models", response_model=shapes.ModelList)
+@router.get("/models", response_model=model_shapes.ModelList)
 async def list_models(_: Caller, parts: Parts) -> dict[str, Any]:
     """The characters, each as a model id, then the configured model (the default character)."""
     registry = parts.characters
-    return shapes.model_list(
+    return model_shapes.model_list(
         await registry.list(),
         default=await registry.get(registry.default_id),
         configured_model=_configured_model(parts),
     )
 
 
-@router.get("/models/{model_id}", response_model=shapes.ModelOut)
+@router.get("/models/{model_id}", response_model=model_shapes.ModelOut)
 async def get_model(model_id: str, _: Caller, parts: Parts) -> dict[str, Any]:
     registry = parts.characters
     try:
-        return shapes.model_entry(await registry.get(validate_id(model_id, "model")))
+        return model_shapes.model_entry(await registry.get(validate_id(model_id, "model")))
     except (CharacterNotFound, InvalidInput):
         if model_id != _configured_model(parts):
             raise NotFound(f"model {model_id[:64]!r} not found", code="model_not_found") from None
-    return shapes.model_entry(await registry.get(registry.default_id), model_id=model_id)
+    return model_shapes.model_entry(await registry.get(registry.default_id), model_id=model_id)
 
 
 def _configured_model(parts: AppParts) -> str:

@@ -1,11 +1,12 @@
 """OpenAI's chat-completions wire format, shaped from chatmem values (pure: no I/O).
 
 Requests are read the way OpenAI-compatible servers are used: parameters chatmem has
-no use for (`tools`, `top_p`, `stop`, …) are accepted and ignored, while the ones it
-reads are strictly typed, as OpenAI types them (`"stream": "yes"` is a 400, not true). Only the
-last message of `messages` is read, since the server keeps the history (see
-`new_user_text`). Responses follow OpenAI's objects field for field; the streamed
-ones are built as plain dicts, not models, because one is built per relayed token.
+no use for are accepted and ignored, while the ones it reads are strictly typed, as
+OpenAI types them (`"stream": "yes"` is a 400, not true). The last message of
+`messages` is the new one (see `new_message`); the ones before it are reconciled with
+the session. Responses follow OpenAI's objects field for field; the streamed ones are
+built as plain dicts, not models, because one is built per relayed token. The tool
+fields are in tool_shapes.py.
 
 The pydantic response models below document `/openapi.json` (and let schemathesis
 check the answers against it); the dicts the routes send must keep to them.
@@ -17,13 +18,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter
 
+from chatmem.api.routes.openai import tool_shapes
+from chatmem.api.routes.openai.tool_shapes import ToolCallDelta, ToolCallIn, ToolCallOut
+from chatmem.chat.reconcile import ClientMessage
 from chatmem.chat.service import TurnDone
 from chatmem.errors import InvalidInput
 from chatmem.ids import ID_PATTERN
-from chatmem.models import Character, Message, Usage
+from chatmem.models import Message, Usage
 
 COMPLETION_ID_PREFIX = "chatcmpl-"
-OWNED_BY = "chatmem"
 FINISH_REASONS = frozenset({"stop", "length", "content_filter", "tool_calls", "function_call"})
 DONE_DATA = "[DONE]"
 
@@ -57,6 +60,8 @@ class ChatMessageIn(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[ContentPart] | None = None
     name: str | None = Field(None, max_length=256)
+    tool_calls: list[ToolCallIn] | None = Field(None, max_length=tool_shapes.MAX_TOOL_CALLS)
+    tool_call_id: str | None = Field(None, max_length=256)
 
 
 class RequestMetadata(BaseModel):
@@ -96,23 +101,34 @@ class ChatCompletionRequest(BaseModel):
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = Field(None, max_length=tool_shapes.MAX_TOOLS)
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
 
 
 PASSED_ON = (
-    "top_p", "stop", "seed", "presence_penalty", "frequency_penalty", "response_format"
+    "top_p", "stop", "seed", "presence_penalty", "frequency_penalty", "response_format",
+    "tools", "tool_choice", "parallel_tool_calls",
 )  # fmt: skip
 
 
-def new_user_text(messages: list[ChatMessageIn]) -> str:
-    """The text of the new message: the last one, which must be the user's (what comes
-    before it is reconciled with the session: see the route's doc)."""
+def client_message(message: ChatMessageIn) -> ClientMessage:
+    return tool_shapes.client_message(
+        message.role, message_text(message), message.tool_calls, message.tool_call_id
+    )
+
+
+def new_message(messages: list[ChatMessageIn]) -> ClientMessage:
+    """The new message: the last one, which must be the user's or a tool's result (what
+    comes before it is reconciled with the session: see the route's doc)."""
     last = messages[-1]
-    if last.role != "user":
+    if last.role not in ("user", "tool"):
         raise InvalidInput(
-            f"the last message must be the user's new message, not a {last.role!r} message",
+            "the last message must be the user's new message or a tool's result, "
+            f"not a {last.role!r} message",
             code="no_user_message",
         )
-    return message_text(last)
+    return client_message(last)
 
 
 def message_text(message: ChatMessageIn) -> str:
@@ -143,8 +159,9 @@ class UsageOut(BaseModel):
 
 class AssistantMessageOut(BaseModel):
     role: Literal["assistant"]
-    content: str
+    content: str | None
     refusal: None = None
+    tool_calls: list[ToolCallOut] | None = None
 
 
 class ChoiceOut(BaseModel):
@@ -167,6 +184,7 @@ class ChatCompletion(BaseModel):
 class ChunkDelta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChunkChoice(BaseModel):
@@ -184,20 +202,6 @@ class ChatCompletionChunk(BaseModel):
     choices: list[ChunkChoice]
     usage: UsageOut | None = None
     system_fingerprint: None = None
-
-
-class ModelOut(BaseModel):
-    id: str
-    object: Literal["model"]
-    created: int
-    owned_by: str
-    name: str = Field(description="chatmem: the character's display name")
-    character_id: str = Field(description="chatmem: the character this model id talks to")
-
-
-class ModelList(BaseModel):
-    object: Literal["list"]
-    data: list[ModelOut]
 
 
 class ErrorDetail(BaseModel):
@@ -243,6 +247,8 @@ def completion_id(reply_id: str) -> str:
 
 
 def finish_reason(message: Message) -> str:
+    if tool_shapes.reply_calls(message):
+        return "tool_calls"  # what agent loops test, whatever the upstream called it
     reason = message.metadata.get("finish_reason")
     return reason if isinstance(reason, str) and reason in FINISH_REASONS else "stop"
 
@@ -264,6 +270,14 @@ def usage_fields(done: TurnDone) -> dict[str, int]:
 
 def completion(done: TurnDone, *, model: str, created: int) -> dict[str, Any]:
     """A `chat.completion` object for a finished turn."""
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": done.message.content,
+        "refusal": None,
+    }
+    if calls := tool_shapes.reply_calls(done.message):
+        message["tool_calls"] = calls
+        message["content"] = done.message.content or None  # as OpenAI answers
     return {
         "id": completion_id(done.message.msg_id),
         "object": "chat.completion",
@@ -272,7 +286,7 @@ def completion(done: TurnDone, *, model: str, created: int) -> dict[str, Any]:
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": done.message.content, "refusal": None},
+                "message": message,
                 "finish_reason": finish_reason(done.message),
                 "logprobs": None,
             }
@@ -324,31 +338,14 @@ class ChunkShaper:
         return {**self._base, "choices": [], "usage": usage_fields(done)}
 
     def closing(self, done: TurnDone) -> list[dict[str, Any]]:
-        """The chunks that end the reply: the finish reason, then the usage if asked."""
-        return [self.finish(done), self.usage(done)] if self.include_usage else [self.finish(done)]
-
-
-def model_entry(character: Character, *, model_id: str | None = None) -> dict[str, Any]:
-    """A `model` object: a character, under its own id or under `model_id`."""
-    return {
-        "id": model_id or character.id,
-        "object": "model",
-        # Characters carry no creation time; 0 keeps the field an integer, as clients expect.
-        "created": 0,
-        "owned_by": OWNED_BY,
-        "name": character.name,
-        "character_id": character.id,
-    }
-
-
-def model_list(
-    characters: list[Character], *, default: Character, configured_model: str | None
-) -> dict[str, Any]:
-    """Every character as a model, then the configured model name (the default character)."""
-    data = [model_entry(ch) for ch in characters]
-    if configured_model and all(ch.id != configured_model for ch in characters):
-        data.append(model_entry(default, model_id=configured_model))
-    return {"object": "list", "data": data}
+        """The chunks that end the reply: its tool calls, the finish reason, then the
+        usage if asked."""
+        calls = tool_shapes.call_deltas(tool_shapes.reply_calls(done.message))
+        out = [self._chunk(delta) for delta in calls]
+        out.append(self.finish(done))
+        if self.include_usage:
+            out.append(self.usage(done))
+        return out
 
 
 # --- errors -----------------------------------------------------------------------------
