@@ -24,11 +24,12 @@ import re
 import threading
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
 
+from tests.fake_openai_tools import ToolCall, call_deltas
 from tests.http_wire import Request, closed_within, error_body, read_request, send_json
 
 UsageMode = Literal["final", "inline", "null", "absent"]
@@ -60,8 +61,11 @@ class Reply:
     error_in_stream: str | None = None  # an `error` event after the text, then the end
     plain: bool = False  # a JSON completion even to a streamed request
     done: bool = True  # end with `data: [DONE]`
-    finish_reason: str = "stop"
+    finish_reason: str = "stop"  # "tool_calls" when the reply has tool calls
     prompt_tokens: int | None = None  # None: a word count of the request's messages
+    tool_calls: list[ToolCall] = field(
+        default_factory=list
+    )  # after the text (tests/fake_openai_tools.py)
 
     def deltas(self) -> list[str]:
         if self.chunks is None:
@@ -353,8 +357,9 @@ class FakeOpenAI:
         if reply.error_in_stream is not None:
             err = error_body(500, reply.error_in_stream)
             return [*out, b"data: " + orjson.dumps(err) + b"\n\n"]
+        out.extend(event(delta) for delta in call_deltas(reply.tool_calls))
         inline = {"usage": usage} if reply.usage == "inline" else {}
-        out.append(event({}, reply.finish_reason, **inline))
+        out.append(event({}, _finish(reply), **inline))
         if reply.usage == "final" and wants_usage:
             out.append(b"data: " + orjson.dumps({**base, "choices": [], "usage": usage}) + b"\n\n")
         if reply.done:
@@ -365,13 +370,16 @@ class FakeOpenAI:
         message: dict[str, Any] = {"role": "assistant", "content": reply.text}
         if reply.reasoning:
             message["reasoning_content"] = reply.reasoning
+        if reply.tool_calls:
+            message["tool_calls"] = [call.wire() for call in reply.tool_calls]
+            message["content"] = reply.text or None
         deltas = reply.deltas()
         return {
             "id": "chatcmpl-fake",
             "object": "chat.completion",
             "created": 1_700_000_000,
             "model": (request or {}).get("model") or self.model,
-            "choices": [{"index": 0, "message": message, "finish_reason": reply.finish_reason}],
+            "choices": [{"index": 0, "message": message, "finish_reason": _finish(reply)}],
             "usage": self._usage(reply, request or {}, len(deltas)),
         }
 
@@ -386,6 +394,12 @@ class FakeOpenAI:
             "completion_tokens": completion_tokens,
             "total_tokens": prompt + completion_tokens,
         }
+
+
+def _finish(reply: Reply) -> str:
+    return (
+        "tool_calls" if reply.tool_calls and reply.finish_reason == "stop" else reply.finish_reason
+    )
 
 
 # Markers in a reply's event list (compared by identity).

@@ -1,0 +1,303 @@
+"""Tools through the OpenAI-compatible route (SPEC §4): real clients against a real
+uvicorn and the fake model. An agent loop (tool call → tool result → answer) works
+with a session (stored and reconciled, each message once) and without one, streamed
+and not; bad tool messages and a model without tools are 400 with nothing stored."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from openai import OpenAI
+
+from tests.api_support import make_test_settings
+from tests.fake_openai import FakeOpenAI, Reply
+from tests.fake_openai_tools import ToolCall
+from tests.live_server import LiveServer
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city now",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def base_url(
+    redis_url: str, fake_model: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    settings = make_test_settings(redis_url, fake_model.base_url, tmp_path_factory.mktemp("data"))
+    with LiveServer(settings) as server:
+        yield server.url
+
+
+@pytest.fixture
+def user() -> str:
+    return f"u{uuid.uuid4().hex[:12]}"
+
+
+def _client(base_url: str, user: str, sid: str | None, **kw: Any) -> OpenAI:
+    headers = {"X-User-Id": user} | ({"X-Session-Id": sid} if sid else {})
+    kw.setdefault("max_retries", 0)
+    return OpenAI(
+        base_url=f"{base_url}/v1", api_key="open-mode", default_headers=headers, timeout=30, **kw
+    )
+
+
+def _history(base_url: str, user: str, sid: str) -> list[dict[str, Any]]:
+    r = httpx.get(f"{base_url}/v1/sessions/{sid}/messages", headers={"X-User-Id": user})
+    assert r.status_code == 200, r.text
+    msgs: list[dict[str, Any]] = r.json()["messages"]
+    return [m for m in msgs if not m["metadata"].get("greeting")]
+
+
+def _sessions(base_url: str, user: str) -> list[str]:
+    r = httpx.get(f"{base_url}/v1/sessions", headers={"X-User-Id": user})
+    return [s["session_id"] for s in r.json()["sessions"]]
+
+
+def _ask(client: OpenAI, convo: list[Any], stream: bool, **kw: Any) -> tuple[dict[str, Any], str]:
+    """The assistant message as the client would add it to its conversation, and the
+    finish reason; streamed, the `delta.tool_calls` fragments joined by index."""
+    if not stream:
+        done = client.chat.completions.create(model="m", messages=convo, **kw)
+        choice = done.choices[0]
+        return choice.message.model_dump(exclude_none=True), choice.finish_reason
+    text, calls, finish = "", {}, ""
+    for chunk in client.chat.completions.create(model="m", messages=convo, stream=True, **kw):
+        if not chunk.choices:
+            continue
+        choice = chunk.choices[0]
+        text += choice.delta.content or ""
+        for frag in choice.delta.tool_calls or []:
+            call = calls.setdefault(
+                frag.index,
+                {"id": "", "type": "function", "function": {"name": "", "arguments": ""}},
+            )
+            call["id"] = frag.id or call["id"]
+            if frag.function is not None:
+                call["function"]["name"] += frag.function.name or ""
+                call["function"]["arguments"] += frag.function.arguments or ""
+        finish = choice.finish_reason or finish
+    message: dict[str, Any] = {"role": "assistant", "content": text or None}
+    if calls:
+        message["tool_calls"] = [calls[i] for i in sorted(calls)]
+    return message, finish
+
+
+def _tail(body: dict[str, Any], n: int) -> list[tuple[Any, ...]]:
+    """The last `n` messages the model was sent, as (role, content, tool fields)."""
+    return [
+        (m["role"], m.get("content"), m.get("tool_calls"), m.get("tool_call_id"))
+        for m in body["messages"][-n:]
+    ]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("session", [True, False], ids=["session", "stateless"])
+def test_tool_calling_loop(
+    base_url: str, fake: FakeOpenAI, user: str, stream: bool, session: bool
+) -> None:
+    sid = "agent" if session else None
+    client = _client(base_url, user, sid)
+    call = ToolCall("get_weather", '{"city":"Paris"}')
+    fake.script(
+        Reply(text="", tool_calls=[call]), Reply(text="Sunny in Paris."), Reply(text="Any time.")
+    )
+    tools = {"tools": [WEATHER], "tool_choice": "auto", "parallel_tool_calls": False}
+    convo: list[Any] = [{"role": "user", "content": "Weather in Paris?"}]
+
+    message, finish = _ask(client, convo, stream, **tools)
+    assert finish == "tool_calls"
+    assert message["tool_calls"] == [call.wire()]
+    assert not message.get("content")
+    first = fake.chat_bodies[0]
+    assert (first["tools"], first["tool_choice"], first["parallel_tool_calls"]) == (
+        [WEATHER],
+        "auto",
+        False,
+    )
+
+    convo += [message, {"role": "tool", "tool_call_id": call.id, "content": "sunny, 21 C"}]
+    message, finish = _ask(client, convo, stream, **tools)
+    assert (message["content"], finish) == ("Sunny in Paris.", "stop")
+    sent = fake.chat_bodies[1]
+    assert _tail(sent, 3) == [
+        ("user", "Weather in Paris?", None, None),
+        ("assistant", None, [call.wire()], None),
+        ("tool", "sunny, 21 C", None, call.id),
+    ]
+    assert sent["tools"] == [WEATHER]
+
+    convo += [message, {"role": "user", "content": "Thanks!"}]
+    message, _ = _ask(client, convo, stream, **tools)
+    assert message["content"] == "Any time."
+    # Each message once, in order: the session's stored history is the context.
+    contents = [m.get("content") for m in fake.chat_bodies[2]["messages"] if m["role"] != "system"]
+    assert contents[-5:] == ["Weather in Paris?", None, "sunny, 21 C", "Sunny in Paris.", "Thanks!"]
+    assert len([c for c in contents if c is not None]) == len({c for c in contents if c})
+
+    if not session:
+        assert _sessions(base_url, user) == []
+        return
+    stored = _history(base_url, user, "agent")
+    assert [(m["role"], m["content"]) for m in stored] == [
+        ("user", "Weather in Paris?"),
+        ("assistant", ""),
+        ("tool", "sunny, 21 C"),
+        ("assistant", "Sunny in Paris."),
+        ("user", "Thanks!"),
+        ("assistant", "Any time."),
+    ]
+    assert stored[1]["metadata"]["tool_calls"] == [call.wire()]
+    assert stored[1]["metadata"]["finish_reason"] == "tool_calls"
+    assert stored[2]["metadata"]["tool_call_id"] == call.id
+    assert _sessions(base_url, user) == ["agent"]  # appended to: no fork, no rewrite
+
+
+def test_parallel_calls_streamed_and_stored_once(
+    base_url: str, fake: FakeOpenAI, user: str
+) -> None:
+    client = _client(base_url, user, "parallel")
+    calls = [
+        ToolCall("get_weather", '{"city": "Paris"}'),
+        ToolCall("get_weather", '{"city": "Rome"}'),
+    ]
+    fake.script(Reply(text="Let me look.", tool_calls=calls), Reply(text="Both sunny."))
+    convo: list[Any] = [{"role": "user", "content": "Paris and Rome?"}]
+    message, finish = _ask(client, convo, True, tools=[WEATHER])
+    assert finish == "tool_calls"
+    assert message == {
+        "role": "assistant",
+        "content": "Let me look.",
+        "tool_calls": [c.wire() for c in calls],
+    }
+    convo += [
+        message,
+        {"role": "tool", "tool_call_id": calls[0].id, "content": "sunny"},
+        {"role": "tool", "tool_call_id": calls[1].id, "content": "sunny too"},
+    ]
+    message, _ = _ask(client, convo, True, tools=[WEATHER])
+    assert message["content"] == "Both sunny."
+    assert _tail(fake.chat_bodies[1], 3) == [
+        ("assistant", "Let me look.", [c.wire() for c in calls], None),
+        ("tool", "sunny", None, calls[0].id),
+        ("tool", "sunny too", None, calls[1].id),
+    ]
+    stored = _history(base_url, user, "parallel")
+    assert [(m["role"], m["content"]) for m in stored] == [
+        ("user", "Paris and Rome?"),
+        ("assistant", "Let me look."),
+        ("tool", "sunny"),
+        ("tool", "sunny too"),
+        ("assistant", "Both sunny."),
+    ]
+
+
+def test_tool_result_retried_after_503_is_stored_once(
+    base_url: str, fake: FakeOpenAI, user: str
+) -> None:
+    """The SDK re-sends the tool result after the model's 503: it is answered, not
+    stored twice; re-sending it once more is a regenerate (two alternatives)."""
+    client = _client(base_url, user, "retry", max_retries=1)
+    call = ToolCall("get_weather", '{"city": "Oslo"}')
+    fake.script(
+        Reply(text="", tool_calls=[call]),
+        Reply(status=503),
+        Reply(text="Snow."),
+        Reply(text="Snowing."),
+    )
+    convo: list[Any] = [{"role": "user", "content": "Oslo?"}]
+    message, _ = _ask(client, convo, False, tools=[WEATHER])
+    convo += [message, {"role": "tool", "tool_call_id": call.id, "content": "snow"}]
+    assert _ask(client, convo, False, tools=[WEATHER])[0]["content"] == "Snow."
+    assert _ask(client, convo, False, tools=[WEATHER])[0]["content"] == "Snowing."
+    stored = _history(base_url, user, "retry")
+    assert [m["role"] for m in stored] == ["user", "assistant", "tool", "assistant"]
+    assert (stored[-1]["alternatives"], stored[-1]["selected"]) == (2, 1)
+    assert [m["role"] for m in fake.chat_bodies[-1]["messages"]].count("tool") == 1
+
+
+@pytest.mark.parametrize("session", [True, False], ids=["session", "stateless"])
+@pytest.mark.parametrize(
+    "tool_message",
+    [
+        {"role": "tool", "content": "no id"},
+        {"role": "tool", "tool_call_id": "call_unknown", "content": "not asked for"},
+    ],
+    ids=["no-tool_call_id", "unknown-tool_call_id"],
+)
+def test_bad_tool_messages_are_400_and_store_nothing(
+    base_url: str, fake: FakeOpenAI, user: str, session: bool, tool_message: dict[str, Any]
+) -> None:
+    sid = "bad" if session else None
+    client = _client(base_url, user, sid)
+    call = ToolCall("get_weather", '{"city": "Lima"}')
+    fake.script(Reply(text="", tool_calls=[call]))
+    convo: list[Any] = [{"role": "user", "content": "Lima?"}]
+    message, _ = _ask(client, convo, False, tools=[WEATHER])
+    before = _history(base_url, user, "bad") if session else []
+    asked = fake.request_count
+    for sent in ([*convo, message, tool_message], [tool_message]):
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(model="m", messages=sent, tools=[WEATHER])
+        assert info.value.code == "invalid_tool_message"
+    # A tool result with no call before it at all.
+    orphan = [{"role": "user", "content": "hi"}, {**tool_message, "tool_call_id": call.id}]
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="m", messages=orphan, tools=[WEATHER])
+    assert fake.request_count == asked
+    if session:
+        assert _history(base_url, user, "bad") == before
+    else:
+        assert _sessions(base_url, user) == []
+
+
+def test_langchain_bind_tools_loop(base_url: str, fake: FakeOpenAI, user: str) -> None:
+    """LangChain's ChatOpenAI with bind_tools sends the calls back re-serialized
+    (`{"city": "Paris"}` for the model's `{"city":"Paris"}`): still the same message."""
+    from langchain_core.messages import HumanMessage, ToolMessage
+    from langchain_core.tools import tool
+    from langchain_openai import ChatOpenAI
+
+    @tool
+    def get_weather(city: str) -> str:
+        """The weather in a city now."""
+        return f"sunny in {city}"
+
+    call = ToolCall("get_weather", '{"city":"Paris"}')
+    fake.script(Reply(text="", tool_calls=[call]), Reply(text="It is sunny in Paris."))
+    llm = ChatOpenAI(
+        model="m",
+        base_url=f"{base_url}/v1",
+        api_key="open-mode",
+        default_headers={"X-User-Id": user, "X-Session-Id": "lc"},
+        max_retries=0,
+    ).bind_tools([get_weather])
+    convo: list[Any] = [HumanMessage("Weather in Paris?")]
+    ai = llm.invoke(convo)
+    assert [(c["name"], c["args"], c["id"]) for c in ai.tool_calls] == [
+        ("get_weather", {"city": "Paris"}, call.id)
+    ]
+    convo += [ai, ToolMessage(get_weather.invoke(ai.tool_calls[0]["args"]), tool_call_id=call.id)]
+    assert llm.invoke(convo).content == "It is sunny in Paris."
+    assert fake.chat_bodies[0]["tools"][0]["function"]["name"] == "get_weather"
+    stored = _history(base_url, user, "lc")
+    assert [(m["role"], m["content"]) for m in stored] == [
+        ("user", "Weather in Paris?"),
+        ("assistant", ""),
+        ("tool", "sunny in Paris"),
+        ("assistant", "It is sunny in Paris."),
+    ]
+    assert _sessions(base_url, user) == ["lc"]
