@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,6 +15,13 @@ import openai
 import pytest
 from openai import OpenAI
 
+from chatmem.api.app import create_app
+from chatmem.chat.reconcile import ClientMessage, plan_turn
+from chatmem.config import LLMSettings
+from chatmem.context import ContextLimits, assemble_context
+from chatmem.errors import InvalidInput
+from chatmem.models import Message, Role
+from chatmem.providers.local import LocalLlamaProvider
 from tests.api_support import make_test_settings
 from tests.fake_openai import FakeOpenAI, Reply
 from tests.fake_openai_tools import ToolCall
@@ -301,3 +309,121 @@ def test_langchain_bind_tools_loop(base_url: str, fake: FakeOpenAI, user: str) -
         ("assistant", "It is sunny in Paris."),
     ]
     assert _sessions(base_url, user) == ["lc"]
+
+
+@pytest.mark.local_model
+async def test_a_model_without_tools_answers_tools_unsupported(
+    redis_url: str, redis_client: Any, tmp_path: Path
+) -> None:
+    """The embedded model cannot do tools: a request with tools, or with tool messages,
+    is 400 `tools_unsupported` before anything is stored (no session is even made)."""
+    settings = make_test_settings(redis_url, "http://127.0.0.1:9/v1", tmp_path)
+    local = LLMSettings(provider="local", local_n_ctx=2048)
+    app = create_app(settings.model_copy(update={"llm": local}), provider=LocalLlamaProvider(local))
+    call = ToolCall("get_weather", "{}")
+    requests: list[dict[str, Any]] = [
+        {"messages": [{"role": "user", "content": "Weather?"}], "tools": [WEATHER]},
+        {
+            "messages": [
+                {"role": "user", "content": "Weather?"},
+                {"role": "assistant", "content": None, "tool_calls": [call.wire()]},
+                {"role": "tool", "tool_call_id": call.id, "content": "sunny"},
+            ]
+        },
+    ]
+    headers = {"X-User-Id": "u1", "X-Session-Id": "local"}
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client,
+    ):
+        for stream in (False, True):
+            for body in requests:
+                r = await client.post(
+                    "/v1/chat/completions",
+                    json={"model": "m", "stream": stream, **body},
+                    headers=headers,
+                )
+                assert r.status_code == 400, r.text
+                assert r.json()["error"]["code"] == "tools_unsupported"
+        r = await client.get("/v1/sessions", headers=headers)
+        assert r.json()["sessions"] == []
+
+
+# --- pure: reconciliation with tool messages ------------------------------------------
+
+CALL_A = ToolCall("f", '{"x": 1}', id="call_a").wire()
+CALL_B = ToolCall("f", '{"x": 2}', id="call_b").wire()
+
+
+def _stored(*msgs: ClientMessage) -> list[Message]:
+    return [m.to_message() for m in msgs]
+
+
+USER = ClientMessage("user", "go")
+CALLS = ClientMessage("assistant", "", (CALL_A, CALL_B))
+RESULT_A = ClientMessage("tool", "one", tool_call_id="call_a")
+RESULT_B = ClientMessage("tool", "two", tool_call_id="call_b")
+
+
+def test_plan_appends_the_new_tool_results_after_the_stored_calls() -> None:
+    stored = _stored(USER, CALLS)
+    assert plan_turn([USER, CALLS], RESULT_A, stored).kind == "append"
+    plan = plan_turn([USER, CALLS, RESULT_A], RESULT_B, stored)
+    assert (plan.kind, plan.extra) == ("append", [RESULT_A])
+    # The first result already stored (a turn failed after it): only the second is new.
+    plan = plan_turn([USER, CALLS, RESULT_A], RESULT_B, _stored(USER, CALLS, RESULT_A))
+    assert (plan.kind, plan.extra) == ("append", [])
+    # Arguments re-serialized by the client are the same call.
+    resent = ClientMessage("assistant", "", tuple(_spaced(c) for c in (CALL_A, CALL_B)))
+    assert plan_turn([USER, resent], RESULT_A, stored).kind == "append"
+
+
+def _spaced(call: dict[str, Any]) -> dict[str, Any]:
+    args = call["function"]["arguments"].replace(":", " :  ")
+    return {**call, "function": {**call["function"], "arguments": args}}
+
+
+def test_plan_answers_or_regenerates_a_stored_tool_result() -> None:
+    stored = _stored(USER, CALLS, RESULT_A, RESULT_B)
+    assert plan_turn([USER, CALLS, RESULT_A], RESULT_B, stored).kind == "answer"
+    assert plan_turn([], RESULT_B, stored).kind == "answer"
+    answered = [*stored, Message(Role.ASSISTANT, "done")]
+    assert plan_turn([USER, CALLS, RESULT_A], RESULT_B, answered).kind == "regenerate"
+
+
+def test_plan_diverges_when_the_calls_differ() -> None:
+    other = ClientMessage("assistant", "", (CALL_A, {**CALL_B, "id": "call_c"}))
+    plan = plan_turn(
+        [USER, other], ClientMessage("tool", "3", tool_call_id="call_c"), _stored(USER, CALLS)
+    )
+    assert plan.kind == "diverge"
+
+
+@pytest.mark.parametrize(
+    ("prior", "new", "stored"),
+    [
+        ([USER, CALLS], ClientMessage("tool", "?", tool_call_id="call_x"), [USER, CALLS]),
+        ([USER, CALLS], ClientMessage("tool", "?"), [USER, CALLS]),
+        ([USER, CALLS, RESULT_A], RESULT_A, [USER, CALLS]),  # answered twice
+        ([], RESULT_A, [USER]),  # no call before it
+        ([USER], RESULT_A, []),  # a new session: the call is not among the client's
+    ],
+)
+def test_plan_refuses_a_tool_result_that_answers_no_call(
+    prior: list[ClientMessage], new: ClientMessage, stored: list[ClientMessage]
+) -> None:
+    with pytest.raises(InvalidInput) as info:
+        plan_turn(prior, new, _stored(*stored))
+    assert info.value.code == "invalid_tool_message"
+
+
+def test_context_leaves_out_a_tool_result_whose_call_was_cut_off() -> None:
+    history = _stored(USER, CALLS, RESULT_A, RESULT_B, ClientMessage("assistant", "done"))
+    ctx = assemble_context(
+        system_prompt="",
+        system_tokens=0,
+        history=history,
+        new_message=Message(Role.USER, "next", 1),
+        limits=ContextLimits(window_size=1, max_context_messages=3),
+    )
+    assert [m["role"] for m in ctx.messages] == ["assistant", "user"]

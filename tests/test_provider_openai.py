@@ -21,7 +21,9 @@ from chatmem.errors import (
 from chatmem.providers import GenerationParams, StreamChunk, TokenUsage, make_provider
 from chatmem.providers.local import LocalLlamaProvider
 from chatmem.providers.openai_compat import OpenAICompatProvider, _SSEDecoder
+from chatmem.providers.tool_calls import ToolCallAssembler, whole_calls
 from tests.fake_openai import FakeOpenAI, Reply
+from tests.fake_openai_tools import ToolCall
 
 MESSAGES = [
     {"role": "system", "content": "You are terse."},
@@ -350,3 +352,59 @@ async def test_a_stall_after_the_first_token_times_out_without_retry(fake: FakeO
     assert seen == ["one "]
     assert fake.request_count == 1
     assert await fake.wait_disconnected(2.0)
+
+
+# -- tools -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("plain", [False, True], ids=["streamed", "plain-json"])
+async def test_tool_calls_are_put_together_and_the_tool_fields_sent_as_given(
+    provider: OpenAICompatProvider, fake: FakeOpenAI, plain: bool
+) -> None:
+    """The model's calls come streamed in fragments (or whole in a JSON reply): the
+    provider hands them on whole, once; tools and tool messages go upstream as given."""
+    calls = [ToolCall("lookup", '{"q": "a b c d"}', pieces=4), ToolCall("now", "{}")]
+    fake.script(Reply(text="Checking.", tool_calls=calls, plain=plain))
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {}}}]
+    earlier = [
+        {"role": "user", "content": "look it up"},
+        {"role": "assistant", "content": None, "tool_calls": [calls[1].wire()]},
+        {"role": "tool", "tool_call_id": calls[1].id, "content": "noon"},
+    ]
+    params = GenerationParams(options={"tools": tools, "tool_choice": "required"})
+    chunks = [c async for c in provider.stream(earlier, params)]
+    assert reply_text(chunks) == "Checking."
+    assert [c.tool_calls for c in chunks if c.tool_calls] == [tuple(c.wire() for c in calls)]
+    assert [c.finish_reason for c in chunks if c.finish_reason] == ["tool_calls"]
+    body = fake.chat_bodies[-1]
+    assert (body["messages"], body["tools"], body["tool_choice"]) == (earlier, tools, "required")
+
+
+def test_assembler_takes_what_servers_really_send() -> None:
+    tools = ToolCallAssembler()
+    tools.feed([{"id": "c1", "function": {"name": "f", "arguments": '{"a"'}}])  # no index
+    tools.feed([{"index": 0, "function": {"arguments": ": 1}"}}])
+    tools.feed([{"index": 1, "type": "function", "function": {"name": "g", "arguments": None}}])
+    tools.feed("not a list")
+    tools.feed([{"index": 2, "function": {"arguments": "{}"}}])  # never named: left out
+    got = tools.calls()
+    assert got[0] == {
+        "id": "c1",
+        "type": "function",
+        "function": {"name": "f", "arguments": '{"a": 1}'},
+    }
+    # A call the server gave no id gets one, for the client's tool message to answer.
+    assert got[1]["id"].startswith("call_") and got[1]["function"] == {"name": "g", "arguments": ""}
+    assert len(got) == 2
+    assert whole_calls({"tool_calls": [ToolCall("h", id="c9").wire()]}) == (
+        {"id": "c9", "type": "function", "function": {"name": "h", "arguments": "{}"}},
+    )
+
+
+def test_only_the_openai_compatible_provider_does_tools(
+    provider: OpenAICompatProvider,
+) -> None:
+    """Capabilities as data: the embedded model cannot take tools (the route answers
+    400 tools_unsupported, tests/test_openai_tools.py)."""
+    assert provider.info.tools is True
+    assert LocalLlamaProvider(LLMSettings(provider="local")).info.tools is False
