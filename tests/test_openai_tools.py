@@ -211,6 +211,7 @@ def test_parallel_calls_streamed_and_stored_once(
         ("tool", "sunny too"),
         ("assistant", "Both sunny."),
     ]
+    assert _sessions(base_url, user) == ["parallel"]  # appended to, not rewritten as a fork
 
 
 def test_tool_result_retried_after_503_is_stored_once(
