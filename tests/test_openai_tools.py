@@ -21,7 +21,9 @@ from chatmem.config import LLMSettings
 from chatmem.context import ContextLimits, assemble_context
 from chatmem.errors import InvalidInput
 from chatmem.models import Message, Role
+from chatmem.ops.transfer import export_sessions, import_sessions
 from chatmem.providers.local import LocalLlamaProvider
+from chatmem.store.conversations import RedisMemoryStore
 from tests.api_support import make_test_settings
 from tests.fake_openai import FakeOpenAI, Reply
 from tests.fake_openai_tools import ToolCall
@@ -428,3 +430,44 @@ def test_context_leaves_out_a_tool_result_whose_call_was_cut_off() -> None:
         limits=ContextLimits(window_size=1, max_context_messages=3),
     )
     assert [m["role"] for m in ctx.messages] == ["assistant", "user"]
+
+
+async def test_tool_messages_survive_export_and_import(
+    client: httpx.AsyncClient, store: RedisMemoryStore, fake: FakeOpenAI
+) -> None:
+    """Exported and imported (as another user), a session's tool calls and results are
+    what its next turn sends the model."""
+    call = ToolCall("get_weather", '{"city": "Bern"}')
+    fake.script(Reply(text="", tool_calls=[call]), Reply(text="Mild."), Reply(text="Bye."))
+    headers = {"X-User-Id": "alice", "X-Session-Id": "s"}
+    convo: list[Any] = [{"role": "user", "content": "Bern?"}]
+    for follow_up in (
+        {"role": "tool", "tool_call_id": call.id, "content": "mild"},
+        None,
+    ):
+        r = await client.post(
+            "/v1/chat/completions",
+            json={"model": "m", "messages": convo, "tools": [WEATHER]},
+            headers=headers,
+        )
+        assert r.status_code == 200, r.text
+        convo.append(r.json()["choices"][0]["message"])
+        if follow_up is not None:
+            convo.append(follow_up)
+    doc = await export_sessions(store, [await store.get_meta("alice", "s")])
+    for item in doc["sessions"]:
+        item["meta"]["user_id"] = "bob"
+    await import_sessions(store, doc["sessions"])
+    r = await client.post(
+        "/v1/chat/completions",
+        json={"model": "m", "messages": [{"role": "user", "content": "Thanks"}]},
+        headers={"X-User-Id": "bob", "X-Session-Id": "s"},
+    )
+    assert r.status_code == 200, r.text
+    assert _tail(fake.chat_bodies[-1], 5) == [
+        ("user", "Bern?", None, None),
+        ("assistant", None, [call.wire()], None),
+        ("tool", "mild", None, call.id),
+        ("assistant", "Mild.", None, None),
+        ("user", "Thanks", None, None),
+    ]
