@@ -139,14 +139,14 @@ def test_tool_calling_loop(
         False,
     )
 
-    convo += [message, {"role": "tool", "tool_call_id": call.id, "content": "sunny, 21 C"}]
+    convo += [message, {"role": "tool", "tool_call_id": call.id, "content": "sunny, 21 C\n"}]
     message, finish = _ask(client, convo, stream, **tools)
     assert (message["content"], finish) == ("Sunny in Paris.", "stop")
     sent = fake.chat_bodies[1]
     assert _tail(sent, 3) == [
         ("user", "Weather in Paris?", None, None),
         ("assistant", None, [call.wire()], None),
-        ("tool", "sunny, 21 C", None, call.id),
+        ("tool", "sunny, 21 C\n", None, call.id),
     ]
     assert sent["tools"] == [WEATHER]
 
@@ -155,7 +155,8 @@ def test_tool_calling_loop(
     assert message["content"] == "Any time."
     # Each message once, in order: the session's stored history is the context.
     contents = [m.get("content") for m in fake.chat_bodies[2]["messages"] if m["role"] != "system"]
-    assert contents[-5:] == ["Weather in Paris?", None, "sunny, 21 C", "Sunny in Paris.", "Thanks!"]
+    result = "sunny, 21 C\n"  # stored as sent, so that the client's copy still matches
+    assert contents[-5:] == ["Weather in Paris?", None, result, "Sunny in Paris.", "Thanks!"]
     assert len([c for c in contents if c is not None]) == len({c for c in contents if c})
 
     if not session:
@@ -165,7 +166,7 @@ def test_tool_calling_loop(
     assert [(m["role"], m["content"]) for m in stored] == [
         ("user", "Weather in Paris?"),
         ("assistant", ""),
-        ("tool", "sunny, 21 C"),
+        ("tool", "sunny, 21 C\n"),
         ("assistant", "Sunny in Paris."),
         ("user", "Thanks!"),
         ("assistant", "Any time."),
