@@ -7,6 +7,9 @@ retries would retry after the first token. Here the SSE bytes are split and
 parsed with orjson directly, tolerating what compatible servers really send:
 `usage: null`, chunks with empty `choices`, comment lines, `reasoning_content`,
 an `error` object inside the stream, or a plain JSON reply to a streamed request.
+The model's tool calls, streamed in fragments, are joined (providers/tool_calls.py)
+and handed on whole in one last chunk; messages and OpenAI's tool parameters go up
+as given.
 
 Upstream errors become chatmem's own (`ProviderError` subclasses, whose client-facing
 message is their class's): what the upstream said, with its status, is the error's
