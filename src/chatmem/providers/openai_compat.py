@@ -228,12 +228,12 @@ async def _relay(resp: httpx.Response) -> AsyncIterator[StreamChunk]:
                 if calls := tools.calls():
                     yield StreamChunk(tool_calls=calls)
                 return
-            chunk = _delta_chunk(_tool_fragments(_loads(payload), tools))
+            chunk = _delta_chunk(tools.take(_loads(payload)))
             if chunk is not None:
                 yield chunk
     for payload in decoder.close():
         if payload != b"[DONE]":
-            chunk = _delta_chunk(_tool_fragments(_loads(payload), tools))
+            chunk = _delta_chunk(tools.take(_loads(payload)))
             if chunk is not None:
                 yield chunk
     if calls := tools.calls():
@@ -254,18 +254,6 @@ def _loads(payload: bytes) -> Any:
         raise ProviderUnavailable(
             f"the model provider sent malformed data: {_clip(payload)}"
         ) from None
-
-
-def _tool_fragments(event: Any, tools: ToolCallAssembler) -> Any:
-    """Hand the event's `delta.tool_calls` to `tools`; the event, for `_delta_chunk`.
-    The calls are sent on, whole, once the stream has ended."""
-    if isinstance(event, dict):
-        choices = event.get("choices")
-        if choices and isinstance(choices[0], dict):
-            delta = choices[0].get("delta")
-            if isinstance(delta, dict) and "tool_calls" in delta:
-                tools.feed(delta["tool_calls"])
-    return event
 
 
 def _delta_chunk(event: Any) -> StreamChunk | None:

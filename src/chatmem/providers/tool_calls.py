@@ -22,6 +22,16 @@ class ToolCallAssembler:
     def __init__(self) -> None:
         self._calls: dict[int, dict[str, Any]] = {}
 
+    def take(self, event: Any) -> Any:
+        """Feed a streamed event's `delta.tool_calls`; the event, for the text's parser."""
+        if isinstance(event, dict):
+            choices = event.get("choices")
+            if choices and isinstance(choices[0], dict):
+                delta = choices[0].get("delta")
+                if isinstance(delta, dict) and "tool_calls" in delta:
+                    self.feed(delta["tool_calls"])
+        return event
+
     def feed(self, fragments: Any) -> None:
         """Take one delta's `tool_calls` (anything else is ignored)."""
         if not isinstance(fragments, list):

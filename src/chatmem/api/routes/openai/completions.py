@@ -242,10 +242,14 @@ def _conversation(
 
 
 def _validated(service: ChatService, new: ClientMessage) -> ClientMessage:
-    """The new message, its text as stored (a tool's result may be empty)."""
-    if new.role == "tool" and not new.content.strip():
-        return new
-    return dataclasses.replace(new, content=service.validate_content(new.content))
+    """The new message, its text as stored. A tool's result is stored exactly as sent
+    (it may be empty; trimmed, it would not match what the client sends back next time)
+    and only its length is checked."""
+    if new.role != "tool":
+        return dataclasses.replace(new, content=service.validate_content(new.content))
+    if new.content.strip():
+        service.validate_content(new.content)
+    return new
 
 
 def _use_system_prompt(gen: Generation, prompt: str) -> None:
