@@ -64,12 +64,13 @@ class ClientMessage:
         return [str(c.get("id")) for c in self.tool_calls]
 
     def matches(self, stored: Message) -> bool:
-        return (
-            self.role == stored.role.value
-            and self.content == stored.content
-            and self.tool_call_id == stored.metadata.get(TOOL_CALL_ID)
-            and _call_keys(self.tool_calls) == _call_keys(stored.metadata.get(TOOL_CALLS) or ())
-        )
+        if self.role != stored.role.value or self.content != stored.content:
+            return False
+        meta = stored.metadata
+        if not (self.tool_calls or self.tool_call_id or TOOL_CALLS in meta or TOOL_CALL_ID in meta):
+            return True  # most messages: no tool fields on either side
+        same_id = self.tool_call_id == meta.get(TOOL_CALL_ID)
+        return same_id and _call_keys(self.tool_calls) == _call_keys(meta.get(TOOL_CALLS) or ())
 
     @property
     def token_count(self) -> int:
