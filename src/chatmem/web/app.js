@@ -17,8 +17,10 @@ import {
   storageGet,
   storageSet,
 } from "./api.js";
+import { createActions } from "./actions.js";
 import { createIdentity } from "./identity.js";
 import { markPending, renderPending } from "./markdown.js";
+import { createPanels } from "./panels.js";
 import { createReplies } from "./reply.js";
 
 const HISTORY_PAGE = 50;
@@ -77,12 +79,22 @@ const showIdentity = () => identity.show();
 
 function showError(err) {
   if (err && err.name === "AbortError") return;
+  ui.error.classList.remove("notice");
   ui.errorText.textContent = typeof err === "string" ? err : describe(err);
   ui.error.dataset.code = (err && err.code) || "";
   ui.error.hidden = false;
 }
 
+// Good news in the same place (an import's report, say).
+function showNotice(text) {
+  ui.errorText.textContent = text;
+  ui.error.dataset.code = "";
+  ui.error.classList.add("notice");
+  ui.error.hidden = false;
+}
+
 function clearError() {
+  ui.error.classList.remove("notice");
   ui.error.hidden = true;
   ui.errorText.textContent = "";
   ui.error.dataset.code = "";
@@ -321,6 +333,7 @@ function setCurrent(meta) {
 
 function showSessionHeader() {
   const meta = state.current;
+  panels.showTools();
   if (!meta) {
     ui.title.textContent = "chatmem";
     ui.sessionCharacter.textContent = "";
@@ -433,21 +446,45 @@ function messageItem(msg) {
   if (msg.role !== "user") markPending(li, msg.content);
   if (md.interrupted) markStopped(li);
   else if (md.finish_reason === "length") markCutOff(li);
+  actions.decorate(li, msg);
   return li;
 }
 
-// The reply reached its length limit (the character's or the model's max tokens).
+// A message the server changed (edited, another alternative selected, stored at last).
+function replaceMessage(li, msg) {
+  const fresh = messageItem(msg);
+  li.replaceWith(fresh);
+  renderPending(ui.messages);
+  return fresh;
+}
+
+function removeMessage(li) {
+  li.remove();
+  refreshCurrent();
+}
+
+// A fork: the new chat joins the sidebar and opens.
+async function forked(meta) {
+  state.sessions = [meta, ...state.sessions.filter((s) => s.session_id !== meta.session_id)];
+  await openSession(meta.session_id);
+}
+
+// The reply reached its length limit (the character's or the model's max tokens); the
+// last one can be continued from the mark itself.
 function markCutOff(li) {
   li.classList.add("cut-off");
   if (li.querySelector(".tag")) return;
   const tag = node("span", "tag", "cut off");
   tag.title = "The reply reached its length limit and ends mid-way.";
-  li.append(tag);
+  const bar = li.querySelector(".msg-actions");
+  li.insertBefore(tag, bar);
+  if (li.dataset.msgId) li.insertBefore(actions.continueButton(), bar);
 }
 
 function markStopped(li) {
   li.classList.add("interrupted");
-  if (!li.querySelector(".tag")) li.append(node("span", "tag", "stopped"));
+  if (li.querySelector(".tag")) return;
+  li.insertBefore(node("span", "tag", "stopped"), li.querySelector(".msg-actions"));
 }
 
 function scrollToEnd() {
@@ -555,11 +592,38 @@ async function boot() {
   document.body.dataset.ready = "true";
 }
 
+const panels = createPanels({
+  current: () => state.current,
+  updated: (meta) => {
+    state.current = meta;
+    state.sessions = state.sessions.map((s) => (s.session_id === meta.session_id ? meta : s));
+    showSessionHeader();
+    renderSessions();
+  },
+  sessionsChanged: () => loadSessions(),
+  showError,
+  showNotice,
+  clearError,
+});
+
+const actions = createActions({
+  current: () => state.current,
+  replaceMessage,
+  removeMessage,
+  revise: (kind) => replies.revise(kind),
+  forked,
+  showError,
+  clearError,
+  busy: () => Boolean(replies.activeSid()),
+});
+
 const replies = createReplies({
   ui,
   current: () => state.current,
   characterName,
   messageItem,
+  replaceMessage,
+  messageOf: (li) => actions.messageOf(li),
   markStopped,
   markCutOff,
   markPending,

@@ -68,6 +68,8 @@ export function createReplies(page) {
     ui,
     characterName,
     messageItem,
+    replaceMessage,
+    messageOf,
     markStopped,
     markCutOff,
     markPending,
@@ -175,6 +177,10 @@ export function createReplies(page) {
       text: "",
       lastEventId: null,
       ended: false,
+      revision: null, // "regenerate" or "continue" (SPEC §3b)
+      prefix: "", // what a continued reply said before
+      mine: null, // the user's message, shown before the server stored it
+      hidden: null, // the reply a regenerate replaces, until it ends
     };
   }
 
@@ -229,6 +235,7 @@ export function createReplies(page) {
     ui.input.value = "";
     autosize();
     const mine = messageItem({ role: "user", content: text });
+    turn.mine = mine;
     ui.messages.append(mine);
     setStreaming(true);
     showTyping(true);
@@ -261,6 +268,54 @@ export function createReplies(page) {
     }
     await endTurn(turn, failure);
     if (!turn.detached) ui.input.focus();
+    finished("turns");
+  }
+
+  // Regenerate or continue the last reply: streamed like a send; the history shown
+  // afterwards holds the result (a new alternative selected, or the longer reply).
+  async function revise(kind) {
+    const current = page.current();
+    if (!current || active) return;
+    const items = ui.messages.querySelectorAll(".message");
+    const last = items.length ? items[items.length - 1] : null;
+    if (!last || last.dataset.role !== "assistant") return;
+    clearError();
+    const turn = newTurn(current.session_id);
+    turn.revision = kind;
+    active = turn;
+    if (kind === "continue") {
+      const msg = messageOf(last);
+      turn.prefix = (msg && msg.content) || "";
+      turn.bubble = last;
+      last.classList.add("streaming");
+    } else {
+      turn.hidden = last;
+      last.hidden = true;
+    }
+    setStreaming(true);
+    showTyping(kind !== "continue");
+    let failure = null;
+    try {
+      const res = await api(
+        "POST",
+        sessionPath(turn.sid, `/${kind}`),
+        { stream: true },
+        { signal: turn.controller.signal, accept: "text/event-stream" },
+      );
+      await followReply(turn, res);
+    } catch (err) {
+      failure = err;
+    }
+    if (turn.hidden) turn.hidden.hidden = false;
+    await endTurn(turn, failure);
+    if (!turn.detached) {
+      try {
+        await showHistory(turn.sid);
+      } catch (err) {
+        showError(err);
+      }
+      ui.input.focus();
+    }
     finished("turns");
   }
 
@@ -337,27 +392,46 @@ export function createReplies(page) {
     if (ev.event === "delta") {
       const follow = nearEnd();
       const bubble = ensureBubble(turn);
+      showTyping(false);
       turn.text += data.content || "";
-      bubble.querySelector(".bubble").textContent = turn.text;
+      bubble.querySelector(".bubble").textContent = turn.prefix + turn.text;
       if (follow) scrollToEnd();
     } else if (ev.event === "done") {
       turn.ended = true;
+      if (turn.revision) {
+        // The history read next shows the revised reply as stored.
+        if (data.memory && data.memory !== "ok") {
+          showError(`The reply was not fully saved to memory (${data.memory}).`);
+        }
+        return;
+      }
+      if (turn.mine && data.user_message) {
+        turn.mine = replaceMessage(turn.mine, data.user_message);
+      }
       const msg = data.message || {};
       let bubble = ensureBubble(turn);
-      // A reply that ended just before the history was read is shown already: the
-      // replay updates that one rather than showing it twice.
+      // A reply that ended just before the history was read is shown already, as
+      // stored since (another alternative selected, say): the replay is not shown twice.
       const shown = msg.msg_id ? shownMessage(msg.msg_id, bubble) : null;
       if (shown) {
         bubble.remove();
-        turn.bubble = bubble = shown;
+        turn.bubble = shown;
+        return;
       }
       const text = msg.content ?? turn.text;
-      bubble.querySelector(".bubble").textContent = text;
-      markPending(bubble, text);
-      if (msg.msg_id) bubble.dataset.msgId = msg.msg_id;
-      const md = msg.metadata || {};
-      if (md.interrupted) markStopped(bubble);
-      else if (md.finish_reason === "length") markCutOff(bubble);
+      if (msg.msg_id) {
+        // The stored message, with its actions (edit, regenerate…).
+        const stored = messageItem({ role: "assistant", ...msg, content: text });
+        stored.classList.add("streaming"); // until endTurn renders its Markdown
+        bubble.replaceWith(stored);
+        turn.bubble = bubble = stored;
+      } else {
+        bubble.querySelector(".bubble").textContent = text;
+        markPending(bubble, text);
+        const md = msg.metadata || {};
+        if (md.interrupted) markStopped(bubble);
+        else if (md.finish_reason === "length") markCutOff(bubble);
+      }
       if (data.memory && data.memory !== "ok") {
         showError(`The reply was not fully saved to memory (${data.memory}).`);
       }
@@ -400,6 +474,7 @@ export function createReplies(page) {
 
   return {
     send,
+    revise,
     reattach,
     stop: stopTurn,
     detach: detachTurn,
