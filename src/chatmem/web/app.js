@@ -18,6 +18,7 @@ import {
   storageSet,
 } from "./api.js";
 import { createActions } from "./actions.js";
+import { createCharacterEditor } from "./characters.js";
 import { createIdentity } from "./identity.js";
 import { markPending, renderPending } from "./markdown.js";
 import { createPanels } from "./panels.js";
@@ -134,7 +135,7 @@ function node(tag, className, text) {
 
 // --- characters ------------------------------------------------------------------
 
-async function loadCharacters() {
+async function loadCharacters(selectId) {
   const data = await apiJson("GET", "/v1/characters");
   state.characters = new Map(data.characters.map((c) => [c.id, c]));
   state.defaultCharacter = data.default || (data.characters[0] && data.characters[0].id) || "";
@@ -145,6 +146,7 @@ async function loadCharacters() {
       return option;
     }),
   );
+  if (selectId && state.characters.has(selectId)) storageSet(STORE.character, selectId);
   const saved = storageGet(STORE.character);
   ui.character.value = state.characters.has(saved) ? saved : state.defaultCharacter;
   showCharacter();
@@ -574,6 +576,7 @@ async function boot() {
   state.allSessions = false;
   await loadCharacters();
   await identity.load();
+  characterEditor.setAdmin(identity.isAdmin());
   await loadSessions();
   const saved = storageGet(STORE.session);
   const target = state.sessions.find((s) => s.session_id === saved) || state.sessions[0];
@@ -591,6 +594,17 @@ async function boot() {
   showIdentity();
   document.body.dataset.ready = "true";
 }
+
+const characterEditor = createCharacterEditor({
+  selected: () => state.characters.get(ui.character.value) || null,
+  reload: async (selectId) => {
+    await loadCharacters(selectId);
+    renderSessions();
+  },
+  showError,
+  showNotice,
+  clearError,
+});
 
 const panels = createPanels({
   current: () => state.current,
