@@ -5,14 +5,15 @@ chat or all of them from the page."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.fake_openai import FakeOpenAI
+from tests.fake_openai import FakeOpenAI, Reply
 from tests.live_server import LiveServer
-from tests.web.conftest import api, chat, user_id
+from tests.web.conftest import api, chat, user_id, wait_idle
 
 pytestmark = pytest.mark.browser
 
@@ -113,3 +114,30 @@ def test_export_a_chat_and_everything_then_import(page: Page, server: LiveServer
     page.set_input_files("#import-file", str(bad))
     expect(page.locator("#error")).to_contain_text("not a chatmem export")
     expect(page.locator(".session")).to_have_count(2)
+
+
+def test_a_slow_first_token_says_how_much_history_the_model_reads(
+    page: Page, server: LiveServer, fake: FakeOpenAI
+) -> None:
+    """While the model reads a long prompt (the local model takes seconds), the typing
+    indicator says so instead of "typing"; a short one just types."""
+    fake.script(Reply(text="ok"), Reply(text="Read it all.", headers_delay_s=2.5))
+    chat(page, " ".join(f"word{i}" for i in range(400)))
+    page.fill("#input", "and so?")
+    page.press("#input", "Enter")
+    typing = page.locator("#typing")
+    expect(typing).to_contain_text(re.compile(r"is reading [\d,]+ tokens of history"))
+    n = int(typing.get_attribute("data-reading") or "0")
+    view = api(server, page, "GET", f"/v1/sessions/{current_sid(page)}/context").json()
+    assert 400 <= n <= view["tokens"]["total"]
+    wait_idle(page)
+    expect(page.locator(".message.assistant .bubble").last).to_have_text("Read it all.")
+
+    fake.script(Reply(text="Quick.", headers_delay_s=1.2))
+    page.click("#new-session")
+    page.fill("#input", "hi")
+    page.press("#input", "Enter")
+    expect(typing).to_be_visible()
+    page.wait_for_timeout(900)
+    expect(typing).to_contain_text("is typing")
+    wait_idle(page)

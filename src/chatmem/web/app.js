@@ -56,6 +56,7 @@ const ui = {
   welcome: $("welcome"),
   typing: $("typing"),
   typingName: $("typing-name"),
+  typingWhat: $("typing-what"),
   composer: $("composer"),
   input: $("input"),
   send: $("send"),

@@ -1,7 +1,7 @@
 // A reply streaming in: sent from this page, or re-attached to one the server is
 // writing (after a reload, or a chat opened again). The server owns the reply; the page
 // follows its events, resumes a dropped connection with Last-Event-ID, and can stop it.
-import { ApiError, api, sessionPath } from "./api.js";
+import { ApiError, api, apiJson, sessionPath } from "./api.js";
 
 // After asking the server to stop, how long to wait for the reply's final event
 // before the page stops waiting (the server stores the stopped reply either way).
@@ -10,6 +10,10 @@ const STOP_GRACE_MS = 1500;
 // waiting a little longer each time.
 const RESUME_ATTEMPTS = 5;
 const RESUME_BACKOFF_MS = 400;
+// A model that has not answered after this long, with at least this much to read,
+// says so: "reading N tokens of history…" (a local model reads a long prompt first).
+const READING_AFTER_MS = 700;
+const READING_MIN_TOKENS = 200;
 
 // --- server-sent events over fetch ------------------------------------------------
 
@@ -163,8 +167,27 @@ export function createReplies(page) {
 
   function showTyping(on) {
     if (on && page.current()) ui.typingName.textContent = characterName(page.current().character_id);
+    if (on) {
+      ui.typingWhat.textContent = "is typing";
+      delete ui.typing.dataset.reading;
+    }
     ui.typing.hidden = !on;
     if (on) scrollToEnd();
+  }
+
+  // While the model has not started its reply: how much it is reading (the context the
+  // turn sends, GET …/context), once it has taken a moment.
+  function watchReading(turn) {
+    const tokens = apiJson("GET", sessionPath(turn.sid, "/context")).then(
+      (view) => (view && view.tokens ? view.tokens.total || 0 : 0),
+      () => 0,
+    );
+    setTimeout(async () => {
+      const n = await tokens;
+      if (active !== turn || turn.text || turn.ended || n < READING_MIN_TOKENS) return;
+      ui.typingWhat.textContent = `is reading ${n.toLocaleString()} tokens of history`;
+      ui.typing.dataset.reading = String(n);
+    }, READING_AFTER_MS);
   }
 
   function newTurn(sid) {
@@ -239,6 +262,7 @@ export function createReplies(page) {
     ui.messages.append(mine);
     setStreaming(true);
     showTyping(true);
+    watchReading(turn);
     let res;
     try {
       res = await api(
@@ -294,6 +318,7 @@ export function createReplies(page) {
     }
     setStreaming(true);
     showTyping(kind !== "continue");
+    watchReading(turn);
     let failure = null;
     try {
       const res = await api(
