@@ -145,7 +145,7 @@ export function createActions(page) {
     setTimeout(() => {
       if (b.isConnected) {
         b.dataset.armed = "false";
-        b.textContent = "🗑";
+        b.textContent = "Delete";
         b.classList.remove("armed");
       }
     }, 4000);
@@ -183,14 +183,14 @@ export function createActions(page) {
     if (msg.alternatives > 1) bar.append(swiper(li, msg));
     if (msg.role === "assistant") {
       if (!(msg.metadata && msg.metadata.greeting)) {
-        bar.append(button("Regenerate", "↻", () => revise("regenerate"), "only-last regenerate"));
+        bar.append(button("Regenerate", "Regenerate", () => revise("regenerate"), "only-last regenerate"));
       }
-      bar.append(button("Continue", "→", () => revise("continue"), "only-last continue"));
+      bar.append(button("Continue", "Continue", () => revise("continue"), "only-last continue"));
     }
     bar.append(
-      button("Edit", "✎", () => startEdit(li), "edit"),
-      button("Delete", "🗑", (b) => armDelete(b, li), "delete"),
-      button("Fork the chat from here", "⑂", () => fork(li), "fork"),
+      button("Edit", "Edit", () => startEdit(li), "edit"),
+      button("Delete", "Delete", (b) => armDelete(b, li), "delete"),
+      button("Fork the chat from here", "Fork", () => fork(li), "fork"),
     );
     li.append(bar);
   }
