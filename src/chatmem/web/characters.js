@@ -60,7 +60,7 @@ export function createCharacterEditor(page) {
     ui.temperature.value = t === null || t === undefined ? "" : String(t);
     ui.note.textContent = copy
       ? "Built-in characters cannot be changed: this saves a copy."
-      : "{{char}} and {{user}} in the greeting and prompt become the names.";
+      : "Sent as written: {{char}} and {{user}} are filled in for imported cards only.";
     ui.del.hidden = !editing;
     delete ui.del.dataset.armed;
     ui.del.textContent = "Delete";
