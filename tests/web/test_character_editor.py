@@ -1,5 +1,6 @@
 """The character editor and Card V2/V3 import (JSON and PNG) on the page, in Chromium:
-for admins (in open mode everyone); a user with a plain API key does not see them."""
+for admins (in open mode everyone); a user with a plain API key does not see them (nor
+the chats' Import)."""
 
 from __future__ import annotations
 
@@ -114,6 +115,9 @@ def test_a_user_who_is_not_an_admin_sees_no_editor(
             open_page(page, live.url)
             expect(page.locator("#character")).not_to_have_value("")
             expect(page.locator("#character-tools")).to_be_hidden()
+            # Exporting one's own chats, yes; importing (admins only), no.
+            expect(page.locator("#export-all")).to_be_visible()
+            expect(page.locator("#import-chats")).to_be_hidden()
             assert watch.errors == []
             r = httpx.post(
                 live.url + "/v1/characters/import",

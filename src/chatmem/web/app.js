@@ -420,6 +420,7 @@ async function boot() {
   await loadCharacters();
   await identity.load();
   characterEditor.setAdmin(identity.isAdmin());
+  panels.setAdmin(identity.isAdmin());
   await sessionList.load();
   const saved = storageGet(STORE.session);
   const target = state.sessions.find((s) => s.session_id === saved) || state.sessions[0];

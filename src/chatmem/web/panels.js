@@ -1,6 +1,7 @@
 // The open chat's panels: its settings (title, memory window, TTL), the context
 // inspector (GET …/context: what the model sees next turn, with the token budget), and
-// export / import (GET /v1/export, POST /v1/import) of one chat or all of them.
+// export (GET /v1/export) of one chat or all of them, and import (POST /v1/import,
+// admins).
 import { apiJson, sessionPath } from "./api.js";
 
 const $ = (id) => document.getElementById(id);
@@ -177,6 +178,12 @@ export function createPanels(page) {
     ui.tools.hidden = !page.current();
   }
 
+  // Import writes chats as they were, outside a user's caps: admins only (in open
+  // mode, everyone), as on the API.
+  function setAdmin(isAdmin) {
+    ui.importChats.hidden = !isAdmin;
+  }
+
   ui.openSettings.addEventListener("click", openSettings);
   ui.openContext.addEventListener("click", openContext);
   ui.settingsForm.addEventListener("submit", saveSettings);
@@ -186,5 +193,5 @@ export function createPanels(page) {
   ui.importChats.addEventListener("click", () => ui.importFile.click());
   ui.importFile.addEventListener("change", importFile);
 
-  return { showTools };
+  return { showTools, setAdmin };
 }
