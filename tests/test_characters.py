@@ -350,7 +350,7 @@ def test_plain_character_exports_as_a_card() -> None:
     [
         ([], "JSON object"),
         ({"name": "Old", "first_mes": "hi"}, "'spec' field is missing"),
-        ({"spec": "chara_card_v3", "data": {"name": "x"}}, "chara_card_v3"),
+        ({"spec": "chara_card_v4", "data": {"name": "x"}}, "chara_card_v4"),
         ({"spec": "chara_card_v2"}, "'data' must be an object"),
         ({"spec": "chara_card_v2", "data": {"name": "  "}}, "data.name"),
         ({"spec": "chara_card_v2", "data": {"name": "x", "first_mes": 3}}, "data.first_mes"),

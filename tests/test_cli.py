@@ -343,3 +343,22 @@ def test_serve_workers_share_one_embedded_redis_stopped_at_exit(
         pytest.raises(redis.ConnectionError),
     ):
         probe.ping()
+
+
+@pytest.mark.parametrize(
+    ("command", "flag"),
+    [("sessions", "--json"), ("history", "--json"), ("users", "--json"), ("serve", "--reload")],
+)
+def test_help_shows_flags_without_a_value(command: str, flag: str) -> None:
+    """Regression: help showed `--json <bool>`, as if the flag took a value."""
+    res = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "100"})
+    assert res.exit_code == 0, res.output
+    (line,) = [ln for ln in res.output.splitlines() if f"{flag} " in ln]
+    assert "<bool>" not in line, line
+
+
+@pytest.mark.parametrize("command", ["export", "import", "sessions", "chat", "users"])
+def test_every_client_command_takes_url(command: str) -> None:
+    res = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "100"})
+    assert res.exit_code == 0, res.output
+    assert "--url" in res.output

@@ -253,3 +253,71 @@ def test_sessions_table_keeps_every_field_at_80_columns(live: LiveServer) -> Non
     assert max(len(ln) for ln in lines) <= 80, res.stdout
     for field in (sid, "Trip to Kyoto", "luna", "3 msgs", "tok", "$", REPLY[:12]):
         assert field in res.stdout, (field, res.stdout)
+
+
+def test_slash_commands_regenerate_continue_edit_fork_context_memories(
+    terminal: Callable[..., Tmux], fake: FakeOpenAI, live: LiveServer
+) -> None:
+    fake.script(
+        Reply(text="Red is a colour."),
+        Reply(text="Blue is a colour."),
+        Reply(text=" So is green."),
+    )
+    t = terminal("-c", "luna", "-u", "slash-user")
+    t.wait_for(lambda s: prompts(s) == 1, "the first prompt")
+    t.type("name a colour")
+    t.keys("Enter")
+    t.wait_for(lambda s: prompts(s) == 2 and "Red is a colour." in s, "the reply")
+
+    def run(command: str, done: Callable[[str], bool], what: str) -> str:
+        n = prompts(t.screen())
+        t.type(command)
+        t.keys("Enter")
+        return t.wait_for(lambda s: prompts(s) == n + 1 and done(s) and at_prompt(s), what)
+
+    run("/regenerate", lambda s: "Blue is a colour." in s, "/regenerate")
+    run("/continue", lambda s: "So is green." in s, "/continue")
+    h = {"X-User-Id": "slash-user"}
+    (meta,) = httpx.get(live.url + "/v1/sessions", headers=h).json()["sessions"]
+    sid = meta["session_id"]
+    msgs = httpx.get(live.url + f"/v1/sessions/{sid}/messages", headers=h).json()["messages"]
+    last = msgs[-1]
+    assert last["content"] == "Blue is a colour. So is green."
+    assert last["alternatives"] == 2
+    assert fake.chat_bodies[-1]["messages"][-1]["content"] == "Blue is a colour."
+
+    # /edit alone puts the last message on the prompt to change.
+    n = prompts(t.screen())
+    t.type("/edit")
+    t.keys("Enter")
+    t.wait_for(lambda s: s.rstrip().endswith(f"{PROMPT} name a colour"), "the line to edit")
+    t.keys("C-u")
+    t.type("name a fruit")
+    t.keys("Enter")
+    t.wait_for(lambda s: "edited" in s and prompts(s) == n + 2 and at_prompt(s), "/edit")
+    msgs = httpx.get(live.url + f"/v1/sessions/{sid}/messages", headers=h).json()["messages"]
+    assert [m["content"] for m in msgs if m["role"] == "user"] == ["name a fruit"]
+
+    screen = run("/context", lambda s: "tokens (system" in s, "/context")
+    assert "name a fruit" in screen.split("/context")[-1]
+    run("/memories", lambda s: "memor" in s.split("/memories")[-1], "/memories")
+    run("/fork", lambda s: "Forked" in s, "/fork")
+    sessions = httpx.get(live.url + "/v1/sessions", headers=h).json()["sessions"]
+    assert len(sessions) == 2
+    forked = next(s for s in sessions if s["session_id"] != sid)
+    assert forked["forked_from"] == sid
+    # The chat goes on in the fork.
+    t.type("and now?")
+    t.keys("Enter")
+    t.wait_for(lambda s: at_prompt(s) and "and now?" in s, "a turn in the fork")
+    assert fake.request_count == 4
+    assert (
+        httpx.get(live.url + f"/v1/sessions/{forked['session_id']}/messages", headers=h).json()[
+            "messages"
+        ][-2]["content"]
+        == "and now?"
+    )
+    screen = run("/help", lambda s: "/regenerate" in s.split("/help")[-1], "/help")
+    for name in ("/continue", "/edit", "/fork", "/context", "/memories", "/sessions"):
+        assert name in screen.split("/help")[-1]
+    assert "Traceback" not in t.screen()

@@ -22,8 +22,8 @@ from chatmem.config import LimitSettings
 CODE = "body_too_large"
 # Routes whose bodies may be as large as an import: a Character Card V2 import, and the
 # admin's own character writes (a character holds up to ~80 000 characters of prompts
-# plus the card data it was imported from).
-IMPORT_ROUTES_PREFIX = "/v1/characters"
+# plus the card data it was imported from), and an export imported over HTTP.
+IMPORT_ROUTES_PREFIX = ("/v1/characters", "/v1/import")
 
 
 def route_limits(limits: LimitSettings) -> Callable[[str, str], int]:

@@ -1,4 +1,4 @@
-"""Character Card V2 (`spec: chara_card_v2`) import and export.
+"""Character Card V2 (`spec: chara_card_v2`) and V3 (`chara_card_v3`) import, V2 export.
 
 Import maps a card onto a `Character`:
 
@@ -18,7 +18,10 @@ Import maps a card onto a `Character`:
 - The id is, in order: the `character_id` argument, `data.extensions.chatmem.id`
   (written by chatmem's own export), or the name slugified to `[a-z0-9_.@-]{1,64}`.
 
-V1 cards (no `spec`), V3 and anything else are rejected with `InvalidInput`.
+A V3 card's `data` is V2's plus fields chatmem does not use (assets, nickname, …):
+it is read as V2, all of it kept; export writes V2, which V3 tools read. V1 cards (no
+`spec`) and anything else are rejected with `InvalidInput`. Cards inside PNG images:
+png_card.py.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from chatmem.models import Character, ModelParams
 from .parse import validation_message
 
 CARD_SPEC = "chara_card_v2"
+CARD_SPEC_V3 = "chara_card_v3"
 CARD_SPEC_VERSION = "2.0"
 # Where an imported card's own fields live inside `Character.extensions`.
 CARD_EXTENSION = "chara_card_v2"
@@ -132,14 +136,16 @@ def _normalized_data(card: Any) -> dict[str, Any]:
             code="invalid_card",
         )
     spec = card.get("spec")
-    if spec != CARD_SPEC:
+    if spec not in (CARD_SPEC, CARD_SPEC_V3):
         hint = (
             "the 'spec' field is missing (a V1 card? re-export it as V2)"
             if spec is None
             else f"spec is {spec!r}"
         )
         raise InvalidInput(
-            f"not a Character Card V2: {hint}; expected spec {CARD_SPEC!r}", code="invalid_card"
+            f"not a Character Card V2 or V3: {hint}; expected spec {CARD_SPEC!r} "
+            f"or {CARD_SPEC_V3!r}",
+            code="invalid_card",
         )
     data = card.get("data")
     if not isinstance(data, dict):
@@ -194,7 +200,10 @@ def card_to_character(card: Any, *, character_id: str | None = None) -> Characte
     ours = ours if isinstance(ours, dict) else {}
     cid = character_id or ours.get("id") or slugify_id(name)
     preserved = copy.deepcopy({k: v for k, v in card["data"].items() if k != "name"})
+    # A V3 card is kept as the V2 card it is read as (export writes V2).
     spec_version = card.get("spec_version", CARD_SPEC_VERSION)
+    if card.get("spec") == CARD_SPEC_V3:
+        spec_version = CARD_SPEC_VERSION
     fields: dict[str, Any] = {
         "id": cid,
         "name": name,

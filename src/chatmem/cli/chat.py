@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import re
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from rich.console import Console
 from rich.text import Text
 
+from chatmem.cli import slash
 from chatmem.cli.client import (
     END_EVENTS,
     ApiError,
@@ -33,6 +33,7 @@ from chatmem.cli.client import (
 )
 from chatmem.cli.reply_view import ReplyView, markdown
 from chatmem.cli.terminal import LineReader
+from chatmem.cli.text import printable
 
 PROMPT = "you › "
 STOP_GRACE_S = 3.0
@@ -41,19 +42,6 @@ HISTORY_ON_RESUME = 6
 # replay's first burst, which tells a reply still running from one that has just ended
 # (and is shown already, in the history).
 REPLAY_SETTLE_S = 0.3
-# Model output may carry terminal control sequences; only text, newlines and tabs print.
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-HELP = """\
-/new [CHARACTER]  start a new session (with another character)
-/history          the session's recent messages
-/sessions         your sessions
-/usage            tokens and cost of this session
-/quit             leave (Ctrl+D does too); Ctrl+C stops a reply"""
-
-
-def printable(text: str) -> str:
-    return _CONTROL.sub("", text)
 
 
 def money(usd: float | int | None) -> str:
@@ -159,34 +147,11 @@ class TerminalChat:
             self.turn(text)
 
     def command(self, text: str) -> bool:
-        name, _, arg = text.partition(" ")
-        try:
-            if name in ("/quit", "/exit", "/q"):
-                return False
-            if name == "/help":
-                self.console.print(HELP, markup=False, highlight=False)
-            elif name == "/new":
-                self.portal.call(self.new_session, arg.strip() or None)
-            elif name == "/history":
-                msgs = self.portal.call(self.api.history, self.session["session_id"], 20)
-                for msg in msgs:
-                    self.show_message(msg)
-            elif name == "/sessions":
-                for s in self.portal.call(self.api.sessions):
-                    mark = "*" if s["session_id"] == self.session["session_id"] else " "
-                    self.console.print(
-                        Text(
-                            f"{mark} {s['session_id']}  {printable(s['title'])}  "
-                            f"({s['message_count']} messages)"
-                        )
-                    )
-            elif name == "/usage":
-                self.show_usage()
-            else:
-                self.console.print(Text(f"unknown command {name}; /help lists them", "yellow"))
-        except ApiError as exc:
-            self.error(exc)
-        return True
+        return slash.command(self, text)
+
+    def edit_line(self, text: str) -> str:
+        """The user's own line again, on the prompt, to change."""
+        return self.reader.read(PROMPT, default=text)
 
     def show_usage(self) -> None:
         self.session = self.portal.call(self.api.session, self.session["session_id"])
@@ -252,6 +217,11 @@ class TerminalChat:
 
     async def stream(self, text: str) -> None:
         async with contextlib.aclosing(self.api.send(self.session["session_id"], text)) as events:
+            await self.show_reply(events)
+
+    async def revise(self, revision: str) -> None:
+        events = self.api.revise(self.session["session_id"], revision)
+        async with contextlib.aclosing(events):
             await self.show_reply(events)
 
     async def follow_running(self) -> None:

@@ -171,6 +171,49 @@ class ChatmemClient:
         result: dict[str, Any] = await self._json("GET", f"/v1/admin/users/{_sid(user_id)}")
         return result
 
+    async def edit_message(self, session_id: str, msg_id: str, content: str) -> dict[str, Any]:
+        path = f"/v1/sessions/{_sid(session_id)}/messages/{_sid(msg_id)}"
+        data = await self._json("PATCH", path, json={"content": content})
+        message: dict[str, Any] = data["message"]
+        return message
+
+    async def fork(self, session_id: str, msg_id: str) -> dict[str, Any]:
+        path = f"/v1/sessions/{_sid(session_id)}/fork"
+        result: dict[str, Any] = await self._json("POST", path, json={"message_id": msg_id})
+        return result
+
+    async def context(self, session_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._json("GET", f"/v1/sessions/{_sid(session_id)}/context")
+        return result
+
+    async def memories(self, character_id: str | None = None) -> dict[str, Any]:
+        params = {"character_id": character_id} if character_id else {}
+        result: dict[str, Any] = await self._json("GET", "/v1/memories", params=params)
+        return result
+
+    async def export(self, user_id: str | None = None) -> dict[str, Any]:
+        """The export of one user's sessions (the caller's unless an admin names another)."""
+        params = {"user_id": user_id} if user_id else {}
+        result: dict[str, Any] = await self._json("GET", "/v1/export", params=params)
+        return result
+
+    async def export_all(self) -> dict[str, Any]:
+        """Every user's sessions (admin)."""
+        result: dict[str, Any] = await self._json("GET", "/v1/export", params={"all": "true"})
+        return result
+
+    async def import_(self, doc: Any) -> dict[str, Any]:
+        result: dict[str, Any] = await self._json("POST", "/v1/import", json=doc)
+        return result
+
+    async def revise(self, session_id: str, revision: str) -> AsyncGenerator[SseEvent, None]:
+        """Regenerate or continue the session's last reply (SPEC §3b): its events."""
+        path = f"/v1/sessions/{_sid(session_id)}/{revision}"
+        async for event in self._events("POST", path, json={"stream": True}):
+            yield event
+            if event.event in END_EVENTS:
+                return
+
     async def send(self, session_id: str, content: str) -> AsyncGenerator[SseEvent, None]:
         """Send a message and yield the reply's events as they arrive.
 

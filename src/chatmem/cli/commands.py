@@ -18,7 +18,7 @@ from rich.table import Column, Table
 from rich.text import Text
 
 from chatmem.cli import data
-from chatmem.cli.chat import ChatOptions, money, printable, run_chat
+from chatmem.cli.chat import ChatOptions, money, run_chat
 from chatmem.cli.client import ChatmemClient
 from chatmem.cli.common import (
     JsonOpt,
@@ -35,6 +35,7 @@ from chatmem.cli.common import (
     reported_errors,
     when,
 )
+from chatmem.cli.text import printable
 
 app = typer.Typer(
     help="chatmem: a chat backend with conversation memory.",
@@ -58,7 +59,9 @@ def serve(
     host: str | None = typer.Option(None, help="bind address (default 127.0.0.1)"),
     port: int | None = typer.Option(None, min=1, max=65535, help="port (default 8000)"),
     workers: int | None = typer.Option(None, min=1, max=64, help="worker processes"),
-    reload: bool = typer.Option(False, "--reload", help="restart when the code changes (dev)"),
+    reload: bool = typer.Option(
+        False, "--reload", metavar="", help="restart when the code changes (dev)"
+    ),
     log_level: str = typer.Option("info", help="uvicorn log level"),
 ) -> None:
     """Run the HTTP server: the page at /, the API at /v1, the docs at /docs."""

@@ -19,8 +19,8 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from chatmem.cli.chat import printable
 from chatmem.cli.client import ApiError, ChatmemClient, auth_headers, connect
+from chatmem.cli.text import printable
 from chatmem.config import Settings
 from chatmem.errors import ChatmemError, InvalidInput
 
@@ -39,7 +39,8 @@ UserOpt = typer.Option(None, "--user", "-u", help="user id (open mode: sent as X
 KeyOpt = typer.Option(
     None, "--api-key", envvar="CHATMEM_API_KEY", help="API key, when the server has auth on"
 )
-JsonOpt = typer.Option(False, "--json", help="print JSON instead of a table")
+# A flag takes no value: no type shown in help (typer would show `--json <bool>`).
+JsonOpt = typer.Option(False, "--json", metavar="", help="print JSON instead of a table")
 
 # HTTP statuses that mean "what you asked for is wrong", as opposed to "it failed".
 _ARGUMENT_STATUSES = {400, 401, 403, 404, 422}

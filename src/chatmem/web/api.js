@@ -72,10 +72,14 @@ export async function api(method, path, body, options = {}) {
   for (;;) {
     let res;
     try {
+      // options.contentType: `body` goes as it is (a PNG's bytes, say), not as JSON.
+      const raw = options.contentType !== undefined;
+      const headers = requestHeaders(body !== undefined && !raw, options.accept, options.headers);
+      if (raw) headers["Content-Type"] = options.contentType;
       res = await fetch(path, {
         method,
-        headers: requestHeaders(body !== undefined, options.accept, options.headers),
-        body: body === undefined ? undefined : JSON.stringify(body),
+        headers,
+        body: body === undefined || raw ? body : JSON.stringify(body),
         signal: options.signal,
         cache: "no-store",
       });

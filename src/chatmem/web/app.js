@@ -4,9 +4,12 @@
 // the page through textContent / text nodes, never innerHTML — except a reply's Markdown,
 // which the server renders and sanitizes and markdown.js checks again.
 //
-// Modules: api.js talks to the API; reply.js streams a reply in (sent or re-attached);
-// markdown.js shows replies' Markdown; this one is the rest of the page: characters,
-// sessions, history, composer, layout.
+// Modules: api.js talks to the API; reply.js streams a reply in (sent or re-attached,
+// over sse.js); markdown.js shows replies' Markdown; sessions.js is the sidebar's list;
+// actions.js the actions under each message; panels.js the chat's settings, context
+// inspector and export / import; characters.js the character editor; identity.js who
+// the page speaks as. This one is the rest of the page: characters, history, composer,
+// layout.
 import {
   ApiError,
   STORE,
@@ -17,9 +20,14 @@ import {
   storageGet,
   storageSet,
 } from "./api.js";
+import { createActions } from "./actions.js";
+import { createCharacterEditor } from "./characters.js";
 import { createIdentity } from "./identity.js";
 import { markPending, renderPending } from "./markdown.js";
+import { node } from "./dom.js";
+import { createPanels } from "./panels.js";
 import { createReplies } from "./reply.js";
+import { createSessionList } from "./sessions.js";
 
 const HISTORY_PAGE = 50;
 
@@ -53,6 +61,7 @@ const ui = {
   welcome: $("welcome"),
   typing: $("typing"),
   typingName: $("typing-name"),
+  typingWhat: $("typing-what"),
   composer: $("composer"),
   input: $("input"),
   send: $("send"),
@@ -77,12 +86,22 @@ const showIdentity = () => identity.show();
 
 function showError(err) {
   if (err && err.name === "AbortError") return;
+  ui.error.classList.remove("notice");
   ui.errorText.textContent = typeof err === "string" ? err : describe(err);
   ui.error.dataset.code = (err && err.code) || "";
   ui.error.hidden = false;
 }
 
+// Good news in the same place (an import's report, say).
+function showNotice(text) {
+  ui.errorText.textContent = text;
+  ui.error.dataset.code = "";
+  ui.error.classList.add("notice");
+  ui.error.hidden = false;
+}
+
 function clearError() {
+  ui.error.classList.remove("notice");
   ui.error.hidden = true;
   ui.errorText.textContent = "";
   ui.error.dataset.code = "";
@@ -99,30 +118,14 @@ function formatCost(usd) {
   return `$${v.toFixed(v < 1 ? 4 : 2)}`;
 }
 
-function timeAgo(seconds) {
-  if (!seconds) return "";
-  const diff = Date.now() / 1000 - seconds;
-  if (diff < 60) return "just now";
-  if (diff < 3600) return `${Math.floor(diff / 60)} min ago`;
-  if (diff < 86400) return `${Math.floor(diff / 3600)} h ago`;
-  return new Date(seconds * 1000).toLocaleDateString();
-}
-
 function characterName(id) {
   const c = state.characters.get(id);
   return c ? c.name : id;
 }
 
-function node(tag, className, text) {
-  const n = document.createElement(tag);
-  if (className) n.className = className;
-  if (text !== undefined) n.textContent = text;
-  return n;
-}
-
 // --- characters ------------------------------------------------------------------
 
-async function loadCharacters() {
+async function loadCharacters(selectId) {
   const data = await apiJson("GET", "/v1/characters");
   state.characters = new Map(data.characters.map((c) => [c.id, c]));
   state.defaultCharacter = data.default || (data.characters[0] && data.characters[0].id) || "";
@@ -133,6 +136,7 @@ async function loadCharacters() {
       return option;
     }),
   );
+  if (selectId && state.characters.has(selectId)) storageSet(STORE.character, selectId);
   const saved = storageGet(STORE.character);
   ui.character.value = state.characters.has(saved) ? saved : state.defaultCharacter;
   showCharacter();
@@ -145,154 +149,7 @@ function showCharacter() {
   ui.characterGreeting.hidden = !(c && c.greeting);
 }
 
-// --- sessions ------------------------------------------------------------------
-
-// The sidebar lists the most recent chats; a search reads them all (up to the API's
-// 1000, the per-user cap's default) once, then filters as the user types.
-const SESSIONS_PAGE = 100;
-const SESSIONS_ALL = 1000;
-
-async function loadSessions(limit = state.allSessions ? SESSIONS_ALL : SESSIONS_PAGE) {
-  const data = await apiJson("GET", `/v1/sessions?limit=${limit}`);
-  state.sessions = data.sessions;
-  state.allSessions = limit === SESSIONS_ALL || data.sessions.length < limit;
-  renderSessions();
-}
-
-function searchText(meta) {
-  return `${meta.title || ""}\n${meta.preview || ""}\n${characterName(meta.character_id)}`;
-}
-
-function renderSessions() {
-  const query = ui.search.value.trim().toLowerCase();
-  const shown = query
-    ? state.sessions.filter((s) => searchText(s).toLowerCase().includes(query))
-    : state.sessions;
-  ui.sessionList.replaceChildren(...shown.map((s) => sessionItem(s)));
-  ui.sessionsEmpty.hidden = shown.length > 0;
-  ui.sessionsEmpty.textContent = query ? "No chats match." : "No chats yet.";
-}
-
-async function searchSessions() {
-  if (ui.search.value.trim() && !state.allSessions) await loadSessions(SESSIONS_ALL);
-  else renderSessions();
-}
-
-function sessionItem(meta) {
-  const li = node("li", "session");
-  li.dataset.sessionId = meta.session_id;
-  if (state.current && state.current.session_id === meta.session_id) {
-    li.setAttribute("aria-current", "true");
-  }
-  const open = node("button", "session-open");
-  open.type = "button";
-  const title = node("span", "session-title", meta.title || characterName(meta.character_id));
-  const preview = node(
-    "span",
-    "session-preview",
-    meta.preview ? `${meta.preview_role === "user" ? "You: " : ""}${meta.preview}` : "(empty)",
-  );
-  const info = node(
-    "span",
-    "session-info",
-    `${characterName(meta.character_id)} · ${timeAgo(meta.last_active_at)}`,
-  );
-  open.append(title, preview, info);
-  open.addEventListener("click", () => {
-    closeSidebar();
-    openSession(meta.session_id).catch(showError);
-  });
-
-  const actions = node("div", "session-actions");
-  const rename = node("button", "icon-button rename", "✎");
-  rename.type = "button";
-  rename.title = "Rename";
-  rename.setAttribute("aria-label", `Rename ${meta.title}`);
-  rename.addEventListener("click", () => startRename(li, meta));
-  const del = node("button", "icon-button delete", "✕");
-  del.type = "button";
-  del.title = "Delete";
-  del.setAttribute("aria-label", `Delete ${meta.title}`);
-  del.addEventListener("click", () => confirmDelete(del, meta));
-  actions.append(rename, del);
-  li.append(open, actions);
-  return li;
-}
-
-function startRename(li, meta) {
-  const input = node("input", "rename-input");
-  input.type = "text";
-  input.maxLength = 200;
-  input.value = meta.title;
-  input.setAttribute("aria-label", "New title");
-  let finished = false;
-  const finish = async (save) => {
-    if (finished) return;
-    finished = true;
-    const title = input.value.trim();
-    if (save && title && title !== meta.title) {
-      try {
-        const updated = await apiJson("PATCH", sessionPath(meta.session_id), { title });
-        Object.assign(meta, updated);
-        if (state.current && state.current.session_id === meta.session_id) {
-          state.current = updated;
-          showSessionHeader();
-        }
-      } catch (err) {
-        showError(err);
-      }
-    }
-    renderSessions();
-  };
-  input.addEventListener("keydown", (e) => {
-    if (e.key === "Enter") {
-      e.preventDefault();
-      finish(true);
-    } else if (e.key === "Escape") {
-      e.preventDefault();
-      finish(false);
-    }
-  });
-  input.addEventListener("blur", () => finish(true));
-  li.replaceChildren(input);
-  input.focus();
-  input.select();
-}
-
-// Delete asks once more in place (no native dialog): a second click within a few
-// seconds confirms.
-function confirmDelete(button, meta) {
-  if (button.dataset.armed !== "true") {
-    button.dataset.armed = "true";
-    button.textContent = "Delete?";
-    button.classList.add("armed");
-    setTimeout(() => {
-      if (button.isConnected) {
-        button.dataset.armed = "false";
-        button.textContent = "✕";
-        button.classList.remove("armed");
-      }
-    }, 4000);
-    return;
-  }
-  deleteSession(meta.session_id).catch(showError);
-}
-
-async function deleteSession(sid) {
-  if (replies.activeSid() === sid) await replies.stop();
-  try {
-    await apiJson("DELETE", sessionPath(sid));
-  } catch (err) {
-    if (!(err instanceof ApiError && err.status === 404)) throw err;
-  }
-  state.sessions = state.sessions.filter((s) => s.session_id !== sid);
-  if (state.current && state.current.session_id === sid) {
-    const next = state.sessions[0];
-    if (next) await openSession(next.session_id);
-    else showNoSession();
-  }
-  renderSessions();
-}
+// --- sessions (the sidebar list: sessions.js) -------------------------------------
 
 async function newSession() {
   replies.detach();
@@ -306,7 +163,7 @@ async function newSession() {
   renderPending(ui.messages);
   state.nextBefore = null;
   ui.loadOlder.hidden = true;
-  renderSessions();
+  sessionList.render();
   closeSidebar();
   ui.input.focus();
   return data.session;
@@ -321,6 +178,7 @@ function setCurrent(meta) {
 
 function showSessionHeader() {
   const meta = state.current;
+  panels.showTools();
   if (!meta) {
     ui.title.textContent = "chatmem";
     ui.sessionCharacter.textContent = "";
@@ -353,7 +211,7 @@ function showNoSession() {
   setCurrent(null);
   ui.messages.replaceChildren();
   ui.loadOlder.hidden = true;
-  renderSessions();
+  sessionList.render();
 }
 
 // Open a chat: its history, then the reply being written in it, if one is.
@@ -367,7 +225,7 @@ async function openSession(sid) {
   ]);
   setCurrent(meta);
   renderHistory(history);
-  renderSessions();
+  sessionList.render();
   replies.reattach(sid).catch(showError);
 }
 
@@ -414,7 +272,7 @@ async function refreshCurrent() {
       showSessionHeader();
     }
     state.sessions = [meta, ...state.sessions.filter((s) => s.session_id !== sid)];
-    renderSessions();
+    sessionList.render();
   } catch (err) {
     showError(err);
   }
@@ -433,21 +291,45 @@ function messageItem(msg) {
   if (msg.role !== "user") markPending(li, msg.content);
   if (md.interrupted) markStopped(li);
   else if (md.finish_reason === "length") markCutOff(li);
+  actions.decorate(li, msg);
   return li;
 }
 
-// The reply reached its length limit (the character's or the model's max tokens).
+// A message the server changed (edited, another alternative selected, stored at last).
+function replaceMessage(li, msg) {
+  const fresh = messageItem(msg);
+  li.replaceWith(fresh);
+  renderPending(ui.messages);
+  return fresh;
+}
+
+function removeMessage(li) {
+  li.remove();
+  refreshCurrent();
+}
+
+// A fork: the new chat joins the sidebar and opens.
+async function forked(meta) {
+  state.sessions = [meta, ...state.sessions.filter((s) => s.session_id !== meta.session_id)];
+  await openSession(meta.session_id);
+}
+
+// The reply reached its length limit (the character's or the model's max tokens); the
+// last one can be continued from the mark itself.
 function markCutOff(li) {
   li.classList.add("cut-off");
   if (li.querySelector(".tag")) return;
   const tag = node("span", "tag", "cut off");
   tag.title = "The reply reached its length limit and ends mid-way.";
-  li.append(tag);
+  const bar = li.querySelector(".msg-actions");
+  li.insertBefore(tag, bar);
+  if (li.dataset.msgId) li.insertBefore(actions.continueButton(), bar);
 }
 
 function markStopped(li) {
   li.classList.add("interrupted");
-  if (!li.querySelector(".tag")) li.append(node("span", "tag", "stopped"));
+  if (li.querySelector(".tag")) return;
+  li.insertBefore(node("span", "tag", "stopped"), li.querySelector(".msg-actions"));
 }
 
 function scrollToEnd() {
@@ -517,7 +399,7 @@ function wire() {
     showCharacter();
   });
   ui.loadOlder.addEventListener("click", () => loadOlder().catch(showError));
-  ui.search.addEventListener("input", () => searchSessions().catch(showError));
+  ui.search.addEventListener("input", () => sessionList.search().catch(showError));
   ui.errorClose.addEventListener("click", clearError);
   ui.openSidebar.addEventListener("click", openSidebar);
   ui.closeSidebar.addEventListener("click", closeSidebar);
@@ -537,7 +419,9 @@ async function boot() {
   state.allSessions = false;
   await loadCharacters();
   await identity.load();
-  await loadSessions();
+  characterEditor.setAdmin(identity.isAdmin());
+  panels.setAdmin(identity.isAdmin());
+  await sessionList.load();
   const saved = storageGet(STORE.session);
   const target = state.sessions.find((s) => s.session_id === saved) || state.sessions[0];
   if (!target) showNoSession();
@@ -547,7 +431,7 @@ async function boot() {
     } catch (err) {
       // Expired between the listing and now: start from a clean page.
       if (!(err instanceof ApiError && err.status === 404)) throw err;
-      await loadSessions();
+      await sessionList.load();
       showNoSession();
     }
   }
@@ -555,11 +439,61 @@ async function boot() {
   document.body.dataset.ready = "true";
 }
 
+const sessionList = createSessionList({
+  ui,
+  state,
+  characterName,
+  openSession,
+  showNoSession,
+  showSessionHeader,
+  closeSidebar,
+  showError,
+  replies: () => replies,
+});
+
+const characterEditor = createCharacterEditor({
+  selected: () => state.characters.get(ui.character.value) || null,
+  reload: async (selectId) => {
+    await loadCharacters(selectId);
+    sessionList.render();
+  },
+  showError,
+  showNotice,
+  clearError,
+});
+
+const panels = createPanels({
+  current: () => state.current,
+  updated: (meta) => {
+    state.current = meta;
+    state.sessions = state.sessions.map((s) => (s.session_id === meta.session_id ? meta : s));
+    showSessionHeader();
+    sessionList.render();
+  },
+  sessionsChanged: () => sessionList.load(),
+  showError,
+  showNotice,
+  clearError,
+});
+
+const actions = createActions({
+  current: () => state.current,
+  replaceMessage,
+  removeMessage,
+  revise: (kind) => replies.revise(kind),
+  forked,
+  showError,
+  clearError,
+  busy: () => Boolean(replies.activeSid()),
+});
+
 const replies = createReplies({
   ui,
   current: () => state.current,
   characterName,
   messageItem,
+  replaceMessage,
+  messageOf: (li) => actions.messageOf(li),
   markStopped,
   markCutOff,
   markPending,

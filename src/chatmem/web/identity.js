@@ -14,6 +14,7 @@ export function createIdentity({ onChange }) {
     forgetKey: $("forget-key"),
   };
   let shownUser = null; // as the server named it (GET /v1/me)
+  let admin = false;
 
   function show() {
     const hasKey = Boolean(storageGet(STORE.key));
@@ -31,8 +32,10 @@ export function createIdentity({ onChange }) {
     try {
       const me = await apiJson("GET", "/v1/me");
       shownUser = me && me.user_id ? String(me.user_id) : null;
+      admin = Boolean(me && me.is_admin);
     } catch {
       shownUser = null; // shown as far as the page knows; the error shows elsewhere
+      admin = false;
     }
     show();
   }
@@ -69,5 +72,5 @@ export function createIdentity({ onChange }) {
     onChange();
   });
 
-  return { show, load };
+  return { show, load, isAdmin: () => admin };
 }

@@ -1,7 +1,8 @@
 // A reply streaming in: sent from this page, or re-attached to one the server is
 // writing (after a reload, or a chat opened again). The server owns the reply; the page
 // follows its events, resumes a dropped connection with Last-Event-ID, and can stop it.
-import { ApiError, api, sessionPath } from "./api.js";
+import { ApiError, api, apiJson, sessionPath } from "./api.js";
+import { readEvents } from "./sse.js";
 
 // After asking the server to stop, how long to wait for the reply's final event
 // before the page stops waiting (the server stores the stopped reply either way).
@@ -10,57 +11,10 @@ const STOP_GRACE_MS = 1500;
 // waiting a little longer each time.
 const RESUME_ATTEMPTS = 5;
 const RESUME_BACKOFF_MS = 400;
-
-// --- server-sent events over fetch ------------------------------------------------
-
-function parseEvent(block) {
-  let event = "message";
-  let id = null;
-  const data = [];
-  for (const line of block.split("\n")) {
-    if (!line || line.startsWith(":")) continue;
-    const colon = line.indexOf(":");
-    const field = colon < 0 ? line : line.slice(0, colon);
-    let value = colon < 0 ? "" : line.slice(colon + 1);
-    if (value.startsWith(" ")) value = value.slice(1);
-    if (field === "event") event = value;
-    else if (field === "data") data.push(value);
-    else if (field === "id" && !value.includes("\0")) id = value;
-  }
-  if (!data.length && id === null) return null;
-  return { event, id, data: data.length ? data.join("\n") : null };
-}
-
-export async function* readEvents(body) {
-  const reader = body.getReader();
-  const decoder = new TextDecoder();
-  let buffer = "";
-  try {
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      let text = buffer + decoder.decode(value, { stream: true });
-      // A CR at the end may be the first half of a CRLF split across reads.
-      let held = "";
-      if (text.endsWith("\r")) {
-        held = "\r";
-        text = text.slice(0, -1);
-      }
-      text = text.replace(/\r\n?/g, "\n");
-      let end;
-      while ((end = text.indexOf("\n\n")) >= 0) {
-        const parsed = parseEvent(text.slice(0, end));
-        text = text.slice(end + 2);
-        if (parsed) yield parsed;
-      }
-      buffer = text + held;
-    }
-    const last = parseEvent(buffer.replace(/\r\n?/g, "\n"));
-    if (last) yield last;
-  } finally {
-    reader.releaseLock();
-  }
-}
+// A model that has not answered after this long, with at least this much to read,
+// says so: "reading N tokens of history…" (a local model reads a long prompt first).
+const READING_AFTER_MS = 700;
+const READING_MIN_TOKENS = 200;
 
 // The page's side: its elements and the helpers a reply needs.
 export function createReplies(page) {
@@ -68,6 +22,8 @@ export function createReplies(page) {
     ui,
     characterName,
     messageItem,
+    replaceMessage,
+    messageOf,
     markStopped,
     markCutOff,
     markPending,
@@ -161,8 +117,27 @@ export function createReplies(page) {
 
   function showTyping(on) {
     if (on && page.current()) ui.typingName.textContent = characterName(page.current().character_id);
+    if (on) {
+      ui.typingWhat.textContent = "is typing";
+      delete ui.typing.dataset.reading;
+    }
     ui.typing.hidden = !on;
     if (on) scrollToEnd();
+  }
+
+  // While the model has not started its reply: how much it is reading (the context the
+  // turn sends, GET …/context), once it has taken a moment.
+  function watchReading(turn) {
+    const tokens = apiJson("GET", sessionPath(turn.sid, "/context")).then(
+      (view) => (view && view.tokens ? view.tokens.total || 0 : 0),
+      () => 0,
+    );
+    setTimeout(async () => {
+      const n = await tokens;
+      if (active !== turn || turn.text || turn.ended || n < READING_MIN_TOKENS) return;
+      ui.typingWhat.textContent = `is reading ${n.toLocaleString()} tokens of history`;
+      ui.typing.dataset.reading = String(n);
+    }, READING_AFTER_MS);
   }
 
   function newTurn(sid) {
@@ -175,6 +150,10 @@ export function createReplies(page) {
       text: "",
       lastEventId: null,
       ended: false,
+      revision: null, // "regenerate" or "continue" (SPEC §3b)
+      prefix: "", // what a continued reply said before
+      mine: null, // the user's message, shown before the server stored it
+      hidden: null, // the reply a regenerate replaces, until it ends
     };
   }
 
@@ -229,9 +208,11 @@ export function createReplies(page) {
     ui.input.value = "";
     autosize();
     const mine = messageItem({ role: "user", content: text });
+    turn.mine = mine;
     ui.messages.append(mine);
     setStreaming(true);
     showTyping(true);
+    watchReading(turn);
     let res;
     try {
       res = await api(
@@ -261,6 +242,55 @@ export function createReplies(page) {
     }
     await endTurn(turn, failure);
     if (!turn.detached) ui.input.focus();
+    finished("turns");
+  }
+
+  // Regenerate or continue the last reply: streamed like a send; the history shown
+  // afterwards holds the result (a new alternative selected, or the longer reply).
+  async function revise(kind) {
+    const current = page.current();
+    if (!current || active) return;
+    const items = ui.messages.querySelectorAll(".message");
+    const last = items.length ? items[items.length - 1] : null;
+    if (!last || last.dataset.role !== "assistant") return;
+    clearError();
+    const turn = newTurn(current.session_id);
+    turn.revision = kind;
+    active = turn;
+    if (kind === "continue") {
+      const msg = messageOf(last);
+      turn.prefix = (msg && msg.content) || "";
+      turn.bubble = last;
+      last.classList.add("streaming");
+    } else {
+      turn.hidden = last;
+      last.hidden = true;
+    }
+    setStreaming(true);
+    showTyping(kind !== "continue");
+    watchReading(turn);
+    let failure = null;
+    try {
+      const res = await api(
+        "POST",
+        sessionPath(turn.sid, `/${kind}`),
+        { stream: true },
+        { signal: turn.controller.signal, accept: "text/event-stream" },
+      );
+      await followReply(turn, res);
+    } catch (err) {
+      failure = err;
+    }
+    if (turn.hidden) turn.hidden.hidden = false;
+    await endTurn(turn, failure);
+    if (!turn.detached) {
+      try {
+        await showHistory(turn.sid);
+      } catch (err) {
+        showError(err);
+      }
+      ui.input.focus();
+    }
     finished("turns");
   }
 
@@ -337,27 +367,46 @@ export function createReplies(page) {
     if (ev.event === "delta") {
       const follow = nearEnd();
       const bubble = ensureBubble(turn);
+      showTyping(false);
       turn.text += data.content || "";
-      bubble.querySelector(".bubble").textContent = turn.text;
+      bubble.querySelector(".bubble").textContent = turn.prefix + turn.text;
       if (follow) scrollToEnd();
     } else if (ev.event === "done") {
       turn.ended = true;
+      if (turn.revision) {
+        // The history read next shows the revised reply as stored.
+        if (data.memory && data.memory !== "ok") {
+          showError(`The reply was not fully saved to memory (${data.memory}).`);
+        }
+        return;
+      }
+      if (turn.mine && data.user_message) {
+        turn.mine = replaceMessage(turn.mine, data.user_message);
+      }
       const msg = data.message || {};
       let bubble = ensureBubble(turn);
-      // A reply that ended just before the history was read is shown already: the
-      // replay updates that one rather than showing it twice.
+      // A reply that ended just before the history was read is shown already, as
+      // stored since (another alternative selected, say): the replay is not shown twice.
       const shown = msg.msg_id ? shownMessage(msg.msg_id, bubble) : null;
       if (shown) {
         bubble.remove();
-        turn.bubble = bubble = shown;
+        turn.bubble = shown;
+        return;
       }
       const text = msg.content ?? turn.text;
-      bubble.querySelector(".bubble").textContent = text;
-      markPending(bubble, text);
-      if (msg.msg_id) bubble.dataset.msgId = msg.msg_id;
-      const md = msg.metadata || {};
-      if (md.interrupted) markStopped(bubble);
-      else if (md.finish_reason === "length") markCutOff(bubble);
+      if (msg.msg_id) {
+        // The stored message, with its actions (edit, regenerate…).
+        const stored = messageItem({ role: "assistant", ...msg, content: text });
+        stored.classList.add("streaming"); // until endTurn renders its Markdown
+        bubble.replaceWith(stored);
+        turn.bubble = bubble = stored;
+      } else {
+        bubble.querySelector(".bubble").textContent = text;
+        markPending(bubble, text);
+        const md = msg.metadata || {};
+        if (md.interrupted) markStopped(bubble);
+        else if (md.finish_reason === "length") markCutOff(bubble);
+      }
       if (data.memory && data.memory !== "ok") {
         showError(`The reply was not fully saved to memory (${data.memory}).`);
       }
@@ -400,6 +449,7 @@ export function createReplies(page) {
 
   return {
     send,
+    revise,
     reattach,
     stop: stopTurn,
     detach: detachTurn,

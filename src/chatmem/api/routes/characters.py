@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Response
+import orjson
+from fastapi import APIRouter, Query, Request, Response
 
 from chatmem.api.deps import Admin, Caller, Parts
 from chatmem.auth import Principal
+from chatmem.characters.png_card import card_from_png
 from chatmem.errors import InvalidInput
 from chatmem.models import Character
 
@@ -56,12 +58,33 @@ async def delete_character(character_id: str, _: Admin, parts: Parts) -> Respons
     return Response(status_code=204)
 
 
-@router.post("/import", status_code=201)
+_CARD_SCHEMA: dict[str, Any] = {"type": "object", "additionalProperties": True}
+_IMPORT_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": _CARD_SCHEMA},
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+@router.post("/import", status_code=201, openapi_extra=_IMPORT_BODY)
 async def import_card(
-    card: Annotated[dict[str, Any], Body(description="a Character Card V2 JSON document")],
+    request: Request,
     admin: Admin,
     parts: Parts,
-    character_id: str | None = None,
+    character_id: Annotated[str | None, Query(max_length=64)] = None,
 ) -> dict[str, Any]:
-    """Import a Character Card V2 (`spec: chara_card_v2`)."""
+    """Import a Character Card V2 or V3: its JSON (`chara_card_v2` / `chara_card_v3`), or
+    a PNG image carrying it in a `ccv3` or `chara` text chunk (`Content-Type: image/png`)."""
+    body = await request.body()
+    if request.headers.get("content-type", "").split(";")[0].strip() == "image/png":
+        card = card_from_png(body)
+    else:
+        try:
+            card = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidInput(f"the card is not JSON ({exc})", code="invalid_card") from exc
     return _public(await parts.characters.import_card(card, character_id=character_id), admin)

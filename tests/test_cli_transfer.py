@@ -1,0 +1,135 @@
+"""Export and import over HTTP: `GET /v1/export`, `POST /v1/import` (what the page's
+buttons and `chatmem export/import --url` use). With auth on, a user exports only their
+own sessions, and import is for admins (it writes outside the per-user caps); a refused
+import stores nothing."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from chatmem.cli.commands import app
+from tests.api_support import make_test_settings, running_app
+from tests.fake_openai import FakeOpenAI
+from tests.live_server import LiveServer
+
+KEYS = {"alice": "alice-key-0123456789", "bob": "bob-key-0123456789", "root": "root-key-0123456789"}
+AUTH_KEYS = f"{KEYS['alice']}=alice,{KEYS['bob']}=bob,{KEYS['root']}=root:admin"
+
+
+def as_(who: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {KEYS[who]}"}
+
+
+@pytest.fixture
+async def client(
+    redis_url: str, fake: FakeOpenAI, tmp_path: Path, redis_client: Any
+) -> AsyncIterator[httpx.AsyncClient]:
+    settings = make_test_settings(redis_url, fake.base_url, tmp_path, auth_keys=AUTH_KEYS)
+    async with running_app(settings) as (_, c):
+        yield c
+
+
+async def chat_as(c: httpx.AsyncClient, who: str, text: str) -> str:
+    r = await c.post("/v1/sessions", json={}, headers=as_(who))
+    sid: str = r.json()["session"]["session_id"]
+    r = await c.post(f"/v1/sessions/{sid}/messages", json={"content": text}, headers=as_(who))
+    assert r.status_code == 200, r.text
+    return sid
+
+
+async def test_users_export_their_own_sessions_and_admins_anyones(
+    client: httpx.AsyncClient,
+) -> None:
+    a1 = await chat_as(client, "alice", "alice one")
+    a2 = await chat_as(client, "alice", "alice two")
+    await chat_as(client, "bob", "bob one")
+
+    mine = (await client.get("/v1/export", headers=as_("alice"))).json()
+    assert {s["meta"]["session_id"] for s in mine["sessions"]} == {a1, a2}
+    one = (await client.get(f"/v1/export?session_id={a1}", headers=as_("alice"))).json()
+    assert [s["meta"]["session_id"] for s in one["sessions"]] == [a1]
+    assert [m["content"] for m in one["sessions"][0]["messages"]][-2] == "alice one"
+
+    # Another user's sessions, or everyone's, are not Alice's to export.
+    r = await client.get("/v1/export?user_id=bob", headers=as_("alice"))
+    assert r.status_code == 404 and r.json()["error"]["code"]
+    r = await client.get("/v1/export?all=true", headers=as_("alice"))
+    assert r.status_code == 403
+    r = await client.get(f"/v1/export?session_id={a1}", headers=as_("bob"))
+    assert r.status_code == 404
+    assert (await client.get("/v1/export")).status_code == 401
+
+    everyone = (await client.get("/v1/export?all=true", headers=as_("root"))).json()
+    assert {s["meta"]["user_id"] for s in everyone["sessions"]} == {"alice", "bob"}
+    bobs = (await client.get("/v1/export?user_id=bob", headers=as_("root"))).json()
+    assert {s["meta"]["user_id"] for s in bobs["sessions"]} == {"bob"}
+
+
+async def test_import_is_for_admins_and_checked_before_anything_is_stored(
+    client: httpx.AsyncClient,
+) -> None:
+    sid = await chat_as(client, "alice", "keep me")
+    doc = (await client.get("/v1/export", headers=as_("alice"))).json()
+    assert (await client.delete(f"/v1/sessions/{sid}", headers=as_("alice"))).status_code == 204
+
+    # Not for users, even of their own export (it would write past their caps).
+    for who in ("alice", "bob"):
+        r = await client.post("/v1/import", json=doc, headers=as_(who))
+        assert r.status_code == 403, r.text
+    assert (await client.get("/v1/sessions", headers=as_("alice"))).json()["sessions"] == []
+
+    # A bad message after a good session: refused whole (400), nothing stored.
+    bad = json.loads(json.dumps(doc))
+    second = json.loads(json.dumps(doc["sessions"][0]))
+    second["meta"]["session_id"] = "other-session"
+    second["messages"][0]["role"] = "wizard"
+    bad["sessions"].append(second)
+    r = await client.post("/v1/import", json=bad, headers=as_("root"))
+    assert r.status_code == 400 and r.json()["error"]["code"]
+    assert (await client.get("/v1/sessions", headers=as_("alice"))).json()["sessions"] == []
+    r = await client.post("/v1/import", json={"format": "nope"}, headers=as_("root"))
+    assert r.status_code == 400
+
+    r = await client.post("/v1/import", json=doc, headers=as_("root"))
+    assert r.status_code == 200, r.text
+    assert r.json() == {"sessions": 1, "messages_added": 3, "messages_skipped": 0}
+    history = (await client.get(f"/v1/sessions/{sid}/messages", headers=as_("alice"))).json()
+    assert [m["content"] for m in history["messages"]][1] == "keep me"
+    again = (await client.post("/v1/import", json=doc, headers=as_("root"))).json()
+    assert again["messages_added"] == 0 and again["messages_skipped"] == 3
+
+
+def test_cli_export_and_import_take_url(
+    redis_url: str, fake: FakeOpenAI, tmp_path: Path, redis_client: Any
+) -> None:
+    settings = make_test_settings(redis_url, fake.base_url, tmp_path, auth_keys=AUTH_KEYS)
+    runner = CliRunner()
+    dump = tmp_path / "alice.json"
+    with LiveServer(settings) as live:
+        h = as_("alice")
+        sid = httpx.post(live.url + "/v1/sessions", json={}, headers=h).json()["session"]
+        sid = sid["session_id"]
+        httpx.post(live.url + f"/v1/sessions/{sid}/messages", json={"content": "hi"}, headers=h)
+        key = ["--url", live.url, "--api-key", KEYS["alice"]]
+        res = runner.invoke(app, ["export", *key, "--out", str(dump)])
+        assert res.exit_code == 0, res.output
+        assert "exported 1 sessions, 3 messages" in res.stderr
+        assert httpx.delete(live.url + f"/v1/sessions/{sid}", headers=h).status_code == 204
+        admin = ["--url", live.url, "--api-key", KEYS["root"]]
+        res = runner.invoke(app, ["import", str(dump), *admin])
+        assert res.exit_code == 0, res.output
+        assert "imported 1 sessions: 3 messages added, 0 already there" in res.stderr
+        listed = httpx.get(live.url + "/v1/sessions", headers=h).json()["sessions"]
+        assert [s["session_id"] for s in listed] == [sid]
+        # A plain user's key cannot import: one line, exit 2.
+        res = runner.invoke(app, ["import", str(dump), *key])
+        assert res.exit_code == 2
+        assert "admin" in res.stderr
+    assert json.loads(dump.read_text())["sessions"][0]["meta"]["user_id"] == "alice"
