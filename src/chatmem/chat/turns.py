@@ -15,10 +15,7 @@ What begin may find instead of a new turn:
   the stream holds is stored as its reply, marked interrupted, and the turn goes on.
   A stop or a re-attach that finds one does the same.
 
-When Redis cannot be reached, a turn degrades instead of failing: the model gets the
-character's system prompt and the new message only, the reply says `memory: "degraded"`,
-and the turn's messages go to the local outbox (fsynced before the model is called, and
-before the reply is acknowledged), which the replayer appends to Redis once it is back.
+When Redis cannot be reached, a turn degrades instead of failing (chat/degraded.py).
 """
 
 from __future__ import annotations
@@ -26,11 +23,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from chatmem.characters import CharacterRegistry
+from chatmem.chat.degraded import DegradedTurns
 from chatmem.chat.editing import revised, revision_parts
 from chatmem.chat.generation import Generation, Reading, TurnDone
 from chatmem.chat.inflight import InFlight
@@ -43,14 +40,11 @@ from chatmem.durability.outbox import Outbox
 from chatmem.durability.replay import OutboxReplayer
 from chatmem.errors import Conflict, InvalidInput, SessionBusy, StoreUnavailable
 from chatmem.metrics import Metrics
-from chatmem.models import Character, Message, Role, SessionMeta, Usage, new_id
+from chatmem.models import Message, Role, SessionMeta, Usage, new_id
 from chatmem.providers.base import ChatProvider, GenerationParams
 from chatmem.store.streams import GenerationStreams, StreamSnapshot
 from chatmem.store.turns import TurnStore
 from chatmem.tokens import count_tokens
-
-# Sessions whose character a degraded turn can still tell (else: the default character).
-KNOWN_CHARACTERS_MAX = 10_000
 
 SessionKey = tuple[str, str]
 # Changes a generation before it starts (the OpenAI route: its parameters, its prompt).
@@ -89,7 +83,9 @@ class Turns:
             turn_store.coordinator, replayer, lock_wait_ms=settings.limits.session_lock_wait_ms
         )
         self.resumer = Resumer(turn_store, streams, self.inflight, metrics)
-        self._known_characters: OrderedDict[SessionKey, Character] = OrderedDict()
+        self.degraded = DegradedTurns(
+            settings, characters, prompter, metrics, outbox, replayer, turn_store.coordinator
+        )
 
     @property
     def provider(self) -> ChatProvider:
@@ -152,7 +148,9 @@ class Turns:
             if gen is None and revision:
                 raise StoreUnavailable("redis is unavailable: the history cannot be revised")
             if gen is None:
-                gen = await self._degraded_turn(user_id, session_id, user_msg, reply_id, opts, turn)
+                gen = await self.degraded.turn(
+                    self, user_id, session_id, user_msg, reply_id, opts, turn
+                )
             if adjust is not None:
                 adjust(gen)
             if not gen.finished:
@@ -170,7 +168,7 @@ class Turns:
         turn: TurnShape,
     ) -> Generation:
         if self.outbox.has_pending(user_id, session_id):
-            await self._replay_outbox(user_id, session_id)
+            await self.degraded.replay_first(user_id, session_id)
         token = self.turn_store.coordinator.new_token()
         gen_id = reply_id  # unique per turn: it names the generation's events too
         deadline = time.monotonic() + self.settings.limits.session_lock_wait_ms / 1000
@@ -227,7 +225,7 @@ class Turns:
                 raise
         character = await self.characters.get(turn.character_id or res.meta.character_id)
         await follow_character(self.turn_store.store, res.meta, character)
-        self._remember_character((user_id, session_id), character)
+        self.degraded.remember_character((user_id, session_id), character)
         limits = self.prompter.limits_for(res.meta, character, turn.history_messages)
         return Generation(
             host=self,
@@ -246,9 +244,7 @@ class Turns:
     async def _replayed(
         self, user_id: str, session_id: str, done: TurnDone, token: str, gen_id: str
     ) -> Generation:
-        character = self._known_characters.get((user_id, session_id))
-        if character is None:
-            character = await self.characters.get(self.characters.default_id)
+        character = await self.degraded.character_of((user_id, session_id))
         meta = SessionMeta(session_id, user_id, character.id)
         limits = self.prompter.limits_for(meta, character)
         return Generation.replayed(
@@ -264,80 +260,6 @@ class Turns:
             reply_id=done.message.msg_id,
             generation_id=gen_id,
         )
-
-    async def _replay_outbox(self, user_id: str, session_id: str) -> None:
-        """The session's earlier messages are still in the outbox: they go first, under
-        the session's lock (a turn of another process must not come in between)."""
-        coordinator = self.turn_store.coordinator
-        token = coordinator.new_token()
-        try:
-            await coordinator.acquire_turn(user_id, session_id, token=token)
-        except StoreUnavailable:
-            self.replayer.defer_release(user_id, session_id, token)
-            raise
-        try:
-            await self.replayer.replay_session(user_id, session_id)
-        finally:
-            try:
-                await coordinator.release_turn(user_id, session_id, token)
-            except StoreUnavailable:
-                self.replayer.defer_release(user_id, session_id, token)
-
-    async def _degraded_turn(
-        self,
-        user_id: str,
-        session_id: str,
-        user_msg: Message,
-        reply_id: str,
-        opts: dict[str, Any],
-        turn: TurnShape,
-    ) -> Generation:
-        """A turn without Redis: no history, no lock, its messages kept in the outbox."""
-        character = self._known_characters.get((user_id, session_id))
-        if turn.character_id is not None:
-            character = await self.characters.get(turn.character_id)
-        elif character is None:
-            # Built in, so no Redis read: the session's own character is unknown here.
-            character = await self.characters.get(self.characters.default_id)
-        meta = SessionMeta(
-            session_id, user_id, character.id, window_size=self.settings.memory.window_size
-        )
-        limits = self.prompter.limits_for(meta, character)
-        gen = Generation(
-            host=self,
-            user_id=user_id,
-            meta=meta,
-            character=character,
-            user_message=user_msg,
-            context=self.prompter.assemble(character, [], user_msg, limits),
-            params=self.prompter.params(character),
-            lock_token="",
-            reply_id=reply_id,
-            generation_id=reply_id,
-            degraded=True,
-            **opts,
-        )
-        # Durable before the model is called, as in Redis (SPEC §3.3).
-        await self._to_outbox(gen, [user_msg], None)
-        self.metrics.degradations.labels("store_unavailable").inc()
-        return gen
-
-    def _remember_character(self, key: SessionKey, character: Character) -> None:
-        known = self._known_characters
-        known[key] = character
-        known.move_to_end(key)
-        if len(known) > KNOWN_CHARACTERS_MAX:
-            known.popitem(last=False)
-
-    async def _to_outbox(
-        self, gen: Generation, messages: Sequence[Message], usage: Usage | None
-    ) -> None:
-        try:
-            await self.outbox.add(gen.user_id, gen.session_id, gen.character.id, messages, usage)
-        except OSError as exc:
-            raise StoreUnavailable(
-                f"redis is unavailable and the local outbox cannot be written: {exc}"
-            ) from exc
 
     # --- finishing a turn (GenerationHost) ---------------------------------------------
 
@@ -387,7 +309,7 @@ class Turns:
                 self.metrics.degradations.labels("reply_write").inc()
                 degraded = True
         if degraded and reply is not None and gen.revises is None:
-            await self._to_outbox(gen, [reply], usage)
+            await self.degraded.keep(gen, [reply], usage)
         if reply is not None:
             self.metrics.tokens.labels("prompt").inc(usage.prompt_tokens)
             self.metrics.tokens.labels("completion").inc(usage.completion_tokens)

@@ -1,0 +1,139 @@
+"""Degraded mode: a turn without Redis, and the outbox it writes to (SPEC §7).
+
+When Redis cannot be reached, a turn degrades instead of failing: the model gets the
+character's system prompt and the new message only, the reply says `memory: "degraded"`,
+and the turn's messages go to the local outbox (fsynced before the model is called, and
+before the reply is acknowledged), which the replayer (durability/replay.py) stores in
+Redis once it is back. `DegradedTurns` is that path of the turn service (chat/turns.py):
+the degraded generation, the outbox writes, the session's pending records replayed
+first when Redis answers again, and the sessions' characters it can still tell.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+from chatmem.characters import CharacterRegistry
+from chatmem.chat.generation import Generation, GenerationHost
+from chatmem.chat.prompting import Prompter
+from chatmem.chat.turn_shape import TurnShape
+from chatmem.config import Settings
+from chatmem.durability.outbox import Outbox
+from chatmem.durability.replay import OutboxReplayer
+from chatmem.errors import StoreUnavailable
+from chatmem.metrics import Metrics
+from chatmem.models import Character, Message, SessionMeta, Usage
+from chatmem.store.locks import Coordinator
+
+# Sessions whose character a degraded turn can still tell (else: the default character).
+KNOWN_CHARACTERS_MAX = 10_000
+
+SessionKey = tuple[str, str]
+
+
+class DegradedTurns:
+    def __init__(
+        self,
+        settings: Settings,
+        characters: CharacterRegistry,
+        prompter: Prompter,
+        metrics: Metrics,
+        outbox: Outbox,
+        replayer: OutboxReplayer,
+        coordinator: Coordinator,
+    ) -> None:
+        self.settings = settings
+        self.characters = characters
+        self.prompter = prompter
+        self.metrics = metrics
+        self.outbox = outbox
+        self.replayer = replayer
+        self.coordinator = coordinator
+        self._known_characters: OrderedDict[SessionKey, Character] = OrderedDict()
+
+    # --- the sessions' characters --------------------------------------------------------
+
+    def remember_character(self, key: SessionKey, character: Character) -> None:
+        known = self._known_characters
+        known[key] = character
+        known.move_to_end(key)
+        if len(known) > KNOWN_CHARACTERS_MAX:
+            known.popitem(last=False)
+
+    async def character_of(self, key: SessionKey, character_id: str | None = None) -> Character:
+        """The turn's character: the one it names, else the session's last known one,
+        else the default (built in, so no Redis read)."""
+        if character_id is not None:
+            return await self.characters.get(character_id)
+        character = self._known_characters.get(key)
+        if character is None:
+            character = await self.characters.get(self.characters.default_id)
+        return character
+
+    # --- a turn without Redis -------------------------------------------------------------
+
+    async def turn(
+        self,
+        host: GenerationHost,
+        user_id: str,
+        session_id: str,
+        user_msg: Message,
+        reply_id: str,
+        opts: dict[str, Any],
+        turn: TurnShape,
+    ) -> Generation:
+        """A turn without Redis: no history, no lock, its messages kept in the outbox."""
+        character = await self.character_of((user_id, session_id), turn.character_id)
+        meta = SessionMeta(
+            session_id, user_id, character.id, window_size=self.settings.memory.window_size
+        )
+        limits = self.prompter.limits_for(meta, character)
+        gen = Generation(
+            host=host,
+            user_id=user_id,
+            meta=meta,
+            character=character,
+            user_message=user_msg,
+            context=self.prompter.assemble(character, [], user_msg, limits),
+            params=self.prompter.params(character),
+            lock_token="",
+            reply_id=reply_id,
+            generation_id=reply_id,
+            degraded=True,
+            **opts,
+        )
+        # Durable before the model is called, as in Redis (SPEC §3.3).
+        await self.keep(gen, [user_msg], None)
+        self.metrics.degradations.labels("store_unavailable").inc()
+        return gen
+
+    async def keep(self, gen: Generation, messages: Sequence[Message], usage: Usage | None) -> None:
+        """Write the turn's messages to the outbox (StoreUnavailable if the disk refuses)."""
+        try:
+            await self.outbox.add(gen.user_id, gen.session_id, gen.character.id, messages, usage)
+        except OSError as exc:
+            raise StoreUnavailable(
+                f"redis is unavailable and the local outbox cannot be written: {exc}"
+            ) from exc
+
+    # --- back to Redis -------------------------------------------------------------------
+
+    async def replay_first(self, user_id: str, session_id: str) -> None:
+        """The session's earlier messages are still in the outbox: they go first, under
+        the session's lock (a turn of another process must not come in between)."""
+        coordinator = self.coordinator
+        token = coordinator.new_token()
+        try:
+            await coordinator.acquire_turn(user_id, session_id, token=token)
+        except StoreUnavailable:
+            self.replayer.defer_release(user_id, session_id, token)
+            raise
+        try:
+            await self.replayer.replay_session(user_id, session_id)
+        finally:
+            try:
+                await coordinator.release_turn(user_id, session_id, token)
+            except StoreUnavailable:
+                self.replayer.defer_release(user_id, session_id, token)
