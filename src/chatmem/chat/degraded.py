@@ -5,8 +5,9 @@ character's system prompt and the new message only, the reply says `memory: "deg
 and the turn's messages go to the local outbox (fsynced before the model is called, and
 before the reply is acknowledged), which the replayer (durability/replay.py) stores in
 Redis once it is back. `DegradedTurns` is that path of the turn service (chat/turns.py):
-the degraded generation, the outbox writes, the session's pending records replayed
-first when Redis answers again, and the sessions' characters it can still tell.
+the degraded generation, the outbox writes (also of a turn whose writes no replica has
+confirmed yet), the session's pending records stored first when Redis answers again,
+and the sessions' characters it can still tell.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from chatmem.durability.replay import OutboxReplayer
 from chatmem.errors import StoreUnavailable
 from chatmem.metrics import Metrics
 from chatmem.models import Character, Message, SessionMeta, Usage
-from chatmem.store.locks import Coordinator
 
 # Sessions whose character a degraded turn can still tell (else: the default character).
 KNOWN_CHARACTERS_MAX = 10_000
@@ -42,7 +42,6 @@ class DegradedTurns:
         metrics: Metrics,
         outbox: Outbox,
         replayer: OutboxReplayer,
-        coordinator: Coordinator,
     ) -> None:
         self.settings = settings
         self.characters = characters
@@ -50,7 +49,6 @@ class DegradedTurns:
         self.metrics = metrics
         self.outbox = outbox
         self.replayer = replayer
-        self.coordinator = coordinator
         self._known_characters: OrderedDict[SessionKey, Character] = OrderedDict()
 
     # --- the sessions' characters --------------------------------------------------------
@@ -86,9 +84,8 @@ class DegradedTurns:
     ) -> Generation:
         """A turn without Redis: no history, no lock, its messages kept in the outbox."""
         character = await self.character_of((user_id, session_id), turn.character_id)
-        meta = SessionMeta(
-            session_id, user_id, character.id, window_size=self.settings.memory.window_size
-        )
+        window = turn.new_window_size or self.settings.memory.window_size
+        meta = SessionMeta(session_id, user_id, character.id, window_size=window)
         limits = self.prompter.limits_for(meta, character)
         gen = Generation(
             host=host,
@@ -109,10 +106,29 @@ class DegradedTurns:
         self.metrics.degradations.labels("store_unavailable").inc()
         return gen
 
-    async def keep(self, gen: Generation, messages: Sequence[Message], usage: Usage | None) -> None:
-        """Write the turn's messages to the outbox (StoreUnavailable if the disk refuses)."""
+    async def keep(
+        self,
+        gen: Generation,
+        messages: Sequence[Message],
+        usage: Usage | None,
+        *,
+        applied: bool = False,
+    ) -> None:
+        """Write the turn's messages to the outbox (StoreUnavailable if the disk refuses),
+        with its ordinal and its route's settings; `applied`: they are in Redis already,
+        kept until a replica confirms them."""
         try:
-            await self.outbox.add(gen.user_id, gen.session_id, gen.character.id, messages, usage)
+            await self.outbox.add(
+                gen.user_id,
+                gen.session_id,
+                gen.character.id,
+                messages,
+                usage,
+                ordinal=gen.ordinal,
+                ttl_s=gen.shape.new_ttl_s,
+                window_size=gen.shape.new_window_size,
+                applied=applied,
+            )
         except OSError as exc:
             raise StoreUnavailable(
                 f"redis is unavailable and the local outbox cannot be written: {exc}"
@@ -120,20 +136,10 @@ class DegradedTurns:
 
     # --- back to Redis -------------------------------------------------------------------
 
-    async def replay_first(self, user_id: str, session_id: str) -> None:
-        """The session's earlier messages are still in the outbox: they go first, under
-        the session's lock (a turn of another process must not come in between)."""
-        coordinator = self.coordinator
-        token = coordinator.new_token()
-        try:
-            await coordinator.acquire_turn(user_id, session_id, token=token)
-        except StoreUnavailable:
-            self.replayer.defer_release(user_id, session_id, token)
-            raise
-        try:
-            await self.replayer.replay_session(user_id, session_id)
-        finally:
-            try:
-                await coordinator.release_turn(user_id, session_id, token)
-            except StoreUnavailable:
-                self.replayer.defer_release(user_id, session_id, token)
+    async def replay_first(
+        self, user_id: str, session_id: str, *, applied_too: bool = False
+    ) -> None:
+        """The session's earlier messages are still in the outbox: they are stored first,
+        each where its turn began, so that this turn's context has them. `applied_too`:
+        also those stored already (a failover may have lost them)."""
+        await self.replayer.replay_session(user_id, session_id, applied_too=applied_too)

@@ -64,10 +64,23 @@ class Outbox:
 
     @property
     def pending(self) -> int:
-        return sum(len(f.pending) for f in self._files)
+        """Records not yet stored in Redis."""
+        return sum(not r.applied for f in self._files for r in f.pending.values())
+
+    @property
+    def unconfirmed(self) -> int:
+        """Records stored in Redis that no replica has confirmed yet."""
+        return sum(r.applied for f in self._files for r in f.pending.values())
+
+    def holds(self, user_id: str, session_id: str, *, applied_too: bool = True) -> bool:
+        """Whether records of the session are kept (stored in Redis or not yet)."""
+        if self._sessions[(user_id, session_id)] <= 0:
+            return False
+        return applied_too or self.has_pending(user_id, session_id)
 
     def has_pending(self, user_id: str, session_id: str) -> bool:
-        return self._sessions[(user_id, session_id)] > 0
+        """Whether records of the session are not yet stored in Redis."""
+        return any(not r.applied for r in self.pending_for(user_id, session_id))
 
     def pending_records(self) -> list[OutboxRecord]:
         """Every record not yet acknowledged, oldest first."""
@@ -75,7 +88,7 @@ class Outbox:
 
     def pending_for(self, user_id: str, session_id: str) -> list[OutboxRecord]:
         """The session's records not yet acknowledged, oldest first."""
-        if not self.has_pending(user_id, session_id):
+        if self._sessions[(user_id, session_id)] <= 0:
             return []
         key = (user_id, session_id)
         return [r for r in self.pending_records() if r.session_key == key]
@@ -94,11 +107,27 @@ class Outbox:
         character_id: str,
         messages: Sequence[Message],
         usage: Usage | None = None,
+        *,
+        ordinal: int = 0,
+        ttl_s: int | None = None,
+        window_size: int | None = None,
+        applied: bool = False,
     ) -> OutboxRecord:
-        """Write a record durably (raises OSError if the disk refuses it)."""
+        """Write a record durably (raises OSError if the disk refuses it). `applied`:
+        its messages are in Redis already, waiting for a replica to confirm them."""
         file = self._own or await self._open_own()
         record = OutboxRecord(
-            file.next_n, user_id, session_id, character_id, list(messages), usage, file
+            file.next_n,
+            user_id,
+            session_id,
+            character_id,
+            list(messages),
+            usage,
+            file,
+            ordinal=ordinal,
+            ttl_s=ttl_s,
+            window_size=window_size,
+            applied=applied,
         )
         file.next_n += 1
         # Counted before the first await: a file with a write in flight is never retired.

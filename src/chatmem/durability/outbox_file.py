@@ -3,8 +3,13 @@
 A line is a record, or an acknowledgement of records already replayed:
 
     {"n": 1, "user": "alice", "session": "s1", "character": "assistant",
-     "messages": [<Message.to_dict()>, ...], "usage": {...} | null}
+     "messages": [<Message.to_dict()>, ...], "usage": {...} | null,
+     "ordinal": 1733000000000000, "ttl_s": 1800 | null, "window": 5 | null}
     {"ack": [1, 2]}
+
+`ordinal` is the turn's place in its session's order (store/turns.py `turn_ordinal`;
+0 in files of an older chatmem: stored as the newest); `ttl_s` and `window` what a
+session the replay creates starts with (the turn's route's; null: the defaults).
 
 A file is held, with an exclusive flock, by the process that writes it (`create`) or that
 took it over from a dead one (`adopt`), for as long as it is open. Appends are serialized
@@ -69,6 +74,12 @@ class OutboxRecord:
     messages: list[Message]
     usage: Usage | None = None
     file: OutboxFile | None = field(default=None, repr=False, compare=False)
+    ordinal: int = 0
+    ttl_s: int | None = None
+    window_size: int | None = None
+    # In Redis already (on the master), waiting for a replica to confirm it; not on
+    # disk: after a restart the record is stored again (its ids are skipped).
+    applied: bool = False
 
     @property
     def session_key(self) -> SessionKey:
@@ -82,6 +93,9 @@ class OutboxRecord:
             "character": self.character_id,
             "messages": [m.to_dict() for m in self.messages],
             "usage": _usage_to_dict(self.usage) if self.usage is not None else None,
+            "ordinal": self.ordinal,
+            "ttl_s": self.ttl_s,
+            "window": self.window_size,
         }
         return orjson.dumps(doc) + b"\n"
 
@@ -100,7 +114,14 @@ class OutboxRecord:
             character_id=str(doc["character"]),
             messages=[_message_from_dict(m) for m in doc["messages"]],
             usage=usage,
+            ordinal=int(doc.get("ordinal") or 0),
+            ttl_s=_optional_int(doc.get("ttl_s")),
+            window_size=_optional_int(doc.get("window")),
         )
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 def fsync_dir(directory: Path) -> None:
