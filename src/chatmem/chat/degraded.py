@@ -134,6 +134,20 @@ class DegradedTurns:
                 f"redis is unavailable and the local outbox cannot be written: {exc}"
             ) from exc
 
+    async def keep_turn(
+        self, gen: Generation, reply: Message | None, usage: Usage, *, in_redis: bool
+    ) -> None:
+        """Keep a finished turn that Redis does not hold for sure. `in_redis`: stored on
+        the master, unconfirmed by a replica (kept until one confirms it: a failover
+        that loses it has it stored again, where it began). Else its finish failed: the
+        reply is kept, with its user message if that went to Redis (a failover may lose
+        it; stored again, it is skipped where it is not lost)."""
+        ids = [m for m in (gen.user_message, reply) if m is not None and m.msg_id]
+        if in_redis:
+            await self.keep(gen, ids, usage, applied=True)
+        elif reply is not None:
+            await self.keep(gen, [reply] if gen.degraded else ids, usage)
+
     # --- back to Redis -------------------------------------------------------------------
 
     async def replay_first(

@@ -378,13 +378,8 @@ class Turns:
                 self.replayer.defer_release(gen.user_id, gen.session_id, gen.lock_token)
                 self.metrics.degradations.labels("reply_write").inc()
                 degraded = True
-        if degraded and reply is not None and gen.revises is None:
-            await self.degraded.keep(gen, [reply], usage)
-        elif gen.unconfirmed and gen.revises is None:
-            # On the master, not confirmed by a replica: kept until one confirms it (a
-            # failover that loses it has it stored again, where it began).
-            kept = [m for m in (gen.user_message, reply) if m is not None and m.msg_id]
-            await self.degraded.keep(gen, kept, usage, applied=True)
+        if gen.revises is None and (degraded or gen.unconfirmed):
+            await self.degraded.keep_turn(gen, reply, usage, in_redis=not degraded)
         if reply is not None:
             self.metrics.tokens.labels("prompt").inc(usage.prompt_tokens)
             self.metrics.tokens.labels("completion").inc(usage.completion_tokens)
