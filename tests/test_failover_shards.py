@@ -9,6 +9,7 @@ stored in order.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,11 +20,12 @@ from redis.asyncio.cluster import RedisCluster
 from chatmem.store import keys
 from chatmem.store.client import make_redis
 from tests.api_support import FAST_FAILING_REDIS, make_test_settings, new_session, running_app
-from tests.fake_openai import FakeOpenAI
+from tests.fake_openai import FakeOpenAI, Reply
 from tests.redis_servers import RedisClusterProcesses
 from tests.support import eventually
 
 SESSIONS: dict[str, str] = {}
+LOCK_TTL_MS = 600
 
 
 @pytest.fixture
@@ -73,13 +75,18 @@ async def test_a_dead_master_degrades_only_the_users_of_its_slots(
     cluster: RedisClusterProcesses, fake: FakeOpenAI, tmp_path: Path
 ) -> None:
     settings = make_test_settings(
-        cluster.url, fake.base_url, tmp_path / "data", redis=FAST_FAILING_REDIS
+        cluster.url,
+        fake.base_url,
+        tmp_path / "data",
+        redis=FAST_FAILING_REDIS,
+        limits={"session_lock_ttl_ms": LOCK_TTL_MS},
     )
     by_node = await users_by_node(cluster.url, settings.redis)
     assert len(by_node) == 3
     dead_port, *live_ports = sorted(by_node)
     hit = by_node[dead_port][:2]
     spared = [by_node[p][0] for p in live_ports]
+    probe = make_redis(cluster.url, settings.redis)
     async with running_app(settings) as (_, client):
         for user in hit + spared:
             SESSIONS[user] = await new_session(client, user)
@@ -93,6 +100,14 @@ async def test_a_dead_master_degrades_only_the_users_of_its_slots(
                 # Its memory: the history it had before, and this outage's turns.
                 sent = [m["content"] for m in fake.chat_bodies[-1]["messages"][1:]]
                 assert "before" in sent and sent[-1] == f"down {round_}"
+        # A long reply of a spared user: its lock is renewed all along (the renewals of
+        # every generation stopped while "Redis is down" was one flag per process).
+        fake.script(Reply(text="a slow reply " * 10, chunks=20, delay_s=0.1))
+        slow = asyncio.create_task(send(client, spared[0], "slow"))
+        await asyncio.sleep(3 * LOCK_TTL_MS / 1000)
+        lock = keys.session_lock_key(spared[0], SESSIONS[spared[0]])
+        assert await probe.exists(lock), "the lock of a spared user's generation expired"
+        assert await slow == "ok"
         ready = await client.get("/ready")
         assert ready.status_code == 503 and ready.json()["redis"] is False
         cluster.node(int(dead_port)).start()
@@ -115,3 +130,4 @@ async def test_a_dead_master_degrades_only_the_users_of_its_slots(
                 "after",
             ]
             assert [m["role"] for m in msgs] == ["user", "assistant"] * 5
+    await probe.aclose()

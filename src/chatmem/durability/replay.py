@@ -63,11 +63,6 @@ class OutboxReplayer:
 
     # --- what turns ask ----------------------------------------------------------------
 
-    @property
-    def store_down(self) -> bool:
-        """Whether some Redis node is believed down."""
-        return bool(self._down)
-
     def is_down(self, user_id: str) -> bool:
         """Whether the node of the user's keys is believed down."""
         down = self._down
