@@ -260,3 +260,29 @@ async def test_a_turn_that_fails_after_its_begin_releases_its_lock_at_once(
             r = await client.post("/v1/sessions/s1/messages", json={"content": "hi"}, headers=H)
             assert r.status_code == 404, r.text
             assert r.json()["error"]["code"] == "character_not_found"
+
+
+async def test_a_lock_a_failover_brought_back_is_released_by_the_kept_turn(
+    redis_url: str, redis_client: Redis, fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    """Item 5: a turn's begin reached the replica, its finish (which released the lock)
+    did not; promoted, the replica holds a lock no live turn owns, and every turn of the
+    session was a 409 until its TTL. The turn's kept record releases it at its replay."""
+    await redis_client.flushdb()
+    settings = make_test_settings(
+        redis_url, fake.base_url, tmp_path / "data", limits={"session_lock_ttl_ms": 60_000}
+    )
+    settings.redis.wait_replicas = 1
+    settings.redis.wait_timeout_ms = 20
+    await RedisMemoryStore(redis_client).create_session("alice", "assistant", session_id="s1")
+    async with running_app(settings) as (app, client):
+        r = await client.post("/v1/sessions/s1/messages", json={"content": "hi"}, headers=H)
+        assert r.json()["memory"] == "unconfirmed"
+        service = app.state.parts.service
+        [record] = service.outbox.pending_records()
+        lock = keys.session_lock_key("alice", "s1")
+        await redis_client.set(lock, record.lock_token, px=60_000)  # the promoted replica's
+        await service.replayer.flush(confirm=True)
+        assert not await redis_client.exists(lock)
+        r = await client.post("/v1/sessions/s1/messages", json={"content": "again"}, headers=H)
+        assert r.status_code == 200, r.text

@@ -127,6 +127,7 @@ class DegradedTurns:
                 ordinal=gen.ordinal,
                 ttl_s=gen.shape.new_ttl_s,
                 window_size=gen.shape.new_window_size,
+                lock_token=gen.lock_token,
                 applied=applied,
             )
         except OSError as exc:

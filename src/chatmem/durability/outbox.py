@@ -111,6 +111,7 @@ class Outbox:
         ordinal: int = 0,
         ttl_s: int | None = None,
         window_size: int | None = None,
+        lock_token: str = "",
         applied: bool = False,
     ) -> OutboxRecord:
         """Write a record durably (raises OSError if the disk refuses it). `applied`:
@@ -127,6 +128,7 @@ class Outbox:
             ordinal=ordinal,
             ttl_s=ttl_s,
             window_size=window_size,
+            lock_token=lock_token,
             applied=applied,
         )
         file.next_n += 1

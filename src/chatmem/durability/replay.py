@@ -264,6 +264,10 @@ class OutboxReplayer:
         place = self.turn_store.place
         args = (rec.user_id, rec.session_id, rec.messages, rec.usage)
         stored, confirmed = await place(*args, ordinal=rec.ordinal)
+        if rec.lock_token:
+            # Its turn released the lock, but a failover may have brought it back from a
+            # replica that never saw the release: no one would release it but its TTL.
+            await self.coordinator.release_turn(rec.user_id, rec.session_id, rec.lock_token)
         if stored is not None:
             return confirmed
         # Created without a greeting (the user never saw one in this conversation), with
