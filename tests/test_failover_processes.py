@@ -71,6 +71,7 @@ class Acked:
 class Run:
     acked: dict[str, list[Acked]] = field(default_factory=dict)
     statuses: dict[int, int] = field(default_factory=dict)
+    codes: dict[str, int] = field(default_factory=dict)  # of the answers retried
     bad: list[str] = field(default_factory=list)
     kill_now: asyncio.Event = field(default_factory=asyncio.Event)
     killed_at: float = 0.0
@@ -82,6 +83,13 @@ class Run:
     @property
     def n_acked(self) -> int:
         return sum(map(len, self.acked.values()))
+
+
+def error_code(r: httpx.Response) -> str:
+    try:
+        return str(r.json()["error"]["code"])
+    except (ValueError, KeyError, TypeError):
+        return r.text[:80]
 
 
 async def one_user(
@@ -111,6 +119,9 @@ async def one_user(
                     headers={**h, "Idempotency-Key": f"{sid}-{t}"},
                 )
                 run.statuses[r.status_code] = run.statuses.get(r.status_code, 0) + 1
+                if r.status_code != 200:
+                    code = f"{r.status_code} {error_code(r)}"
+                    run.codes[code] = run.codes.get(code, 0) + 1
                 if r.status_code in (409, 503):
                     await asyncio.sleep(0.1)
                     continue
@@ -328,7 +339,7 @@ async def scenario(topology: Any, wait: int, cut: bool, fake: FakeOpenAI, tmp: P
         f"{memories.count('unconfirmed')} unconfirmed, {len(lost)} lost; first turn sent "
         f"after the kill with memory {first_good - run.killed_at:.1f} s after it; /ready back "
         f"{ready_s:.1f} s after the restart ({run.restarted_at - run.killed_at:.1f} s after "
-        f"the kill); statuses {dict(sorted(run.statuses.items()))}"
+        f"the kill); answers {dict(sorted(run.statuses.items()))} {run.codes}"
     )
     assert run.bad == []
     assert 404 not in run.statuses and 500 not in run.statuses
