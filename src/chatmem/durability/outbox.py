@@ -1,4 +1,5 @@
-"""The outbox: turns' messages kept on local disk while Redis cannot be reached (SPEC §7).
+"""The outbox: turns' messages kept on local disk while Redis cannot be reached, or
+while no replica has confirmed them (SPEC §7).
 
     <data_dir>/outbox/<pid>-<start ms>-<token>-<n>.jsonl   this process's file (one at a time)
     <data_dir>/outbox/rejected.log                  records the store refused for good
@@ -8,8 +9,9 @@ a turn answered from the outbox survives a crash of this process. A process hold
 exclusive flock on each file it has open, for as long as it lives: a file whose lock is
 free belongs to a dead process, and `adopt_orphans` takes it over, so two processes never
 replay the same file. A file whose records are all acknowledged is deleted. What a record
-means (append it to the store, create a missing session) is the replayer's business
-(replay.py), not this module's.
+means (store it where its turn began, create a missing session) is the replayer's
+business (replay.py), not this module's. `pending` counts the records not yet in Redis,
+`unconfirmed` those in Redis (`applied`) that wait for a replica.
 """
 
 from __future__ import annotations
