@@ -17,6 +17,7 @@ import pytest
 from redis.asyncio import Redis
 
 from chatmem.durability import replay
+from chatmem.durability.outbox import Outbox
 from chatmem.models import Message, Role, Usage
 from chatmem.store import keys
 from chatmem.store.conversations import RedisMemoryStore
@@ -286,3 +287,23 @@ async def test_a_lock_a_failover_brought_back_is_released_by_the_kept_turn(
         assert not await redis_client.exists(lock)
         r = await client.post("/v1/sessions/s1/messages", json={"content": "again"}, headers=H)
         assert r.status_code == 200, r.text
+
+
+async def test_a_kept_record_keeps_its_place_settings_and_lock_across_a_restart(
+    tmp_path: Path,
+) -> None:
+    """What a replay needs is on disk: an outbox adopted after a crash still knows where
+    each turn began, what its route gives a new conversation, and which lock to free."""
+    first = Outbox(tmp_path / "outbox")
+    ordinal = turn_ordinal(5000.0)
+    await first.add(
+        "alice", "default", "assistant", [pair(1)[0]], None,
+        ordinal=ordinal, ttl_s=1800, window_size=5, lock_token="tok",
+    )  # fmt: skip
+    await first.close()  # kept on disk: not replayed
+    second = Outbox(tmp_path / "outbox")
+    assert await second.adopt_orphans() == 1
+    [rec] = second.pending_records()
+    assert (rec.ordinal, rec.ttl_s, rec.window_size, rec.lock_token) == (ordinal, 1800, 5, "tok")
+    assert not rec.applied  # stored again after a restart: its ids are skipped if there
+    await second.close()

@@ -74,11 +74,9 @@ class Outbox:
         """Records stored in Redis that no replica has confirmed yet."""
         return sum(r.applied for f in self._files for r in f.pending.values())
 
-    def holds(self, user_id: str, session_id: str, *, applied_too: bool = True) -> bool:
+    def holds(self, user_id: str, session_id: str) -> bool:
         """Whether records of the session are kept (stored in Redis or not yet)."""
-        if self._sessions[(user_id, session_id)] <= 0:
-            return False
-        return applied_too or self.has_pending(user_id, session_id)
+        return self._sessions[(user_id, session_id)] > 0
 
     def has_pending(self, user_id: str, session_id: str) -> bool:
         """Whether records of the session are not yet stored in Redis."""
