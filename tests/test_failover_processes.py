@@ -231,7 +231,10 @@ class Cluster:
 
     def victim(self) -> tuple[RedisProcess, RedisProcess]:
         roles = self._roles(self.rig.nodes[0].port)
-        master = next(p for p, (role, _) in sorted(roles.items()) if role == "master")
+        url_port = self.rig.nodes[0].port  # kept: the clients find the others through it
+        master = next(
+            p for p, (role, _) in sorted(roles.items()) if role == "master" and p != url_port
+        )
         replica = next(p for p, (role, m) in roles.items() if role == "replica" and m == master)
         self._replica_of[master] = replica
         return self.rig.node(master), self.rig.node(replica)
