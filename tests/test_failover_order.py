@@ -307,3 +307,29 @@ async def test_a_kept_record_keeps_its_place_settings_and_lock_across_a_restart(
     assert (rec.ordinal, rec.ttl_s, rec.window_size, rec.lock_token) == (ordinal, 1800, 5, "tok")
     assert not rec.applied  # stored again after a restart: its ids are skipped if there
     await second.close()
+
+
+async def test_a_reply_whose_message_a_failover_lost_brings_it_back(
+    turns: TurnStore, redis_client: Redis
+) -> None:
+    """Wait 0, a long reply: the begin was on the old master, which died before its
+    replica had the user message; the finish, on the new master, stored the reply alone.
+    The finish stores the message again first (where its turn began)."""
+    await full_turn(turns, 1, turn_ordinal(6000.0))
+    u2, r2 = pair(2)
+    o2 = turn_ordinal(6001.0)
+    res = await turns.begin(
+        "alice", "s1", u2, reply_id="r2", generation_id="g2", token="t2", idempotent=False,
+        read_last=1, ordinal=o2,
+    )  # fmt: skip
+    [stored_u2] = res.messages
+    messages = keys.session_messages_key("alice", "s1")
+    raw = await redis_client.lindex(messages, 0)
+    await redis_client.lrem(messages, 1, raw)  # lost in the failover
+    await redis_client.delete(keys.session_ids_key("alice", "s1"))
+    await turns.finish(
+        "alice", "s1", r2, _usage(), token="t2", generation_id="g2", tail=None,
+        end_payload={}, ordinal=o2, user_message=stored_u2,
+    )  # fmt: skip
+    snap = await turns.store.read("alice", "s1", last=10)
+    assert [m.msg_id for m in snap.messages] == ["u1", "r1", "u2", "r2"]

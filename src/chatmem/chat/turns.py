@@ -368,6 +368,7 @@ class Turns:
                     end_payload=end,
                     replaces=gen.revises.msg_id if gen.revises is not None else "",
                     ordinal=gen.ordinal,
+                    user_message=gen.user_message if gen.revises is None else None,
                 )
                 gen.unconfirmed = gen.unconfirmed or not confirmed
             except NotReplicated:

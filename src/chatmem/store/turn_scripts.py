@@ -309,6 +309,9 @@ return {'ok', seq, redis.call('HGETALL', KEYS[2]), ttl_ms, msgs, redis.call('LLE
 # ARGV[20] - the turn's ordinal (BEGIN_TURN's answer; the encoded reply carries it): the
 #   reply goes right after its user message even if another turn came in meanwhile
 #   (its lock expired during an outage)
+# ARGV[21] - the user message's id ('' for none), ARGV[22] - the encoded user message,
+#   ARGV[23] - its tokens, ARGV[24] - its preview: stored again first if it is missing
+#   (a failover between begin and finish lost it), so that a reply is never alone
 # A generation already ended (recovered by another process meanwhile) is not ended twice,
 # and an event stream of another generation (a later turn's) is left alone; a reply whose
 # id is stored already is not stored twice.
@@ -326,6 +329,10 @@ local ended = mine and stream_ended()
 if ARGV[19] ~= '' then
   if mine and not ended then appended, seq = replace_head(ARGV[19]) end
 elseif ARGV[5] ~= '' and not ended then
+  if ARGV[21] ~= '' then
+    append_one(ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[21], ARGV[22],
+      tonumber(ARGV[23]), ARGV[24], 'user', 0, 0, '0', 0, '', tonumber(ARGV[20]))
+  end
   appended, seq = append_one(ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]),
     ARGV[5], ARGV[6], tonumber(ARGV[7]), ARGV[8], 'assistant', tonumber(ARGV[9]),
     tonumber(ARGV[10]), ARGV[11], 0, '', tonumber(ARGV[20]))

@@ -198,12 +198,14 @@ class TurnStore:
         end_payload: dict[str, Any],
         replaces: str = "",
         ordinal: int = 0,
+        user_message: Message | None = None,
     ) -> tuple[bool | None, bool]:
         """The reply with its usage and totals, the lock released and the event stream
         ended, in one round trip. Returns (None if the session is gone, else whether the
         reply was stored now — False: it was there already, or the generation had been
         ended; whether the write was confirmed). `replaces`: a revision's reply takes
-        the place of the newest message, of that id. `ordinal`: begin's."""
+        the place of the newest message, of that id. `ordinal`: begin's. `user_message`:
+        the turn's, stored again before the reply if a failover lost it."""
         if not 0 <= usage.cost_usd < math.inf:
             raise InvalidInput(f"invalid usage {usage}", code="invalid_usage")
         ks = keys.turn_keys(user_id, session_id)
@@ -224,6 +226,15 @@ class TurnStore:
         args += [orjson.dumps(end_payload).decode(), keys.EVENTS_TTL_AFTER_END_MS]
         args += [keys.EVENTS_MAXLEN, keys.validate_id(replaces, "message id") if replaces else ""]
         args += [ordinal]
+        if user_message is not None and user_message.msg_id:
+            args += [
+                keys.validate_id(user_message.msg_id, "message id"),
+                encode_message(user_message, ordinal),
+                user_message.token_count,
+                preview_of(user_message),
+            ]
+        else:
+            args += ["", "", 0, ""]
         res, confirmed = await self._run("finish_turn", self._finish, ks, args)
         if res is None:
             return None, confirmed
