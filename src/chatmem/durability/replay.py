@@ -11,7 +11,8 @@ needed for that, so no record ever waits for one; a turn of this process on a se
 with records still pending stores them itself before its own (`replay_session`).
 Records are idempotent by message id (a record stored twice is stored once), so an
 `applied` one is simply stored again until its write is confirmed (at most every
-CONFIRM_INTERVAL_S), which also puts it back if a failover lost it.
+CONFIRM_INTERVAL_S, and as soon as a node is back), which also puts it back if a
+failover lost it.
 
 "Redis is down" is kept per node (store/placement.py): under Redis Cluster a dead master
 degrades only the users of its slots.
@@ -35,8 +36,9 @@ log = logging.getLogger(__name__)
 
 REPLAY_INTERVAL_S = 0.5
 # A replica outage leaves every turn unconfirmed: their records are stored again (and
-# WAITed for) at most this often.
-CONFIRM_INTERVAL_S = 2.0
+# WAITed for) at most this often, and at once when a node is back (a failover: their
+# locks may have come back with the replica, see _apply).
+CONFIRM_INTERVAL_S = 1.0
 # A sibling worker that died leaves its outbox behind; the survivors look for it this often.
 ORPHAN_SCAN_INTERVAL_S = 30.0
 
@@ -173,6 +175,7 @@ class OutboxReplayer:
             # Turns of its users may use Redis again now: one on a session with records
             # pending stores them first (replay_session).
             del self._down[node]
+            self._confirm_at = 0.0
         if ALL in self._down:
             return False
         if not self._down:
