@@ -126,18 +126,28 @@ def free_cluster_port() -> int:
 
 
 class RedisClusterProcesses:
-    """Three masters (no replicas) forming one Redis Cluster, created by redis-cli."""
+    """Three masters (and `replicas` replicas each) forming one Redis Cluster, created
+    by redis-cli; `extra` config lines for every node."""
 
-    def __init__(self, workdir: Path, masters: int = 3) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        masters: int = 3,
+        *extra: str,
+        replicas: int = 0,
+        node_timeout_ms: int = 5000,
+    ) -> None:
+        self.replicas = replicas
         self.nodes = [
             RedisProcess(
                 workdir,
                 "cluster-enabled yes",
                 "cluster-config-file nodes.conf",
-                "cluster-node-timeout 5000",
+                f"cluster-node-timeout {node_timeout_ms}",
+                *extra,
                 port=free_cluster_port(),
             )
-            for _ in range(masters)
+            for _ in range(masters * (1 + replicas))
         ]
 
     @property
@@ -155,7 +165,7 @@ class RedisClusterProcesses:
                 "create",
                 *(f"127.0.0.1:{n.port}" for n in self.nodes),
                 "--cluster-replicas",
-                "0",
+                str(self.replicas),
                 "--cluster-yes",
             ],
             check=True,
@@ -175,6 +185,9 @@ class RedisClusterProcesses:
 
         wait_until(ready, "the cluster to agree", timeout_s=20, ignore=(OSError, redis.RedisError))
         return self
+
+    def node(self, port: int) -> RedisProcess:
+        return next(n for n in self.nodes if n.port == port)
 
     def stop(self) -> None:
         for node in self.nodes:

@@ -30,6 +30,7 @@ DOCUMENTED: dict[str, tuple[str, str, Any]] = {
     "CHATMEM_REDIS_MAX_CONNECTIONS": ("64", "redis.max_connections", 64),
     "CHATMEM_REDIS_WAIT_REPLICAS": ("1", "redis.wait_replicas", 1),
     "CHATMEM_REDIS_WAIT_TIMEOUT_MS": ("300", "redis.wait_timeout_ms", 300),
+    "CHATMEM_REDIS_WAIT_STRICT": ("true", "redis.wait_strict", True),
     "CHATMEM_DATA_DIR": ("/srv/chatmem", "data_dir", Path("/srv/chatmem")),
     "CHATMEM_CHARACTERS_DIR": ("/srv/chars", "characters_dir", Path("/srv/chars")),
     "CHATMEM_DEFAULT_CHARACTER": ("teacher", "default_character", "teacher"),

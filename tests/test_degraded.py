@@ -80,6 +80,9 @@ async def history(client: httpx.AsyncClient, sid: str) -> list[dict[str, Any]]:
     return msgs
 
 
+READY = {"ready": True, "redis": True, "outbox": 0, "unconfirmed": 0}
+
+
 def outbox_files(data_dir: Path) -> list[Path]:
     return sorted((data_dir / OUTBOX_DIR).glob("*.jsonl"))
 
@@ -97,7 +100,7 @@ async def test_degraded_turn_shape_ready_and_replay(
     fake.script(Reply(text="Paris."))
     first = await send(client, teacher, "Capital of France?")
     assert first["memory"] == "ok"
-    assert (await client.get("/ready")).json() == {"ready": True, "redis": True, "outbox": 0}
+    assert (await client.get("/ready")).json() == READY
 
     redis_server.kill()
     fake.script(Reply(text="I cannot remember."), Reply(text="Streamed anyway."))
@@ -117,7 +120,7 @@ async def test_degraded_turn_shape_ready_and_replay(
 
     ready = await client.get("/ready")
     assert ready.status_code == 503
-    assert ready.json() == {"ready": False, "redis": False, "outbox": 4}
+    assert ready.json() == {"ready": False, "redis": False, "outbox": 4, "unconfirmed": 0}
     listing = await client.get("/v1/sessions", headers=H)
     assert listing.status_code == 503
     assert listing.json()["error"]["code"] == "store_unavailable"
@@ -127,7 +130,7 @@ async def test_degraded_turn_shape_ready_and_replay(
     assert len(file.read_bytes().splitlines()) == 4  # fsynced before the replies went out
 
     redis_server.start()
-    assert await wait_ready(client) == {"ready": True, "redis": True, "outbox": 0}
+    assert await wait_ready(client) == READY
     assert outbox_files(settings.data_dir) == []
     msgs = await history(client, teacher)
     assert [m["content"] for m in msgs[1:]] == [

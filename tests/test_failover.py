@@ -1,6 +1,6 @@
 """Sentinel failover under a stream of writes: the master SIGKILLed, writes resume on the
-promoted replica within down-after + 3 s, and with `wait_replicas=1` no acknowledged
-write is lost.
+promoted replica within down-after + 3 s, and with `wait_replicas=1` (strict) no
+acknowledged write is lost.
 
 A master, one replica and three Sentinels of their own (the failover changes who is
 master), `down-after-milliseconds 1000`; writers append through RedisMemoryStore on a
@@ -165,6 +165,10 @@ async def kill_master_under_writes(
         wait_replicas=wait_replicas,
         wait_timeout_ms=settings.wait_timeout_ms,
     )
+    if store.write_concern is not None:
+        # Acknowledged means confirmed here: a write too few replicas confirmed is
+        # refused (NotReplicated), and retried as a client would.
+        store.write_concern.strict = True
     sids = [f"s{k}" for k in range(WRITERS)]
     for sid in sids:
         await store.create_session("alice", "assistant", session_id=sid)

@@ -25,7 +25,7 @@ from chatmem.store.auth_failures import RedisFailureCounter
 from chatmem.store.characters import CharacterStore
 from chatmem.store.client import make_redis, redis_errors, store_error
 from chatmem.store.conversations import RedisMemoryStore
-from chatmem.store.locks import Coordinator
+from chatmem.store.locks import Coordinator, TickItem
 from tests.api_support import make_test_settings, running_app
 from tests.fake_openai import FakeOpenAI
 from tests.redis_servers import RedisProcess
@@ -153,8 +153,8 @@ async def test_store_and_locks_raise_store_full_when_redis_is_out_of_memory(
             writes_per_minute=10,
             streams_per_user=1,
         )
-        with pytest.raises(StoreFull):  # the turn lock's SET NX
-            await coordinator.acquire_turn("alice", "s1")
+        with pytest.raises(StoreFull):  # the generations' pipelined tick
+            await coordinator.tick([TickItem("alice", "s1", "t", "g", append=(0, "x"))])
         # Reads still work: Redis is full, not gone.
         assert (await store.read("alice", "s1", last=10)).meta.session_id == "s1"
     finally:

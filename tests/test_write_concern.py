@@ -93,23 +93,35 @@ async def test_every_write_waits_for_the_replica_in_the_same_round_trip(
     assert shortfalls == []
 
 
-async def test_write_without_enough_replicas_is_not_replicated_but_stays_on_the_master(
+async def test_write_without_enough_replicas_is_accepted_and_counted_on_the_master(
     redis_client: Redis,
 ) -> None:
-    """Standalone, no replica: the append happens, and is reported as not durable."""
+    """Standalone, no replica: the write happens on the master, which answers, so it is
+    accepted (a turn says `unconfirmed`, see below); each shortfall is counted."""
     shortfalls: list[str] = []
     store = RedisMemoryStore(
         redis_client, wait_replicas=1, wait_timeout_ms=20, on_not_replicated=shortfalls.append
     )
-    with pytest.raises(NotReplicated) as err:
+    await store.create_session("alice", "assistant", session_id="s1")
+    res = await store.append("alice", "s1", [user_msg("hello", "m1")])
+    assert (res.appended, res.stored) == (1, 1)
+    assert shortfalls == ["create_session", "append"]
+
+
+async def test_strict_write_concern_refuses_what_no_replica_confirmed(
+    redis_client: Redis,
+) -> None:
+    """`wait_strict`: NotReplicated (503 `store_not_replicated`); the write is on the
+    master all the same, and a retry is idempotent."""
+    store = RedisMemoryStore(redis_client, wait_replicas=1, wait_timeout_ms=20)
+    assert store.write_concern is not None
+    store.write_concern.strict = True
+    with pytest.raises(NotReplicated):
         await store.create_session("alice", "assistant", session_id="s1")
     with pytest.raises(NotReplicated) as err:
         await store.append("alice", "s1", [user_msg("hello", "m1")])
     assert isinstance(err.value, StoreUnavailable)
-    assert (err.value.acked, err.value.wanted, err.value.code) == (0, 1, "store_not_replicated")
-    assert "0 of 1 replica" in err.value.detail  # for the log; the client gets the class message
-    assert shortfalls == ["create_session", "append"]
-    # Written on the master all the same; a retry is idempotent.
+    assert (err.value.wanted, err.value.code) == (1, "store_not_replicated")
     plain = RedisMemoryStore(redis_client)
     assert [m.msg_id for m in (await plain.read("alice", "s1", last=5)).messages] == ["m1"]
     with pytest.raises(NotReplicated):
@@ -127,6 +139,8 @@ async def test_wait_goes_to_the_master_that_owns_the_users_slot(
     try:
         await client.flushdb()
         store = RedisMemoryStore(client, wait_replicas=1, wait_timeout_ms=10)
+        assert store.write_concern is not None
+        store.write_concern.strict = True
         nodes: dict[str, Redis] = {
             n.name: Redis(host=n.host, port=n.port, decode_responses=True)
             for n in client.get_primaries()
@@ -193,20 +207,66 @@ def test_store_refuses_a_wait_without_a_timeout(redis_client: Redis) -> None:
         RedisMemoryStore(redis_client, wait_replicas=1, wait_timeout_ms=0)
 
 
-async def test_a_turn_whose_write_no_replica_confirmed_is_degraded_and_counted(
+async def test_a_turn_whose_writes_no_replica_confirmed_keeps_its_memory_and_one_path(
     redis_url: str, redis_client: Redis, fake: FakeOpenAI, tmp_path: Path
 ) -> None:
-    """Through the app: no replica confirms the user message, so the turn is answered
-    from the outbox (`memory: degraded`), as when Redis is down, and the metric counts it."""
+    """Issue 16, items 2 and 7: no replica confirms the turn's writes while the master
+    answers. The turn reads its history (it used to run with none, ctx=2, for as long as
+    the replica was away), is answered `memory: "unconfirmed"`, its user message and reply
+    are stored once, side by side (they used to be split between the master and the
+    outbox), and its record stays in the outbox, stored already, until a replica
+    confirms it; /ready stays 200, counting it apart."""
+    settings = make_test_settings(redis_url, fake.base_url, tmp_path / "data")
+    plain = RedisMemoryStore(redis_client)
+    await plain.create_session("alice", "assistant", session_id="s1")
+    await plain.append("alice", "s1", [user_msg("an earlier message", "m0")])
+    settings.redis.wait_replicas = 1
+    settings.redis.wait_timeout_ms = 20
+    async with running_app(settings) as (app, client):
+        for text in ("hi", "again"):
+            r = await client.post(
+                "/v1/sessions/s1/messages", json={"content": text}, headers={"X-User-Id": "alice"}
+            )
+            assert r.status_code == 200, r.text
+            assert r.json()["memory"] == "unconfirmed"
+        sent = [m["content"] for m in fake.chat_bodies[-1]["messages"][1:]]
+        assert sent[0] == "an earlier message" and sent[-1] == "again"
+        assert len(sent) == 4  # the history, the first turn's pair, the new message
+        snap = await plain.read("alice", "s1", last=10)
+        assert [m.role.value for m in snap.messages] == ["user", "user", "assistant"] * 1 + [
+            "user",
+            "assistant",
+        ]
+        outbox = app.state.parts.service.outbox
+        assert (outbox.pending, outbox.unconfirmed) == (0, 2)
+        ready = await client.get("/ready")
+        assert ready.status_code == 200, ready.text
+        assert ready.json() == {"ready": True, "redis": True, "outbox": 0, "unconfirmed": 2}
+        metrics = (await client.get("/metrics")).text
+        assert 'chatmem_store_not_replicated_total{op="begin_turn"}' in metrics
+        assert 'chatmem_store_not_replicated_total{op="finish_turn"}' in metrics
+        assert "chatmem_degradations_total{" not in metrics
+    # Stored again at shutdown (still unconfirmed): nothing was added twice.
+    snap = await plain.read("alice", "s1", last=10)
+    assert len(snap.messages) == 5 and len({m.msg_id for m in snap.messages}) == 5
+
+
+async def test_strict_write_concern_refuses_the_turn_without_an_outbox(
+    redis_url: str, redis_client: Redis, fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    """`CHATMEM_REDIS_WAIT_STRICT`: the turn is refused with a 503 before the model is
+    called, nothing goes to the outbox, and the session is not left locked."""
     settings = make_test_settings(redis_url, fake.base_url, tmp_path / "data")
     await RedisMemoryStore(redis_client).create_session("alice", "assistant", session_id="s1")
     settings.redis.wait_replicas = 1
     settings.redis.wait_timeout_ms = 20
-    async with running_app(settings) as (_, client):
-        r = await client.post(
-            "/v1/sessions/s1/messages", json={"content": "hi"}, headers={"X-User-Id": "alice"}
-        )
-        assert r.status_code == 200, r.text
-        assert r.json()["memory"] == "degraded"
-        metrics = (await client.get("/metrics")).text
-        assert 'chatmem_store_not_replicated_total{op="begin_turn"}' in metrics
+    settings.redis.wait_strict = True
+    async with running_app(settings) as (app, client):
+        for _ in range(2):  # the second is not a 409: the first released its lock
+            r = await client.post(
+                "/v1/sessions/s1/messages", json={"content": "hi"}, headers={"X-User-Id": "alice"}
+            )
+            assert r.status_code == 503, r.text
+            assert r.json()["error"]["code"] == "store_not_replicated"
+        assert fake.chat_bodies == []
+        assert app.state.parts.service.outbox.pending_records() == []

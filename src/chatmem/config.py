@@ -41,6 +41,9 @@ class RedisSettings(BaseModel):
     # Write concern: after each write, WAIT for this many replicas (0: don't wait).
     wait_replicas: int = Field(0, ge=0)
     wait_timeout_ms: int = Field(500, ge=1)
+    # A write that too few replicas confirmed: refused with 503 `store_not_replicated`
+    # (True) instead of accepted, a turn's answer saying `memory: "unconfirmed"` (False).
+    wait_strict: bool = False
 
     @model_validator(mode="after")
     def _wait_within_socket_timeout(self) -> RedisSettings:
@@ -145,7 +148,7 @@ class LimitSettings(BaseModel):
     streams_per_user: int = 4
     # A generation renews its session's lock every third of this; a process that dies
     # stops renewing, and its session is free (and its reply recovered) within this.
-    session_lock_ttl_ms: int = Field(30_000, ge=300)
+    session_lock_ttl_ms: int = Field(10_000, ge=300)
     session_lock_wait_ms: int = 1500
     # Bounded input (SPEC §3.1, §8): past these a request is refused with a 4xx.
     max_body_bytes: int = Field(64 * 1024, ge=1024)

@@ -115,14 +115,18 @@ async def prepare_conversation_turn(
     if ttl_s is not None:
         check_ttl(ttl_s, min_ttl_s)
 
+    # What a session this turn creates starts with (also when its replay creates it).
+    created_ttl_s = ttl_s if ttl_s is not None else new_ttl_s
+    created_window = window_size if window_size is not None else new_window_size
+
     async def create() -> None:
         await create_conversation(
             service,
             user_id,
             session_id,
             character_id,
-            ttl_s=ttl_s if ttl_s is not None else new_ttl_s,
-            window_size=window_size if window_size is not None else new_window_size,
+            ttl_s=created_ttl_s,
+            window_size=created_window,
             min_ttl_s=min_ttl_s,
         )
 
@@ -144,6 +148,8 @@ async def prepare_conversation_turn(
             stream=stream,
             character_id=character_id if turn_character else None,
             history_messages=history_messages,
+            new_ttl_s=created_ttl_s,
+            new_window_size=created_window,
         )
 
     try:

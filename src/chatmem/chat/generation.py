@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from chatmem.chat.reconcile import call_tokens
+from chatmem.chat.turn_shape import TurnShape
 from chatmem.context import AssembledContext
 from chatmem.errors import ChatmemError
 from chatmem.metrics import Metrics
@@ -132,6 +133,12 @@ class Generation:
     generation_id: str
     relay: bool = False
     degraded: bool = False
+    # The turn's place in its session's order (store/codec.py `turn_ordinal`), and what
+    # a session it creates (an outbox replay) starts with: its route's settings.
+    ordinal: int = 0
+    shape: TurnShape = field(default_factory=TurnShape)
+    # A write of the turn that too few replicas confirmed (the write concern).
+    unconfirmed: bool = False
     # How a subscriber's disconnect is taken: "continue" (native) or "stop".
     on_disconnect: str = "continue"
     # A revision (SPEC §3b): "regenerate" or "continue" the newest message, `revises`;

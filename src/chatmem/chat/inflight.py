@@ -40,12 +40,12 @@ SessionKey = tuple[str, str]
 
 
 class StoreHealth(Protocol):
-    """Whether Redis is believed down (the outbox replayer owns that state)."""
+    """Whether Redis is believed down, per user's node (the outbox replayer owns that
+    state: under Cluster a dead master is down for the users of its slots only)."""
 
-    @property
-    def store_down(self) -> bool: ...
+    def is_down(self, user_id: str) -> bool: ...
 
-    def mark_down(self, exc: BaseException) -> None: ...
+    def mark_down(self, exc: BaseException, user_id: str | None = None) -> None: ...
 
 
 @dataclass(eq=False)
@@ -141,8 +141,6 @@ class InFlight:
                 log.exception("generation tick failed")
 
     async def _tick(self, now: float, poll: bool) -> None:
-        if self.health.store_down:
-            return  # a stop reaches a generation through its own process then
         items: list[TickItem] = []
         gens: list[Generation] = []
         appending: list[asyncio.Event] = []
@@ -150,6 +148,8 @@ class InFlight:
         for gen in self.running:
             if gen.degraded or gen.settling or gen.task is None:
                 continue
+            if self.health.is_down(gen.user_id):
+                continue  # a stop reaches it through its own process meanwhile
             item = TickItem(gen.user_id, gen.session_id, gen.lock_token, gen.generation_id)
             if gen.relay and gen.appending is None:
                 item.append = gen.take_unflushed()

@@ -80,7 +80,7 @@ class Resumer:
             metadata={"interrupted": True, "usage": usage.to_dict()},
         )
         reply.seq = start.user_seq + 1
-        stored = await self.turn_store.finish(
+        stored, _ = await self.turn_store.finish(
             user_id,
             session_id,
             reply,

@@ -63,7 +63,7 @@ async def _connect(settings: Settings, stack: AsyncExitStack) -> AnyRedis:
 
 def _store(redis: AnyRedis, settings: Settings, metrics: Metrics | None) -> RedisMemoryStore:
     mem = settings.memory
-    return RedisMemoryStore(
+    store = RedisMemoryStore(
         redis,
         max_messages=mem.max_messages,
         default_ttl_s=mem.default_ttl_s,
@@ -75,6 +75,9 @@ def _store(redis: AnyRedis, settings: Settings, metrics: Metrics | None) -> Redi
         max_sessions_per_user=settings.limits.max_sessions_per_user,
         max_stored_bytes_per_user=settings.limits.max_stored_bytes_per_user,
     )
+    if store.write_concern is not None:
+        store.write_concern.strict = settings.redis.wait_strict
+    return store
 
 
 @asynccontextmanager

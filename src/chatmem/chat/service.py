@@ -73,11 +73,12 @@ class ChatService(SessionMethods):
         self.coordinator = coordinator
         self.metrics = metrics or Metrics()
         self.outbox = outbox or Outbox(settings.data_dir / OUTBOX_DIR)
-        self.replayer = OutboxReplayer(self.outbox, store, coordinator, characters)
+        turn_store = TurnStore(store, coordinator)
+        self.replayer = OutboxReplayer(self.outbox, turn_store, characters)
         self.prompter = Prompter(settings, provider)
         self.turns = Turns(
             settings,
-            TurnStore(store, coordinator),
+            turn_store,
             GenerationStreams(store.redis),
             provider,
             characters,
@@ -155,10 +156,13 @@ class ChatService(SessionMethods):
         adjust: Adjuster | None = None,
         character_id: str | None = None,
         history_messages: int | None = None,
+        new_ttl_s: int | None = None,
+        new_window_size: int | None = None,
     ) -> Generation:
         """Begin a turn: its generation runs (server-owned) when this returns. `stream`:
         its deltas are relayed to subscribers and to its event stream (re-attach).
-        `character_id` / `history_messages`: see `Turns.prepare` (the seed routes')."""
+        `character_id` / `history_messages` / `new_ttl_s` / `new_window_size`: see
+        `Turns.prepare` (the seed routes')."""
         gen = await self.turns.prepare(
             user_id,
             session_id,
@@ -170,6 +174,8 @@ class ChatService(SessionMethods):
             adjust=adjust,
             character_id=character_id,
             history_messages=history_messages,
+            new_ttl_s=new_ttl_s,
+            new_window_size=new_window_size,
         )
         await self._title_from_first_message(gen, content)
         return gen

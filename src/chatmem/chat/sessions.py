@@ -127,6 +127,6 @@ class SessionMethods:
         except Exception:
             return False, 0
 
-    async def readiness(self) -> tuple[bool, int]:
-        """(Redis answers, records still to replay from the outbox)."""
+    async def readiness(self) -> dict[str, bool | int]:
+        """Whether Redis answers, and what the outbox holds (OutboxReplayer.readiness)."""
         return await self.replayer.readiness()

@@ -4,6 +4,9 @@
   and the session follows it from then on — seed 002's page picks the role per message.
 - `history_messages`: the context holds up to that many history messages, within the
   token budget, instead of the session's window of rounds — seed 004's context.
+- `new_ttl_s`, `new_window_size`: what the route gives a conversation it creates (seed
+  `/chat`: 1,800 s and 5), kept with a degraded turn so that its replay creates the
+  session with them too.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ TURN_READ_MESSAGES = 2 * WINDOW_MAX + 1
 class TurnShape:
     character_id: str | None = None
     history_messages: int | None = None
+    new_ttl_s: int | None = None
+    new_window_size: int | None = None
 
     @property
     def read_messages(self) -> int:

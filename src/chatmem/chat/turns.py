@@ -15,10 +15,7 @@ What begin may find instead of a new turn:
   the stream holds is stored as its reply, marked interrupted, and the turn goes on.
   A stop or a re-attach that finds one does the same.
 
-When Redis cannot be reached, a turn degrades instead of failing: the model gets the
-character's system prompt and the new message only, the reply says `memory: "degraded"`,
-and the turn's messages go to the local outbox (fsynced before the model is called, and
-before the reply is acknowledged), which the replayer appends to Redis once it is back.
+When Redis cannot be reached, a turn degrades instead of failing (chat/degraded.py).
 """
 
 from __future__ import annotations
@@ -26,11 +23,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from chatmem.characters import CharacterRegistry
+from chatmem.chat.degraded import DegradedTurns
 from chatmem.chat.editing import revised, revision_parts
 from chatmem.chat.generation import Generation, Reading, TurnDone
 from chatmem.chat.inflight import InFlight
@@ -41,16 +38,20 @@ from chatmem.chat.turn_shape import TurnShape, follow_character
 from chatmem.config import Settings
 from chatmem.durability.outbox import Outbox
 from chatmem.durability.replay import OutboxReplayer
-from chatmem.errors import Conflict, InvalidInput, SessionBusy, StoreUnavailable
+from chatmem.errors import (
+    ChatmemError,
+    Conflict,
+    NotReplicated,
+    SessionBusy,
+    SessionNotFound,
+    StoreUnavailable,
+)
 from chatmem.metrics import Metrics
-from chatmem.models import Character, Message, Role, SessionMeta, Usage, new_id
+from chatmem.models import Message, Role, SessionMeta, Usage, new_id
 from chatmem.providers.base import ChatProvider, GenerationParams
 from chatmem.store.streams import GenerationStreams, StreamSnapshot
-from chatmem.store.turns import TurnStore
+from chatmem.store.turns import BeginResult, TurnStore, turn_ordinal
 from chatmem.tokens import count_tokens
-
-# Sessions whose character a degraded turn can still tell (else: the default character).
-KNOWN_CHARACTERS_MAX = 10_000
 
 SessionKey = tuple[str, str]
 # Changes a generation before it starts (the OpenAI route: its parameters, its prompt).
@@ -89,7 +90,7 @@ class Turns:
             turn_store.coordinator, replayer, lock_wait_ms=settings.limits.session_lock_wait_ms
         )
         self.resumer = Resumer(turn_store, streams, self.inflight, metrics)
-        self._known_characters: OrderedDict[SessionKey, Character] = OrderedDict()
+        self.degraded = DegradedTurns(settings, characters, prompter, metrics, outbox, replayer)
 
     @property
     def provider(self) -> ChatProvider:
@@ -118,14 +119,17 @@ class Turns:
         revision: str = "",
         character_id: str | None = None,
         history_messages: int | None = None,
+        new_ttl_s: int | None = None,
+        new_window_size: int | None = None,
     ) -> Generation:
         """Begin a turn; its generation is running (or, for a retry, done) on return.
 
-        `character_id`, `history_messages`: the seed routes' (chat/turn_shape.py). Errors
-        here are the client's to see. Degrades when Redis cannot be reached, but for a
-        `revision` (regenerate, continue: chat/editing.py), which needs the history.
+        `character_id`, `history_messages`, `new_ttl_s`, `new_window_size`: the seed
+        routes' (chat/turn_shape.py). Errors here are the client's to see. Degrades when
+        Redis cannot be reached, but for a `revision` (regenerate, continue:
+        chat/editing.py), which needs the history.
         """
-        turn = TurnShape(character_id, history_messages)
+        turn = TurnShape(character_id, history_messages, new_ttl_s, new_window_size)
         if revision:
             user_msg = Message(Role.USER, "", msg_id="")  # a revision appends none
         else:
@@ -140,19 +144,24 @@ class Turns:
         async with self.inflight.reserve((user_id, session_id)) as slot:
             gen: Generation | None = None
             opts: dict[str, Any] = {"relay": relay, "on_disconnect": on_disconnect}
+            opts["ordinal"], opts["shape"] = turn_ordinal(time.time()), turn
             if revision:
                 opts["revision"] = revision
-            if not self.replayer.store_down:
+            if not self.replayer.is_down(user_id):
                 try:
                     gen = await self._redis_turn(
                         user_id, session_id, user_msg, reply_id, bool(idempotency_key), opts, turn
                     )
+                except NotReplicated:
+                    raise  # strict: refused (its writes are on the master: no outbox)
                 except StoreUnavailable as exc:
-                    self.replayer.mark_down(exc)
+                    self.replayer.mark_down(exc, user_id)
             if gen is None and revision:
                 raise StoreUnavailable("redis is unavailable: the history cannot be revised")
             if gen is None:
-                gen = await self._degraded_turn(user_id, session_id, user_msg, reply_id, opts, turn)
+                gen = await self.degraded.turn(
+                    self, user_id, session_id, user_msg, reply_id, opts, turn
+                )
             if adjust is not None:
                 adjust(gen)
             if not gen.finished:
@@ -170,11 +179,36 @@ class Turns:
         turn: TurnShape,
     ) -> Generation:
         if self.outbox.has_pending(user_id, session_id):
-            await self._replay_outbox(user_id, session_id)
+            await self.degraded.replay_first(user_id, session_id)
+        res = await self._begin(user_id, session_id, user_msg, reply_id, idempotent, opts, turn)
+        if isinstance(res, Generation):
+            return res
+        try:
+            return await self._generation(user_id, session_id, reply_id, res, opts, turn)
+        except BaseException as exc:
+            # Begun but never run: end the turn now, or its lock would hold the session
+            # until its TTL (the lost release of issue 16).
+            await self._abandon(user_id, session_id, res.token, reply_id, exc)
+            raise
+
+    async def _begin(
+        self,
+        user_id: str,
+        session_id: str,
+        user_msg: Message,
+        reply_id: str,
+        idempotent: bool,
+        opts: dict[str, Any],
+        turn: TurnShape,
+    ) -> BeginResult | Generation:
+        """The begin round trip, until the session is ours (or a retry's reply is found:
+        its replayed generation). A session this process still holds records for in its
+        outbox exists for the client: they are stored first, then it is begun again."""
         token = self.turn_store.coordinator.new_token()
         gen_id = reply_id  # unique per turn: it names the generation's events too
         deadline = time.monotonic() + self.settings.limits.session_lock_wait_ms / 1000
         delay = 0.01
+        restored = False
         while True:
             try:
                 res = await self.turn_store.begin(
@@ -186,13 +220,26 @@ class Turns:
                     token=token,
                     idempotent=idempotent,
                     read_last=turn.read_messages,
+                    ordinal=opts["ordinal"],
                 )
+            except SessionNotFound:
+                if restored or not self.outbox.holds(user_id, session_id):
+                    raise
+                restored = True
+                await self.degraded.replay_first(user_id, session_id, applied_too=True)
+                continue
+            except NotReplicated:
+                # Strict: refused. Its writes are on the master: the lock is released
+                # there, nothing goes to the outbox.
+                await self._abandon(user_id, session_id, token, reply_id, None)
+                raise
             except StoreUnavailable:
                 # The script may have taken the lock before the connection failed.
                 self.replayer.defer_release(user_id, session_id, token)
                 raise
             if res.kind == "ok":
-                break
+                res.token = token
+                return res
             if res.kind == "orphan":
                 await self.resumer.recover(
                     user_id, session_id, StreamSnapshot(True, False, res.entries)
@@ -212,22 +259,38 @@ class Turns:
                 raise SessionBusy()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.2)
+
+    async def _abandon(
+        self, user_id: str, session_id: str, token: str, gen_id: str, exc: BaseException | None
+    ) -> None:
+        """End a begun turn that will not run: its lock released, its stream ended."""
+        error = exc if isinstance(exc, ChatmemError) else None
+        try:
+            await self.turn_store.abandon(user_id, session_id, token, gen_id, error)
+        except StoreUnavailable:
+            self.replayer.defer_release(user_id, session_id, token)
+
+    async def _generation(
+        self,
+        user_id: str,
+        session_id: str,
+        reply_id: str,
+        res: BeginResult,
+        opts: dict[str, Any],
+        turn: TurnShape,
+    ) -> Generation:
         assert res.meta is not None
+        token, gen_id = res.token, reply_id
         msgs = res.messages
         if not opts.get("revision"):
             stored_user, history, last = msgs[-1], msgs[:-1], msgs[-1]
         else:
-            try:
-                stored_user, opts["revises"], history, last = revision_parts(opts["revision"], msgs)
-            except InvalidInput as exc:
-                await self.turn_store.finish(
-                    user_id, session_id, None, Usage(), token=token, generation_id=gen_id,
-                    tail=None, end_payload={"code": exc.code, "message": exc.message},
-                )  # fmt: skip
-                raise
+            stored_user, opts["revises"], history, last = revision_parts(opts["revision"], msgs)
+        if res.ordinal:
+            opts["ordinal"] = res.ordinal  # raised past a clock that ran ahead
         character = await self.characters.get(turn.character_id or res.meta.character_id)
         await follow_character(self.turn_store.store, res.meta, character)
-        self._remember_character((user_id, session_id), character)
+        self.degraded.remember_character((user_id, session_id), character)
         limits = self.prompter.limits_for(res.meta, character, turn.history_messages)
         return Generation(
             host=self,
@@ -240,15 +303,14 @@ class Turns:
             lock_token=token,
             reply_id=reply_id,
             generation_id=gen_id,
+            unconfirmed=not res.confirmed,
             **opts,
         )
 
     async def _replayed(
         self, user_id: str, session_id: str, done: TurnDone, token: str, gen_id: str
     ) -> Generation:
-        character = self._known_characters.get((user_id, session_id))
-        if character is None:
-            character = await self.characters.get(self.characters.default_id)
+        character = await self.degraded.character_of((user_id, session_id))
         meta = SessionMeta(session_id, user_id, character.id)
         limits = self.prompter.limits_for(meta, character)
         return Generation.replayed(
@@ -264,80 +326,6 @@ class Turns:
             reply_id=done.message.msg_id,
             generation_id=gen_id,
         )
-
-    async def _replay_outbox(self, user_id: str, session_id: str) -> None:
-        """The session's earlier messages are still in the outbox: they go first, under
-        the session's lock (a turn of another process must not come in between)."""
-        coordinator = self.turn_store.coordinator
-        token = coordinator.new_token()
-        try:
-            await coordinator.acquire_turn(user_id, session_id, token=token)
-        except StoreUnavailable:
-            self.replayer.defer_release(user_id, session_id, token)
-            raise
-        try:
-            await self.replayer.replay_session(user_id, session_id)
-        finally:
-            try:
-                await coordinator.release_turn(user_id, session_id, token)
-            except StoreUnavailable:
-                self.replayer.defer_release(user_id, session_id, token)
-
-    async def _degraded_turn(
-        self,
-        user_id: str,
-        session_id: str,
-        user_msg: Message,
-        reply_id: str,
-        opts: dict[str, Any],
-        turn: TurnShape,
-    ) -> Generation:
-        """A turn without Redis: no history, no lock, its messages kept in the outbox."""
-        character = self._known_characters.get((user_id, session_id))
-        if turn.character_id is not None:
-            character = await self.characters.get(turn.character_id)
-        elif character is None:
-            # Built in, so no Redis read: the session's own character is unknown here.
-            character = await self.characters.get(self.characters.default_id)
-        meta = SessionMeta(
-            session_id, user_id, character.id, window_size=self.settings.memory.window_size
-        )
-        limits = self.prompter.limits_for(meta, character)
-        gen = Generation(
-            host=self,
-            user_id=user_id,
-            meta=meta,
-            character=character,
-            user_message=user_msg,
-            context=self.prompter.assemble(character, [], user_msg, limits),
-            params=self.prompter.params(character),
-            lock_token="",
-            reply_id=reply_id,
-            generation_id=reply_id,
-            degraded=True,
-            **opts,
-        )
-        # Durable before the model is called, as in Redis (SPEC §3.3).
-        await self._to_outbox(gen, [user_msg], None)
-        self.metrics.degradations.labels("store_unavailable").inc()
-        return gen
-
-    def _remember_character(self, key: SessionKey, character: Character) -> None:
-        known = self._known_characters
-        known[key] = character
-        known.move_to_end(key)
-        if len(known) > KNOWN_CHARACTERS_MAX:
-            known.popitem(last=False)
-
-    async def _to_outbox(
-        self, gen: Generation, messages: Sequence[Message], usage: Usage | None
-    ) -> None:
-        try:
-            await self.outbox.add(gen.user_id, gen.session_id, gen.character.id, messages, usage)
-        except OSError as exc:
-            raise StoreUnavailable(
-                f"redis is unavailable and the local outbox cannot be written: {exc}"
-            ) from exc
 
     # --- finishing a turn (GenerationHost) ---------------------------------------------
 
@@ -369,7 +357,7 @@ class Turns:
                 await gen.appending.wait()  # the tick's append first: deltas stay in order
             end = error_payload(reading) if reading.error or done is None else done.payload()
             try:
-                await self.turn_store.finish(
+                _, confirmed = await self.turn_store.finish(
                     gen.user_id,
                     gen.session_id,
                     reply,
@@ -379,15 +367,20 @@ class Turns:
                     tail=gen.take_unflushed() if gen.relay else None,
                     end_payload=end,
                     replaces=gen.revises.msg_id if gen.revises is not None else "",
+                    ordinal=gen.ordinal,
+                    user_message=gen.user_message if gen.revises is None else None,
                 )
+                gen.unconfirmed = gen.unconfirmed or not confirmed
+            except NotReplicated:
+                raise  # strict: the client is told; the reply is on the master
             except StoreUnavailable as exc:
                 # Redis went away during the turn: the reply is kept all the same.
-                self.replayer.mark_down(exc)
+                self.replayer.mark_down(exc, gen.user_id)
                 self.replayer.defer_release(gen.user_id, gen.session_id, gen.lock_token)
                 self.metrics.degradations.labels("reply_write").inc()
                 degraded = True
-        if degraded and reply is not None and gen.revises is None:
-            await self._to_outbox(gen, [reply], usage)
+        if gen.revises is None and (degraded or gen.unconfirmed):
+            await self.degraded.keep_turn(gen, reply, usage, in_redis=not degraded)
         if reply is not None:
             self.metrics.tokens.labels("prompt").inc(usage.prompt_tokens)
             self.metrics.tokens.labels("completion").inc(usage.completion_tokens)
@@ -395,5 +388,5 @@ class Turns:
             # The partial reply (if any) is stored, interrupted; the client sees the error.
             raise reading.error
         assert done is not None
-        done.memory = "degraded" if degraded else "ok"
+        done.memory = "degraded" if degraded else "unconfirmed" if gen.unconfirmed else "ok"
         return done

@@ -1,4 +1,5 @@
-"""The outbox: turns' messages kept on local disk while Redis cannot be reached (SPEC §7).
+"""The outbox: turns' messages kept on local disk while Redis cannot be reached, or
+while no replica has confirmed them (SPEC §7).
 
     <data_dir>/outbox/<pid>-<start ms>-<token>-<n>.jsonl   this process's file (one at a time)
     <data_dir>/outbox/rejected.log                  records the store refused for good
@@ -8,8 +9,9 @@ a turn answered from the outbox survives a crash of this process. A process hold
 exclusive flock on each file it has open, for as long as it lives: a file whose lock is
 free belongs to a dead process, and `adopt_orphans` takes it over, so two processes never
 replay the same file. A file whose records are all acknowledged is deleted. What a record
-means (append it to the store, create a missing session) is the replayer's business
-(replay.py), not this module's.
+means (store it where its turn began, create a missing session) is the replayer's
+business (replay.py), not this module's. `pending` counts the records not yet in Redis,
+`unconfirmed` those in Redis (`applied`) that wait for a replica.
 """
 
 from __future__ import annotations
@@ -64,10 +66,21 @@ class Outbox:
 
     @property
     def pending(self) -> int:
-        return sum(len(f.pending) for f in self._files)
+        """Records not yet stored in Redis."""
+        return sum(not r.applied for f in self._files for r in f.pending.values())
+
+    @property
+    def unconfirmed(self) -> int:
+        """Records stored in Redis that no replica has confirmed yet."""
+        return sum(r.applied for f in self._files for r in f.pending.values())
+
+    def holds(self, user_id: str, session_id: str) -> bool:
+        """Whether records of the session are kept (stored in Redis or not yet)."""
+        return self._sessions[(user_id, session_id)] > 0
 
     def has_pending(self, user_id: str, session_id: str) -> bool:
-        return self._sessions[(user_id, session_id)] > 0
+        """Whether records of the session are not yet stored in Redis."""
+        return any(not r.applied for r in self.pending_for(user_id, session_id))
 
     def pending_records(self) -> list[OutboxRecord]:
         """Every record not yet acknowledged, oldest first."""
@@ -75,7 +88,7 @@ class Outbox:
 
     def pending_for(self, user_id: str, session_id: str) -> list[OutboxRecord]:
         """The session's records not yet acknowledged, oldest first."""
-        if not self.has_pending(user_id, session_id):
+        if self._sessions[(user_id, session_id)] <= 0:
             return []
         key = (user_id, session_id)
         return [r for r in self.pending_records() if r.session_key == key]
@@ -94,11 +107,29 @@ class Outbox:
         character_id: str,
         messages: Sequence[Message],
         usage: Usage | None = None,
+        *,
+        ordinal: int = 0,
+        ttl_s: int | None = None,
+        window_size: int | None = None,
+        lock_token: str = "",
+        applied: bool = False,
     ) -> OutboxRecord:
-        """Write a record durably (raises OSError if the disk refuses it)."""
+        """Write a record durably (raises OSError if the disk refuses it). `applied`:
+        its messages are in Redis already, waiting for a replica to confirm them."""
         file = self._own or await self._open_own()
         record = OutboxRecord(
-            file.next_n, user_id, session_id, character_id, list(messages), usage, file
+            file.next_n,
+            user_id,
+            session_id,
+            character_id,
+            list(messages),
+            usage,
+            file,
+            ordinal=ordinal,
+            ttl_s=ttl_s,
+            window_size=window_size,
+            lock_token=lock_token,
+            applied=applied,
         )
         file.next_n += 1
         # Counted before the first await: a file with a write in flight is never retired.

@@ -3,8 +3,16 @@
 A line is a record, or an acknowledgement of records already replayed:
 
     {"n": 1, "user": "alice", "session": "s1", "character": "assistant",
-     "messages": [<Message.to_dict()>, ...], "usage": {...} | null}
+     "messages": [<Message.to_dict()>, ...], "usage": {...} | null,
+     "ordinal": 1733000000000000, "ttl_s": 1800 | null, "window": 5 | null,
+     "lock": "<the turn's lock token>" | ""}
     {"ack": [1, 2]}
+
+`ordinal` is the turn's place in its session's order (store/turns.py `turn_ordinal`;
+0 in files of an older chatmem: stored as the newest); `ttl_s` and `window` what a
+session the replay creates starts with (the turn's route's; null: the defaults); `lock`
+the token of the turn's session lock, released again with each replay (a failover can
+bring back a lock its turn had released, on a replica that never saw the release).
 
 A file is held, with an exclusive flock, by the process that writes it (`create`) or that
 took it over from a dead one (`adopt`), for as long as it is open. Appends are serialized
@@ -69,6 +77,13 @@ class OutboxRecord:
     messages: list[Message]
     usage: Usage | None = None
     file: OutboxFile | None = field(default=None, repr=False, compare=False)
+    ordinal: int = 0
+    ttl_s: int | None = None
+    window_size: int | None = None
+    lock_token: str = ""
+    # In Redis already (on the master), waiting for a replica to confirm it; not on
+    # disk: after a restart the record is stored again (its ids are skipped).
+    applied: bool = False
 
     @property
     def session_key(self) -> SessionKey:
@@ -82,6 +97,10 @@ class OutboxRecord:
             "character": self.character_id,
             "messages": [m.to_dict() for m in self.messages],
             "usage": _usage_to_dict(self.usage) if self.usage is not None else None,
+            "ordinal": self.ordinal,
+            "ttl_s": self.ttl_s,
+            "window": self.window_size,
+            "lock": self.lock_token,
         }
         return orjson.dumps(doc) + b"\n"
 
@@ -100,7 +119,15 @@ class OutboxRecord:
             character_id=str(doc["character"]),
             messages=[_message_from_dict(m) for m in doc["messages"]],
             usage=usage,
+            ordinal=int(doc.get("ordinal") or 0),
+            ttl_s=_optional_int(doc.get("ttl_s")),
+            window_size=_optional_int(doc.get("window")),
+            lock_token=str(doc.get("lock") or ""),
         )
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 def fsync_dir(directory: Path) -> None:

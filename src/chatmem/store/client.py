@@ -10,18 +10,33 @@ errors into the domain's (errors.py), so that no caller above `store/` sees redi
 
     redis-py error                                      domain error
     ConnectionError (incl. timeouts of the pool, busy   StoreUnavailable: a turn degrades
-    loading, auth), TimeoutError, ClusterDownError,     (outbox), a route answers 503
-    TryAgainError, SlotNotCoveredError, ReadOnlyError   `store_unavailable`
+    loading, auth, Sentinel's MasterNotFoundError),     (outbox), a route answers 503
+    TimeoutError, ClusterError (ClusterDownError, "TTL  `store_unavailable`
+    exhausted" after a MOVED storm), TryAgainError,
+    MovedError / AskError (a slot moving), ReadOnly-
+    Error (a demoted master), SlotNotCoveredError,
+    "Redis Cluster cannot be connected", and the
+    torn connection of a failover: RuntimeError
+    "... TCPTransport closed ... handler is closed" and
+    AttributeError "'NoneType' object has no attribute
+    'writelines'" raised inside redis-py (its
+    connection's transport closed under a command)
     OutOfMemoryError, or an error that says "OOM        StoreFull: 503 `store_full` (Redis
     command not allowed" (a script's write refused)     at maxmemory with noeviction)
     anything else (a bug: a bad script, a wrong type)   left as it is (a 500, logged)
+
+Only those RuntimeError and AttributeError messages, and only when raised from redis-py's
+own code, are "unavailable": any other RuntimeError or AttributeError is a bug.
 """
 
 from __future__ import annotations
 
+import os
+import re
 from types import TracebackType
 from urllib.parse import parse_qs, urlsplit
 
+import redis
 import redis.exceptions as rex
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
@@ -32,28 +47,60 @@ from chatmem.errors import ChatmemError, StoreFull, StoreUnavailable
 
 AnyRedis = Redis | RedisCluster
 
-# What "Redis cannot be reached in time, or cannot take this now" looks like from redis-py.
+# What "Redis cannot be reached in time, or cannot take this now" looks like from redis-py
+# (MasterNotFoundError is a ConnectionError, MasterDownError a ClusterDownError, both a
+# ClusterError).
 UNAVAILABLE: tuple[type[Exception], ...] = (
     rex.ConnectionError,
     rex.TimeoutError,
-    rex.ClusterDownError,
+    rex.ClusterError,
     rex.TryAgainError,
+    rex.AskError,  # MovedError too
     rex.SlotNotCoveredError,
     rex.ReadOnlyError,
 )
+# A RedisClusterException (not a RedisError) that means no node answered.
+_CLUSTER_UNREACHABLE = "Redis Cluster cannot be connected"
+# A connection torn down under a command (a node killed, the client reconnecting).
+_TORN: tuple[tuple[type[Exception], re.Pattern[str]], ...] = (
+    (RuntimeError, re.compile(r"TCPTransport closed|closed transport|handler is closed")),
+    (AttributeError, re.compile(r"'NoneType' object has no attribute 'writelines?'")),
+)
+_REDIS_PY = os.path.dirname(redis.__file__) + os.sep
 # Redis < 7 reports a script's refused write as a script error that quotes the OOM reply.
 _OOM_TEXT = "OOM command not allowed"
 
 
-def store_error(exc: Exception, op: str) -> ChatmemError | None:
+def _raised_in_redis_py(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.startswith(_REDIS_PY):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def is_torn_connection(exc: BaseException) -> bool:
+    """A failover's torn connection as redis-py lets it through: one of the `_TORN`
+    messages, raised from redis-py's own code (anywhere else it is a bug of ours)."""
+    return any(
+        isinstance(exc, kind) and pattern.search(str(exc)) is not None for kind, pattern in _TORN
+    ) and _raised_in_redis_py(exc)
+
+
+def store_error(exc: BaseException, op: str) -> ChatmemError | None:
     """The domain error for a redis-py error raised during `op`; None for anything else
     (a bug, which should surface as one)."""
     if isinstance(exc, rex.OutOfMemoryError) or (
         isinstance(exc, rex.ResponseError) and _OOM_TEXT in str(exc)
     ):
         return StoreFull(f"the memory store is full; {op} was refused")
-    if isinstance(exc, UNAVAILABLE):
-        return StoreUnavailable(f"redis unavailable during {op}: {exc}")
+    if (
+        isinstance(exc, UNAVAILABLE)
+        or (isinstance(exc, rex.RedisClusterException) and _CLUSTER_UNREACHABLE in str(exc))
+        or is_torn_connection(exc)
+    ):
+        return StoreUnavailable(f"redis unavailable during {op}: {type(exc).__name__}: {exc}")
     return None
 
 
@@ -72,7 +119,7 @@ class redis_errors:
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if isinstance(exc, (rex.RedisError, rex.RedisClusterException)):
+        if isinstance(exc, Exception):
             mapped = store_error(exc, self.op)
             if mapped is not None:
                 raise mapped from exc

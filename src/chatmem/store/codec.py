@@ -22,10 +22,12 @@ _STATES = {s.value: s for s in SessionState}
 _loads = orjson.loads
 
 
-def encode_message(msg: Message) -> str:
-    doc: dict[str, Any] = {
-        "i": msg.msg_id,
-        "r": _ROLE_CODES[msg.role],
+def encode_message(msg: Message, ordinal: int = 0) -> str:
+    """`ordinal` (0: none) goes right after the role: the turn scripts read it there."""
+    doc: dict[str, Any] = {"i": msg.msg_id, "r": _ROLE_CODES[msg.role]}
+    if ordinal:
+        doc["o"] = ordinal
+    doc |= {
         "c": msg.content,
         "t": msg.timestamp,
         "n": msg.token_count,

@@ -7,7 +7,7 @@ messages and returns the meta and the newest n messages in the same round trip. 
 validated by the key builders before any I/O.
 
 With `wait_replicas` > 0 every write also waits for that many replicas, in the same
-round trip, and raises NotReplicated when too few confirm it (see `write_concern`).
+round trip; what a shortfall does is `write_concern`'s to say.
 """
 
 from __future__ import annotations

@@ -14,13 +14,12 @@ renews the locks that are due (chat/inflight.py calls it).
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from chatmem.errors import RateLimited, SessionBusy
+from chatmem.errors import RateLimited
 from chatmem.store import keys, turn_scripts
 from chatmem.store.client import AnyRedis, redis_errors
 
@@ -95,40 +94,11 @@ class Coordinator:
         self._release = redis.register_script(_RELEASE)
         self._rate = redis.register_script(turn_scripts.SLIDING_RATE)
 
-    # --- the turn lock outside a turn (the outbox replayer) ----------------------------
+    # --- the turn lock outside a turn: a release deferred while Redis was away --------
 
     @staticmethod
     def new_token() -> str:
         return secrets.token_hex(12)
-
-    async def acquire_turn(
-        self,
-        user_id: str,
-        session_id: str,
-        *,
-        token: str | None = None,
-        wait_ms: int | None = None,
-    ) -> str:
-        """Take the session's turn lock, waiting up to `wait_ms` (default lock_wait_ms);
-        returns the token. Turns take it in their begin script; this is for the replayer.
-
-        A caller that passes its own `token` can still release the lock when this raises
-        StoreUnavailable: the SET may have reached Redis before the connection failed.
-        """
-        key = keys.session_lock_key(user_id, session_id)
-        token = token or self.new_token()
-        wait_ms = self.lock_wait_ms if wait_ms is None else wait_ms
-        deadline = time.monotonic() + wait_ms / 1000
-        delay = 0.01
-        while True:
-            with redis_errors("acquire_turn"):
-                taken = await self.redis.set(key, token, nx=True, px=self.lock_ttl_ms)
-            if taken:
-                return token
-            if time.monotonic() + delay > deadline:
-                raise SessionBusy()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.2)
 
     async def release_turn(self, user_id: str, session_id: str, token: str) -> None:
         with redis_errors("release_turn"):

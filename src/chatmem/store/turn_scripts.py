@@ -56,8 +56,30 @@ local function find_id(ids, id)
   return (n - 1) - k
 end
 
+-- The ordinal of a stored message (its turn's begin, store/codec.py); 0 for none.
+local function ordinal_of(item)
+  return tonumber(string.match(item, '^{"i":"[^"]*","r":"%a","o":(%d+)')) or 0
+end
+
+-- Put `item` (ordinal `o`) where its turn belongs: newer than every message of an
+-- earlier or equal ordinal, older than every later one. Returns the list's length and
+-- whether it went to the head (if not, the id index, in list order, is rebuilt).
+local function place(item, o)
+  local head = redis.call('LINDEX', KEYS[1], 0)
+  if o == 0 or not head or ordinal_of(head) <= o then
+    return redis.call('LPUSH', KEYS[1], item), true
+  end
+  local items = redis.call('LRANGE', KEYS[1], 1, -1)
+  for i = 1, #items do
+    if ordinal_of(items[i]) <= o then
+      return redis.call('LINSERT', KEYS[1], 'BEFORE', items[i], item), false
+    end
+  end
+  return redis.call('RPUSH', KEYS[1], item), false
+end
+
 local function append_one(sid, now, max_kept, id_window, id, item, ntok, preview, role,
-                          ptok, ctok, cost, max_bytes, prefix)
+                          ptok, ctok, cost, max_bytes, prefix, ordinal)
   local m = redis.call('HMGET', KEYS[2], 'ttl', 'seq', 'count', 'tokens', 'ptok', 'ctok',
                        'bytes')
   local ttl_ms = tonumber(m[1]) * 1000
@@ -74,23 +96,29 @@ local function append_one(sid, now, max_kept, id_window, id, item, ntok, preview
       return -1, seq, ttl_ms
     end
     appended = 1
-    local stored = redis.call('LPUSH', KEYS[1], item)
+    local stored, at_head = place(item, ordinal or 0)
     local before = stored - 1
     if stored > max_kept then
       redis.call('LTRIM', KEYS[1], 0, max_kept - 1)
       stored = max_kept
     end
-    ids = ids .. id .. ','
-    local excess = math.min(before, id_window) + 1 - math.min(stored, id_window)
-    if excess > 0 then
-      local pos = 1
-      for _ = 1, excess do pos = string.find(ids, ',', pos + 1, true) end
-      ids = string.sub(ids, pos)
+    if at_head then
+      ids = ids .. id .. ','
+      local excess = math.min(before, id_window) + 1 - math.min(stored, id_window)
+      if excess > 0 then
+        local pos = 1
+        for _ = 1, excess do pos = string.find(ids, ',', pos + 1, true) end
+        ids = string.sub(ids, pos)
+      end
+    else
+      ids = nil
     end
     seq = seq + 1
     local fs = {'seq', seq, 'count', tonumber(m[3]) + 1, 'tokens', tonumber(m[4]) + ntok,
-                'state', 'ACTIVE', 'preview', preview, 'prole', role,
-                'bytes', math.max(0, (tonumber(m[7]) or 0) + added)}
+                'state', 'ACTIVE', 'bytes', math.max(0, (tonumber(m[7]) or 0) + added)}
+    if at_head then
+      for _, v in ipairs({'preview', preview, 'prole', role}) do fs[#fs + 1] = v end
+    end
     for _, v in ipairs(fs) do fields[#fields + 1] = v end
     redis.call('HINCRBY', KEYS[5], 'bytes', added)
     redis.call('HINCRBY', KEYS[5], 'count', 1)
@@ -105,7 +133,11 @@ local function append_one(sid, now, max_kept, id_window, id, item, ntok, preview
       redis.call('HINCRBYFLOAT', KEYS[5], 'cost', cost)
     end
     redis.call('PEXPIRE', KEYS[1], ttl_ms)
-    redis.call('SET', KEYS[3], ids, 'PX', ttl_ms)
+    if ids then
+      redis.call('SET', KEYS[3], ids, 'PX', ttl_ms)
+    else
+      redis.call('DEL', KEYS[3])  -- rebuilt from the list by the next load_ids
+    end
   end
   redis.call('HSET', KEYS[2], unpack(fields))
   redis.call('PEXPIRE', KEYS[2], ttl_ms)
@@ -143,6 +175,18 @@ local function replace_head(id)
   return 1, tonumber(m[2])
 end
 
+-- Whether the event stream is that of generation `g` (a turn whose lock expired may
+-- find the next turn's stream there: that one is not its to end).
+local function stream_of(g)
+  local first = redis.call('XRANGE', KEYS[7], '-', '+', 'COUNT', 1)
+  if #first == 0 then return false end
+  local f = first[1][2]
+  for i = 1, #f, 2 do
+    if f[i] == 'g' then return f[i + 1] == g end
+  end
+  return false
+end
+
 local function stream_ended()
   local last = redis.call('XREVRANGE', KEYS[7], '+', '-', 'COUNT', 1)
   if #last == 0 then return true end
@@ -167,6 +211,8 @@ end
 # ARGV[17] - '1' if the ids come from an idempotency key (look them up first)
 # ARGV[18] - MAXLEN of the event stream
 # ARGV[19] - the user's byte cap (0: none), ARGV[20] - the user's session key prefix
+# ARGV[21] - the turn's ordinal (its begin: store/codec.py `ordinal`; 0: none), which the
+#   encoded user message carries too
 # return nil if the session does not exist, else one of
 #   {'orphan', {stream entries}}  a dead generation's stream: recover it, then retry
 #   {'replay', reply or false, user message, its seq, lock held 1/0}  idempotent retry
@@ -174,7 +220,7 @@ end
 #   {'rate', retry after ms} / {'cap', retry after ms}  over a per-user limit
 #   {'quota'}  the user message would pass the user's byte cap (nothing written)
 #   {'ok', seq of the user message, meta as a flat list, pttl ms, {messages, newest first},
-#    stored length}
+#    stored length, the ordinal the user message was stored with (its reply's too)}
 BEGIN_TURN = (
     _TURN_LUA
     + """
@@ -224,9 +270,18 @@ if limit > 0 then
   redis.call('PEXPIRE', KEYS[8], window)
 end
 redis.call('SET', KEYS[6], ARGV[7], 'PX', ttl)
+-- The turn begins now, after whatever is stored: its message goes to the head, its
+-- ordinal raised past the head's if another process's clock ran ahead.
+local item, ordinal = ARGV[13], tonumber(ARGV[21])
+local head = redis.call('LINDEX', KEYS[1], 0)
+if ordinal > 0 and head and ordinal_of(head) > ordinal then
+  ordinal = ordinal_of(head)
+  local o = string.format('%d', ordinal)
+  item = string.gsub(item, '^({"i":"[^"]*","r":"%a","o":)%d+', '%1' .. o, 1)
+end
 local appended, seq, ttl_ms = append_one(ARGV[1], ARGV[2], tonumber(ARGV[3]),
-  tonumber(ARGV[4]), ARGV[12], ARGV[13], tonumber(ARGV[14]), ARGV[6], 'user', 0, 0, '0',
-  0, ARGV[20])
+  tonumber(ARGV[4]), ARGV[12], item, tonumber(ARGV[14]), ARGV[6], 'user', 0, 0, '0',
+  0, ARGV[20], ordinal)
 redis.call('DEL', KEYS[7])
 redis.call('XADD', KEYS[7], 'MAXLEN', ARGV[18], '*', 't', 's', 'g', ARGV[16],
            'r', ARGV[15], 'k', ARGV[7], 'q', seq)
@@ -234,7 +289,8 @@ redis.call('PEXPIRE', KEYS[7], ttl_ms)
 local n = tonumber(ARGV[5])
 local msgs = {}
 if n > 0 then msgs = redis.call('LRANGE', KEYS[1], 0, n - 1) end
-return {'ok', seq, redis.call('HGETALL', KEYS[2]), ttl_ms, msgs, redis.call('LLEN', KEYS[1])}
+return {'ok', seq, redis.call('HGETALL', KEYS[2]), ttl_ms, msgs, redis.call('LLEN', KEYS[1]),
+        string.format('%d', ordinal)}
 """
 )
 
@@ -250,8 +306,15 @@ return {'ok', seq, redis.call('HGETALL', KEYS[2]), ttl_ms, msgs, redis.call('LLE
 # ARGV[19] - a revision (regenerate, continue: SPEC §3b): the id of the newest message,
 #   which the reply replaces (its alternatives or its longer text) instead of being
 #   appended; '' for a turn. A newest message of another id is left as it is.
-# A generation already ended (recovered by another process meanwhile) is not ended twice;
-# a reply whose id is stored already is not stored twice.
+# ARGV[20] - the turn's ordinal (BEGIN_TURN's answer; the encoded reply carries it): the
+#   reply goes right after its user message even if another turn came in meanwhile
+#   (its lock expired during an outage)
+# ARGV[21] - the user message's id ('' for none), ARGV[22] - the encoded user message,
+#   ARGV[23] - its tokens, ARGV[24] - its preview: stored again first if it is missing
+#   (a failover between begin and finish lost it), so that a reply is never alone
+# A generation already ended (recovered by another process meanwhile) is not ended twice,
+# and an event stream of another generation (a later turn's) is left alone; a reply whose
+# id is stored already is not stored twice.
 # return nil if the session is gone (deleted meanwhile; the lock is released all the
 #   same), else {1 if the reply was stored now else 0, seq of the newest message}
 FINISH_TURN = (
@@ -261,15 +324,20 @@ if redis.call('GET', KEYS[6]) == ARGV[12] then redis.call('DEL', KEYS[6]) end
 redis.call('ZREM', KEYS[9], ARGV[13])
 if redis.call('EXISTS', KEYS[2]) == 0 then return nil end
 local appended, seq = 0, 0
-local ended = stream_ended()
+local mine = stream_of(ARGV[13])
+local ended = mine and stream_ended()
 if ARGV[19] ~= '' then
-  if not ended then appended, seq = replace_head(ARGV[19]) end
+  if mine and not ended then appended, seq = replace_head(ARGV[19]) end
 elseif ARGV[5] ~= '' and not ended then
+  if ARGV[21] ~= '' then
+    append_one(ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[21], ARGV[22],
+      tonumber(ARGV[23]), ARGV[24], 'user', 0, 0, '0', 0, '', tonumber(ARGV[20]))
+  end
   appended, seq = append_one(ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]),
     ARGV[5], ARGV[6], tonumber(ARGV[7]), ARGV[8], 'assistant', tonumber(ARGV[9]),
-    tonumber(ARGV[10]), ARGV[11], 0, '')
+    tonumber(ARGV[10]), ARGV[11], 0, '', tonumber(ARGV[20]))
 end
-if not ended then
+if mine and not ended then
   if ARGV[14] ~= '' then
     redis.call('XADD', KEYS[7], 'MAXLEN', ARGV[18], '*', 't', 'd', 'o', ARGV[15],
                'x', ARGV[14])

@@ -3,21 +3,33 @@
 Both are one Lua script each (turn_scripts.py), run with the store's write concern. The
 service (chat/service.py) decides what to do with what `begin` finds: a new turn, an
 idempotent retry to replay or re-attach to, a busy session, or a generation whose
-process died to recover first.
+process died to recover first. `place` stores a turn the outbox kept (the replay).
+
+With a write concern, each says whether enough replicas confirmed it (`confirmed`):
+a write that falls short is on the master all the same, so the turn goes on with Redis
+(its one path) and is answered `memory: "unconfirmed"`; only `strict` refuses it.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
 
-from chatmem.errors import InvalidInput, RateLimited, SessionNotFound
-from chatmem.models import Message, SessionMeta, Usage
-from chatmem.store import keys, turn_scripts
+from chatmem.errors import (
+    ChatmemError,
+    InvalidInput,
+    NotReplicated,
+    RateLimited,
+    SessionNotFound,
+)
+from chatmem.models import Message, Role, SessionMeta, Usage
+from chatmem.store import keys, place_script, turn_scripts
+from chatmem.store.client import redis_errors
 from chatmem.store.codec import decode_message, decode_messages, decode_meta, encode_message
 from chatmem.store.conversations import RedisMemoryStore
 from chatmem.store.locks import Coordinator
@@ -25,6 +37,19 @@ from chatmem.store.rules import over_quota, preview_of
 from chatmem.store.streams import StreamEntry, decode_entries
 
 BeginKind = Literal["ok", "replay", "busy", "orphan"]
+
+
+def turn_ordinal(timestamp_s: float) -> int:
+    """A turn's place in its session's order: when it began, in ms of this process's
+    clock, times 1000 plus a tie-break (turns begun in one ms keep their order). Below
+    2**53: exact as a Lua number."""
+    global _last_ordinal
+    value = max(int(timestamp_s * 1000) * 1000, _last_ordinal + 1)
+    _last_ordinal = value
+    return value
+
+
+_last_ordinal = 0
 
 
 @dataclass(slots=True)
@@ -39,6 +64,11 @@ class BeginResult:
     running: bool = False
     # orphan: the dead generation's stream
     entries: list[tuple[str, StreamEntry]] = field(default_factory=list)
+    # ok: the ordinal the user message was stored with (its reply takes it too), and
+    # whether the replicas of the write concern confirmed the write
+    ordinal: int = 0
+    confirmed: bool = True
+    token: str = ""  # ok: the lock token the turn holds the session with
 
 
 class TurnStore:
@@ -48,9 +78,29 @@ class TurnStore:
         redis = store.redis
         self._begin = redis.register_script(turn_scripts.BEGIN_TURN)
         self._finish = redis.register_script(turn_scripts.FINISH_TURN)
+        self._place = redis.register_script(place_script.PLACE_TURN)
 
-    async def _run(self, name: str, script: Any, ks: list[str], args: list[Any]) -> Any:
-        return await self.store.run_write(name, script, ks, args)
+    async def _run(
+        self, name: str, script: Any, ks: list[str], args: list[Any], *, refuse: bool = True
+    ) -> Any:
+        """The script's result and whether it was confirmed (NotReplicated instead if
+        `strict` and `refuse`)."""
+        concern = self.store.write_concern
+        if concern is None:
+            return await self.store.run_write(name, script, ks, args), True
+        start = time.perf_counter()
+        try:
+            with redis_errors(name):
+                result, confirmed = await concern.run_checked(name, script, ks, args)
+        finally:
+            self.store.observe(name, time.perf_counter() - start)
+        if not confirmed and concern.strict and refuse:
+            raise NotReplicated(
+                f"{name} was written on the Redis master, but fewer than "
+                f"{concern.replicas} replica(s) confirmed it in time",
+                wanted=concern.replicas,
+            )
+        return result, confirmed
 
     async def begin(
         self,
@@ -63,9 +113,11 @@ class TurnStore:
         token: str,
         idempotent: bool,
         read_last: int,
+        ordinal: int = 0,
     ) -> BeginResult:
         """Rate limit, lock, generation cap, idempotency, the user message appended and
-        the context read, in one round trip. RateLimited past a per-user limit."""
+        the context read, in one round trip. RateLimited past a per-user limit.
+        `ordinal`: the turn's (codec.turn_ordinal), stored with its messages."""
         ks = keys.turn_keys(user_id, session_id)
         c = self.coordinator
         args: list[Any] = [
@@ -82,7 +134,7 @@ class TurnStore:
             max(0, c.streams_per_user),
             # A revision (regenerate, continue) appends no user message: id ''.
             keys.validate_id(user_msg.msg_id, "message id") if user_msg.msg_id else "",
-            encode_message(user_msg) if user_msg.msg_id else "",
+            encode_message(user_msg, ordinal) if user_msg.msg_id else "",
             user_msg.token_count,
             reply_id,
             generation_id,
@@ -90,8 +142,9 @@ class TurnStore:
             keys.EVENTS_MAXLEN,
             self.store.max_stored_bytes_per_user,
             keys.session_prefix(user_id),
+            ordinal,
         ]
-        res = await self._run("begin_turn", self._begin, ks, args)
+        res, confirmed = await self._run("begin_turn", self._begin, ks, args)
         if res is None:
             raise SessionNotFound(f"session {session_id!r} not found")
         kind = res[0]
@@ -121,10 +174,16 @@ class TurnStore:
                 reply=decode_message(reply, user_seq + 1) if reply else None,
                 running=bool(held),
             )
-        _, seq, meta_flat, pttl, raw, stored = res
+        _, seq, meta_flat, pttl, raw, stored, stored_ordinal = res
         meta = decode_meta(session_id, meta_flat, pttl_ms=pttl, stored=stored)
         raw.reverse()
-        return BeginResult("ok", meta=meta, messages=decode_messages(raw, seq - len(raw) + 1))
+        return BeginResult(
+            "ok",
+            meta=meta,
+            messages=decode_messages(raw, seq - len(raw) + 1),
+            ordinal=int(stored_ordinal),
+            confirmed=confirmed,
+        )
 
     async def finish(
         self,
@@ -138,11 +197,15 @@ class TurnStore:
         tail: tuple[int, str] | None,
         end_payload: dict[str, Any],
         replaces: str = "",
-    ) -> bool | None:
+        ordinal: int = 0,
+        user_message: Message | None = None,
+    ) -> tuple[bool | None, bool]:
         """The reply with its usage and totals, the lock released and the event stream
-        ended, in one round trip. None if the session is gone; else whether the reply was
-        stored now (False: it was there already, or the generation had been ended).
-        `replaces`: a revision's reply takes the place of the newest message, of that id."""
+        ended, in one round trip. Returns (None if the session is gone, else whether the
+        reply was stored now — False: it was there already, or the generation had been
+        ended; whether the write was confirmed). `replaces`: a revision's reply takes
+        the place of the newest message, of that id. `ordinal`: begin's. `user_message`:
+        the turn's, stored again before the reply if a failover lost it."""
         if not 0 <= usage.cost_usd < math.inf:
             raise InvalidInput(f"invalid usage {usage}", code="invalid_usage")
         ks = keys.turn_keys(user_id, session_id)
@@ -151,7 +214,7 @@ class TurnStore:
         if reply is not None:
             args += [
                 keys.validate_id(reply.msg_id, "message id"),
-                encode_message(reply),
+                encode_message(reply, ordinal),
                 reply.token_count,
                 preview_of(reply),
             ]
@@ -162,7 +225,65 @@ class TurnStore:
         args += [tail[1], tail[0]] if tail else ["", 0]
         args += [orjson.dumps(end_payload).decode(), keys.EVENTS_TTL_AFTER_END_MS]
         args += [keys.EVENTS_MAXLEN, keys.validate_id(replaces, "message id") if replaces else ""]
-        res = await self._run("finish_turn", self._finish, ks, args)
+        args += [ordinal]
+        if user_message is not None and user_message.msg_id:
+            args += [
+                keys.validate_id(user_message.msg_id, "message id"),
+                encode_message(user_message, ordinal),
+                user_message.token_count,
+                preview_of(user_message),
+            ]
+        else:
+            args += ["", "", 0, ""]
+        res, confirmed = await self._run("finish_turn", self._finish, ks, args)
         if res is None:
-            return None
-        return bool(res[0])
+            return None, confirmed
+        return bool(res[0]), confirmed
+
+    async def abandon(
+        self,
+        user_id: str,
+        session_id: str,
+        token: str,
+        generation_id: str,
+        error: ChatmemError | None,
+    ) -> None:
+        """End a begun turn that will not run (no reply): its lock released, its event
+        stream ended with `error` (or a generic one)."""
+        code, message = "turn_abandoned", "the turn ended before its reply"
+        if error is not None:
+            code, message = error.code, error.message
+        await self.finish(
+            user_id, session_id, None, Usage(), token=token, generation_id=generation_id,
+            tail=None, end_payload={"code": code, "message": message},
+        )  # fmt: skip
+
+    async def place(
+        self,
+        user_id: str,
+        session_id: str,
+        messages: Sequence[Message],
+        usage: Usage | None,
+        *,
+        ordinal: int,
+    ) -> tuple[int | None, bool]:
+        """Store a kept turn's messages where the turn began (ids stored already are
+        skipped). Returns (None if the session does not exist, else how many were stored
+        now; whether the write was confirmed)."""
+        ks = keys.turn_keys(user_id, session_id)[:5]
+        u = usage or Usage()
+        args: list[Any] = [session_id, int(time.time() * 1000)]
+        args += [self.store.max_messages, self.store.id_window, ordinal]
+        args += [u.prompt_tokens, u.completion_tokens, repr(u.cost_usd)]
+        for msg in messages:
+            args += [
+                keys.validate_id(msg.msg_id, "message id"),
+                encode_message(msg, ordinal),
+                msg.token_count,
+                preview_of(msg),
+                "assistant" if msg.role is Role.ASSISTANT else "user",
+            ]
+        # Never refused: a kept turn is on its way back, confirmed or not (the outbox
+        # keeps it until it is).
+        res, confirmed = await self._run("place_turn", self._place, ks, args, refuse=False)
+        return (None if res is None else int(res)), confirmed

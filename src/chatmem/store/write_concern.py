@@ -8,10 +8,14 @@ that ran the write script: both go in one non-transactional pipeline (one round 
 and under Cluster on the connection to the master that owns the user's slot (redis-py
 would send a keyless command to a random node).
 
-A write that fewer replicas confirmed in time has still happened on the master. It
-raises NotReplicated (a StoreUnavailable) all the same, because calling it durable would
-be a lie; the store's callers treat it as Redis being unavailable, and retrying is safe
-(appends skip message ids already stored). Each shortfall is counted through the
+A write that fewer replicas confirmed in time has still happened on the master: Redis
+answers, so it is not an outage, and it must not be redone elsewhere (a turn's writes
+take one path). `run_checked` says whether it was confirmed: a turn answers
+`memory: "unconfirmed"` and keeps its messages in the outbox until a replica confirms
+them (durability/replay.py). `run` — every other write — accepts an unconfirmed write,
+unless `strict` (`CHATMEM_REDIS_WAIT_STRICT`), where it raises NotReplicated (a 503
+`store_not_replicated`: the write is on the master all the same, and retrying is safe,
+appends skipping message ids already stored). Each shortfall is counted through the
 observer and logged, in a summary at most every SHORTFALL_LOG_INTERVAL_S.
 """
 
@@ -44,6 +48,8 @@ class WriteConcern:
         replicas: int,
         timeout_ms: int,
         on_shortfall: ShortfallObserver | None = None,
+        *,
+        strict: bool = False,
     ) -> None:
         if replicas < 1:
             raise ValueError("a write concern waits for at least 1 replica")
@@ -54,11 +60,27 @@ class WriteConcern:
         self.replicas = replicas
         self.timeout_ms = timeout_ms
         self._on_shortfall = on_shortfall
+        self.strict = strict
         self._unlogged = 0
         self._logged_at = -SHORTFALL_LOG_INTERVAL_S
 
     async def run(self, name: str, script: AsyncScript, ks: list[str], args: list[Any]) -> Any:
-        """Run a write script and WAIT in one round trip; its result, or NotReplicated.
+        """Run a write script and WAIT in one round trip; its result (NotReplicated for
+        a shortfall when `strict`)."""
+        result, confirmed = await self.run_checked(name, script, ks, args)
+        if not confirmed and self.strict:
+            raise NotReplicated(
+                f"{name} was written on the Redis master, but fewer than {self.replicas} "
+                f"replica(s) confirmed it within {self.timeout_ms} ms",
+                wanted=self.replicas,
+            )
+        return result
+
+    async def run_checked(
+        self, name: str, script: AsyncScript, ks: list[str], args: list[Any]
+    ) -> tuple[Any, bool]:
+        """Run a write script and WAIT in one round trip: its result, and whether enough
+        replicas confirmed it.
 
         Every write script writes something whenever it succeeds (at least the meta's
         expiry), so the WAIT covers this write and, the replication stream being one
@@ -85,7 +107,8 @@ class WriteConcern:
                     raise value
             if int(acked) < self.replicas:
                 self._shortfall(name, int(acked))
-            return result
+                return result, False
+            return result, True
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _cluster_round_trip(
@@ -112,8 +135,8 @@ class WriteConcern:
         now = time.monotonic()
         if now - self._logged_at >= SHORTFALL_LOG_INTERVAL_S:
             log.warning(
-                "%d write(s) not confirmed by %d replica(s) within %d ms, reported as not "
-                "durable (the last: %s, confirmed by %d)",
+                "%d write(s) not confirmed by %d replica(s) within %d ms, reported as "
+                "unconfirmed (the last: %s, confirmed by %d)",
                 self._unlogged,
                 self.replicas,
                 self.timeout_ms,
@@ -122,9 +145,3 @@ class WriteConcern:
             )
             self._unlogged = 0
             self._logged_at = now
-        raise NotReplicated(
-            f"{name} was written on the Redis master, but {acked} of {self.replicas} "
-            f"replica(s) confirmed it within {self.timeout_ms} ms",
-            acked=acked,
-            wanted=self.replicas,
-        )

@@ -28,13 +28,15 @@ async def health(service: Service) -> dict[str, Any]:
 
 @router.get("/ready")
 async def ready(service: Service) -> JSONResponse:
-    """Ready when Redis answers and the outbox is empty: while turns are degraded, or
-    their messages not yet replayed into Redis, a load balancer should prefer another
-    process (the provider is checked by its own seam)."""
-    redis_ok, outbox = await service.readiness()
-    ok = redis_ok and outbox == 0
-    body = {"ready": ok, "redis": redis_ok, "outbox": outbox}
-    return JSONResponse(body, status_code=200 if ok else 503)
+    """Ready when Redis answers and the outbox holds nothing still to store in Redis:
+    while turns are degraded, or their messages not yet replayed, a load balancer should
+    prefer another process (the provider is checked by its own seam). `unconfirmed`:
+    turns stored on the Redis master that no replica has confirmed yet (a replica
+    outage, with a write concern); every process would say the same, so they do not
+    make it unready."""
+    state = await service.readiness()
+    ok = bool(state["redis"]) and state["outbox"] == 0
+    return JSONResponse({"ready": ok, **state}, status_code=200 if ok else 503)
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
