@@ -4,6 +4,12 @@
   and the session follows it from then on — seed 002's page picks the role per message.
 - `history_messages`: the context holds up to that many history messages, within the
   token budget, instead of the session's window of rounds — seed 004's context.
+
+And what the OpenAI route (chat/reconcile.py) asks of a turn it planned from a read:
+- `before`: the client's messages appended under the turn's lock, in its begin script,
+  ahead of its user message (tool results), so no other turn comes in between.
+- `expect_head`: the id of the newest stored message the plan was made from ('' none);
+  the begin refuses (409 `history_changed`, nothing written) if it is not any more.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import logging
 from dataclasses import dataclass
 
 from chatmem.errors import SessionNotFound, StoreUnavailable
-from chatmem.models import Character, SessionMeta
+from chatmem.models import Character, Message, SessionMeta
 from chatmem.store.conversations import RedisMemoryStore
 from chatmem.store.keys import WINDOW_MAX
 
@@ -26,6 +32,8 @@ TURN_READ_MESSAGES = 2 * WINDOW_MAX + 1
 class TurnShape:
     character_id: str | None = None
     history_messages: int | None = None
+    before: tuple[Message, ...] = ()
+    expect_head: str | None = None
 
     @property
     def read_messages(self) -> int:

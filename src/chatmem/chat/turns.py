@@ -116,16 +116,15 @@ class Turns:
         on_disconnect: str = "continue",
         adjust: Adjuster | None = None,
         revision: str = "",
-        character_id: str | None = None,
-        history_messages: int | None = None,
+        turn: TurnShape | None = None,
     ) -> Generation:
         """Begin a turn; its generation is running (or, for a retry, done) on return.
 
-        `character_id`, `history_messages`: the seed routes' (chat/turn_shape.py). Errors
+        `turn`: what a seed route or the OpenAI route asks more (chat/turn_shape.py). Errors
         here are the client's to see. Degrades when Redis cannot be reached, but for a
         `revision` (regenerate, continue: chat/editing.py), which needs the history.
         """
-        turn = TurnShape(character_id, history_messages)
+        turn = turn or TurnShape()
         if revision:
             user_msg = Message(Role.USER, "", msg_id="")  # a revision appends none
         else:
@@ -149,7 +148,7 @@ class Turns:
                     )
                 except StoreUnavailable as exc:
                     self.replayer.mark_down(exc)
-            if gen is None and revision:
+            if gen is None and (revision or turn.before):
                 raise StoreUnavailable("redis is unavailable: the history cannot be revised")
             if gen is None:
                 gen = await self._degraded_turn(user_id, session_id, user_msg, reply_id, opts, turn)
@@ -186,7 +185,8 @@ class Turns:
                     token=token,
                     idempotent=idempotent,
                     read_last=turn.read_messages,
-                )
+                    expect_head=turn.expect_head, before=turn.before,
+                )  # fmt: skip
             except StoreUnavailable:
                 # The script may have taken the lock before the connection failed.
                 self.replayer.defer_release(user_id, session_id, token)

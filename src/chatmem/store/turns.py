@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
 
-from chatmem.errors import InvalidInput, RateLimited, SessionNotFound
+from chatmem.errors import Conflict, InvalidInput, RateLimited, SessionNotFound
 from chatmem.models import Message, SessionMeta, Usage
 from chatmem.store import keys, turn_scripts
 from chatmem.store.codec import decode_message, decode_messages, decode_meta, encode_message
@@ -25,6 +26,8 @@ from chatmem.store.rules import over_quota, preview_of
 from chatmem.store.streams import StreamEntry, decode_entries
 
 BeginKind = Literal["ok", "replay", "busy", "orphan"]
+# A turn planned from a read that another write changed since (`expect_head`).
+HISTORY_CHANGED = "history_changed"
 
 
 @dataclass(slots=True)
@@ -63,9 +66,16 @@ class TurnStore:
         token: str,
         idempotent: bool,
         read_last: int,
+        expect_head: str | None = None,
+        before: Sequence[Message] = (),
     ) -> BeginResult:
         """Rate limit, lock, generation cap, idempotency, the user message appended and
-        the context read, in one round trip. RateLimited past a per-user limit."""
+        the context read, in one round trip. RateLimited past a per-user limit.
+
+        `before`: messages appended under the lock ahead of the user message (the OpenAI
+        route's tool results). `expect_head`: the id of the newest message the turn was
+        planned from ('' none): Conflict `history_changed`, nothing written, when it is
+        not any more."""
         ks = keys.turn_keys(user_id, session_id)
         c = self.coordinator
         args: list[Any] = [
@@ -90,7 +100,12 @@ class TurnStore:
             keys.EVENTS_MAXLEN,
             self.store.max_stored_bytes_per_user,
             keys.session_prefix(user_id),
+            "0" if expect_head is None else "1",
+            keys.validate_id(expect_head, "message id") if expect_head else "",
         ]
+        for msg in before:
+            args += [keys.validate_id(msg.msg_id, "message id"), encode_message(msg)]
+            args += [msg.token_count, preview_of(msg), msg.role.value]
         res = await self._run("begin_turn", self._begin, ks, args)
         if res is None:
             raise SessionNotFound(f"session {session_id!r} not found")
@@ -108,6 +123,8 @@ class TurnStore:
             )
         if kind == "quota":
             raise over_quota(self.store.max_stored_bytes_per_user)
+        if kind == "stale":
+            raise Conflict("the conversation changed meanwhile", code=HISTORY_CHANGED)
         if kind == "busy":
             return BeginResult("busy")
         if kind == "orphan":
