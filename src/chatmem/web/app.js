@@ -311,6 +311,9 @@ function replaceMessage(li, msg) {
 
 function removeMessage(li) {
   li.remove();
+  // Seqs are positions (README, "Editing"): the older messages' move up by one, and the
+  // "load older" cursor with them, or the next page would skip one.
+  if (state.nextBefore) state.nextBefore += 1;
   refreshCurrent();
 }
 
