@@ -89,7 +89,7 @@ async def test_a_turn_between_the_read_and_the_begin_of_a_tool_result_does_not_i
     convo.append({"role": "tool", "tool_call_id": call.id, "content": "sunny, 21 C"})
     # The native turn's reply takes a while (it holds the lock meanwhile); then the
     # answer to the tool result.
-    fake.script(Reply(text="Tomorrow it rains.", chunks=4, delay_s=0.1), Reply(text="Sunny."))
+    fake.script(Reply(text="Tomorrow it rains.", chunks=4, delay_s=0.05), Reply(text="Sunny."))
 
     original = service.store.read
     native: list[asyncio.Task[httpx.Response]] = []
@@ -267,3 +267,34 @@ async def test_the_divergence_script_refuses_a_stale_read_or_a_busy_session(
     assert [m.session_id for m in await store.list_sessions(USER)] == ["s1"]
     now = await store.read(USER, "s1", last=100)
     assert [m.content for m in now.messages] == ["hello there", "hi", "meanwhile"]
+
+
+async def test_a_session_that_keeps_changing_is_409_history_changed(
+    app: tuple[FastAPI, httpx.AsyncClient], fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another writer changes the session after each of the request's reads: the request
+    plans again, three times in all, then answers 409; it stored nothing of its own."""
+    api, http = app
+    service = _service(api)
+    sid = await new_session(http, USER)
+    original = service.store.read
+    reads = 0
+
+    async def read(user_id: str, session_id: str, **kw: Any) -> Any:
+        nonlocal reads
+        snap = await original(user_id, session_id, **kw)
+        if kw.get("last") == service.store.max_messages:
+            reads += 1
+            await service.store.append(USER, sid, [Message(Role.USER, f"other {reads}", 2)])
+        return snap
+
+    monkeypatch.setattr(service.store, "read", read)
+    body = {"model": "m", "messages": [{"role": "user", "content": "mine"}]}
+    r = await http.post("/v1/chat/completions", json=body, headers=_headers(sid))
+    assert r.status_code == 409, r.text
+    assert r.json()["error"]["code"] == "history_changed"
+    assert reads == 3
+    assert fake.request_count == 0
+    monkeypatch.setattr(service.store, "read", original)
+    stored = (await _all_sessions(service))[sid]
+    assert [m.content for m in stored] == ["other 1", "other 2", "other 3"]
