@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from chatmem.errors import InvalidInput, SessionBusy
-from chatmem.models import Message, Role, SessionMeta
+from chatmem.models import Message, Role, SessionMeta, SessionSnapshot
 from chatmem.store.editing import MessageEdits
 from chatmem.tokens import count_tokens
 
@@ -216,19 +216,11 @@ class Editing:
             lambda: self.edits.fork(user_id, session_id, msg_id, title=title)
         )
 
-    async def keep_and_rewrite(
-        self, user_id: str, session_id: str, stored: list[Message], keep: list[Message]
-    ) -> SessionMeta | None:
-        """The OpenAI route's divergence (chat/reconcile.py): the stored version is kept
-        as a fork (returned; None when nothing was stored), then the session holds
-        `keep` instead. Two scripts and a clear: not atomic as one edit is (a crash in
-        between leaves the fork and a cleared session)."""
-        fork = None
-        if stored:
-            fork, _ = await self.fork(
-                user_id, session_id, stored[-1].msg_id, title="(before an edit)"
-            )
-        await self._waiting(lambda: self.edits.store.clear(user_id, session_id))
-        if keep:
-            await self.edits.store.append(user_id, session_id, keep)
-        return fork
+    async def diverge(
+        self, user_id: str, session_id: str, stored: SessionSnapshot, keep: list[Message]
+    ) -> str | None:
+        """The OpenAI route's divergence (chat/reconcile.py), one script: the stored
+        version (`stored`, as read) is kept as a fork (its id returned; None when nothing
+        was stored), and the session holds `keep` instead. 409 `edit_conflict` when the
+        session no longer holds what was read."""
+        return await self._waiting(lambda: self.edits.diverge(user_id, session_id, stored, keep))

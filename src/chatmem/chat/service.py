@@ -21,12 +21,12 @@ from chatmem.chat.resume import Attached
 from chatmem.chat.sessions import SessionMethods
 from chatmem.chat.stateless import StatelessTurns
 from chatmem.chat.titles import is_placeholder, title_from_message
-from chatmem.chat.turn_shape import TURN_READ_MESSAGES
+from chatmem.chat.turn_shape import TURN_READ_MESSAGES, TurnShape
 from chatmem.chat.turns import Adjuster, Turns, idempotent_ids
 from chatmem.config import Settings
 from chatmem.durability.outbox import OUTBOX_DIR, Outbox
 from chatmem.durability.replay import OutboxReplayer
-from chatmem.errors import StoreUnavailable
+from chatmem.errors import Conflict, StoreUnavailable
 from chatmem.metrics import Metrics
 from chatmem.models import Message, Role, SessionMeta
 from chatmem.providers.base import ChatProvider
@@ -34,7 +34,7 @@ from chatmem.store.conversations import RedisMemoryStore
 from chatmem.store.editing import MessageEdits
 from chatmem.store.locks import Coordinator
 from chatmem.store.streams import GenerationStreams
-from chatmem.store.turns import TurnStore
+from chatmem.store.turns import HISTORY_CHANGED, TurnStore
 from chatmem.store.usage import UsageLedger
 
 # The turn's types are part of what the service answers: importable from here too.
@@ -51,6 +51,11 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# A client turn planned from a read that another write changed before it began (a
+# concurrent turn or edit of the session) is read and planned again, this many times.
+CLIENT_TURN_ATTEMPTS = 3
+_REPLANNED = (HISTORY_CHANGED, "edit_conflict")
 
 
 class ChatService(SessionMethods):
@@ -158,11 +163,12 @@ class ChatService(SessionMethods):
         history_messages: int | None = None,
         new_ttl_s: int | None = None,
         new_window_size: int | None = None,
+        turn: TurnShape | None = None,
     ) -> Generation:
         """Begin a turn: its generation runs (server-owned) when this returns. `stream`:
         its deltas are relayed to subscribers and to its event stream (re-attach).
-        `character_id` / `history_messages` / `new_ttl_s` / `new_window_size`: see
-        `Turns.prepare` (the seed routes')."""
+        `character_id` / `history_messages` / `new_ttl_s` / `new_window_size` (the seed
+        routes'), `turn` (the OpenAI route's): see chat/turn_shape.py."""
         gen = await self.turns.prepare(
             user_id,
             session_id,
@@ -172,10 +178,7 @@ class ChatService(SessionMethods):
             relay=stream,
             on_disconnect=on_disconnect,
             adjust=adjust,
-            character_id=character_id,
-            history_messages=history_messages,
-            new_ttl_s=new_ttl_s,
-            new_window_size=new_window_size,
+            turn=turn or TurnShape(character_id, history_messages, new_ttl_s, new_window_size),
         )
         await self._title_from_first_message(gen, content)
         return gen
@@ -203,10 +206,11 @@ class ChatService(SessionMethods):
         stream: bool = False,
         on_disconnect: str = "continue",
         adjust: Adjuster | None = None,
+        turn: TurnShape | None = None,
     ) -> Generation:
         """Begin a regenerate or a continue of the session's last reply (SPEC §3b): a
         turn that appends no user message and whose reply replaces the last one (a new
-        alternative of it, or its longer text)."""
+        alternative of it, or its longer text). `turn`: the OpenAI route's."""
         if revision not in REVISIONS:
             raise ValueError(f"unknown revision {revision!r}")
         return await self.turns.prepare(
@@ -217,6 +221,7 @@ class ChatService(SessionMethods):
             on_disconnect=on_disconnect,
             revision=revision,
             adjust=adjust,
+            turn=turn,
         )
 
     async def prepare_client_turn(
@@ -233,31 +238,52 @@ class ChatService(SessionMethods):
     ) -> Generation:
         """A turn of a client that sends its whole conversation (`prior`, then its new
         message `new`: the user's, or a tool's result): reconciled with the stored one
-        (chat/reconcile.py) first, at the cost of one read. With an idempotency key, a
-        new user message is a plain send."""
+        (chat/reconcile.py) first, at the cost of one read. The plan holds only if the
+        session is still as read when the turn begins (its begin checks the newest
+        message): otherwise it is read and planned again. With an idempotency key, a new
+        user message is a plain send."""
         opts: dict[str, Any] = {"stream": stream, "on_disconnect": on_disconnect}
         opts["adjust"] = adjust
-        is_tool = new.role == Role.TOOL.value
-        if idempotency_key and not is_tool:
+        if idempotency_key and new.role != Role.TOOL.value:
             return await self.prepare_turn(
                 user_id, session_id, new.content, idempotency_key=idempotency_key, **opts
             )
+        for attempt in range(1, CLIENT_TURN_ATTEMPTS + 1):
+            try:
+                return await self._client_turn(user_id, session_id, prior, new, opts)
+            except Conflict as exc:
+                if exc.code not in _REPLANNED or attempt == CLIENT_TURN_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _client_turn(
+        self,
+        user_id: str,
+        session_id: str,
+        prior: list[ClientMessage],
+        new: ClientMessage,
+        opts: dict[str, Any],
+    ) -> Generation:
         snap = await self.store.read(user_id, session_id, last=self.store.max_messages)
         plan = plan_turn(prior, new, snap.messages)
+        head = snap.messages[-1].msg_id if snap.messages else ""
         if plan.kind == "answer" or plan.kind == "regenerate":
-            return await self.prepare_revision(user_id, session_id, plan.kind, **opts)
+            shape = TurnShape(expect_head=head)
+            return await self.prepare_revision(user_id, session_id, plan.kind, turn=shape, **opts)
         if plan.kind == "diverge":
             keep = [plan.greeting] if plan.greeting is not None else []
             keep += [m.to_message() for m in plan.prior]
-            await self.editing.keep_and_rewrite(user_id, session_id, snap.messages, keep)
-        # A tool's result goes in as a message of its own (one append, with the results
-        # before it), then is answered as a stored, unanswered message is.
-        added = [m.to_message() for m in plan.extra] + ([new.to_message()] if is_tool else [])
-        if added:
-            await self.store.append(user_id, session_id, added)
-        if is_tool:
-            return await self.prepare_revision(user_id, session_id, "answer", **opts)
-        return await self.prepare_turn(user_id, session_id, new.content, **opts)
+            await self.editing.diverge(user_id, session_id, snap, keep)
+            head = keep[-1].msg_id if keep else ""
+        # A tool's result goes in as a message of its own, with the results before it,
+        # under the turn's lock in its begin script; then it is answered as a stored,
+        # unanswered message is.
+        before = [m.to_message() for m in plan.extra]
+        if new.role == Role.TOOL.value:
+            shape = TurnShape(before=(*before, new.to_message()), expect_head=head)
+            return await self.prepare_revision(user_id, session_id, "answer", turn=shape, **opts)
+        shape = TurnShape(before=tuple(before), expect_head=head)
+        return await self.prepare_turn(user_id, session_id, new.content, turn=shape, **opts)
 
     async def complete(self, gen: Generation) -> TurnDone:
         """The generation's final event, once its reply is stored."""

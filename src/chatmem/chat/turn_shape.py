@@ -7,6 +7,12 @@
 - `new_ttl_s`, `new_window_size`: what the route gives a conversation it creates (seed
   `/chat`: 1,800 s and 5), kept with a degraded turn so that its replay creates the
   session with them too.
+
+And what the OpenAI route (chat/reconcile.py) asks of a turn it planned from a read:
+- `before`: the client's messages appended under the turn's lock, in its begin script,
+  ahead of its user message (tool results), so no other turn comes in between.
+- `expect_head`: the id of the newest stored message the plan was made from ('' none);
+  the begin refuses (409 `history_changed`, nothing written) if it is not any more.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import logging
 from dataclasses import dataclass
 
 from chatmem.errors import SessionNotFound, StoreUnavailable
-from chatmem.models import Character, SessionMeta
+from chatmem.models import Character, Message, SessionMeta
 from chatmem.store.conversations import RedisMemoryStore
 from chatmem.store.keys import WINDOW_MAX
 
@@ -31,6 +37,8 @@ class TurnShape:
     history_messages: int | None = None
     new_ttl_s: int | None = None
     new_window_size: int | None = None
+    before: tuple[Message, ...] = ()
+    expect_head: str | None = None
 
     @property
     def read_messages(self) -> int:

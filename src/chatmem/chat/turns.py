@@ -117,19 +117,15 @@ class Turns:
         on_disconnect: str = "continue",
         adjust: Adjuster | None = None,
         revision: str = "",
-        character_id: str | None = None,
-        history_messages: int | None = None,
-        new_ttl_s: int | None = None,
-        new_window_size: int | None = None,
+        turn: TurnShape | None = None,
     ) -> Generation:
         """Begin a turn; its generation is running (or, for a retry, done) on return.
 
-        `character_id`, `history_messages`, `new_ttl_s`, `new_window_size`: the seed
-        routes' (chat/turn_shape.py). Errors here are the client's to see. Degrades when
-        Redis cannot be reached, but for a `revision` (regenerate, continue:
-        chat/editing.py), which needs the history.
+        `turn`: what a seed route or the OpenAI route asks more (chat/turn_shape.py). Errors
+        here are the client's to see. Degrades when Redis cannot be reached, but for a
+        `revision` (regenerate, continue: chat/editing.py), which needs the history.
         """
-        turn = TurnShape(character_id, history_messages, new_ttl_s, new_window_size)
+        turn = turn or TurnShape()
         if revision:
             user_msg = Message(Role.USER, "", msg_id="")  # a revision appends none
         else:
@@ -156,7 +152,7 @@ class Turns:
                     raise  # strict: refused (its writes are on the master: no outbox)
                 except StoreUnavailable as exc:
                     self.replayer.mark_down(exc, user_id)
-            if gen is None and revision:
+            if gen is None and (revision or turn.before):
                 raise StoreUnavailable("redis is unavailable: the history cannot be revised")
             if gen is None:
                 gen = await self.degraded.turn(
@@ -221,6 +217,8 @@ class Turns:
                     idempotent=idempotent,
                     read_last=turn.read_messages,
                     ordinal=opts["ordinal"],
+                    expect_head=turn.expect_head,
+                    before=turn.before,
                 )
             except SessionNotFound:
                 if restored or not self.outbox.holds(user_id, session_id):

@@ -33,7 +33,7 @@ from chatmem.cli.client import (
 )
 from chatmem.cli.reply_view import ReplyView, markdown
 from chatmem.cli.terminal import LineReader
-from chatmem.cli.text import printable
+from chatmem.cli.text import printable, tool_lines
 
 PROMPT = "you › "
 STOP_GRACE_S = 3.0
@@ -112,6 +112,13 @@ class TerminalChat:
         return self.names.get(cid, cid)
 
     def show_message(self, msg: dict[str, Any]) -> None:
+        tools = tool_lines(msg)
+        if msg["role"] == "tool" or (tools and not msg["content"]):
+            # A tool's result, tool calls with no text: compact lines (text, no markup).
+            who = "" if msg["role"] == "tool" else f"{printable(self.name())} › "
+            for line in tools:
+                self.console.print(Text(who + line, "dim"), soft_wrap=True)
+            return
         who = "you" if msg["role"] == "user" else self.name()
         stopped = (msg.get("metadata") or {}).get("interrupted")
         if msg["role"] != "user" and self.console.is_terminal:
@@ -119,10 +126,14 @@ class TerminalChat:
             self.console.print(markdown(printable(msg["content"])))
             if stopped:
                 self.console.print(Text(" [stopped]", "dim"))
+            for line in tools:
+                self.console.print(Text(line, "dim"), soft_wrap=True)
             return
         text = Text.assemble((f"{printable(who)} › ", "bold"), printable(msg["content"]))
         if stopped:
             text.append(" [stopped]", "dim")
+        for line in tools:
+            text.append(f"\n{line}", "dim")
         self.console.print(text, soft_wrap=True)
 
     # --- the loop ---------------------------------------------------------------------

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from chatmem.errors import Conflict, NotFound, SessionBusy, SessionNotFound, TooManySessions
-from chatmem.models import Message, SessionMeta, new_id
+from chatmem.models import Message, SessionMeta, SessionSnapshot, new_id
 from chatmem.store import edit_scripts, keys
 from chatmem.store.client import redis_errors
 from chatmem.store.codec import decode_message, decode_meta, encode_message
@@ -43,6 +43,7 @@ class MessageEdits:
         self.store = store
         self._edit = store.redis.register_script(edit_scripts.EDIT_MESSAGE)
         self._fork = store.redis.register_script(edit_scripts.FORK_SESSION)
+        self._diverge = store.redis.register_script(edit_scripts.DIVERGE_SESSION)
 
     async def _run(self, name: str, script: Any, ks: list[str], args: list[Any]) -> Any:
         return await self.store.run_write(name, script, ks, args)
@@ -155,6 +156,48 @@ class MessageEdits:
         for seq, msg in enumerate(copies, 1):
             msg.seq = seq
         return decode_meta(sid, flat, pttl_ms=pttl, stored=stored), copies
+
+    async def diverge(
+        self, user_id: str, session_id: str, read: SessionSnapshot, keep: list[Message]
+    ) -> str | None:
+        """One script: the session's messages, as `read` (all of them; refused with 409
+        `edit_conflict` if it holds others now: another length or newest message), are
+        kept in a new session (a fork, whose id is returned; None when there were none),
+        then the session holds `keep` instead."""
+        sid = new_id()
+        ks = keys.session_keys(user_id, session_id)
+        ks.append(keys.session_lock_key(user_id, session_id))
+        ks += [
+            keys.session_messages_key(user_id, sid),
+            keys.session_meta_key(user_id, sid),
+            keys.session_ids_key(user_id, sid),
+        ]
+        head = read.messages[-1] if read.messages else None
+        last = keep[-1] if keep else None
+        title = "(before an edit)"
+        held = read.meta.stored_messages
+        args: list[Any] = [session_id, _now_ms(), self.store.max_messages, held]
+        args += [keys.validate_id(head.msg_id, "message id") if head else ""]
+        args += [self.store.max_sessions_per_user, self.store.max_stored_bytes_per_user]
+        args += [keys.session_prefix(user_id), sid, title]
+        args += [preview_of(head), head.role.value] if head else ["", ""]
+        args += [preview_of(last), last.role.value] if last else ["", ""]
+        args += [encode_message(m) for m in keep]
+        res = await self._run("diverge_session", self._diverge, ks, args)
+        if res is None:
+            raise _not_found(session_id)
+        if res[0] == -1:
+            raise SessionBusy()
+        if res[0] == -2:
+            raise Conflict("the session changed meanwhile: try again", code="edit_conflict")
+        if res[0] == -3:
+            raise TooManySessions(
+                f"you have {self.store.max_sessions_per_user} sessions, the most allowed: "
+                "delete some before starting another"
+            )
+        if res[0] == -4:
+            raise over_quota(self.store.max_stored_bytes_per_user)
+        return sid if res[0] == 1 else None
 
 
 def _find(items: list[Any], msg_id: str) -> tuple[int, Any, Message] | None:

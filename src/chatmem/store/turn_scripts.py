@@ -213,10 +213,15 @@ end
 # ARGV[19] - the user's byte cap (0: none), ARGV[20] - the user's session key prefix
 # ARGV[21] - the turn's ordinal (its begin: store/codec.py `ordinal`; 0: none), which the
 #   encoded user message carries too
+# ARGV[22] - '1': the turn was planned from a read (the OpenAI route, chat/reconcile.py):
+#   refused as 'stale' unless the newest message still has id ARGV[23] ('': none stored)
+# ARGV[24..] - messages appended under the lock before the user message (the client's
+#   tool results), five values each: id, encoded, tokens, preview, role
 # return nil if the session does not exist, else one of
 #   {'orphan', {stream entries}}  a dead generation's stream: recover it, then retry
 #   {'replay', reply or false, user message, its seq, lock held 1/0}  idempotent retry
 #   {'busy'}  another turn holds the lock
+#   {'stale'}  the newest message is not ARGV[23] any more (nothing written)
 #   {'rate', retry after ms} / {'cap', retry after ms}  over a per-user limit
 #   {'quota'}  the user message would pass the user's byte cap (nothing written)
 #   {'ok', seq of the user message, meta as a flat list, pttl ms, {messages, newest first},
@@ -242,9 +247,21 @@ if ARGV[17] == '1' then
   end
 end
 if holder then return {'busy'} end
+if ARGV[22] == '1' then
+  local head = redis.call('LINDEX', KEYS[1], 0)
+  local prefix = '{"i":"' .. ARGV[23] .. '"'
+  if ARGV[23] == '' then
+    if head then return {'stale'} end
+  elseif not head or string.sub(head, 1, #prefix) ~= prefix then
+    return {'stale'}
+  end
+end
+local before_bytes = 0
+for i = 24, #ARGV, 5 do before_bytes = before_bytes + #ARGV[i + 1] end
 -- Quota first, so that a refused turn writes nothing (the trim's credit is left out: a
 -- user at the cap with a full session is refused a little early, never let past it).
-if not bytes_allowed(KEYS[4], KEYS[5], ARGV[20], #ARGV[13], tonumber(ARGV[19])) then
+if not bytes_allowed(KEYS[4], KEYS[5], ARGV[20], #ARGV[13] + before_bytes,
+                     tonumber(ARGV[19])) then
   return {'quota'}
 end
 local limit, window = tonumber(ARGV[9]), tonumber(ARGV[10])
@@ -278,6 +295,10 @@ if ordinal > 0 and head and ordinal_of(head) > ordinal then
   ordinal = ordinal_of(head)
   local o = string.format('%d', ordinal)
   item = string.gsub(item, '^({"i":"[^"]*","r":"%a","o":)%d+', '%1' .. o, 1)
+end
+for i = 24, #ARGV, 5 do
+  append_one(ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[i], ARGV[i + 1],
+    tonumber(ARGV[i + 2]), ARGV[i + 3], ARGV[i + 4], 0, 0, '0', 0, ARGV[20])
 end
 local appended, seq, ttl_ms = append_one(ARGV[1], ARGV[2], tonumber(ARGV[3]),
   tonumber(ARGV[4]), ARGV[12], item, tonumber(ARGV[14]), ARGV[6], 'user', 0, 0, '0',

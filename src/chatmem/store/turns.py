@@ -22,6 +22,7 @@ import orjson
 
 from chatmem.errors import (
     ChatmemError,
+    Conflict,
     InvalidInput,
     NotReplicated,
     RateLimited,
@@ -37,6 +38,8 @@ from chatmem.store.rules import over_quota, preview_of
 from chatmem.store.streams import StreamEntry, decode_entries
 
 BeginKind = Literal["ok", "replay", "busy", "orphan"]
+# A turn planned from a read that another write changed since (`expect_head`).
+HISTORY_CHANGED = "history_changed"
 
 
 def turn_ordinal(timestamp_s: float) -> int:
@@ -114,10 +117,17 @@ class TurnStore:
         idempotent: bool,
         read_last: int,
         ordinal: int = 0,
+        expect_head: str | None = None,
+        before: Sequence[Message] = (),
     ) -> BeginResult:
         """Rate limit, lock, generation cap, idempotency, the user message appended and
         the context read, in one round trip. RateLimited past a per-user limit.
-        `ordinal`: the turn's (codec.turn_ordinal), stored with its messages."""
+
+        `before`: messages appended under the lock ahead of the user message (the OpenAI
+        route's tool results). `expect_head`: the id of the newest message the turn was
+        planned from ('' none): Conflict `history_changed`, nothing written, when it is
+        not any more. `ordinal`: the turn's (codec.turn_ordinal), stored with its
+        messages."""
         ks = keys.turn_keys(user_id, session_id)
         c = self.coordinator
         args: list[Any] = [
@@ -143,7 +153,12 @@ class TurnStore:
             self.store.max_stored_bytes_per_user,
             keys.session_prefix(user_id),
             ordinal,
+            "0" if expect_head is None else "1",
+            keys.validate_id(expect_head, "message id") if expect_head else "",
         ]
+        for msg in before:
+            args += [keys.validate_id(msg.msg_id, "message id"), encode_message(msg)]
+            args += [msg.token_count, preview_of(msg), msg.role.value]
         res, confirmed = await self._run("begin_turn", self._begin, ks, args)
         if res is None:
             raise SessionNotFound(f"session {session_id!r} not found")
@@ -161,6 +176,8 @@ class TurnStore:
             )
         if kind == "quota":
             raise over_quota(self.store.max_stored_bytes_per_user)
+        if kind == "stale":
+            raise Conflict("the conversation changed meanwhile", code=HISTORY_CHANGED)
         if kind == "busy":
             return BeginResult("busy")
         if kind == "orphan":

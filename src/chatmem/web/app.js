@@ -8,8 +8,8 @@
 // over sse.js); markdown.js shows replies' Markdown; sessions.js is the sidebar's list;
 // actions.js the actions under each message; panels.js the chat's settings, context
 // inspector and export / import; characters.js the character editor; identity.js who
-// the page speaks as. This one is the rest of the page: characters, history, composer,
-// layout.
+// the page speaks as; tools.js a message's tool calls and a tool's result. This one is
+// the rest of the page: characters, history, composer, layout.
 import {
   ApiError,
   STORE,
@@ -28,6 +28,7 @@ import { node } from "./dom.js";
 import { createPanels } from "./panels.js";
 import { createReplies } from "./reply.js";
 import { createSessionList } from "./sessions.js";
+import { toolCallsView, toolResultView } from "./tools.js";
 
 const HISTORY_PAGE = 50;
 
@@ -286,9 +287,14 @@ function messageItem(msg) {
   if (msg.msg_id) li.dataset.msgId = msg.msg_id;
   const md = msg.metadata || {};
   if (md.greeting) li.classList.add("greeting");
-  const bubble = node("div", "bubble", msg.content);
+  const tool = msg.role === "tool";
+  const bubble = tool ? toolResultView(msg) : node("div", "bubble", msg.content);
   li.append(bubble);
-  if (msg.role !== "user") markPending(li, msg.content);
+  if (md.tool_calls && md.tool_calls.length) {
+    bubble.hidden = !msg.content; // a reply that only calls tools: no empty bubble
+    li.append(toolCallsView(md.tool_calls));
+  }
+  if (msg.role !== "user" && !tool) markPending(li, msg.content);
   if (md.interrupted) markStopped(li);
   else if (md.finish_reason === "length") markCutOff(li);
   actions.decorate(li, msg);
@@ -305,6 +311,9 @@ function replaceMessage(li, msg) {
 
 function removeMessage(li) {
   li.remove();
+  // Seqs are positions (README, "Editing"): the older messages' move up by one, and the
+  // "load older" cursor with them, or the next page would skip one.
+  if (state.nextBefore) state.nextBefore += 1;
   refreshCurrent();
 }
 
