@@ -189,6 +189,7 @@ class RedisMemoryStore(UserQueries):
         ensure: bool = False,
         forked_from: tuple[str, str] | None = None,
         min_ttl_s: int = MIN_TTL_S,
+        memory: bool = True,
     ) -> SessionMeta:
         """Create a session (with its greeting as the first message) and return its meta.
 
@@ -208,6 +209,8 @@ class RedisMemoryStore(UserQueries):
             title=validate_title(title),
             window_size=window,
         )
+        if not memory:  # no summary, memories or titles (the seed routes' sessions)
+            fields["mem"] = "0"
         if forked_from is not None:  # (session id, message id): an imported fork
             fields["fork"], fields["forkmsg"] = forked_from
         args: list[Any] = [sid, _now_ms(), ttl]

@@ -11,7 +11,7 @@ from redis.commands.core import AsyncScript
 
 from chatmem.errors import InvalidInput
 from chatmem.models import Usage, UserTotals
-from chatmem.store import keys
+from chatmem.store import keys, memory_scripts
 from chatmem.store.client import AnyRedis
 
 _MAX_INDEX = 2**63 - 1
@@ -37,7 +37,8 @@ class UserQueries:
         def _op(self, name: str) -> AbstractAsyncContextManager[None]: ...
 
     async def delete_user(self, user_id: str) -> int:
-        """Erase all of a user's data; returns how many sessions were deleted.
+        """Erase all of a user's data (long-term memories too); returns how many
+        sessions were deleted.
 
         The rate-limit counters and stream slots of the user (short-lived coordination
         state, not conversation data) are left to expire on their own.
@@ -45,6 +46,11 @@ class UserQueries:
         ks = [keys.user_sessions_key(user_id), keys.user_totals_key(user_id)]
         n: int = await self._run(
             "delete_user", self._delete_user, ks, [keys.session_prefix(user_id)], write=True
+        )
+        erase = self.redis.register_script(memory_scripts.ERASE_MEMORIES)
+        mem = [keys.user_memory_index_key(user_id)]
+        await self._run(
+            "erase_memories", erase, mem, [keys.user_memories_prefix(user_id)], write=True
         )
         async with self._op("delete_user"):
             await self.redis.zrem(keys.USERS_INDEX_KEY, user_id)
