@@ -51,6 +51,7 @@ class JobWorker:
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.handlers: dict[str, Handler] = {}
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
         self._next_housekeeping = 0.0
 
     def register(self, kind: str, handler: Handler) -> None:
@@ -67,6 +68,8 @@ class JobWorker:
         self._task = asyncio.create_task(self._loop(), name="background jobs")
 
     async def close(self) -> None:
+        # A flag as well as the cancel: a Redis call may turn the cancel into its own error.
+        self._closing = True
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -74,12 +77,14 @@ class JobWorker:
                 await task
 
     async def _loop(self) -> None:
-        while True:
+        while not self._closing:
             try:
                 await self.step()
             except asyncio.CancelledError:
                 raise
             except Exception:
+                if self._closing:
+                    return
                 log.exception("background jobs: the worker loop failed; retrying in 1 s")
                 await asyncio.sleep(1)
 

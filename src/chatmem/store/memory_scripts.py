@@ -46,7 +46,10 @@ local function summary_touched(pos, deleted)
   local n = tonumber(redis.call('HGET', KEYS[2], 'sumn') or '0')
   if pos >= n then return end
   redis.call('HSET', KEYS[2], 'sumstale', 1)
-  if deleted then redis.call('HSET', KEYS[2], 'sumn', n - 1) end
+  if deleted then
+    redis.call('HSET', KEYS[2], 'sumn', n - 1)
+    redis.call('HINCRBY', KEYS[2], 'sumcov', -1)
+  end
 end
 """
 
