@@ -128,7 +128,7 @@ class Memories:
         return out
 
     async def add(self, user_id: str, character_id: str, text: str) -> dict[str, Any]:
-        character = await self.characters.get(character_id)
+        character = await self.characters.get(keys.validate_id(character_id, "character id"))
         clean = memory_text(text)
         mem = Memory(clean, tokens=count_tokens(clean))
         applied = await self.memories.apply(
