@@ -34,6 +34,7 @@ class MemoryModel:
     chat: Reply = field(default_factory=lambda: Reply(text="Noted."))
     extract: str = '{"ops": []}'
     title: str = "Kyoto trip"
+    title_delay_s: float = 0.0
     summary_status: int = 200
     summary_delay_s: float = 0.0
     calls: Counter[str] = field(default_factory=Counter)
@@ -52,7 +53,7 @@ class MemoryModel:
         if kind == "extract":
             return Reply(text=self.extract)
         if kind == "title":
-            return Reply(text=self.title)
+            return Reply(text=self.title, headers_delay_s=self.title_delay_s)
         return self.chat
 
     def chat_bodies(self) -> list[Any]:
