@@ -194,6 +194,8 @@ async def run_policy(service: ChatService, name: str, policy: MemoryPolicy) -> d
         await service.complete(gen)
     await idle(service, timeout_s=600)
     seen = " ".join(m["content"] for m in context).lower()
+    after = await service.store.get_meta(uid, sid)
+    mems = await service.memories.list_for(uid, cid)
     found = [key for _, key in FACTS if key in seen]
     return {
         "policy": name,
@@ -202,6 +204,8 @@ async def run_policy(service: ChatService, name: str, policy: MemoryPolicy) -> d
         "context_messages": len(context),
         "extra_tokens_per_round": (_background_tokens(service) - tokens_before) / ROUNDS,
         "redis_bytes": await session_bytes(service, uid, sid, cid),
+        "summary": after.summary.text if after.summary else None,
+        "memories": [m["text"] for m in mems],
     }
 
 
@@ -232,6 +236,12 @@ async def run_model(model: str, redis_url: str | None) -> dict[str, Any]:
             lags = LagRecorder()
             service.metrics.job_lag = lags  # type: ignore[assignment]
             rows = [await run_policy(service, name, p) for name, p in POLICIES.items()]
+            failed = {
+                f"{s.labels['kind']}/{s.labels['outcome']}": s.value
+                for m in service.metrics.jobs_failed.collect()
+                for s in m.samples
+                if s.name.endswith("_total")
+            }
             done = {
                 s.labels["kind"]: s.value
                 for m in service.metrics.jobs_done.collect()
@@ -244,6 +254,7 @@ async def run_model(model: str, redis_url: str | None) -> dict[str, Any]:
         "rows": rows,
         "summary_jobs": len(lag),
         "jobs_done": done,
+        "jobs_failed": failed,
         "lag_p50_s": statistics.median(lag) if lag else None,
         "lag_p99_s": lag[min(len(lag) - 1, int(len(lag) * 0.99))] if lag else None,
     }

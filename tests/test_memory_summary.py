@@ -200,3 +200,18 @@ async def test_editing_a_covered_message_marks_the_summary_stale_and_it_is_rebui
     assert "Tom" not in text
     if change == "edit":
         assert "My dog is called Rex." in text
+
+
+async def test_turns_that_come_while_the_job_runs_are_folded_by_it(
+    client: httpx.AsyncClient, model: MemoryModel
+) -> None:
+    """Regression: one summary job per session at a time, so the turns during a slow
+    summary queued none; the job stopped at what it had read, and at round 40 of the
+    bench the summary still ended at round 4. It now reads again until nothing is left."""
+    model.summary_delay_s = 0.3
+    sid = await session(client)
+    for n in range(8):
+        await say(client, sid, f"fact {n}")
+    msgs = await messages(client, sid)
+    summary = await summary_through(client, sid, msgs[-3]["msg_id"])  # all but the window
+    assert "fact 6" in summary["text"] and "fact 7" not in summary["text"]

@@ -37,6 +37,8 @@ from chatmem.tokens import count_tokens
 log = logging.getLogger(__name__)
 
 EXTRACT_JOB = "memories"
+# Passes of one extraction job over a session that turns keep adding to.
+MAX_PASSES = 10
 _FENCE = re.compile(r"^```(?:json)?\s*|\s*```$", re.IGNORECASE)
 
 
@@ -167,19 +169,28 @@ class Memories:
         return last_seq - extracted_seq >= 2 * every
 
     async def run(self, job: Job) -> None:
-        """The `memories` job: args `user_id`, `session_id`."""
-        uid, sid = job.args["user_id"], job.args["session_id"]
+        """The `memories` job: args `user_id`, `session_id`. Like the summary job, it
+        goes on while rounds that came meanwhile make another extraction due."""
+        first = True
+        for _ in range(MAX_PASSES):
+            if not await self._pass(job.args["user_id"], job.args["session_id"], first):
+                return
+            first = False
+
+    async def _pass(self, uid: str, sid: str, first: bool) -> bool:
         try:
             snap = await self.store.read(uid, sid, last=self.store.max_messages)
         except SessionNotFound:
-            return
+            return False
         meta = snap.meta
         character = await self.characters.get(meta.character_id)
         if not Prompter.policy(meta, character).memories:
-            return
+            return False
+        if not first and not self.due(meta.last_seq, meta.extracted_seq):
+            return False
         new = [m for m in snap.messages if m.seq > meta.extracted_seq and m.role != Role.SYSTEM]
         if not new:
-            return
+            return False
         existing = await self.memories.read(uid, character.id, touch=False)
         short_ids = {f"m{i + 1}": m for i, m in enumerate(existing)}
         output = await self._ask(short_ids, new, character.name, character_id=character.id)
@@ -195,7 +206,7 @@ class Memories:
                 log.warning(
                     "memory extraction for session %s: %d invalid ops dropped", sid, dropped
                 )
-        await self.memories.apply(
+        applied = await self.memories.apply(
             uid,
             character.id,
             ops,
@@ -203,6 +214,7 @@ class Memories:
             from_seq=meta.extracted_seq,
             to_seq=meta.last_seq,
         )
+        return applied is not None
 
     async def _ask(
         self, short_ids: dict[str, Memory], new: list[Message], name: str, *, character_id: str

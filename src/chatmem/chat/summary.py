@@ -41,6 +41,8 @@ from chatmem.tokens import count_tokens
 log = logging.getLogger(__name__)
 
 SUMMARY_JOB = "summary"
+# Passes of one summary job over a session that turns keep adding to.
+MAX_PASSES = 20
 # Roughly how many words fit a token budget (English averages ~0.75 words a token).
 WORDS_PER_TOKEN = 0.6
 
@@ -116,36 +118,47 @@ class Summarizer:
         return first_kept_seq - 1 - summary.through_seq(meta) >= self.batch
 
     async def run(self, job: Job) -> None:
-        """The `summary` job: args `user_id`, `session_id`."""
-        uid, sid = job.args["user_id"], job.args["session_id"]
+        """The `summary` job: args `user_id`, `session_id`. Turns that came while it ran
+        queued no other (one job per session at a time): it reads the session again
+        and goes on until nothing is left to fold (at most MAX_PASSES times)."""
+        for _ in range(MAX_PASSES):
+            if not await self._pass(job.args["user_id"], job.args["session_id"]):
+                return
+
+    async def _pass(self, uid: str, sid: str) -> bool:
+        """Fold what is due now; whether anything was."""
         read_all = self.store.max_messages * keys.SUMMARY_HARD_CAP_FACTOR
         try:
             snap = await self.store.read(uid, sid, last=read_all)
         except SessionNotFound:
-            return  # deleted or expired meanwhile: nothing to summarize
+            return False  # deleted or expired meanwhile: nothing to summarize
         meta = snap.meta
         character = await self.characters.get(meta.character_id)
         summary = meta.summary
         if summary is None or not Prompter.policy(meta, character).summary:
-            return
+            return False
         text, version = summary.text, summary.version
+        rebuilt = summary.stale
         if summary.stale:
             covered = [m for m in snap.messages if m.seq <= summary.through_seq(meta)]
             base = "" if summary.covered_total <= summary.covers else summary.text
             if covered:
                 text = await self._fold(base, covered, character, meta)
                 if not await self._put(meta, version, covered[-1], text, 0, rebuild=True):
-                    return
+                    return False
                 version += 1
                 snap = await self.store.read(uid, sid, last=read_all)
         todo = evicted(snap, character, self.prompter).messages
+        if len(todo) < self.batch:
+            return rebuilt
         step = 2 * self.batch  # a few rounds at a time
         for i in range(0, len(todo), step):
             chunk = todo[i : i + step]
             text = await self._fold(text, chunk, character, meta)
             if not await self._put(meta, version, chunk[-1], text, len(chunk), rebuild=False):
-                return
+                return False
             version += 1
+        return True
 
     async def _fold(
         self, old: str, messages: list[Message], character: Character, meta: SessionMeta
