@@ -36,9 +36,7 @@ class ChatmemProcess:
 
     def __init__(self, env: dict[str, str], data_dir: Path) -> None:
         self.port = free_port()
-        # Background jobs (summaries, titles) would ask the fake model too: on only for
-        # the tests of them (tests/test_jobs*.py), which say so in `env`.
-        self.env = {"CHATMEM_JOBS_ENABLED": "false", **env, "CHATMEM_DATA_DIR": str(data_dir)}
+        self.env = {**env, "CHATMEM_DATA_DIR": str(data_dir)}
         self.cwd = data_dir.parent  # holds no .env
         self.cwd.mkdir(parents=True, exist_ok=True)
         self.proc: subprocess.Popen[bytes] | None = None
