@@ -226,3 +226,14 @@ async def test_seed_route_sessions_keep_their_pure_window(
     assert ctx["memory"]["summary"] is None and ctx["memory"]["policy"]["memories"] is False
     assert await redis_client.xlen(keys.JOBS_STREAM_KEY) == 0
     assert model.calls["extract"] == model.calls["summary"] == model.calls["title"] == 0
+
+
+async def test_a_seed_sessions_policy_survives_export_and_import(
+    client: httpx.AsyncClient, store: RedisMemoryStore, redis_client: AnyRedis
+) -> None:
+    r = await client.post("/chat", json={"user_id": "alice", "message": "hi"}, headers=ALICE)
+    assert r.status_code == 200
+    doc = await export_sessions(store, await store.list_sessions("alice"))
+    await redis_client.flushall()
+    await import_sessions(store, doc["sessions"], memories=parse_memories(doc))
+    assert (await store.get_meta("alice", "default")).memory_on is False

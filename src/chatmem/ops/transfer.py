@@ -221,6 +221,7 @@ async def import_sessions(
             window_size=int(meta["window_size"]) if meta.get("window_size") else None,
             ensure=True,
             forked_from=_fork_of(meta),
+            memory=meta.get("memory") is not False,  # a seed route's session stays off
         )
         usage: Usage | None = _usage(meta.get("usage"))
         for start in range(0, len(messages), MAX_APPEND_MESSAGES):
