@@ -184,7 +184,7 @@ class Memories:
             return False
         meta = snap.meta
         character = await self.characters.get(meta.character_id)
-        if not Prompter.policy(meta, character).memories:
+        if not self.prompter.policy(meta, character).memories:
             return False
         if not first and not self.due(meta.last_seq, meta.extracted_seq):
             return False

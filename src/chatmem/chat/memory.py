@@ -103,7 +103,7 @@ class BackgroundMemory:
         if not self.settings.jobs.enabled:
             return  # nothing would do the work: the session keeps its pure window
         meta, uid, sid = gen.meta, gen.user_id, gen.session_id
-        policy = Prompter.policy(meta, gen.character)
+        policy = self.summarizer.prompter.policy(meta, gen.character)
         args = {"user_id": uid, "session_id": sid}
         if policy.summary:
             if meta.summary is None:

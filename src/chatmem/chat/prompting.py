@@ -3,7 +3,8 @@ parameters and the assembled context (pure assembly in context.py; this adds the
 settings, the memory policy, the memories read and a cache).
 
 The memory policy (SPEC §2b) of a session is its character's `memory` (summary,
-memories), both off for the seed routes' implicit sessions (`SessionMeta.memory_on`).
+memories), both off for the seed routes' implicit sessions (`SessionMeta.memory_on`) and
+with `jobs.enabled` off. With memories on, a turn costs one more round trip: their read.
 """
 
 from __future__ import annotations
@@ -34,9 +35,11 @@ class Prompter:
         self.memories = memories
         self._system_tokens: dict[str, int] = {}
 
-    @staticmethod
-    def policy(meta: SessionMeta, character: Character) -> MemoryPolicy:
-        return character.memory if meta.memory_on else OFF
+    def policy(self, meta: SessionMeta, character: Character) -> MemoryPolicy:
+        """Off for the seed routes' sessions, and with background jobs off (nothing
+        would keep summaries or memories: the context is the pure window)."""
+        on = meta.memory_on and self.settings.jobs.enabled
+        return character.memory if on else OFF
 
     def validate_content(self, content: str) -> str:
         """The message as stored: trimmed, not empty, within `max_message_chars`."""

@@ -66,7 +66,7 @@ def evicted(snap: SessionSnapshot, character: Character, prompter: Prompter) -> 
     summary = meta.summary
     through = summary.through_seq(meta) if summary is not None else 0
     limits = prompter.limits_for(meta, character)
-    block = prompter.block(meta, Prompter.policy(meta, character), [])
+    block = prompter.block(meta, prompter.policy(meta, character), [])
     # The next turn brings a new user message: its round's tokens are not known yet.
     ctx = prompter.assemble(character, snap.messages, None, limits, extra=block)
     first_kept = ctx.history[0].seq if ctx.history else meta.last_seq + 1
@@ -135,7 +135,7 @@ class Summarizer:
         meta = snap.meta
         character = await self.characters.get(meta.character_id)
         summary = meta.summary
-        if summary is None or not Prompter.policy(meta, character).summary:
+        if summary is None or not self.prompter.policy(meta, character).summary:
             return False
         text, version = summary.text, summary.version
         rebuilt = summary.stale

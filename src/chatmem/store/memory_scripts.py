@@ -142,16 +142,14 @@ end
 return {applied, n}
 """
 
-# KEYS[1] - the user's SET of character ids with memories
-# ARGV[1] - the key prefix of the user's memory hashes (`keys.user_memories_prefix`)
-# return how many memory hashes were deleted
-ERASE_MEMORIES = """
-local n = 0
-for _, cid in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  n = n + redis.call('DEL', ARGV[1] .. cid)
+# Put before scripts.DELETE_USER (store/users.py): the user's memories go with the rest.
+# KEYS[3] - the user's SET of character ids with memories
+# ARGV[2] - the key prefix of the user's memory hashes (`keys.user_memories_prefix`)
+ERASE_MEMORIES_FIRST = """
+for _, cid in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+  redis.call('DEL', ARGV[2] .. cid)
 end
-redis.call('DEL', KEYS[1])
-return n
+redis.call('DEL', KEYS[3])
 """
 
 # A generated title (chat/titles.py), which must never replace one the user set.
