@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from chatmem.api.app import create_app
 from chatmem.config import (
     AuthSettings,
+    JobSettings,
     LimitSettings,
     LLMSettings,
     MemorySettings,
@@ -35,8 +36,11 @@ def make_test_settings(
     limits: dict[str, Any] | None = None,
     auth: dict[str, Any] | None = None,
     redis: dict[str, Any] | None = None,
+    jobs: dict[str, Any] | None = None,
 ) -> Settings:
-    """Settings that ignore the environment and .env: tests say everything they need."""
+    """Settings that ignore the environment and .env: tests say everything they need.
+    Background jobs are off unless `jobs` says otherwise (they would ask the fake model
+    too: tests/test_memory*.py turn them on)."""
     return Settings(
         data_dir=data_dir,
         redis=RedisSettings(url=redis_url, **(redis or {})),
@@ -60,6 +64,7 @@ def make_test_settings(
                 | (limits or {})
             ),
         ),
+        jobs=JobSettings(**({"enabled": False} | (jobs or {}))),
         _env_file=None,  # type: ignore[call-arg]
     )
 

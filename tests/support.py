@@ -83,7 +83,13 @@ def next_millisecond() -> None:
 ENV_PREFIX = "CHATMEM_"
 
 
+NO_JOBS = {"CHATMEM_JOBS_ENABLED": "false"}
+
+
 def scrubbed_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment without any CHATMEM_ setting (a developer's own would leak in)."""
+    """The environment without any CHATMEM_ setting (a developer's own would leak in) but
+    `NO_JOBS`."""
     environ = os.environ if environ is None else environ
-    return {k: v for k, v in environ.items() if not k.startswith(ENV_PREFIX)}
+    # Background jobs (summaries, titles) would ask the fake model too: a test of them
+    # turns them on (tests/test_jobs_processes.py).
+    return {k: v for k, v in environ.items() if not k.startswith(ENV_PREFIX)} | NO_JOBS

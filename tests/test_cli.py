@@ -50,6 +50,7 @@ def env(
         "CHATMEM_LLM_API_KEY": "test-key",
         "CHATMEM_LLM_MODEL": "fake-model",
         "CHATMEM_LLM_MAX_RETRIES": "0",
+        "CHATMEM_JOBS_ENABLED": "false",  # titles would take the fake's scripted replies
     }
     for name, value in values.items():
         monkeypatch.setenv(name, value)

@@ -99,7 +99,12 @@ async def test_import_is_for_admins_and_checked_before_anything_is_stored(
 
     r = await client.post("/v1/import", json=doc, headers=as_("root"))
     assert r.status_code == 200, r.text
-    assert r.json() == {"sessions": 1, "messages_added": 3, "messages_skipped": 0}
+    assert r.json() == {
+        "sessions": 1,
+        "messages_added": 3,
+        "messages_skipped": 0,
+        "memories_added": 0,
+    }
     history = (await client.get(f"/v1/sessions/{sid}/messages", headers=as_("alice"))).json()
     assert [m["content"] for m in history["messages"]][1] == "keep me"
     again = (await client.post("/v1/import", json=doc, headers=as_("root"))).json()

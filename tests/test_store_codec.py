@@ -65,6 +65,7 @@ def test_meta_decodes_from_the_flat_hash() -> None:
         "preview_role": "user",
         "forked_from": "s0",
         "forked_at": "m7",
+        "memory": True,
     }
     assert meta.state is SessionState.ENDED
     assert decode_meta("s1", flat, pttl_ms=-2, stored=0).ttl_remaining_s == 0

@@ -1,10 +1,21 @@
-"""A chat's title from its first user message (chat/titles.py), through the API."""
+"""A chat's title from its first user message, then from the model (chat/titles.py),
+through the API; a title the user set is never replaced."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from pathlib import Path
+
 import httpx
+import pytest
 
 from chatmem.chat.titles import MAX_TITLE_CHARS, is_placeholder, title_from_message
+from chatmem.store.client import AnyRedis
+from tests.api_support import make_test_settings, running_app
+from tests.fake_openai import FakeOpenAI
+from tests.memory_model import MemoryModel, kind_of
+from tests.support import eventually
+from tests.test_memory_summary import FAST_JOBS
 
 H = {"X-User-Id": "title-user"}
 
@@ -49,3 +60,65 @@ async def test_first_message_titles_the_chat_and_a_given_title_stays(
     sid2 = (await client.post("/v1/sessions", json=body, headers=H)).json()["session"]["session_id"]
     await client.post(f"/v1/sessions/{sid2}/messages", json={"content": "Hello"}, headers=H)
     assert (await client.get(f"/v1/sessions/{sid2}", headers=H)).json()["title"] == "Named by me"
+
+
+@pytest.fixture
+async def jobs_client(
+    redis_url: str, redis_client: AnyRedis, fake: FakeOpenAI, tmp_data_dir: Path
+) -> AsyncIterator[tuple[httpx.AsyncClient, MemoryModel]]:
+    model = MemoryModel(title='"Kyoto weekend plans."')
+    fake.respond = model
+    settings = make_test_settings(redis_url, fake.base_url, tmp_data_dir, jobs=FAST_JOBS)
+    async with running_app(settings) as (_, http):
+        yield http, model
+
+
+async def title_of(client: httpx.AsyncClient, sid: str) -> str:
+    return str((await client.get(f"/v1/sessions/{sid}", headers=H)).json()["title"])
+
+
+async def test_the_model_titles_the_chat_after_the_first_exchange(
+    jobs_client: tuple[httpx.AsyncClient, MemoryModel],
+) -> None:
+    client, model = jobs_client
+    r = await client.post("/v1/sessions", json={"character_id": "luna"}, headers=H)
+    sid = r.json()["session"]["session_id"]
+    await client.post(f"/v1/sessions/{sid}/messages", json={"content": "Plan Kyoto"}, headers=H)
+    await eventually(
+        lambda: _is(client, sid, "Kyoto weekend plans"), "the generated title (unquoted)"
+    )
+    title_request = next(b for b in model.bodies if kind_of(b) == "title")
+    assert "Plan Kyoto" in title_request["messages"][-1]["content"]
+    await client.post(f"/v1/sessions/{sid}/messages", json={"content": "More"}, headers=H)
+    assert model.calls["title"] == 1  # after the first exchange only
+
+
+async def _is(client: httpx.AsyncClient, sid: str, title: str) -> bool:
+    return await title_of(client, sid) == title
+
+
+async def test_a_title_the_user_set_is_never_replaced(
+    jobs_client: tuple[httpx.AsyncClient, MemoryModel],
+) -> None:
+    client, model = jobs_client
+    body = {"character_id": "luna", "title": "Named by me"}
+    sid = (await client.post("/v1/sessions", json=body, headers=H)).json()["session"]["session_id"]
+    await client.post(f"/v1/sessions/{sid}/messages", json={"content": "Hello"}, headers=H)
+    # Renamed while the model writes one: the rename wins (compare and swap).
+    model.title_delay_s = 0.5
+    sid2 = (await client.post("/v1/sessions", json={"character_id": "luna"}, headers=H)).json()[
+        "session"
+    ]["session_id"]
+    await client.post(f"/v1/sessions/{sid2}/messages", json={"content": "Hello"}, headers=H)
+    await eventually(lambda: model.calls["title"] >= 1, "the title job under way")
+    r = await client.patch(f"/v1/sessions/{sid2}", json={"title": "Mine"}, headers=H)
+    assert r.status_code == 200
+    await eventually(lambda: model.calls["title"] == 1 and _done(client), "the title job done")
+    assert await title_of(client, sid) == "Named by me"
+    assert await title_of(client, sid2) == "Mine"
+
+
+async def _done(client: httpx.AsyncClient) -> bool:
+    """Both sessions' title jobs are done (the first one's found the user's title)."""
+    text = (await client.get("/metrics")).text
+    return 'chatmem_jobs_done_total{kind="title"} 2.0' in text

@@ -62,6 +62,38 @@ class MemorySettings(BaseModel):
     max_context_messages: int = Field(50, ge=1)
     max_context_tokens: int = Field(20_000, ge=1)
     max_message_chars: int = Field(4000, ge=1)
+    # Memory beyond the window (SPEC §2b); a character's `memory` policy switches them.
+    summary_max_tokens: int = Field(400, ge=0)
+    # Messages that left the window are summarized once this many rounds of them wait.
+    summary_batch_rounds: int = Field(2, ge=1, le=20)
+    memories_max_tokens: int = Field(300, ge=0)
+    memory_ttl_s: int = Field(90 * 24 * 3600, ge=60)
+    # Memories are extracted after every this many rounds.
+    extract_every_rounds: int = Field(3, ge=1, le=50)
+    # The model of summaries, extraction and titles (None: the chat model).
+    background_model: str | None = None
+    background_max_tokens: int = Field(300, ge=16, le=4096)
+    # Generated session titles (after the first exchange).
+    generate_titles: bool = True
+
+
+class JobSettings(BaseModel):
+    """Background jobs on Redis (store/jobs.py, chat/jobs.py)."""
+
+    model_config = _GROUP
+
+    # Memory beyond the window (summaries, memories, generated titles) and this
+    # process's worker; off: sessions keep their pure window.
+    enabled: bool = True
+    # A job pending this long with a consumer that did not touch it is taken by another.
+    claim_idle_ms: int = Field(60_000, ge=100)
+    max_attempts: int = Field(5, ge=1, le=100)
+    backoff_base_ms: int = Field(1_000, ge=1)
+    backoff_max_ms: int = Field(300_000, ge=1)
+    # How long one XREADGROUP waits (below the Redis socket timeout).
+    poll_block_ms: int = Field(1_000, ge=1, le=1_500)
+    # Retries due, dead consumers' jobs and the gauges are looked at this often.
+    housekeeping_ms: int = Field(1_000, ge=10)
 
 
 class ModelPrice(BaseModel):
@@ -200,6 +232,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
+    jobs: JobSettings = Field(default_factory=JobSettings)
 
     @model_validator(mode="after")
     def _local_model_path_into_llm(self) -> Settings:

@@ -54,6 +54,46 @@ class Metrics:
             "chatmem_http_requests_total", "HTTP requests", ["method", "status"], registry=r
         )
 
+        self.jobs = Gauge(
+            "chatmem_jobs",
+            "Background jobs by state (queued, running, delayed, dead), as last seen",
+            ["state"],
+            registry=r,
+        )
+        self.jobs_done = Counter(
+            "chatmem_jobs_done_total", "Background jobs done", ["kind"], registry=r
+        )
+        self.jobs_failed = Counter(
+            "chatmem_jobs_failed_total",
+            "Background job attempts that failed (retried, or dead)",
+            ["kind", "outcome"],
+            registry=r,
+        )
+        self.job_lag = Histogram(
+            "chatmem_job_lag_seconds",
+            "Background job: queued to done",
+            ["kind"],
+            buckets=_LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.memory_invalid = Counter(
+            "chatmem_memory_invalid_output_total",
+            "Model output for a summary or memory operations that was dropped as invalid",
+            ["kind"],
+            registry=r,
+        )
+        self.uncovered_trims = Counter(
+            "chatmem_summary_uncovered_trims_total",
+            "Messages trimmed from Redis before the summary covered them (the hard cap)",
+            registry=r,
+        )
+        self.background_tokens = Counter(
+            "chatmem_background_tokens_total",
+            "Model tokens spent on background work",
+            ["kind"],
+            registry=r,
+        )
+
     def observe_store_op(self, op: str, seconds: float) -> None:
         self.store_op.labels(op).observe(seconds)
 

@@ -110,6 +110,40 @@ class Usage:
 
 
 @dataclass(slots=True)
+class SessionSummary:
+    """A session's rolling summary (SPEC §2b): what left the context, folded in."""
+
+    text: str = ""
+    tokens: int = 0
+    # How many of the oldest stored messages it covers (the store keeps this true as it
+    # trims and deletes), and how many it ever covered (trimmed ones included).
+    covers: int = 0
+    covered_total: int = 0
+    through_id: str = ""  # the newest message it covers
+    stale: bool = False  # a covered message was edited or deleted: to be rebuilt
+    version: int = 0  # bumped by every store (compare and swap for its jobs)
+    lost: int = 0  # messages trimmed uncovered (the hard cap), not yet reported
+
+    def through_seq(self, meta: SessionMeta) -> int:
+        """The seq of the newest covered message in a read that gave `meta` (0: none)."""
+        if self.covers <= 0:
+            return 0
+        return meta.last_seq - meta.stored_messages + self.covers
+
+    def to_dict(self, meta: SessionMeta) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "tokens": self.tokens,
+            "covers_messages": self.covers,
+            "covered_total": self.covered_total,
+            "through_seq": self.through_seq(meta),
+            "through_msg_id": self.through_id or None,
+            "stale": self.stale,
+            "version": self.version,
+        }
+
+
+@dataclass(slots=True)
 class SessionMeta:
     session_id: str
     user_id: str
@@ -128,6 +162,13 @@ class SessionMeta:
     # The session (and its message) this one was forked from (SPEC §3b).
     forked_from: str = ""
     forked_at: str = ""
+    # Memory beyond the window (SPEC §2b): off for the seed routes' implicit sessions;
+    # the summary (None until the session's first summary state is written); the seq
+    # up to which memories were extracted; the seq of the newest message.
+    memory_on: bool = True
+    summary: SessionSummary | None = None
+    extracted_seq: int = 0
+    last_seq: int = 0
     # Read-time facts, not stored fields.
     ttl_remaining_s: int = 0
     stored_messages: int = 0
@@ -152,6 +193,7 @@ class SessionMeta:
             "preview_role": self.preview_role,
             "forked_from": self.forked_from or None,
             "forked_at": self.forked_at or None,
+            "memory": self.memory_on,
         }
 
 
@@ -219,6 +261,15 @@ class ModelParams(BaseModel):
     max_tokens: int | None = Field(None, ge=1, le=32_768)
 
 
+class MemoryPolicy(BaseModel):
+    """What a character's sessions remember beyond the window (SPEC §2b)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    summary: bool = True
+    memories: bool = True
+
+
 class Character(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -228,6 +279,7 @@ class Character(BaseModel):
     greeting: Text = Field("", max_length=10_000)
     description: Text = Field("", max_length=10_000)
     params: ModelParams = Field(default_factory=ModelParams)
+    memory: MemoryPolicy = Field(default_factory=MemoryPolicy)
     # Instructions appended after the history (Card V2 post_history_instructions).
     post_history_instructions: Text = Field("", max_length=10_000)
     # What a Card V2 import carried that chatmem does not use, kept for export

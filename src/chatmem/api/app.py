@@ -18,7 +18,16 @@ from chatmem.api.access_log import install_access_log_redaction
 from chatmem.api.body_limit import BodyLimitMiddleware, route_limits
 from chatmem.api.deps import AppParts
 from chatmem.api.middleware import RequestIdMiddleware
-from chatmem.api.routes import characters, editing, health, render, sessions, transfer, users
+from chatmem.api.routes import (
+    characters,
+    editing,
+    health,
+    memories,
+    render,
+    sessions,
+    transfer,
+    users,
+)
 from chatmem.api.routes.compat import chat_app, companion, simple_chat
 from chatmem.api.routes.openai import completions as openai_compat
 from chatmem.api.security_headers import SecurityHeadersMiddleware
@@ -74,7 +83,8 @@ def create_app(
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(SecurityHeadersMiddleware)
     errors.install(app)
-    for module in (health, sessions, editing, users, characters, render, transfer, openai_compat):
+    routers = (health, sessions, editing, users, characters, memories, render, transfer)
+    for module in (*routers, openai_compat):
         app.include_router(module.router)
     app.include_router(simple_chat.router)
     app.include_router(chat_app.router)

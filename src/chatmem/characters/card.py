@@ -35,7 +35,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from chatmem.errors import InvalidInput
-from chatmem.models import Character, ModelParams
+from chatmem.models import Character, MemoryPolicy, ModelParams
 
 from .parse import validation_message
 
@@ -77,6 +77,7 @@ _CARD_LABELS = {
     "system_prompt": "system prompt (data.system_prompt, description, personality, "
     "scenario and mes_example together)",
     "params": "data.extensions.chatmem.params",
+    "memory": "data.extensions.chatmem.memory",
 }
 _CHAR_RE = re.compile(r"\{\{char\}\}|<bot>", re.IGNORECASE)
 _USER_RE = re.compile(r"\{\{user\}\}|<user>", re.IGNORECASE)
@@ -217,6 +218,8 @@ def card_to_character(card: Any, *, character_id: str | None = None) -> Characte
     }
     if "params" in ours:
         fields["params"] = ours["params"]
+    if "memory" in ours:
+        fields["memory"] = ours["memory"]
     try:
         return Character.model_validate(fields)
     except ValidationError as exc:
@@ -286,6 +289,8 @@ def character_to_card(ch: Character) -> dict[str, Any]:
         ours["id"] = ch.id
     if ch.params != ModelParams():
         ours["params"] = ch.params.model_dump(exclude_none=True)
+    if ch.memory != MemoryPolicy():
+        ours["memory"] = ch.memory.model_dump()
     if ours:
         data["extensions"][CHATMEM_EXTENSION] = ours
     else:

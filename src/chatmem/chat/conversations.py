@@ -84,6 +84,7 @@ async def create_conversation(
         window_size=window_size,
         ensure=True,
         min_ttl_s=min_ttl_s,
+        memory=False,  # the seeds' documents are window memories (SPEC §2b)
     )
 
 

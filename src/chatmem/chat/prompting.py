@@ -1,25 +1,45 @@
 """What a turn sends the model: the validated message, its context limits, generation
 parameters and the assembled context (pure assembly in context.py; this adds the
-settings and a cache)."""
+settings, the memory policy, the memories read and a cache).
+
+The memory policy (SPEC §2b) of a session is its character's `memory` (summary,
+memories), both off for the seed routes' implicit sessions (`SessionMeta.memory_on`) and
+with `jobs.enabled` off. With memories on, a turn costs one more round trip: their read.
+"""
 
 from __future__ import annotations
 
+import logging
+
 from chatmem.config import Settings
-from chatmem.context import AssembledContext, ContextLimits, assemble_context
-from chatmem.errors import InvalidInput
-from chatmem.models import Character, Message, SessionMeta
+from chatmem.context import AssembledContext, ContextLimits, MemoryBlock, assemble_context
+from chatmem.errors import InvalidInput, StoreUnavailable
+from chatmem.models import Character, MemoryPolicy, Message, SessionMeta
 from chatmem.providers.base import ChatProvider, GenerationParams
+from chatmem.store.memories import Memory, MemoryStore
 from chatmem.tokens import count_tokens
+
+log = logging.getLogger(__name__)
+OFF = MemoryPolicy(summary=False, memories=False)
 
 # System prompts whose token counts are cached (they are counted once, not per turn).
 SYSTEM_TOKENS_CACHED = 1024
 
 
 class Prompter:
-    def __init__(self, settings: Settings, provider: ChatProvider) -> None:
+    def __init__(
+        self, settings: Settings, provider: ChatProvider, memories: MemoryStore | None = None
+    ) -> None:
         self.settings = settings
         self.provider = provider
+        self.memories = memories
         self._system_tokens: dict[str, int] = {}
+
+    def policy(self, meta: SessionMeta, character: Character) -> MemoryPolicy:
+        """Off for the seed routes' sessions, and with background jobs off (nothing
+        would keep summaries or memories: the context is the pure window)."""
+        on = meta.memory_on and self.settings.jobs.enabled
+        return character.memory if on else OFF
 
     def validate_content(self, content: str) -> str:
         """The message as stored: trimmed, not empty, within `max_message_chars`."""
@@ -71,12 +91,46 @@ class Prompter:
             n = self._system_tokens[text] = count_tokens(text)
         return n
 
+    async def assemble_turn(
+        self,
+        meta: SessionMeta,
+        character: Character,
+        history: list[Message],
+        new_message: Message | None,
+        limits: ContextLimits,
+    ) -> AssembledContext:
+        """The context with what the session's memory policy adds: its long-term
+        memories (one read; skipped, logged, if Redis fails it) and its summary."""
+        policy = self.policy(meta, character)
+        memories: list[Memory] = []
+        if policy.memories and self.memories is not None:
+            try:
+                memories = await self.memories.read(meta.user_id, character.id)
+            except StoreUnavailable as exc:
+                log.warning("memories unavailable for this turn: %s", exc)
+        return self.assemble(
+            character, history, new_message, limits, extra=self.block(meta, policy, memories)
+        )
+
+    def block(self, meta: SessionMeta, policy: MemoryPolicy, memories: list[Memory]) -> MemoryBlock:
+        mem = self.settings.memory
+        summary = meta.summary if policy.summary else None
+        return MemoryBlock(
+            memories=[(m.text, m.tokens) for m in memories],
+            memories_max_tokens=mem.memories_max_tokens,
+            summary=summary.text if summary is not None else "",
+            summary_tokens=summary.tokens if summary is not None else 0,
+            summary_max_tokens=mem.summary_max_tokens,
+            summary_through_seq=summary.through_seq(meta) if summary is not None else 0,
+        )
+
     def assemble(
         self,
         character: Character,
         history: list[Message],
         new_message: Message | None,
         limits: ContextLimits,
+        extra: MemoryBlock | None = None,
     ) -> AssembledContext:
         return assemble_context(
             system_prompt=character.system_prompt,
@@ -86,4 +140,5 @@ class Prompter:
             limits=limits,
             post_history=character.post_history_instructions,
             post_history_tokens=self.count_cached(character.post_history_instructions),
+            extra=extra,
         )

@@ -14,6 +14,7 @@ from typing import Any
 from chatmem.characters import CharacterRegistry, greetings_of
 from chatmem.chat.editing import REVISIONS, Editing, greeting_message
 from chatmem.chat.generation import Delta, Ended, Generation, NativeEvent, TurnDone, TurnEvent
+from chatmem.chat.memory import BackgroundMemory
 from chatmem.chat.prompting import Prompter
 from chatmem.chat.prompts import context_messages
 from chatmem.chat.reconcile import ClientMessage, plan_turn
@@ -33,6 +34,7 @@ from chatmem.providers.base import ChatProvider
 from chatmem.store.conversations import RedisMemoryStore
 from chatmem.store.editing import MessageEdits
 from chatmem.store.locks import Coordinator
+from chatmem.store.memories import MemoryStore
 from chatmem.store.streams import GenerationStreams
 from chatmem.store.turns import HISTORY_CHANGED, TurnStore
 from chatmem.store.usage import UsageLedger
@@ -80,7 +82,9 @@ class ChatService(SessionMethods):
         self.outbox = outbox or Outbox(settings.data_dir / OUTBOX_DIR)
         turn_store = TurnStore(store, coordinator)
         self.replayer = OutboxReplayer(self.outbox, turn_store, characters)
-        self.prompter = Prompter(settings, provider)
+        self.prompter = Prompter(
+            settings, provider, MemoryStore(store, ttl_s=settings.memory.memory_ttl_s)
+        )
         self.turns = Turns(
             settings,
             turn_store,
@@ -98,14 +102,28 @@ class ChatService(SessionMethods):
             lock_wait_ms=settings.limits.session_lock_wait_ms,
             validate=self.validate_content,
         )
+        local_model = hasattr(provider, "pending")  # one model, one core: turns go first
+        self.background = BackgroundMemory(
+            settings,
+            store,
+            characters,
+            self.prompter,
+            self.metrics,
+            interactive_busy=lambda: local_model and bool(self.turns.inflight.running),
+        )
+        self.memories = self.background.memories
 
     async def start(self) -> None:
-        """Adopt outboxes left by dead processes and start replaying (app start-up)."""
+        """Adopt outboxes left by dead processes and start replaying, and start this
+        process's background worker (app start-up)."""
         await self.replayer.start()
+        await self.background.start()
 
     async def close(self) -> None:
         """Graceful shutdown: finish or persist the generations in flight, then flush the
-        outbox (one last replay; what Redis cannot take now stays on disk)."""
+        outbox (one last replay; what Redis cannot take now stays on disk). A background
+        job cut short stays pending for another process."""
+        await self.background.close()
         await self.drain(self.settings.server.shutdown_grace_s)
         await self.replayer.close()
 
@@ -126,7 +144,9 @@ class ChatService(SessionMethods):
         window_size: int | None = None,
         session_id: str | None = None,
         ensure: bool = False,
+        memory: bool = True,
     ) -> tuple[SessionMeta, Message | None]:
+        """`memory`: False for the seed routes' sessions (no summary, memories, titles)."""
         character = await self.characters.get(character_id or self.characters.default_id)
         await self.coordinator.check_write_rate(user_id)
         greetings = greetings_of(character)
@@ -140,6 +160,7 @@ class ChatService(SessionMethods):
             window_size=window_size,
             greeting=greeting,
             ensure=ensure,
+            memory=memory,
         )
         return meta, greeting
 
@@ -180,6 +201,7 @@ class ChatService(SessionMethods):
             adjust=adjust,
             turn=turn or TurnShape(character_id, history_messages, new_ttl_s, new_window_size),
         )
+        self.background.watch(gen)
         await self._title_from_first_message(gen, content)
         return gen
 
@@ -213,7 +235,7 @@ class ChatService(SessionMethods):
         alternative of it, or its longer text). `turn`: the OpenAI route's."""
         if revision not in REVISIONS:
             raise ValueError(f"unknown revision {revision!r}")
-        return await self.turns.prepare(
+        gen = await self.turns.prepare(
             user_id,
             session_id,
             "",
@@ -223,6 +245,8 @@ class ChatService(SessionMethods):
             adjust=adjust,
             turn=turn,
         )
+        self.background.watch(gen)
+        return gen
 
     async def prepare_client_turn(
         self,
@@ -312,7 +336,7 @@ class ChatService(SessionMethods):
         snap = await self.store.read(user_id, session_id, last=TURN_READ_MESSAGES)
         character = await self.characters.get(snap.meta.character_id)
         limits = self.prompter.limits_for(snap.meta, character)
-        ctx = self.prompter.assemble(character, snap.messages, None, limits)
+        ctx = await self.prompter.assemble_turn(snap.meta, character, snap.messages, None, limits)
         messages = context_messages(
             ctx,
             character,
@@ -320,4 +344,15 @@ class ChatService(SessionMethods):
             post_history_tokens=self.prompter.count_cached(character.post_history_instructions),
             show_prompts=show_prompts,
         )
-        return {"messages": messages, "tokens": ctx.breakdown()}
+        summary = snap.meta.summary
+        return {
+            "messages": messages,
+            "tokens": ctx.breakdown(),
+            "memory": {
+                "policy": self.prompter.policy(snap.meta, character).model_dump(),
+                "summary": summary.to_dict(snap.meta) if summary is not None else None,
+                "summary_in_context": ctx.summary_used,
+                "memories_in_context": ctx.memories_used,
+                "memories_left_out": ctx.memories_dropped,
+            },
+        }

@@ -296,7 +296,7 @@ class Turns:
             meta=res.meta,
             character=character,
             user_message=stored_user,
-            context=self.prompter.assemble(character, history, last, limits),
+            context=await self.prompter.assemble_turn(res.meta, character, history, last, limits),
             params=self.prompter.params(character),
             lock_token=token,
             reply_id=reply_id,

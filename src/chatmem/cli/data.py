@@ -83,7 +83,9 @@ def _export_store(settings: Any, user: str | None) -> dict[str, Any]:
             metas = await sessions_to_export(store, user)
             with _progress() as progress:
                 task = progress.add_task("exporting", total=len(metas))
-                return await export_sessions(store, metas, lambda n: progress.advance(task, n))
+                return await export_sessions(
+                    store, metas, lambda n: progress.advance(task, n), [user] if user else ()
+                )
 
     with reported_errors():
         return asyncio.run(main())
@@ -113,11 +115,12 @@ def import_(
     """Import an export: ids kept, whatever is already there skipped (idempotent); into
     the store, or into a running server with --url."""
     from chatmem.chat.runtime import open_store
-    from chatmem.ops.transfer import import_sessions, parse_export
+    from chatmem.ops.transfer import import_sessions, parse_export, parse_memories
 
     doc = read_json(file)
     with reported_errors():
         sessions = parse_export(doc)
+        memories = parse_memories(doc)
     if url:
         got = call_api(url, None, api_key, lambda api: api.import_(doc))
         err.print(
@@ -131,13 +134,15 @@ def import_(
         async with open_store(settings) as store:
             with _progress() as progress:
                 task = progress.add_task("importing", total=len(sessions))
-                return await import_sessions(store, sessions, lambda n: progress.advance(task, n))
+                return await import_sessions(
+                    store, sessions, lambda n: progress.advance(task, n), memories
+                )
 
     with reported_errors():
         report = asyncio.run(main())
     err.print(
         f"imported {report.sessions} sessions: {report.messages_added} messages added, "
-        f"{report.messages_skipped} already there"
+        f"{report.messages_skipped} already there, {report.memories_added} memories added"
     )
 
 

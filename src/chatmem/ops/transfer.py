@@ -1,7 +1,8 @@
 """Export and import conversations as JSON, straight from and to the memory store.
 
     {"format": "chatmem-export", "version": 1, "exported_at": 1700000000.0,
-     "sessions": [{"meta": {...SessionMeta.to_dict()}, "messages": [{...}, ...]}]}
+     "sessions": [{"meta": {...SessionMeta.to_dict()}, "messages": [{...}, ...]}],
+     "memories": [{...memory, with user_id and character_id}, ...]}
 
 Alternatives of a reply travel in its metadata and a fork's `forked_from` in its meta,
 so both come back as they were. Import keeps session and message ids: a session that
@@ -12,6 +13,11 @@ store counts only if that batch brought something new (a session exported withou
 messages brings none). Times of creation and last activity restart at the import. The
 store is the server's own (`chat.runtime.open_store`: the configured Redis, or the
 embedded one).
+
+Long-term memories (SPEC §2b) travel as a list of their own (they outlive sessions):
+those of every exported user. Import keeps their ids; one that exists is kept as it is,
+so importing twice changes nothing there either. A file without `memories` (made before
+they existed) imports as before.
 """
 
 from __future__ import annotations
@@ -24,12 +30,15 @@ from typing import Any
 from chatmem.errors import InvalidInput, SessionNotFound
 from chatmem.models import Message, Role, SessionMeta, SessionState, Usage
 from chatmem.store.conversations import RedisMemoryStore
-from chatmem.store.keys import MAX_APPEND_MESSAGES
+from chatmem.store.keys import MAX_APPEND_MESSAGES, validate_id
+from chatmem.store.memories import Memory, MemoryOp, MemoryStore
 
 FORMAT = "chatmem-export"
 VERSION = 1
 USERS_PAGE = 1000
 MAX_SESSIONS_PER_USER = 100_000
+# Memories imported get this sliding TTL (the server's default `memory.memory_ttl_s`).
+IMPORTED_MEMORY_TTL_S = 90 * 24 * 3600
 
 Progress = Callable[[int], None]
 _STATES = {s.value for s in SessionState}
@@ -53,9 +62,14 @@ async def sessions_to_export(store: RedisMemoryStore, user: str | None) -> list[
 
 
 async def export_sessions(
-    store: RedisMemoryStore, metas: Iterable[SessionMeta], on_session: Progress | None = None
+    store: RedisMemoryStore,
+    metas: Iterable[SessionMeta],
+    on_session: Progress | None = None,
+    memory_users: Iterable[str] = (),
 ) -> dict[str, Any]:
-    """The export document of these sessions (those that expire meanwhile are left out)."""
+    """The export document of these sessions (those that expire meanwhile are left out),
+    with the memories of their users and of `memory_users`."""
+    metas = list(metas)
     out: list[dict[str, Any]] = []
     for meta in metas:
         try:
@@ -72,7 +86,56 @@ async def export_sessions(
         )
         if on_session is not None:
             on_session(1)
-    return {"format": FORMAT, "version": VERSION, "exported_at": time.time(), "sessions": out}
+    users = sorted({m.user_id for m in metas} | set(memory_users))
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "exported_at": time.time(),
+        "sessions": out,
+        "memories": await export_memories(store, users),
+    }
+
+
+async def export_memories(store: RedisMemoryStore, users: Iterable[str]) -> list[dict[str, Any]]:
+    memories = MemoryStore(store, ttl_s=IMPORTED_MEMORY_TTL_S)
+    out: list[dict[str, Any]] = []
+    for uid in users:
+        for cid in await memories.characters(uid):
+            for mem in await memories.read(uid, cid, touch=False):
+                out.append({"user_id": uid, **mem.to_dict(cid)})
+    return out
+
+
+def parse_memories(doc: Any) -> list[dict[str, Any]]:
+    """The memories of an export document (none in one made before they existed)."""
+    raw = doc.get("memories", []) if isinstance(doc, dict) else []
+    if not isinstance(raw, list) or not all(isinstance(m, dict) for m in raw):
+        raise InvalidInput("the export's 'memories' must be a list of objects")
+    return raw
+
+
+async def import_memories(
+    store: RedisMemoryStore, raw: list[dict[str, Any]], *, ttl_s: int = IMPORTED_MEMORY_TTL_S
+) -> int:
+    """Add the memories whose ids are not there yet; returns how many were added."""
+    memories = MemoryStore(store, ttl_s=ttl_s)
+    added = 0
+    for n, item in enumerate(raw, start=1):
+        try:
+            uid = validate_id(str(item["user_id"]), "user id")
+            cid = validate_id(str(item["character_id"]), "character id")
+            mem = Memory(
+                text=str(item["text"]),
+                memory_id=validate_id(str(item["memory_id"]), "memory id"),
+                source_ids=[str(s) for s in item.get("source_msg_ids") or []],
+                created_at=float(item.get("created_at", 0.0)),
+                updated_at=float(item.get("updated_at", 0.0)),
+                tokens=int(item.get("token_count", 0)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidInput(f"memory #{n}: bad memory ({exc})") from exc
+        added += await memories.apply(uid, cid, [MemoryOp("new", mem.memory_id, mem)]) or 0
+    return added
 
 
 @dataclass(slots=True)
@@ -80,6 +143,7 @@ class ImportReport:
     sessions: int = 0
     messages_added: int = 0
     messages_skipped: int = 0
+    memories_added: int = 0
 
 
 def parse_export(doc: Any) -> list[dict[str, Any]]:
@@ -134,8 +198,11 @@ async def import_sessions(
     store: RedisMemoryStore,
     sessions: list[dict[str, Any]],
     on_session: Progress | None = None,
+    memories: list[dict[str, Any]] | None = None,
 ) -> ImportReport:
     report = ImportReport()
+    if memories:
+        report.memories_added = await import_memories(store, memories)
     for n, item in enumerate(sessions, start=1):
         meta = item["meta"]
         where = f"session #{n}"
@@ -154,6 +221,7 @@ async def import_sessions(
             window_size=int(meta["window_size"]) if meta.get("window_size") else None,
             ensure=True,
             forked_from=_fork_of(meta),
+            memory=meta.get("memory") is not False,  # a seed route's session stays off
         )
         usage: Usage | None = _usage(meta.get("usage"))
         for start in range(0, len(messages), MAX_APPEND_MESSAGES):

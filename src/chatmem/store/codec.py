@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from chatmem.errors import InvalidInput
-from chatmem.models import Message, Role, SessionMeta, SessionState, Usage
+from chatmem.models import Message, Role, SessionMeta, SessionState, SessionSummary, Usage
 
 _ROLE_CODES = {Role.USER: "u", Role.ASSISTANT: "a", Role.SYSTEM: "s", Role.TOOL: "o"}
 _CODE_ROLES = {v: k for k, v in _ROLE_CODES.items()}
@@ -108,6 +108,27 @@ def decode_meta(session_id: str, flat: list[Any], *, pttl_ms: int, stored: int) 
         preview_role=get("prole", ""),
         forked_from=get("fork", ""),
         forked_at=get("forkmsg", ""),
+        memory_on=get("mem", "1") != "0",
+        summary=decode_summary(h),
+        extracted_seq=int(get("memseq", 0)),
+        last_seq=int(get("seq", 0)),
         ttl_remaining_s=max(0, (pttl_ms + 999) // 1000),
         stored_messages=stored,
+    )
+
+
+def decode_summary(h: dict[str, Any]) -> SessionSummary | None:
+    """The summary fields of a meta hash (scripts in memory_scripts.py write them)."""
+    if "sumn" not in h:
+        return None
+    get = h.get
+    return SessionSummary(
+        text=get("sum", ""),
+        tokens=int(get("sumtok", 0)),
+        covers=int(h["sumn"]),
+        covered_total=int(get("sumcov", 0)),
+        through_id=get("sumthru", ""),
+        stale=get("sumstale", "0") == "1",
+        version=int(get("sumv", 0)),
+        lost=int(get("sumlost", 0)),
     )

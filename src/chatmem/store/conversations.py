@@ -51,7 +51,7 @@ from chatmem.store.rules import (
     validate_ttl,
     validate_window,
 )
-from chatmem.store.users import UserQueries
+from chatmem.store.users import DELETE_USER_AND_MEMORIES, UserQueries
 from chatmem.store.write_concern import ShortfallObserver, WriteConcern
 
 __all__ = [
@@ -132,7 +132,7 @@ class RedisMemoryStore(UserQueries):
         self._delete = redis.register_script(scripts.DELETE_SESSION)
         self._list = redis.register_script(scripts.LIST_SESSIONS)
         self._totals = redis.register_script(scripts.USER_TOTALS)
-        self._delete_user = redis.register_script(scripts.DELETE_USER)
+        self._delete_user = redis.register_script(DELETE_USER_AND_MEMORIES)
 
     def observe(self, name: str, seconds: float) -> None:
         """Time one operation of this store (the turn scripts report theirs here too)."""
@@ -189,6 +189,7 @@ class RedisMemoryStore(UserQueries):
         ensure: bool = False,
         forked_from: tuple[str, str] | None = None,
         min_ttl_s: int = MIN_TTL_S,
+        memory: bool = True,
     ) -> SessionMeta:
         """Create a session (with its greeting as the first message) and return its meta.
 
@@ -208,6 +209,8 @@ class RedisMemoryStore(UserQueries):
             title=validate_title(title),
             window_size=window,
         )
+        if not memory:  # no summary, memories or titles (the seed routes' sessions)
+            fields["mem"] = "0"
         if forked_from is not None:  # (session id, message id): an imported fork
             fields["fork"], fields["forkmsg"] = forked_from
         args: list[Any] = [sid, _now_ms(), ttl]

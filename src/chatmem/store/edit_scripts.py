@@ -10,6 +10,7 @@ rebuilt from the list by the next append (its invariant names the newest ids in 
 
 from __future__ import annotations
 
+from chatmem.store.memory_scripts import _MARK_STALE
 from chatmem.store.scripts import _EXTEND, _QUOTA
 
 # KEYS[1..5] - session keys (scripts.py), KEYS[6] - the session's turn lock
@@ -24,6 +25,7 @@ from chatmem.store.scripts import _EXTEND, _QUOTA
 EDIT_MESSAGE = (
     _EXTEND
     + _QUOTA
+    + _MARK_STALE
     + """
 if redis.call('EXISTS', KEYS[2]) == 0 then return nil end
 if redis.call('EXISTS', KEYS[6]) == 1 then return {-1} end
@@ -37,6 +39,7 @@ local added = #ARGV[4] - #ARGV[3]
 if not bytes_allowed(KEYS[4], KEYS[5], ARGV[9], added, tonumber(ARGV[8])) then
   return {-3}
 end
+summary_touched(#items - 1 - index, ARGV[4] == '')  -- memory_scripts.py
 if ARGV[4] == '' then
   -- '' is never a stored message: mark the one place, then remove that mark.
   redis.call('LSET', KEYS[1], index, '')

@@ -133,3 +133,41 @@ def auth_failures_key(address: str) -> str:
     """STRING: failed authentications from one client address in the current window."""
     # Hashed: an address (IPv6, or what a trusted proxy forwarded) may hold any character.
     return f"{PREFIX}:authfail:{hashlib.sha256(address.encode()).hexdigest()[:32]}"
+
+
+# Background jobs (store/jobs.py): one stream for every process, under one hash tag so
+# that a script can move a job between its keys on Redis Cluster too.
+JOBS_TAG = f"{PREFIX}:{{jobs}}"
+JOBS_STREAM_KEY = f"{JOBS_TAG}:q"
+JOBS_GROUP = "workers"
+# ZSET of jobs waiting for a retry, scored by when they are due (ms).
+JOBS_DELAYED_KEY = f"{JOBS_TAG}:delayed"
+# STREAM of jobs that failed JOB_MAX_ATTEMPTS times (the dead letter), capped.
+JOBS_DEAD_KEY = f"{JOBS_TAG}:dead"
+JOBS_DEAD_MAXLEN = 10_000
+# HASH dedupe key → ms until which an equal job counts as queued (one summary job per
+# session at a time, not one per turn).
+JOBS_DEDUPE_KEY = f"{JOBS_TAG}:dedupe"
+JOBS_MAXLEN = 1_000_000
+
+# Long-term memories (SPEC §2b): own sliding TTL, at most this many per (user, character).
+MEMORIES_MAX = 200
+MEMORY_MAX_CHARS = 500
+# A session with a rolling summary keeps messages the summary does not cover yet, up to
+# this many times max_messages (the hard cap: beyond it the oldest go all the same).
+SUMMARY_HARD_CAP_FACTOR = 2
+
+
+def memories_key(user_id: str, character_id: str) -> str:
+    """HASH memory id → memory JSON: the user's long-term memories with one character."""
+    return f"{user_tag(user_id)}:mem:{validate_id(character_id, 'character id')}"
+
+
+def user_memories_prefix(user_id: str) -> str:
+    """`cm:{u:<id>}:mem:`: the user's memory hashes (erase and export walk them)."""
+    return f"{user_tag(user_id)}:mem:"
+
+
+def user_memory_index_key(user_id: str) -> str:
+    """SET of the character ids the user has memories with (no SCAN on any path)."""
+    return f"{user_tag(user_id)}:memchars"

@@ -29,6 +29,8 @@ meta, or was lost) the append script rebuilds it from the list.
 
 from __future__ import annotations
 
+from chatmem.store.memory_scripts import _CLEAR_SUMMARY, _KEEP_UNCOVERED
+
 # Shared Lua: extend a key's expiry to at least ttl_ms, never shorten it (user-level keys
 # must outlive the longest-lived session of the user).
 _EXTEND = """
@@ -158,6 +160,7 @@ return {1, redis.call('HGETALL', KEYS[2]), ttl_ms, stored}
 APPEND_MESSAGES = (
     _EXTEND
     + _QUOTA
+    + _KEEP_UNCOVERED
     + """
 local m = redis.call('HMGET', KEYS[2], 'ttl', 'seq', 'count', 'tokens', 'ptok', 'ctok',
                      'bytes')
@@ -188,11 +191,11 @@ for i = 13, #ARGV, 3 do
 end
 -- Quota: the bytes this write adds, less those of the messages its trim drops (the
 -- oldest stored ones, then, if it brings more than max_kept, its own oldest).
-local added = 0
+local added, over, lost = 0, 0, 0
 if appended > 0 then
   for _, item in ipairs(items) do added = added + #item end
   local len = redis.call('LLEN', KEYS[1])
-  local over = len + appended - max_kept
+  over, lost = trim_count(len + appended, max_kept)  -- memory_scripts.py
   -- LINDEX from the tail: the cost is that of what is dropped, not of the list.
   for j = 1, math.min(over, len) do added = added - #redis.call('LINDEX', KEYS[1], -j) end
   for j = 1, over - len do added = added - #items[j] end
@@ -205,9 +208,10 @@ local fields = {}
 if appended > 0 then
   stored = redis.call('LPUSH', KEYS[1], unpack(items))
   local before = stored - appended
-  if stored > max_kept then
-    redis.call('LTRIM', KEYS[1], 0, max_kept - 1)
-    stored = max_kept
+  if over > 0 then
+    redis.call('LTRIM', KEYS[1], 0, stored - over - 1)
+    stored = stored - over
+    trimmed(over, lost)
   end
   -- Drop the ids of trimmed messages (and those beyond the id window) from the front.
   local excess = math.min(before, id_window) + appended - math.min(stored, id_window)
@@ -221,10 +225,7 @@ if appended > 0 then
             'active', ARGV[2], 'state', 'ACTIVE',
             'bytes', math.max(0, (tonumber(m[7]) or 0) + added)}
   if last_new then
-    fields[#fields + 1] = 'preview'
-    fields[#fields + 1] = ARGV[6]
-    fields[#fields + 1] = 'prole'
-    fields[#fields + 1] = ARGV[7]
+    for _, v in ipairs({'preview', ARGV[6], 'prole', ARGV[7]}) do fields[#fields + 1] = v end
   end
   redis.call('HINCRBY', KEYS[5], 'count', appended)
   redis.call('HINCRBY', KEYS[5], 'tokens', tokens)
@@ -235,10 +236,9 @@ end
 if appended > 0 or #ARGV < 13 then
   local ptok, ctok, cost = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
   if ptok > 0 or ctok > 0 or cost > 0 then
-    fields[#fields + 1] = 'ptok'
-    fields[#fields + 1] = tonumber(m[5]) + ptok
-    fields[#fields + 1] = 'ctok'
-    fields[#fields + 1] = tonumber(m[6]) + ctok
+    for _, v in ipairs({'ptok', tonumber(m[5]) + ptok, 'ctok', tonumber(m[6]) + ctok}) do
+      fields[#fields + 1] = v
+    end
     redis.call('HINCRBYFLOAT', KEYS[2], 'cost', ARGV[10])
     redis.call('HINCRBY', KEYS[5], 'ptok', ptok)
     redis.call('HINCRBY', KEYS[5], 'ctok', ctok)
@@ -317,12 +317,14 @@ return {redis.call('HGETALL', KEYS[2]), ttl_ms, redis.call('LLEN', KEYS[1])}
 # return 0 if the session does not exist, else 1
 CLEAR_SESSION = (
     _EXTEND
+    + _CLEAR_SUMMARY
     + """
 if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
 local freed = tonumber(redis.call('HGET', KEYS[2], 'bytes') or '0')
 redis.call('DEL', KEYS[1], KEYS[3])
 redis.call('HSET', KEYS[2], 'count', 0, 'tokens', 0, 'preview', '', 'prole', '',
            'active', ARGV[2], 'bytes', 0)
+summary_cleared()  -- memory_scripts.py
 if freed > 0 then redis.call('HINCRBY', KEYS[5], 'bytes', -freed) end
 local ttl_ms = tonumber(redis.call('HGET', KEYS[2], 'ttl')) * 1000
 redis.call('PEXPIRE', KEYS[2], ttl_ms)

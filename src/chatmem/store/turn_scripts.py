@@ -25,17 +25,20 @@ entry is not `e` while the lock is free belongs to a generation whose process di
 
 from __future__ import annotations
 
+from chatmem.store.memory_scripts import _KEEP_UNCOVERED
 from chatmem.store.scripts import _EXTEND, _QUOTA
 
 # Shared Lua. `append_one` appends one message to the session in KEYS[1..5] (skipped if
 # its id is already there) and returns appended (0/1), the newest seq and the ttl in ms;
 # appended is -1, and nothing is written, when the user's byte cap `max_bytes` (0: none;
 # a reply passes 0: its turn was admitted) would be passed. The session's and the user's
-# 'bytes' follow what is stored, as in APPEND_MESSAGES (scripts.py, `_QUOTA`).
+# 'bytes' follow what is stored, as in APPEND_MESSAGES (scripts.py, `_QUOTA`). Its trim
+# keeps what the session's summary does not cover yet (memory_scripts.py).
 # `find_id` gives the list index (newest first, 0-based) of a message id, or nil.
 _TURN_LUA = (
     _EXTEND
     + _QUOTA
+    + _KEEP_UNCOVERED
     + """
 local function load_ids(id_window)
   local ids = redis.call('GET', KEYS[3])
@@ -89,18 +92,18 @@ local function append_one(sid, now, max_kept, id_window, id, item, ntok, preview
   if id ~= '' and not string.find(ids, ',' .. id .. ',', 1, true) then
     -- Quota: the bytes added, less those of the oldest message the trim drops.
     local added = #item
-    if redis.call('LLEN', KEYS[1]) >= max_kept then
-      added = added - #(redis.call('LINDEX', KEYS[1], -1) or '')
-    end
+    local drop, lost = trim_count(redis.call('LLEN', KEYS[1]) + 1, max_kept)
+    for j = 1, drop do added = added - #(redis.call('LINDEX', KEYS[1], -j) or '') end
     if not bytes_allowed(KEYS[4], KEYS[5], prefix, added, max_bytes) then
       return -1, seq, ttl_ms
     end
     appended = 1
     local stored, at_head = place(item, ordinal or 0)
     local before = stored - 1
-    if stored > max_kept then
-      redis.call('LTRIM', KEYS[1], 0, max_kept - 1)
-      stored = max_kept
+    if drop > 0 then
+      redis.call('LTRIM', KEYS[1], 0, stored - drop - 1)
+      stored = stored - drop
+      trimmed(drop, lost)
     end
     if at_head then
       ids = ids .. id .. ','

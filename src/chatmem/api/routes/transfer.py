@@ -16,7 +16,13 @@ from chatmem.auth import resolve_user
 from chatmem.errors import Forbidden, InvalidInput, SessionNotFound
 from chatmem.ids import validate_id
 from chatmem.models import Role
-from chatmem.ops.transfer import export_sessions, import_sessions, parse_export, sessions_to_export
+from chatmem.ops.transfer import (
+    export_sessions,
+    import_sessions,
+    parse_export,
+    parse_memories,
+    sessions_to_export,
+)
 
 router = APIRouter(tags=["transfer"])
 
@@ -39,7 +45,10 @@ async def export(
         metas = [m for m in metas if m.session_id == session_id]
         if not metas:
             raise SessionNotFound(f"session {session_id[:64]!r} not found")
-    return await export_sessions(service.store, metas)
+        return await export_sessions(service.store, metas)
+    # A user's long-term memories go with their sessions (everyone's: with their sessions).
+    memory_users = [user] if user else sorted({m.user_id for m in metas})
+    return await export_sessions(service.store, metas, None, memory_users)
 
 
 @router.post("/v1/import")
@@ -51,13 +60,15 @@ async def import_(
     """Import an export (admin): ids kept, what is already there skipped (idempotent);
     every session is checked before anything is stored."""
     sessions = parse_export(doc)
+    memories = parse_memories(doc)
     for n, item in enumerate(sessions, start=1):
         _check(n, item)
-    report = await import_sessions(service.store, sessions)
+    report = await import_sessions(service.store, sessions, None, memories)
     return {
         "sessions": report.sessions,
         "messages_added": report.messages_added,
         "messages_skipped": report.messages_skipped,
+        "memories_added": report.memories_added,
     }
 
 

@@ -88,7 +88,7 @@ async def start_chat(
     """A new session with the role's character; its greeting is the first message."""
     uid = resolve_user(caller, user_id)
     character = await _role(service, role)
-    meta, greeting = await service.create_session(uid, character.id)
+    meta, greeting = await service.create_session(uid, character.id, memory=False)
     return {
         "session_id": meta.session_id,
         "message": SESSION_CREATED,
