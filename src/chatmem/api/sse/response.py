@@ -29,9 +29,11 @@ PING_S = 15
 SHUTDOWN_STOP_MARGIN_S = 1.0
 HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 
-Frames = AsyncIterator[dict[str, Any]]
-EventShaper = Callable[[Any], dict[str, str]]
-ErrorShaper = Callable[[str, str], dict[str, str]]
+# A frame: already encoded (api/sse/events.py), or a dict for sse-starlette to encode.
+Frame = bytes | dict[str, Any]
+Frames = AsyncIterator[Frame]
+EventShaper = Callable[[Any], Frame]
+ErrorShaper = Callable[[str, str], Frame]
 
 
 def graceful_shutdown(gen: Generation, grace_s: float) -> dict[str, Any]:
