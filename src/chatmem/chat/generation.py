@@ -31,7 +31,7 @@ from chatmem.context import AssembledContext
 from chatmem.errors import ChatmemError
 from chatmem.metrics import Metrics
 from chatmem.models import Character, Message, SessionMeta, Usage
-from chatmem.providers.base import ChatProvider, GenerationParams, StreamChunk
+from chatmem.providers.base import ChatProvider, GenerationParams, StreamChunk, reply_chunks
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,9 @@ class Generation:
         try:
             if not self._stop:
                 self._reading = True
-                stream = self.host.provider.stream(self.context.messages, self.params)
+                stream = reply_chunks(
+                    self.host.provider, self.context.messages, self.params, relayed=self.relay
+                )
                 async with contextlib.aclosing(stream) as chunks:  # type: ignore[type-var]
                     async for chunk in chunks:
                         if chunk.usage is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,3 +65,27 @@ class ChatProvider(Protocol):
     async def aclose(self) -> None:
         """Release connections, threads and model memory."""
         ...
+
+
+@runtime_checkable
+class WholeReplies(Protocol):
+    """A provider that can also answer in one piece, for a reply nobody follows as it
+    is written (a JSON turn): `whole` yields the same chunks as `stream`, at the end."""
+
+    def whole(
+        self, messages: Sequence[Mapping[str, str]], params: GenerationParams
+    ) -> AsyncIterator[StreamChunk]: ...
+
+
+def reply_chunks(
+    provider: ChatProvider,
+    messages: Sequence[Mapping[str, str]],
+    params: GenerationParams,
+    *,
+    relayed: bool,
+) -> AsyncIterator[StreamChunk]:
+    """The reply's chunks: streamed when they are relayed as they come, else in one
+    piece when the provider can (one upstream read instead of one per token)."""
+    if not relayed and isinstance(provider, WholeReplies):
+        return provider.whole(messages, params)
+    return provider.stream(messages, params)
