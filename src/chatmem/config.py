@@ -100,6 +100,10 @@ class LLMSettings(BaseModel):
     local_n_ctx: int = 2048
     local_threads: int | None = None
     local_queue_size: int = 16
+    # Memory for the prompt states of recent conversations (the KV cache of each, ~23 KiB
+    # a token with SmolLM2-135M): a returning user's history is not evaluated again.
+    # 0: keep none.
+    local_state_cache_mb: int = Field(256, ge=0)
     prices: dict[str, ModelPrice] = Field(default_factory=_default_prices)
 
     @property
