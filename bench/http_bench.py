@@ -195,11 +195,15 @@ class Apps:
     chatmem_url: str
     fake_url: str
     pids: dict[str, dict[str, int | None]]  # app name → process name → pid
+    # chatmem from other sources (--baseline-src), for before/after in one run
+    baseline_url: str | None = None
 
 
 @contextmanager
-def apps(work: Path, redis: RedisProcess, delay_s: float) -> Iterator[Apps]:
-    """The fake model and both apps, configured for it."""
+def apps(
+    work: Path, redis: RedisProcess, delay_s: float, baseline_src: Path | None = None
+) -> Iterator[Apps]:
+    """The fake model and both apps (and chatmem from `baseline_src`), configured for it."""
     with ExitStack() as stack:
         fake_url, fake_pid = stack.enter_context(fake_model(delay_s))
         base_env = {
@@ -250,6 +254,19 @@ def apps(work: Path, redis: RedisProcess, delay_s: float) -> Iterator[Apps]:
         )
         asyncio.run(wait_ready(f"{result.seed_url}/health", seed_log))
         asyncio.run(wait_ready(f"{result.chatmem_url}/health", chatmem_log))
+        if baseline_src is not None:
+            baseline_env = chatmem_env | {
+                "PYTHONPATH": str(baseline_src.resolve()),
+                "CHATMEM_REDIS_URL": f"redis://127.0.0.1:{redis.port}/2",
+            }
+            baseline_port, baseline_log = free_port(), work / "baseline.log"
+            baseline_args = uvicorn("chatmem.api.app:create_app", baseline_port, "--factory")
+            baseline = stack.enter_context(
+                process(baseline_args, env=baseline_env, cwd=work, log=baseline_log)
+            )
+            result.baseline_url = f"http://127.0.0.1:{baseline_port}"
+            result.pids["baseline"] = {"app": baseline.pid, **shared}
+            asyncio.run(wait_ready(f"{result.baseline_url}/health", baseline_log))
         yield result
 
 
@@ -374,33 +391,43 @@ def native_turn(sessions: list[str], *, stream: bool) -> Turn:
     return turn
 
 
-async def native_kinds(found: Apps) -> list[tuple[Run, Turn]]:
-    sessions = await native_sessions(found.chatmem_url)
+async def native_kinds(base_url: str, label: str = "") -> list[tuple[Run, Turn]]:
+    sessions = await native_sessions(base_url)
     return [
-        (Run("POST /chat (JSON)"), chat_turn),
-        (Run("native JSON turn"), native_turn(sessions, stream=False)),
-        (Run(f"native stream, {FAKE_CHUNKS} chunks"), native_turn(sessions, stream=True)),
+        (Run(f"{label}POST /chat (JSON)"), chat_turn),
+        (Run(f"{label}native JSON turn"), native_turn(sessions, stream=False)),
+        (Run(f"{label}native stream, {FAKE_CHUNKS} chunks"), native_turn(sessions, stream=True)),
     ]
 
 
-async def native(found: Apps, *, seconds: float, warmup_s: float, rounds: int) -> list[Run]:
+async def native(
+    found: Apps, *, seconds: float, warmup_s: float, rounds: int
+) -> tuple[list[Run], list[Run]]:
     """chatmem alone: `POST /chat`, a native JSON turn and a native streamed turn, in
-    alternating slices, the app's CPU per turn for each."""
-    kinds = await native_kinds(found)
-    for run, turn in kinds:
-        await load(run, found.chatmem_url, seconds=warmup_s, turn=turn)
-    for _ in range(rounds):
+    alternating slices (with the baseline's, when there is one), the app's CPU per turn
+    for each."""
+    apps = [("chatmem", found.chatmem_url, await native_kinds(found.chatmem_url))]
+    if found.baseline_url is not None:
+        kinds = await native_kinds(found.baseline_url, "baseline: ")
+        apps.append(("baseline", found.baseline_url, kinds))
+    for _, url, kinds in apps:
         for run, turn in kinds:
-            pids = found.pids["chatmem"]
-            await load(run, found.chatmem_url, seconds=seconds / rounds, pids=pids, turn=turn)
-    return [run for run, _ in kinds]
+            await load(run, url, seconds=warmup_s, turn=turn)
+    for _ in range(rounds):
+        for i in range(3):
+            for name, url, kinds in apps:
+                run, turn = kinds[i]
+                pids = found.pids[name]
+                await load(run, url, seconds=seconds / rounds, pids=pids, turn=turn)
+    own = [run for run, _ in apps[0][2]]
+    return own, [run for run, _ in apps[1][2]] if len(apps) > 1 else []
 
 
 async def profile(found: Apps, folder: Path, *, seconds: float) -> None:
     """py-spy on the chatmem app under each kind of turn; where its CPU goes."""
     pid = found.pids["chatmem"]["app"]
     assert pid is not None
-    for run, turn in await native_kinds(found):
+    for run, turn in await native_kinds(found.chatmem_url):
         await load(run, found.chatmem_url, seconds=1.0, turn=turn)  # warm
         out = folder / (re.sub(r"\W+", "-", run.name).strip("-").lower() + ".txt")
         spy = turn_profile.record(pid, seconds, out)
@@ -508,23 +535,27 @@ def report_load(title: str, seed: Run, chatmem: Run, *, targets: bool) -> bool:
     return met
 
 
-def report_native(runs: list[Run], seed_app_ms: float) -> None:
-    """chatmem's own turns: app CPU per turn, against the seed app's POST /chat."""
+def report_native(runs: list[Run], seed_app_ms: float, baseline: list[Run]) -> None:
+    """chatmem's own turns: app CPU per turn, against the seed app's POST /chat (and the
+    baseline's same turns, when there is one)."""
     print(f"\nchatmem alone, {CONNECTIONS} connections, {USERS} users: CPU per turn by kind")
     print(
-        f"{'':28}{'turns/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'turns':>7}"
+        f"{'':38}{'turns/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'turns':>7}"
         f"{'app CPU ms':>12}{'/ seed':>8}  errors"
     )
-    for run in runs:
+    for run in [*runs, *baseline]:
         errors = ", ".join(f"{k}: {v}" for k, v in run.errors.items()) or "0"
         app = run.cpu_ms_per_turn("app")
         print(
-            f"{run.name:28}{run.turns_per_s:9.1f}{run.ms(0.5):9.1f}{run.ms(0.99):9.1f}"
+            f"{run.name:38}{run.turns_per_s:9.1f}{run.ms(0.5):9.1f}{run.ms(0.99):9.1f}"
             f"{len(run.latencies_s):7d}{app:12.3f}{app / seed_app_ms:8.3f}  {errors}"
         )
     json_ms, stream_ms = runs[1].cpu_ms_per_turn("app"), runs[2].cpu_ms_per_turn("app")
     ok = "met" if stream_ms <= 1.5 * json_ms else "MISSED"
-    print(f"{'stream / JSON turn':28}{stream_ms / json_ms:9.2f}×  target ≤ 1.5× {ok}")
+    print(f"{'stream / JSON turn':38}{stream_ms / json_ms:9.2f}×  target ≤ 1.5× {ok}")
+    for now, before in zip(runs, baseline, strict=False):
+        ratio = now.cpu_ms_per_turn("app") / before.cpu_ms_per_turn("app")
+        print(f"{'CPU vs baseline: ' + now.name:38}{ratio:9.3f}")
 
 
 def report_streams(own: list[float], via: list[float]) -> None:
@@ -547,6 +578,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4, help="alternating slices per app")
     parser.add_argument("--streams", type=int, default=200, help="streamed turns timed")
     parser.add_argument("--native-seconds", type=float, default=12.0, help="0: skip")
+    parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        metavar="SRC",
+        help="also run chatmem from SRC (e.g. ../main/src) in the native slices: before/after",
+    )
     parser.add_argument("--seeds", type=Path, default=SEEDS_DIR, help="the seed documents")
     parser.add_argument(
         "--profile", type=Path, metavar="DIR", help="py-spy the app per kind of turn, into DIR"
@@ -565,14 +602,15 @@ def main() -> None:
         (work / "seed001_app.py").write_text(seed_app, encoding="utf-8")
         redis = RedisProcess(work).start()
         try:
-            with apps(work, redis, 0.0) as fast:
+            with apps(work, redis, 0.0, args.baseline_src) as fast:
                 print(f"seed 001 cut from {args.seeds}/001_*.txt; same Redis, same fake model")
                 fast_runs = asyncio.run(
                     compare(fast, seconds=args.seconds, warmup_s=args.warmup, rounds=args.rounds)
                 )
-                own_runs = []
+                own_runs: list[Run] = []
+                baseline_runs: list[Run] = []
                 if args.native_seconds > 0:
-                    own_runs = asyncio.run(
+                    own_runs, baseline_runs = asyncio.run(
                         native(
                             fast,
                             seconds=args.native_seconds,
@@ -608,7 +646,7 @@ def main() -> None:
         targets=True,
     )
     if own_runs:
-        report_native(own_runs, fast_runs[0].cpu_ms_per_turn("app"))
+        report_native(own_runs, fast_runs[0].cpu_ms_per_turn("app"), baseline_runs)
     if slow_runs:
         report_load(
             f"POST /chat, the model takes {1000 * SLOW_MODEL_DELAY_S:g} ms to answer, {shape}, "
