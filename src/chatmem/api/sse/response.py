@@ -57,11 +57,19 @@ def graceful_shutdown(gen: Generation, grace_s: float) -> dict[str, Any]:
 async def subscribe(
     gen: Generation, shape: EventShaper, shape_error: ErrorShaper, after: int = 0
 ) -> Frames:
-    """The generation's events as SSE frames; a disconnect stops it if it asked so."""
+    """The generation's events as SSE frames; a disconnect stops it if it asked so.
+    Frames already encoded that are ready together are joined into one."""
     finished = False
     try:
-        async for event in gen.events(after):
-            yield shape(event)
+        async for batch in gen.batches(after):
+            frames = [shape(event) for event in batch]
+            if len(frames) > 1 and all(type(f) is bytes for f in frames):
+                # What arrived together goes out in one write: one ASGI message, one
+                # syscall, however many deltas a slow loop let pile up.
+                yield b"".join(frames)  # type: ignore[arg-type]
+            else:
+                for f in frames:
+                    yield f
         finished = True
     except ChatmemError as exc:
         finished = True
