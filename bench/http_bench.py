@@ -201,7 +201,11 @@ class Apps:
 
 @contextmanager
 def apps(
-    work: Path, redis: RedisProcess, delay_s: float, baseline_src: Path | None = None
+    work: Path,
+    redis: RedisProcess,
+    delay_s: float,
+    baseline_src: Path | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> Iterator[Apps]:
     """The fake model and both apps (and chatmem from `baseline_src`), configured for it."""
     with ExitStack() as stack:
@@ -236,7 +240,7 @@ def apps(
         )
         chatmem_args = uvicorn("chatmem.api.app:create_app", chatmem_port, "--factory")
         chatmem = stack.enter_context(
-            process(chatmem_args, env=chatmem_env, cwd=work, log=chatmem_log)
+            process(chatmem_args, env=chatmem_env | (extra_env or {}), cwd=work, log=chatmem_log)
         )
         shared: dict[str, int | None] = {
             "fake model": fake_pid,
@@ -584,6 +588,11 @@ def main() -> None:
         metavar="SRC",
         help="also run chatmem from SRC (e.g. ../main/src) in the native slices: before/after",
     )
+    parser.add_argument(
+        "--whole-json",
+        action="store_true",
+        help="chatmem (not the baseline) with CHATMEM_LLM_WHOLE_JSON_REPLIES=true",
+    )
     parser.add_argument("--seeds", type=Path, default=SEEDS_DIR, help="the seed documents")
     parser.add_argument(
         "--profile", type=Path, metavar="DIR", help="py-spy the app per kind of turn, into DIR"
@@ -602,7 +611,8 @@ def main() -> None:
         (work / "seed001_app.py").write_text(seed_app, encoding="utf-8")
         redis = RedisProcess(work).start()
         try:
-            with apps(work, redis, 0.0, args.baseline_src) as fast:
+            extra = {"CHATMEM_LLM_WHOLE_JSON_REPLIES": "true"} if args.whole_json else {}
+            with apps(work, redis, 0.0, args.baseline_src, extra) as fast:
                 print(f"seed 001 cut from {args.seeds}/001_*.txt; same Redis, same fake model")
                 fast_runs = asyncio.run(
                     compare(fast, seconds=args.seconds, warmup_s=args.warmup, rounds=args.rounds)

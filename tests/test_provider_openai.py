@@ -20,7 +20,7 @@ from chatmem.errors import (
     ProviderUnavailable,
 )
 from chatmem.providers import GenerationParams, StreamChunk, TokenUsage, make_provider
-from chatmem.providers.http_pool import LeanConnectionPool
+from chatmem.providers.http_pool import LeanConnectionPool, OneWriteStream
 from chatmem.providers.local import LocalLlamaProvider
 from chatmem.providers.openai_compat import OpenAICompatProvider, _SSEDecoder
 from tests.fake_openai import FakeOpenAI, Reply
@@ -180,6 +180,29 @@ async def test_the_pool_keeps_its_books_in_one_pass(
     # Linear: a pass looks at each of the 30 connections about once (httpcore's own
     # pool: ~30 × 30 for each pass, two passes a request).
     assert idle_checks <= 3 * 2 * 2 * 30
+
+
+async def test_a_request_goes_out_in_one_write(
+    provider: OpenAICompatProvider, fake: FakeOpenAI
+) -> None:
+    """httpcore writes a request's head and body separately: two syscalls and two
+    wake-ups of the server per request; one now."""
+    await collect(provider)
+    pool = provider._client._transport._pool  # type: ignore[attr-defined]
+    stream = pool.connections[0]._connection._network_stream
+    assert isinstance(stream, OneWriteStream)
+    writes: list[bytes] = []
+    real_write = stream._inner.write
+
+    async def counted(data: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        writes.append(data)
+        await real_write(data, timeout)
+
+    stream._inner.write = counted
+    assert reply_text(await collect(provider)) == "Hello from the fake model."
+    assert len(writes) == 1
+    assert writes[0].startswith(b"POST ") and writes[0].endswith(b"}")  # head and JSON body
+    assert fake.connections == 1
 
 
 # -- errors --------------------------------------------------------------------------

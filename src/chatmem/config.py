@@ -93,6 +93,10 @@ class LLMSettings(BaseModel):
     # Upstream connections per process: one per reply being streamed.
     max_connections: int = Field(1024, ge=1)
     retry_backoff_s: float = 0.25
+    # JSON turns ask an OpenAI-compatible model for the whole reply in one request
+    # instead of a stream: far less CPU per turn (one read, not one per token), but a
+    # JSON turn stopped half-way (POST …/stop, a shutdown) then keeps no partial text.
+    whole_json_replies: bool = False
     # Context window assumed for remote models whose window is not known.
     context_window: int = 128_000
     # Also CHATMEM_LOCAL_MODEL_PATH (see Settings).

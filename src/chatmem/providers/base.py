@@ -70,7 +70,12 @@ class ChatProvider(Protocol):
 @runtime_checkable
 class WholeReplies(Protocol):
     """A provider that can also answer in one piece, for a reply nobody follows as it
-    is written (a JSON turn): `whole` yields the same chunks as `stream`, at the end."""
+    is written (a JSON turn): `whole` yields the same chunks as `stream`, at the end.
+    `answers_whole`: whether it is configured to (a whole reply stopped half-way has no
+    partial text to keep, so it is the operator's choice)."""
+
+    @property
+    def answers_whole(self) -> bool: ...
 
     def whole(
         self, messages: Sequence[Mapping[str, str]], params: GenerationParams
@@ -85,7 +90,7 @@ def reply_chunks(
     relayed: bool,
 ) -> AsyncIterator[StreamChunk]:
     """The reply's chunks: streamed when they are relayed as they come, else in one
-    piece when the provider can (one upstream read instead of one per token)."""
-    if not relayed and isinstance(provider, WholeReplies):
+    piece when the provider is set to (one upstream read instead of one per token)."""
+    if not relayed and isinstance(provider, WholeReplies) and provider.answers_whole:
         return provider.whole(messages, params)
     return provider.stream(messages, params)

@@ -13,8 +13,11 @@ starts or ends.
 `LeanConnectionPool` does the same work in one pass: closed connections dropped, idle
 ones beyond `max_keepalive_connections` closed, and the server-closed check (the poll)
 made on the idle connection about to be reused, and on every idle one at most once a
-second (so that an unused one past its keep-alive is still closed). HTTP/1.1 only (chatmem's client
-never asks for HTTP/2); any other pool (a proxy's) is left as httpx built it.
+second (so that an unused one past its keep-alive is still closed).
+
+`OneWriteStream` sends a request's head and body in one write instead of two.
+HTTP/1.1 only (chatmem's client never asks for HTTP/2); any other pool (a proxy's) is
+left as httpx built it. The `timeout` parameters below are httpcore's interface.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ import httpx
 
 _Connection = Any  # httpcore.AsyncConnectionInterface
 SWEEP_S = 1.0
+# A request's writes are held until its first read, up to this much (then sent).
+MAX_HELD_BYTES = 256 * 1024
 
 
 class LeanConnectionPool(httpcore.AsyncConnectionPool):
@@ -93,11 +98,89 @@ class LeanConnectionPool(httpcore.AsyncConnectionPool):
         return None
 
 
+class OneWriteStream(httpcore.AsyncNetworkStream):
+    """A connection whose writes wait for the next read: httpcore sends a request's head
+    and its body in two writes (two syscalls, two wake-ups of the server); an HTTP/1.1
+    client always reads after it has sent a request, so they go out as one."""
+
+    __slots__ = ("_inner", "_pending", "_timeout")
+
+    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
+        self._inner = inner
+        self._pending: list[bytes] = []
+        self._timeout: float | None = None
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        if buffer:
+            self._pending.append(buffer)
+            self._timeout = timeout
+            if sum(map(len, self._pending)) > MAX_HELD_BYTES:
+                await self._flush()
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
+        if self._pending:
+            await self._flush()
+        return await self._inner.read(max_bytes, timeout)
+
+    async def _flush(self) -> None:
+        data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
+        self._pending = []
+        await self._inner.write(data, self._timeout)
+
+    async def aclose(self) -> None:
+        self._pending = []
+        await self._inner.aclose()
+
+    async def start_tls(
+        self,
+        ssl_context: Any,
+        server_hostname: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> httpcore.AsyncNetworkStream:
+        inner = await self._inner.start_tls(ssl_context, server_hostname, timeout)
+        return OneWriteStream(inner)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class OneWriteBackend(httpcore.AsyncNetworkBackend):
+    """A network backend whose TCP connections are `OneWriteStream`s."""
+
+    def __init__(self, inner: httpcore.AsyncNetworkBackend) -> None:
+        self._inner = inner
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.AsyncNetworkStream:
+        stream = await self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+        return OneWriteStream(stream)
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,  # noqa: ASYNC109
+        socket_options: Any = None,
+    ) -> httpcore.AsyncNetworkStream:
+        stream = await self._inner.connect_unix_socket(path, timeout, socket_options)
+        return OneWriteStream(stream)
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
 def upstream_transport(limits: httpx.Limits) -> httpx.AsyncHTTPTransport:
-    """The transport httpx.AsyncClient would build for these limits, with the lean pool."""
+    """The transport httpx.AsyncClient would build for these limits, with the lean pool
+    and one write per request."""
     transport = httpx.AsyncHTTPTransport(limits=limits)
     pool = transport._pool
     if type(pool) is httpcore.AsyncConnectionPool and not pool._http2:
         # Same class layout, one method overridden: the pool's state carries over.
         pool.__class__ = LeanConnectionPool
+        pool._network_backend = OneWriteBackend(pool._network_backend)
     return transport

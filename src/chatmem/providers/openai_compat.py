@@ -153,6 +153,11 @@ class OpenAICompatProvider:
             await asyncio.sleep(self._retry_delay_s(attempt, error))
             attempt += 1
 
+    @property
+    def answers_whole(self) -> bool:
+        """JSON turns in one non-streamed request (CHATMEM_LLM_WHOLE_JSON_REPLIES)."""
+        return self._settings.whole_json_replies
+
     async def whole(
         self, messages: Sequence[Mapping[str, str]], params: GenerationParams
     ) -> AsyncIterator[StreamChunk]:
@@ -160,9 +165,11 @@ class OpenAICompatProvider:
         turn): one read of one JSON body instead of a read, an SSE parse and a chunk per
         token. Yields what `stream` would (usually one chunk: the text, finish reason
         and usage), with the same retries; nothing is out until the reply is whole, so
-        every retryable failure is retried. Stopped before the end, it has no partial
-        text to keep. The model sends nothing until it has finished, so the read timeout
-        is `read_timeout_s` plus WHOLE_READ_S_PER_TOKEN for each token it may write."""
+        every retryable failure is retried. Stopped before the end (POST …/stop, a
+        shutdown) it has no partial text to keep: the reply is stored empty, marked
+        interrupted, where a streamed one keeps what was said; hence opt-in. The
+        model sends nothing until it has finished, so the read timeout is
+        `read_timeout_s` plus WHOLE_READ_S_PER_TOKEN for each token it may write."""
         body = _whole_body(self._request_body(messages, params))
         s = self._settings
         max_tokens = params.max_tokens or s.max_tokens
