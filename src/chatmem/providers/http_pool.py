@@ -32,6 +32,14 @@ _Connection = Any  # httpcore.AsyncConnectionInterface
 SWEEP_S = 1.0
 # A request's writes are held until its first read, up to this much (then sent).
 MAX_HELD_BYTES = 256 * 1024
+_POOL_INTERNALS = (
+    "_connections",
+    "_requests",
+    "_max_connections",
+    "_max_keepalive_connections",
+    "_network_backend",
+    "_http2",
+)
 
 
 class LeanConnectionPool(httpcore.AsyncConnectionPool):
@@ -179,7 +187,10 @@ def upstream_transport(limits: httpx.Limits) -> httpx.AsyncHTTPTransport:
     and one write per request."""
     transport = httpx.AsyncHTTPTransport(limits=limits)
     pool = transport._pool
-    if type(pool) is httpcore.AsyncConnectionPool and not pool._http2:
+    # httpcore's internals as of 1.0 (tests/test_provider_openai.py checks that they are
+    # still what this relies on); anything else keeps httpx's own pool.
+    known = all(hasattr(pool, a) for a in _POOL_INTERNALS)
+    if type(pool) is httpcore.AsyncConnectionPool and known and not pool._http2:
         # Same class layout, one method overridden: the pool's state carries over.
         pool.__class__ = LeanConnectionPool
         pool._network_backend = OneWriteBackend(pool._network_backend)
