@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import AsyncGenerator, Iterator
 from pathlib import Path
@@ -251,3 +253,13 @@ async def test_prompt_states_stay_within_their_memory_budget(model: LocalLlamaPr
     finally:
         model.states.budget_bytes = budget
         model.states.clear()
+
+
+def test_the_provider_module_imports_without_the_local_extra() -> None:
+    """numpy and llama_cpp come with chatmem[local]: `chatmem serve` imports this module
+    (its banner) on installs without them."""
+    code = (
+        "import sys; sys.modules['numpy'] = sys.modules['llama_cpp'] = None\n"
+        "import chatmem.providers.local"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

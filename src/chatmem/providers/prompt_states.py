@@ -26,7 +26,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
+# numpy and llama_cpp come with chatmem[local]; they are imported where used, so that
+# importing the provider module costs nothing without them.
 
 SEQ = 0  # the one sequence chatmem's generations use
 # A state whose tokens the new one repeats this much of is superseded by it (the same
@@ -38,13 +39,15 @@ MIN_GAIN_TOKENS = 16
 
 @dataclass(eq=False, slots=True)
 class PromptState:
-    tokens: np.ndarray[Any, np.dtype[np.intc]]
+    tokens: Any  # numpy array of token ids
     data: ctypes.Array[ctypes.c_uint8]
     size: int
 
 
-def common_prefix(a: np.ndarray[Any, Any], b: np.ndarray[Any, Any]) -> int:
-    """How many tokens `a` and `b` share from the start."""
+def common_prefix(a: Any, b: Any) -> int:
+    """How many tokens `a` and `b` (numpy arrays) share from the start."""
+    import numpy as np
+
     n = min(len(a), len(b))
     if n == 0:
         return 0
@@ -70,6 +73,7 @@ class PromptStates:
     def save(self, llama: Any) -> None:
         """Keep the KV cache's current state (after a generation)."""
         import llama_cpp
+        import numpy as np
 
         n = int(llama.n_tokens)
         if self.budget_bytes <= 0 or n == 0:
@@ -96,6 +100,7 @@ class PromptStates:
         """Put back the state that shares the longest prefix with `prompt`, when it beats
         what the KV cache holds now; how many of the prompt's tokens are then cached."""
         import llama_cpp
+        import numpy as np
 
         wanted = np.array(prompt, dtype=np.intc)
         held = common_prefix(np.array(llama.input_ids[: llama.n_tokens]), wanted)
