@@ -78,13 +78,13 @@ class WholeReplies(Protocol):
     def answers_whole(self) -> bool: ...
 
     def whole(
-        self, messages: Sequence[Mapping[str, str]], params: GenerationParams
+        self, messages: Sequence[Mapping[str, Any]], params: GenerationParams
     ) -> AsyncIterator[StreamChunk]: ...
 
 
 def reply_chunks(
     provider: ChatProvider,
-    messages: Sequence[Mapping[str, str]],
+    messages: Sequence[Mapping[str, Any]],
     params: GenerationParams,
     *,
     relayed: bool,
