@@ -280,6 +280,11 @@ class FakeOpenAI:
             )
             record.outcome = "completed"
         elif reply.plain or not (isinstance(body, dict) and body.get("stream")):
+            # A reply asked for whole takes the model as long as a streamed one.
+            delay_s = self._whole_delay_s(reply)
+            if delay_s and await closed_within(closed, delay_s):
+                record.outcome = "client_closed"
+                return
             await send_json(writer, 200, self._completion(reply, body))
             record.outcome = "completed"
         else:
@@ -365,6 +370,11 @@ class FakeOpenAI:
         if reply.done:
             out.append(b"data: [DONE]\n\n")
         return out
+
+    @staticmethod
+    def _whole_delay_s(reply: Reply) -> float:
+        stall = reply.stall_s if reply.stall_after is not None else 0.0
+        return reply.delay_s * len(reply.deltas()) + stall
 
     def _completion(self, reply: Reply, request: Any) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": reply.text}

@@ -42,6 +42,8 @@ DOCUMENTED: dict[str, tuple[str, str, Any]] = {
     "CHATMEM_LLM_CONTEXT_WINDOW": ("4096", "llm.context_window", 4096),
     "CHATMEM_LLM_LOCAL_THREADS": ("3", "llm.local_threads", 3),
     "CHATMEM_LLM_MAX_CONNECTIONS": ("32", "llm.max_connections", 32),
+    "CHATMEM_LLM_LOCAL_STATE_CACHE_MB": ("64", "llm.local_state_cache_mb", 64),
+    "CHATMEM_LLM_WHOLE_JSON_REPLIES": ("true", "llm.whole_json_replies", True),
     "CHATMEM_LOCAL_MODEL_PATH": ("/m/x.gguf", "llm.local_model_path", Path("/m/x.gguf")),
     "CHATMEM_AUTH_KEYS": ("k=alice", "auth.keys", "k=alice"),
     "CHATMEM_AUTH_JWT_SECRET": ("s3cret", "auth.jwt_secret", "s3cret"),

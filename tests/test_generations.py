@@ -422,3 +422,29 @@ async def test_a_json_turn_pays_nothing_for_streaming(
         f"/v1/sessions/{sid}/messages", json={"content": "hi", "stream": True}, headers=H
     )
     assert sse_events(r.text)[-1][0] == "done" and len(built) > 1
+
+
+@pytest.mark.parametrize("whole", [False, True])
+async def test_json_turns_ask_for_the_whole_reply_only_when_configured(
+    settings: Settings, fake: FakeOpenAI, redis_client: Any, whole: bool
+) -> None:
+    """CHATMEM_LLM_WHOLE_JSON_REPLIES: a JSON turn in one non-streamed upstream request
+    (much less CPU); by default streamed, so that a stopped JSON turn keeps its text.
+    A streamed turn streams either way."""
+    settings.llm.whole_json_replies = whole
+    async with running_app(settings) as (_, c):
+        sid = await new_session(c)
+        fake.script(Reply(text="one two three"))
+        r = await c.post(f"/v1/sessions/{sid}/messages", json={"content": "hi"}, headers=H)
+        assert r.status_code == 200 and r.json()["message"]["content"] == "one two three"
+        assert r.json()["usage"]["completion_tokens"] > 0
+        assert fake.requests[-1].body["stream"] is not whole
+        assert ("stream_options" in fake.requests[-1].body) is not whole
+        fake.script(Reply(text="four five"))
+        body = {"content": "more", "stream": True}
+        r = await c.post(f"/v1/sessions/{sid}/messages", json=body, headers=H)
+        assert sse_events(r.text)[-1][0] == "done"
+        assert fake.requests[-1].body["stream"] is True
+        history = await c.get(f"/v1/sessions/{sid}/messages", headers=H)
+        contents = [m["content"] for m in history.json()["messages"]]
+        assert contents[-4:] == ["hi", "one two three", "more", "four five"]

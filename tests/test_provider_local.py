@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import AsyncGenerator, Iterator
 from pathlib import Path
@@ -171,3 +173,93 @@ async def test_warm_up_is_idempotent_and_keeps_replies_working(model: LocalLlama
     await model.warm_up()
     chunks = [c async for c in model.stream(MESSAGES, GenerationParams(max_tokens=4))]
     assert chunks[-1].usage is not None
+
+
+def conversation(topic: str, rounds: int) -> list[dict[str, str]]:
+    """A conversation with some history (~45 tokens a round) and a new question."""
+    messages = [{"role": "system", "content": "You are a helpful assistant."}]
+    for i in range(rounds):
+        messages.append({"role": "user", "content": f"Tell me fact number {i} about {topic}."})
+        messages.append(
+            {"role": "assistant", "content": f"Fact {i}: {topic} are interesting in many ways."}
+        )
+    messages.append({"role": "user", "content": f"What else about {topic}?"})
+    return messages
+
+
+class EvalCounter:
+    """Counts the tokens llama.cpp evaluates (wraps the model's `eval`)."""
+
+    def __init__(self, llama: Any) -> None:
+        self.tokens = 0
+        self._eval = llama.eval
+
+        def counted(tokens: Any) -> None:
+            self.tokens += len(tokens)
+            self._eval(tokens)
+
+        llama.eval = counted
+
+
+async def reply_of(model: LocalLlamaProvider, messages: list[dict[str, str]]) -> str:
+    params = GenerationParams(max_tokens=12, temperature=0)
+    return reply_text([c async for c in model.stream(messages, params)])
+
+
+@pytest.mark.local_model
+async def test_a_returning_conversation_is_not_evaluated_again(
+    model: LocalLlamaProvider,
+) -> None:
+    cats, dogs = conversation("cats", 16), conversation("dogs", 16)
+    model.states.clear()
+    counter = EvalCounter(model._llama)
+    try:
+        await reply_of(model, dogs)
+        counted = counter.tokens
+        cold = await reply_of(model, cats)  # nothing of it cached: the whole prompt
+        cold_tokens = counter.tokens - counted
+        assert cold_tokens > 400
+        model.states.clear()
+        await reply_of(model, dogs)
+        await reply_of(model, cats)  # its state is kept now
+        await reply_of(model, dogs)  # another conversation in between
+        restores, counted = model.states.restores, counter.tokens
+        warm = await reply_of(model, cats)
+        assert model.states.restores == restores + 1
+        # The state is put back: only what follows the kept prefix is evaluated.
+        assert counter.tokens - counted < 40
+        assert warm == cold  # greedy: the same reply as from a fresh evaluation
+        assert 0 < model.states.bytes <= model.states.budget_bytes
+    finally:
+        del model._llama.eval
+
+
+@pytest.mark.local_model
+async def test_prompt_states_stay_within_their_memory_budget(model: LocalLlamaProvider) -> None:
+    budget = model.states.budget_bytes
+    model.states.clear()
+    try:
+        await reply_of(model, conversation("cats", 12))
+        one = model.states.bytes
+        assert len(model.states) == 1 and one > 0
+        model.states.budget_bytes = int(one * 1.5)  # room for one such state, not two
+        await reply_of(model, conversation("dogs", 12))
+        assert len(model.states) == 1
+        assert model.states.bytes <= model.states.budget_bytes
+        model.states.budget_bytes = 0  # none kept
+        model.states.clear()
+        await reply_of(model, conversation("birds", 12))
+        assert len(model.states) == 0
+    finally:
+        model.states.budget_bytes = budget
+        model.states.clear()
+
+
+def test_the_provider_module_imports_without_the_local_extra() -> None:
+    """numpy and llama_cpp come with chatmem[local]: `chatmem serve` imports this module
+    (its banner) on installs without them."""
+    code = (
+        "import sys; sys.modules['numpy'] = sys.modules['llama_cpp'] = None\n"
+        "import chatmem.providers.local"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

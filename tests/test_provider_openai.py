@@ -8,6 +8,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, cast
 
 import pytest
+from httpcore import AsyncHTTPConnection
 
 from chatmem.config import LLMSettings
 from chatmem.errors import (
@@ -19,6 +20,7 @@ from chatmem.errors import (
     ProviderUnavailable,
 )
 from chatmem.providers import GenerationParams, StreamChunk, TokenUsage, make_provider
+from chatmem.providers.http_pool import LeanConnectionPool, OneWriteStream
 from chatmem.providers.local import LocalLlamaProvider
 from chatmem.providers.openai_compat import OpenAICompatProvider, _SSEDecoder
 from chatmem.providers.tool_calls import ToolCallAssembler, whole_calls
@@ -151,6 +153,57 @@ async def test_the_connection_is_reused_across_streams(
     for _ in range(3):
         await collect(provider)
     assert fake.request_count == 3
+    assert fake.connections == 1
+
+
+async def test_the_pool_keeps_its_books_in_one_pass(
+    provider: OpenAICompatProvider, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: httpcore's pool counted every connection again for each idle one, and
+    polled every idle socket, each time a request started or ended (quadratic in the
+    pool: 32 turns in flight cost ~0.5 ms a turn, 1 000 streams stalled the loop)."""
+    pool = provider._client._transport._pool  # type: ignore[attr-defined]
+    assert type(pool) is LeanConnectionPool
+    fake.script(*[Reply(text="hello", delay_s=0.02) for _ in range(30)])
+    await asyncio.gather(*(collect(provider) for _ in range(30)))
+    assert fake.connections == 30
+    idle_checks = 0
+    real_is_idle = AsyncHTTPConnection.is_idle
+
+    def counted(self: AsyncHTTPConnection) -> bool:
+        nonlocal idle_checks
+        idle_checks += 1
+        return real_is_idle(self)
+
+    monkeypatch.setattr(AsyncHTTPConnection, "is_idle", counted)
+    for _ in range(3):  # sequential: each reuses an idle connection
+        await collect(provider)
+    assert fake.connections == 30
+    # Linear: a pass looks at each of the 30 connections about once (httpcore's own
+    # pool: ~30 × 30 for each pass, two passes a request).
+    assert idle_checks <= 3 * 2 * 2 * 30
+
+
+async def test_a_request_goes_out_in_one_write(
+    provider: OpenAICompatProvider, fake: FakeOpenAI
+) -> None:
+    """httpcore writes a request's head and body separately: two syscalls and two
+    wake-ups of the server per request; one now."""
+    await collect(provider)
+    pool = provider._client._transport._pool  # type: ignore[attr-defined]
+    stream = pool.connections[0]._connection._network_stream
+    assert isinstance(stream, OneWriteStream)
+    writes: list[bytes] = []
+    real_write = stream._inner.write
+
+    async def counted(data: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        writes.append(data)
+        await real_write(data, timeout)
+
+    stream._inner.write = counted
+    assert reply_text(await collect(provider)) == "Hello from the fake model."
+    assert len(writes) == 1
+    assert writes[0].startswith(b"POST ") and writes[0].endswith(b"}")  # head and JSON body
     assert fake.connections == 1
 
 

@@ -128,6 +128,10 @@ class LLMSettings(BaseModel):
     # Upstream connections per process: one per reply being streamed.
     max_connections: int = Field(1024, ge=1)
     retry_backoff_s: float = 0.25
+    # JSON turns ask an OpenAI-compatible model for the whole reply in one request
+    # instead of a stream: far less CPU per turn (one read, not one per token), but a
+    # JSON turn stopped half-way (POST …/stop, a shutdown) then keeps no partial text.
+    whole_json_replies: bool = False
     # Context window assumed for remote models whose window is not known.
     context_window: int = 128_000
     # Also CHATMEM_LOCAL_MODEL_PATH (see Settings).
@@ -135,6 +139,10 @@ class LLMSettings(BaseModel):
     local_n_ctx: int = 2048
     local_threads: int | None = None
     local_queue_size: int = 16
+    # Memory for the prompt states of recent conversations (the KV cache of each, ~23 KiB
+    # a token with SmolLM2-135M): a returning user's history is not evaluated again.
+    # 0: keep none.
+    local_state_cache_mb: int = Field(256, ge=0)
     prices: dict[str, ModelPrice] = Field(default_factory=_default_prices)
 
     @property

@@ -12,10 +12,10 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chatmem import errors as e
+from chatmem.api.responses import JSONBytes as JSONResponse
 from chatmem.redact import redact
 
 log = logging.getLogger(__name__)

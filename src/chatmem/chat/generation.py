@@ -33,7 +33,7 @@ from chatmem.context import AssembledContext
 from chatmem.errors import ChatmemError
 from chatmem.metrics import Metrics
 from chatmem.models import TOOL_CALLS, Character, Message, SessionMeta, Usage
-from chatmem.providers.base import ChatProvider, GenerationParams, StreamChunk
+from chatmem.providers.base import ChatProvider, GenerationParams, StreamChunk, reply_chunks
 from chatmem.tokens import count_tokens
 
 log = logging.getLogger(__name__)
@@ -200,7 +200,9 @@ class Generation:
         try:
             if not self._stop:
                 self._reading = True
-                stream = self.host.provider.stream(self.context.messages, self.params)
+                stream = reply_chunks(
+                    self.host.provider, self.context.messages, self.params, relayed=self.relay
+                )
                 async with contextlib.aclosing(stream) as chunks:  # type: ignore[type-var]
                     async for chunk in chunks:
                         if chunk.usage is not None:
@@ -317,19 +319,31 @@ class Generation:
 
     async def events(self, after: int = 0) -> AsyncIterator[TurnEvent]:
         """Deltas from character `after` on, as they come, then the final event."""
+        async for batch in self.batches(after):
+            for event in batch:
+                yield event
+
+    async def batches(self, after: int = 0) -> AsyncIterator[list[TurnEvent]]:
+        """`events`, in lists: each time a subscriber wakes, all there is to send (the
+        deltas that arrived meanwhile, and the final event once there is one), so that
+        a stream can write them at once. Raises what the turn failed with."""
         sent = after
         while True:
             if self._length > sent:
-                for delta in self._deltas_from(sent):
-                    sent = delta.offset
-                    yield delta
+                batch: list[TurnEvent] = list(self._deltas_from(sent))
+                sent = self._length
+                if isinstance(self._final, TurnDone):  # ended: nothing more will come
+                    batch.append(self._final)
+                    yield batch
+                    return
+                yield batch
             elif self._final is not None:
                 break
             else:
                 await self._next_change()
         if isinstance(self._final, ChatmemError):
             raise self._final
-        yield self._final
+        yield [self._final]
 
     async def _next_change(self) -> None:
         if self._changed is None:

@@ -22,6 +22,20 @@ from typing import Any
 from chatmem.config import Settings
 from chatmem.errors import StoreUnavailable
 
+
+def fast_io() -> dict[str, str]:
+    """uvicorn's event loop and HTTP parser: uvloop and httptools (C, both dependencies
+    of chatmem) when they import, else uvicorn's pure-Python ones. Named, not left to
+    uvicorn's "auto", so that a broken install shows in the start-up options."""
+    import importlib.util
+
+    has = importlib.util.find_spec
+    return {
+        "loop": "uvloop" if has("uvloop") else "asyncio",
+        "http": "httptools" if has("httptools") else "h11",
+    }
+
+
 LOG_LEVELS = frozenset({"critical", "error", "warning", "info", "debug", "trace"})
 APP_FACTORY = "chatmem.api.app:create_app"
 
@@ -81,6 +95,7 @@ def run_server(
         "timeout_graceful_shutdown": int(server.shutdown_grace_s),
         "proxy_headers": bool(trusted),
         "forwarded_allow_ips": trusted or None,
+        **fast_io(),
     }
     if workers == 1 and not reload:
         # uvicorn re-raises Ctrl+C after a clean shutdown; the user asked for exactly that.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,3 +73,32 @@ class ChatProvider(Protocol):
     async def aclose(self) -> None:
         """Release connections, threads and model memory."""
         ...
+
+
+@runtime_checkable
+class WholeReplies(Protocol):
+    """A provider that can also answer in one piece, for a reply nobody follows as it
+    is written (a JSON turn): `whole` yields the same chunks as `stream`, at the end.
+    `answers_whole`: whether it is configured to (a whole reply stopped half-way has no
+    partial text to keep, so it is the operator's choice)."""
+
+    @property
+    def answers_whole(self) -> bool: ...
+
+    def whole(
+        self, messages: Sequence[Mapping[str, Any]], params: GenerationParams
+    ) -> AsyncIterator[StreamChunk]: ...
+
+
+def reply_chunks(
+    provider: ChatProvider,
+    messages: Sequence[Mapping[str, Any]],
+    params: GenerationParams,
+    *,
+    relayed: bool,
+) -> AsyncIterator[StreamChunk]:
+    """The reply's chunks: streamed when they are relayed as they come, else in one
+    piece when the provider is set to (one upstream read instead of one per token)."""
+    if not relayed and isinstance(provider, WholeReplies) and provider.answers_whole:
+        return provider.whole(messages, params)
+    return provider.stream(messages, params)

@@ -10,9 +10,10 @@ from chatmem.providers.base import ChatProvider
 def make_provider(settings: LLMSettings) -> ChatProvider:
     """Build, without connecting or loading anything yet, the configured provider."""
     if settings.resolved_provider == "openai":
-        from chatmem.providers.openai_compat import OpenAICompatProvider
+        from chatmem.providers.openai_whole import OpenAIWholeReplies
 
-        return OpenAICompatProvider(settings)
+        # OpenAICompatProvider, and JSON turns in one request if so configured.
+        return OpenAIWholeReplies(settings)
     from chatmem.providers.local import LocalLlamaProvider
 
     return LocalLlamaProvider(settings)

@@ -38,6 +38,7 @@ from chatmem.errors import (
     ProviderUnavailable,
 )
 from chatmem.providers.base import GenerationParams, ModelInfo, StreamChunk, TokenUsage
+from chatmem.providers.http_pool import upstream_transport
 from chatmem.providers.tool_calls import ToolCallAssembler, whole_calls
 from chatmem.redact import redact
 
@@ -88,6 +89,11 @@ class OpenAICompatProvider:
         headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
         if settings.api_key:
             headers["Authorization"] = f"Bearer {settings.api_key}"
+        # Each stream holds one connection: a stream past max_connections waits for
+        # one (up to connect_timeout_s, then fails), so this caps the streams at once.
+        limits = httpx.Limits(
+            max_connections=settings.max_connections, max_keepalive_connections=64
+        )
         self._client = httpx.AsyncClient(
             base_url=self._base_url + "/",
             headers=headers,
@@ -97,12 +103,8 @@ class OpenAICompatProvider:
                 write=settings.read_timeout_s,
                 pool=settings.connect_timeout_s,
             ),
-            # Each stream holds one connection: a stream past max_connections waits for
-            # one (up to connect_timeout_s, then fails), so this caps the streams at once.
-            limits=httpx.Limits(
-                max_connections=settings.max_connections, max_keepalive_connections=64
-            ),
-            transport=transport,
+            limits=limits,  # for proxies' transports, if the environment names one
+            transport=transport or upstream_transport(limits),
         )
         # Cleared for good the first time the server rejects `stream_options`.
         self._ask_usage = True

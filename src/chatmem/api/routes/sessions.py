@@ -8,6 +8,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from starlette.responses import Response as StarletteResponse
 
 from chatmem.api.deps import Caller, Service
+from chatmem.api.responses import JSONBytes
 from chatmem.api.schemas import CreateSession, SendMessage, UpdateSession
 from chatmem.api.sse.events import done_payload, error_event, native_event
 from chatmem.api.sse.response import events_response, sse_response, subscribe
@@ -136,7 +137,7 @@ async def turn_response(
             frames,
             grace_s=service.settings.server.shutdown_grace_s,
         )
-    return done_payload(await service.complete(gen))
+    return JSONBytes(done_payload(await service.complete(gen)))
 
 
 @router.get(

@@ -29,9 +29,11 @@ PING_S = 15
 SHUTDOWN_STOP_MARGIN_S = 1.0
 HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 
-Frames = AsyncIterator[dict[str, Any]]
-EventShaper = Callable[[Any], dict[str, str]]
-ErrorShaper = Callable[[str, str], dict[str, str]]
+# A frame: already encoded (api/sse/events.py), or a dict for sse-starlette to encode.
+Frame = bytes | dict[str, Any]
+Frames = AsyncIterator[Frame]
+EventShaper = Callable[[Any], Frame]
+ErrorShaper = Callable[[str, str], Frame]
 
 
 def graceful_shutdown(gen: Generation, grace_s: float) -> dict[str, Any]:
@@ -55,11 +57,19 @@ def graceful_shutdown(gen: Generation, grace_s: float) -> dict[str, Any]:
 async def subscribe(
     gen: Generation, shape: EventShaper, shape_error: ErrorShaper, after: int = 0
 ) -> Frames:
-    """The generation's events as SSE frames; a disconnect stops it if it asked so."""
+    """The generation's events as SSE frames; a disconnect stops it if it asked so.
+    Frames already encoded that are ready together are joined into one."""
     finished = False
     try:
-        async for event in gen.events(after):
-            yield shape(event)
+        async for batch in gen.batches(after):
+            frames = [shape(event) for event in batch]
+            if len(frames) > 1 and all(type(f) is bytes for f in frames):
+                # What arrived together goes out in one write: one ASGI message, one
+                # syscall, however many deltas a slow loop let pile up.
+                yield b"".join(frames)  # type: ignore[arg-type]
+            else:
+                for f in frames:
+                    yield f
         finished = True
     except ChatmemError as exc:
         finished = True
