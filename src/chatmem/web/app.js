@@ -7,9 +7,10 @@
 // Modules: api.js talks to the API; reply.js streams a reply in (sent or re-attached,
 // over sse.js); markdown.js shows replies' Markdown; sessions.js is the sidebar's list;
 // actions.js the actions under each message; panels.js the chat's settings, context
-// inspector and export / import; characters.js the character editor; identity.js who
-// the page speaks as; tools.js a message's tool calls and a tool's result. This one is
-// the rest of the page: characters, history, composer, layout.
+// inspector and export / import; memories.js the character's long-term memories;
+// characters.js the character editor; identity.js who the page speaks as; tools.js a
+// message's tool calls and a tool's result. This one is the rest of the page:
+// characters, history, composer, layout.
 import {
   ApiError,
   STORE,
@@ -25,6 +26,7 @@ import { createCharacterEditor } from "./characters.js";
 import { createIdentity } from "./identity.js";
 import { markPending, renderPending } from "./markdown.js";
 import { node } from "./dom.js";
+import { createMemories } from "./memories.js";
 import { createPanels } from "./panels.js";
 import { createReplies } from "./reply.js";
 import { createSessionList } from "./sessions.js";
@@ -484,6 +486,8 @@ const panels = createPanels({
   showNotice,
   clearError,
 });
+
+createMemories({ current: () => state.current, characterName, showError, clearError });
 
 const actions = createActions({
   current: () => state.current,
