@@ -6,7 +6,6 @@ context read) and FINISH_TURN (the reply, its usage, session and user totals, th
 released, the generation's event stream ended). While a generation runs, its process
 renews the lock with RENEW_TURN, pipelined with the stop poll and the stream appends of
 all its other generations (chat/inflight.py).
-
 KEYS of BEGIN_TURN and FINISH_TURN (`keys.turn_keys`):
     KEYS[1] messages LIST (newest first), KEYS[2] meta HASH, KEYS[3] message ids STRING,
     KEYS[4] the user's session index ZSET, KEYS[5] the user's totals HASH,
@@ -20,8 +19,7 @@ invariant); the append below is that of APPEND_MESSAGES for one message.
 Event stream entries (field `t`): `s` start {g generation id, r reply id, k lock token,
 q the user message's seq}; `d` delta {o offset of its first character, x text};
 `e` end {p the JSON payload of the final `done` or `error` event}. A stream whose last
-entry is not `e` while the lock is free belongs to a generation whose process died.
-"""
+entry is not `e` while the lock is free belongs to a generation whose process died."""
 
 from __future__ import annotations
 
