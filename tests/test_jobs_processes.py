@@ -69,8 +69,13 @@ async def test_a_job_whose_process_is_killed_is_done_by_another(
 
             text = await eventually(summary, "process b to do the job", timeout_s=30)
             assert "Bruno" in text and model.calls["summary"] >= 2
-            metrics = (await c.get(f"{b.url}/metrics")).text
-            assert 'chatmem_jobs_done_total{kind="summary"} 1.0' in metrics
+
+            async def done() -> bool:
+                # The summary is stored before the job is acknowledged and counted.
+                metrics = (await c.get(f"{b.url}/metrics")).text
+                return 'chatmem_jobs_done_total{kind="summary"} 1.0' in metrics
+
+            await eventually(done, "process b to count the job done")
     finally:
         a.stop()
         b.stop()
