@@ -3,16 +3,23 @@ through the API; a title the user set is never replaced."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from chatmem.chat.titles import MAX_TITLE_CHARS, is_placeholder, title_from_message
+from chatmem.chat.titles import (
+    MAX_TITLE_CHARS,
+    clean_title,
+    is_placeholder,
+    title_from_message,
+)
+from chatmem.store import keys
 from chatmem.store.client import AnyRedis
 from tests.api_support import make_test_settings, running_app
-from tests.fake_openai import FakeOpenAI
+from tests.fake_openai import FakeOpenAI, Reply
 from tests.memory_model import MemoryModel, kind_of
 from tests.support import eventually
 from tests.test_memory_summary import FAST_JOBS
@@ -30,6 +37,40 @@ def test_title_is_the_first_line_made_short() -> None:
     assert len(title) <= MAX_TITLE_CHARS and title.endswith("word…")
     unbroken = "x" * 200
     assert title_from_message(unbroken) == "x" * (MAX_TITLE_CHARS - 1) + "…"
+
+
+@pytest.mark.parametrize(
+    ("raw", "title"),
+    [
+        ('"Kyoto weekend plans."', "Kyoto weekend plans"),
+        ("Title: **Kyoto** trip 🌸\nHope this helps!", "Kyoto trip"),
+        ("Luna: Hey, it's Luna! How's your day going? I'm all ears", "Hey, it's Luna"),
+        ("Assistant: Title: “Sorting lists”", "Sorting lists"),
+        (
+            "## 👋 Plans for the weekend in Kyoto with friends and family",
+            "Plans for the weekend in Kyoto with friends",
+        ),
+        ("\n\n  - Python: sorting lists\n", "Python: sorting lists"),  # not a speaker
+        ("Dr. Who fan chat", "Dr. Who fan chat"),  # an abbreviation ends no sentence
+        ("计划京都旅行。", "计划京都旅行"),
+        ("x" * 200, "x" * MAX_TITLE_CHARS),
+        ("🌸✨🎉", ""),
+        ("Luna", ""),
+        ("Luna: “Luna”", ""),
+        ("  \n ", ""),
+    ],
+)
+def test_a_generated_title_is_cleaned(raw: str, title: str) -> None:
+    """Regression: the embedded 135M model titled chats "Luna: Hey, it's Luna! How's
+    your day going? I'm all ears" (a speaker's prefix, three sentences, no topic)."""
+    assert clean_title(raw, "Luna") == title
+
+
+def test_a_long_generated_title_is_cut_at_a_word() -> None:
+    title = clean_title("a bb ccc dddd eeeee ffffff ggggggg hhhhhhhh iiiiiiiii", "Luna")
+    assert title == "a bb ccc dddd eeeee ffffff ggggggg hhhhhhhh"  # 8 words
+    long_words = " ".join(["abcdefghijklmnopq"] * 6)
+    assert clean_title(long_words, "Luna") == " ".join(["abcdefghijklmnopq"] * 3)
 
 
 def test_only_the_placeholder_before_the_first_message_is_replaced() -> None:
@@ -91,6 +132,44 @@ async def test_the_model_titles_the_chat_after_the_first_exchange(
     assert "Plan Kyoto" in title_request["messages"][-1]["content"]
     await client.post(f"/v1/sessions/{sid}/messages", json={"content": "More"}, headers=H)
     assert model.calls["title"] == 1  # after the first exchange only
+
+
+async def test_a_chatty_generated_title_is_cleaned_or_dropped(
+    jobs_client: tuple[httpx.AsyncClient, MemoryModel],
+) -> None:
+    client, model = jobs_client
+    model.title = "Luna: 🌸 **Kyoto weekend plans!** Hope you like it!\nMore text"
+    r = await client.post("/v1/sessions", json={"character_id": "luna"}, headers=H)
+    sid = r.json()["session"]["session_id"]
+    await client.post(f"/v1/sessions/{sid}/messages", json={"content": "Plan Kyoto"}, headers=H)
+    await eventually(lambda: _is(client, sid, "Kyoto weekend plans"), "the cleaned title")
+    # Nothing usable (emoji only): the first message stays the title, counted.
+    model.title = "🌸✨"
+    r = await client.post("/v1/sessions", json={"character_id": "luna"}, headers=H)
+    sid2 = r.json()["session"]["session_id"]
+    await client.post(f"/v1/sessions/{sid2}/messages", json={"content": "Plan Nara"}, headers=H)
+    await eventually(lambda: _done(client), "both title jobs done")
+    assert await title_of(client, sid2) == "Plan Nara"
+    metrics = (await client.get("/metrics")).text
+    assert 'chatmem_memory_invalid_output_total{kind="title"} 1.0' in metrics
+
+
+async def test_the_first_message_titles_the_chat_when_the_model_gives_nothing_usable(
+    jobs_client: tuple[httpx.AsyncClient, MemoryModel], redis_client: AnyRedis
+) -> None:
+    """The placeholder is still the title when the job runs (the first message's title
+    was not stored: Redis was down then); a title the model spoils does not keep it."""
+    client, model = jobs_client
+    model.title = "Luna: 👋"
+    model.chat = Reply(text="Noted.", headers_delay_s=0.5)
+    r = await client.post("/v1/sessions", json={"character_id": "luna"}, headers=H)
+    sid = r.json()["session"]["session_id"]
+    body = {"content": "**Plan** Nara"}
+    turn = asyncio.create_task(client.post(f"/v1/sessions/{sid}/messages", json=body, headers=H))
+    await eventually(lambda: _is(client, sid, "Plan Nara"), "the first message's title")
+    await redis_client.hset(keys.session_meta_key(H["X-User-Id"], sid), "title", "Luna")
+    await turn
+    await eventually(lambda: model.calls["title"] == 1 and _is(client, sid, "Plan Nara"), "it")
 
 
 async def _is(client: httpx.AsyncClient, sid: str, title: str) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import unicodedata
 
 from chatmem.characters import CharacterRegistry
 from chatmem.chat.background import complete_text
@@ -26,8 +27,15 @@ from chatmem.store.summaries import SummaryStore
 log = logging.getLogger(__name__)
 
 MAX_TITLE_CHARS = 60
+MAX_TITLE_WORDS = 8
 # Markdown's line openers (heading, quote, list item) and emphasis say nothing in a title.
 _LINE_OPENER = re.compile(r"^\s*(?:#{1,6}\s+|>\s*|[-*+]\s+|\d+[.)]\s+)+")
+_QUOTES = "\"'“”‘’«»„`"
+# Who speaks, as small models write it before their answer ("Luna: …", "Title: …").
+_SPEAKERS = ("title", "chat title", "assistant", "ai", "bot", "answer", "user")
+_SENTENCE_ENDS = (".", "!", "?")
+# Joiners and presentation selectors of emoji sequences (the emoji are category So).
+_EMOJI_PARTS = {"\u200d", "\ufe0e", "\ufe0f", "\u20e3"}
 
 
 def title_from_message(content: str) -> str:
@@ -42,6 +50,50 @@ def title_from_message(content: str) -> str:
     if space >= MAX_TITLE_CHARS // 2:
         cut = cut[:space]
     return cut.rstrip(" ,.;:-") + "…"
+
+
+def _is_noise(ch: str) -> bool:
+    return (
+        ch in _EMOJI_PARTS
+        or unicodedata.category(ch) in ("So", "Cs", "Co")
+        or (
+            "\U0001f3fb" <= ch <= "\U0001f3ff"  # skin tones
+        )
+    )
+
+
+def _first_sentence(words: list[str]) -> list[str]:
+    """The words up to the first sentence's end (a chatty answer goes on after it), at
+    most MAX_TITLE_WORDS; an end after one word ("Dr.", "U.S.") is an abbreviation."""
+    for i, word in enumerate(words[:MAX_TITLE_WORDS]):
+        if i >= 1 and word.rstrip(_QUOTES + ")").endswith(_SENTENCE_ENDS):
+            return words[: i + 1]
+    return words[:MAX_TITLE_WORDS]
+
+
+def clean_title(text: str, character_name: str) -> str:
+    """A generated title made usable: the first sentence of the first non-blank line,
+    without markdown, quotes, emoji or a speaker's prefix ("Luna:", "Title:"), at most
+    MAX_TITLE_WORDS words and MAX_TITLE_CHARS characters (cut at a word); "" when
+    nothing usable is left (the character's name alone is no title either)."""
+    line = next((ln for ln in text.splitlines() if ln.strip()), "")
+    line = "".join(" " if _is_noise(ch) else ch for ch in line)
+    line = _LINE_OPENER.sub("", line).replace("*", "").replace("__", "")
+    speakers = {*_SPEAKERS, character_name.casefold()}
+    while True:
+        head, colon, rest = line.partition(":")
+        if not colon or head.strip(_QUOTES + " ").casefold() not in speakers:
+            break
+        line = rest
+    words = _first_sentence(line.strip(_QUOTES + " ").split())
+    if words and len(words[0]) > MAX_TITLE_CHARS:  # one unbroken word longer than a title
+        words = [words[0][:MAX_TITLE_CHARS]]
+    while len(" ".join(words)) > MAX_TITLE_CHARS:
+        words.pop()
+    title = " ".join(words).strip(_QUOTES + " ,.;:-–—!。，！")
+    if not any(ch.isalnum() for ch in title) or title.casefold() == character_name.casefold():
+        return ""
+    return title
 
 
 def is_placeholder(title: str, character_name: str, message_count: int) -> bool:
@@ -94,9 +146,10 @@ class TitleWriter:
         prompt = title_prompt(exchange, character=character.name)
         text, spent = await complete_text(self.prompter.provider, prompt, params)
         self.metrics.background_tokens.labels(TITLE_JOB).inc(spent)
-        title = title_from_message(text.strip().strip("\"'“”«»").rstrip("."))
+        title = clean_title(text, character.name)
         if not title:
             self.metrics.memory_invalid.labels(TITLE_JOB).inc()
-            log.warning("session %s: the model gave no title; the first message stays", sid)
-            return
-        await self.summaries.set_title_if(uid, sid, meta.title, title)
+            log.warning("session %s: the model gave no usable title: %r", sid, text[:200])
+            title = title_from_message(first.content)
+        if title and title != meta.title:
+            await self.summaries.set_title_if(uid, sid, meta.title, title)
