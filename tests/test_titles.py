@@ -129,7 +129,9 @@ async def test_the_model_titles_the_chat_after_the_first_exchange(
         lambda: _is(client, sid, "Kyoto weekend plans"), "the generated title (unquoted)"
     )
     title_request = next(b for b in model.bodies if kind_of(b) == "title")
-    assert "Plan Kyoto" in title_request["messages"][-1]["content"]
+    asked = title_request["messages"][-1]["content"]
+    assert "Plan Kyoto" in asked and "Noted." in asked  # the first exchange
+    assert "Hey, it's Luna!" not in asked  # not the greeting
     await client.post(f"/v1/sessions/{sid}/messages", json={"content": "More"}, headers=H)
     assert model.calls["title"] == 1  # after the first exchange only
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from chatmem.models import Message
 
-PROMPTS_VERSION = "1"
+PROMPTS_VERSION = "2"
 
 SUMMARY_TASK = "Task: update the conversation summary."
 EXTRACT_TASK = "Task: update the memory list."
@@ -33,9 +33,11 @@ plans, promises made to them). Read the new messages and answer with JSON only:
 add: a new fact. update: a fact that changed. delete: a fact now false.
 Facts are one short sentence each, about the user. No facts: {{"ops": []}}."""
 
+# The instruction comes after the chat: the embedded 135M model, asked first, went on
+# with the chat as the character instead ("Luna: Kyoto in April is a fantastic …").
 _TITLE_SYSTEM = f"""{TITLE_TASK}
-Give this chat a title of at most six words that says what it is about.
-Answer with the title only, no quotes."""
+You write short titles."""
+_TITLE_ASK = "Write a title of three to six words for this chat. Answer with the title only."
 
 
 def _transcript(messages: Sequence[Message], character: str) -> str:
@@ -63,5 +65,6 @@ def extract_prompt(
 
 
 def title_prompt(messages: Sequence[Message], *, character: str) -> list[dict[str, str]]:
-    user = _transcript(messages, character)
+    """`messages`: the first exchange (the user's first message and its reply)."""
+    user = f"Chat:\n{_transcript(messages, character)}\n\n{_TITLE_ASK}"
     return [{"role": "system", "content": _TITLE_SYSTEM}, {"role": "user", "content": user}]

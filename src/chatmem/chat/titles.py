@@ -136,7 +136,10 @@ class TitleWriter:
         first = next((m for m in snap.messages if m.role == Role.USER), None)
         if first is None or meta.title not in (character.name, title_from_message(first.content)):
             return  # the user named it
-        exchange = [m for m in snap.messages if m.role in (Role.USER, Role.ASSISTANT)][:2]
+        # From the first user message on: the character's greeting says nothing of the
+        # chat (the model copied it: "Luna: Hey, it's Luna! How's your day going?").
+        spoken = [m for m in snap.messages if m.role in (Role.USER, Role.ASSISTANT)]
+        exchange = spoken[spoken.index(first) :][:2]
         mem = self.prompter.settings.memory
         params = GenerationParams(
             model=mem.background_model or self.prompter.params(character).model,
