@@ -21,13 +21,12 @@ from typing import Any
 import orjson
 
 from chatmem.characters import CharacterRegistry
-from chatmem.chat.background import complete_text
+from chatmem.chat.background import ask_model
 from chatmem.chat.prompting import Prompter
 from chatmem.errors import InvalidInput, NotFound, SessionNotFound
 from chatmem.memory_prompts import extract_prompt
 from chatmem.metrics import Metrics
 from chatmem.models import Message, Role
-from chatmem.providers.base import GenerationParams
 from chatmem.store import keys
 from chatmem.store.conversations import RedisMemoryStore
 from chatmem.store.jobs import Job
@@ -219,14 +218,15 @@ class Memories:
     async def _ask(
         self, short_ids: dict[str, Memory], new: list[Message], name: str, *, character_id: str
     ) -> str:
-        mem = self.prompter.settings.memory
         character = await self.characters.get(character_id)
         prompt = extract_prompt([(k, m.text) for k, m in short_ids.items()], new, character=name)
-        params = GenerationParams(
-            model=mem.background_model or self.prompter.params(character).model,
+        max_tokens = self.prompter.settings.memory.background_max_tokens
+        return await ask_model(
+            self.prompter,
+            self.metrics,
+            EXTRACT_JOB,
+            prompt,
+            character,
             temperature=0.0,
-            max_tokens=mem.background_max_tokens,
+            max_tokens=max_tokens,
         )
-        text, spent = await complete_text(self.prompter.provider, prompt, params)
-        self.metrics.background_tokens.labels(EXTRACT_JOB).inc(spent)
-        return text

@@ -23,19 +23,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from chatmem.characters import CharacterRegistry
-from chatmem.chat.background import complete_text
+from chatmem.chat.background import SessionJob
 from chatmem.chat.prompting import Prompter
 from chatmem.context import HEADING_TOKENS
 from chatmem.errors import ChatmemError, SessionNotFound
 from chatmem.memory_prompts import summary_prompt
-from chatmem.metrics import Metrics
 from chatmem.models import Character, Message, SessionMeta, SessionSnapshot
-from chatmem.providers.base import GenerationParams
 from chatmem.store import keys
-from chatmem.store.conversations import RedisMemoryStore
 from chatmem.store.jobs import Job
-from chatmem.store.summaries import SummaryStore
 from chatmem.tokens import count_tokens
 
 log = logging.getLogger(__name__)
@@ -88,20 +83,10 @@ def fit_summary(text: str, max_tokens: int) -> tuple[str, int]:
     return text, tokens
 
 
-class Summarizer:
-    def __init__(
-        self,
-        store: RedisMemoryStore,
-        summaries: SummaryStore,
-        characters: CharacterRegistry,
-        prompter: Prompter,
-        metrics: Metrics,
-    ) -> None:
-        self.store = store
-        self.summaries = summaries
-        self.characters = characters
-        self.prompter = prompter
-        self.metrics = metrics
+class Summarizer(SessionJob):
+    """The `summary` job, and when a turn makes it due."""
+
+    kind = SUMMARY_JOB
 
     @property
     def batch(self) -> int:
@@ -166,13 +151,7 @@ class Summarizer:
         mem = self.prompter.settings.memory
         words = max(20, int(mem.summary_max_tokens * WORDS_PER_TOKEN))
         prompt = summary_prompt(old, messages, character=character.name, words=words)
-        params = GenerationParams(
-            model=mem.background_model or self.prompter.params(character).model,
-            temperature=0.2,
-            max_tokens=mem.background_max_tokens,
-        )
-        text, spent = await complete_text(self.prompter.provider, prompt, params)
-        self.metrics.background_tokens.labels(SUMMARY_JOB).inc(spent)
+        text = await self.ask(prompt, character, max_tokens=mem.background_max_tokens)
         if not text:
             self.metrics.memory_invalid.labels(SUMMARY_JOB).inc()
             raise ValueError(f"the model gave an empty summary for session {meta.session_id}")

@@ -12,17 +12,11 @@ import logging
 import re
 import unicodedata
 
-from chatmem.characters import CharacterRegistry
-from chatmem.chat.background import complete_text
-from chatmem.chat.prompting import Prompter
+from chatmem.chat.background import SessionJob
 from chatmem.errors import SessionNotFound
 from chatmem.memory_prompts import title_prompt
-from chatmem.metrics import Metrics
 from chatmem.models import Role
-from chatmem.providers.base import GenerationParams
-from chatmem.store.conversations import RedisMemoryStore
 from chatmem.store.jobs import Job
-from chatmem.store.summaries import SummaryStore
 
 log = logging.getLogger(__name__)
 
@@ -105,25 +99,13 @@ def is_placeholder(title: str, character_name: str, message_count: int) -> bool:
 TITLE_JOB = "title"
 
 
-class TitleWriter:
+class TitleWriter(SessionJob):
     """The `title` job (SPEC §4 "auto titles"): after a session's first exchange the
     model names the chat. Until then its first user message is its title; a title the
     user set (neither the character's name nor the first message's) is never replaced,
     also when the user renames the chat while the model is writing (compare and swap)."""
 
-    def __init__(
-        self,
-        store: RedisMemoryStore,
-        summaries: SummaryStore,
-        characters: CharacterRegistry,
-        prompter: Prompter,
-        metrics: Metrics,
-    ) -> None:
-        self.store = store
-        self.summaries = summaries
-        self.characters = characters
-        self.prompter = prompter
-        self.metrics = metrics
+    kind = TITLE_JOB
 
     async def run(self, job: Job) -> None:
         uid, sid = job.args["user_id"], job.args["session_id"]
@@ -140,15 +122,8 @@ class TitleWriter:
         # chat (the model copied it: "Luna: Hey, it's Luna! How's your day going?").
         spoken = [m for m in snap.messages if m.role in (Role.USER, Role.ASSISTANT)]
         exchange = spoken[spoken.index(first) :][:2]
-        mem = self.prompter.settings.memory
-        params = GenerationParams(
-            model=mem.background_model or self.prompter.params(character).model,
-            temperature=0.2,
-            max_tokens=24,
-        )
         prompt = title_prompt(exchange, character=character.name)
-        text, spent = await complete_text(self.prompter.provider, prompt, params)
-        self.metrics.background_tokens.labels(TITLE_JOB).inc(spent)
+        text = await self.ask(prompt, character, max_tokens=24)
         title = clean_title(text, character.name)
         if not title:
             self.metrics.memory_invalid.labels(TITLE_JOB).inc()
