@@ -12,12 +12,14 @@ import pytest
 
 from chatmem.chat.titles import (
     MAX_TITLE_CHARS,
+    TITLE_JOB,
     clean_title,
     is_placeholder,
     title_from_message,
 )
 from chatmem.store import keys
 from chatmem.store.client import AnyRedis
+from chatmem.store.jobs import Job
 from tests.api_support import make_test_settings, running_app
 from tests.fake_openai import FakeOpenAI, Reply
 from tests.memory_model import MemoryModel, kind_of
@@ -172,6 +174,27 @@ async def test_the_first_message_titles_the_chat_when_the_model_gives_nothing_us
     await redis_client.hset(keys.session_meta_key(H["X-User-Id"], sid), "title", "Luna")
     await turn
     await eventually(lambda: model.calls["title"] == 1 and _is(client, sid, "Plan Nara"), "it")
+
+
+async def test_the_title_job_titles_from_the_first_exchange_after_more_turns(
+    redis_url: str, redis_client: AnyRedis, fake: FakeOpenAI, tmp_data_dir: Path
+) -> None:
+    """Regression: the job read the newest four messages; when the next turn came before
+    it ran, it took the second message for the first, found the title was not that
+    one's and left it as if the user had named the chat."""
+    model = MemoryModel(title="Kyoto weekend plans")
+    fake.respond = model
+    settings = make_test_settings(redis_url, fake.base_url, tmp_data_dir)  # no worker
+    async with running_app(settings) as (app, client):
+        r = await client.post("/v1/sessions", json={"character_id": "luna"}, headers=H)
+        sid = r.json()["session"]["session_id"]
+        for text in ("Plan Kyoto", "In April", "With friends"):
+            await client.post(f"/v1/sessions/{sid}/messages", json={"content": text}, headers=H)
+        titles = app.state.parts.service.background.titles
+        await titles.run(Job(TITLE_JOB, {"user_id": H["X-User-Id"], "session_id": sid}))
+        assert await title_of(client, sid) == "Kyoto weekend plans"
+        asked = next(b for b in model.bodies if kind_of(b) == "title")["messages"][-1]
+        assert "Plan Kyoto" in asked["content"] and "In April" not in asked["content"]
 
 
 async def _is(client: httpx.AsyncClient, sid: str, title: str) -> bool:

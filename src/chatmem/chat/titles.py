@@ -110,7 +110,8 @@ class TitleWriter(SessionJob):
     async def run(self, job: Job) -> None:
         uid, sid = job.args["user_id"], job.args["session_id"]
         try:
-            snap = await self.store.read(uid, sid, last=4)
+            # The first messages (greeting, user, reply), however many turns came since.
+            snap = await self.store.read(uid, sid, last=4, before_seq=5)
         except SessionNotFound:
             return
         meta = snap.meta
