@@ -21,6 +21,7 @@ from chatmem.cli import data
 from chatmem.cli.chat import ChatOptions, money, run_chat
 from chatmem.cli.client import ChatmemClient
 from chatmem.cli.common import (
+    App,
     JsonOpt,
     KeyOpt,
     UrlOpt,
@@ -37,14 +38,14 @@ from chatmem.cli.common import (
 )
 from chatmem.cli.text import printable
 
-app = typer.Typer(
+app = App(
     help="chatmem: a chat backend with conversation memory.",
     no_args_is_help=True,
     add_completion=False,
     # Tracebacks with locals could print API keys; and errors are one line anyway.
     pretty_exceptions_enable=False,
 )
-characters_app = typer.Typer(
+characters_app = App(
     help="List the characters (the default), or import a Character Card V2 JSON file.",
     invoke_without_command=True,
 )

@@ -18,6 +18,8 @@ import pydantic
 import typer
 from rich.console import Console
 from rich.text import Text
+from typer.core import TyperCommand, TyperGroup, TyperOption
+from typer.models import CommandFunctionType
 
 from chatmem.cli.client import ApiError, ChatmemClient, auth_headers, connect
 from chatmem.cli.text import printable
@@ -41,6 +43,35 @@ KeyOpt = typer.Option(
 )
 # A flag takes no value: no type shown in help (typer would show `--json <bool>`).
 JsonOpt = typer.Option(False, "--json", metavar="", help="print JSON instead of a table")
+
+
+def _flag_help(option: TyperOption | None) -> TyperOption | None:
+    if option is not None:
+        option.metavar = ""  # like JsonOpt: typer would show `--help <bool>`
+    return option
+
+
+class _FlagHelpCommand(TyperCommand):
+    def get_help_option(self, ctx: Any) -> TyperOption | None:
+        return _flag_help(super().get_help_option(ctx))
+
+
+class _FlagHelpGroup(TyperGroup):
+    def get_help_option(self, ctx: Any) -> TyperOption | None:
+        return _flag_help(super().get_help_option(ctx))
+
+
+class App(typer.Typer):
+    """A typer app whose commands (and itself) show `--help` as the flag it is."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(cls=_FlagHelpGroup, **kwargs)
+
+    def command(
+        self, name: str | None = None, *, cls: type[TyperCommand] | None = None, **kwargs: Any
+    ) -> Callable[[CommandFunctionType], CommandFunctionType]:
+        return super().command(name, cls=cls or _FlagHelpCommand, **kwargs)
+
 
 # HTTP statuses that mean "what you asked for is wrong", as opposed to "it failed".
 _ARGUMENT_STATUSES = {400, 401, 403, 404, 422}
