@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import httpx
 import orjson
@@ -22,6 +22,9 @@ from chatmem.config import (
     RedisSettings,
     Settings,
 )
+
+if TYPE_CHECKING:
+    from openai import OpenAI
 
 
 def make_test_settings(
@@ -180,3 +183,34 @@ def sse_done(body: str) -> dict[str, Any]:
             done: dict[str, Any] = event.data
             return done
     raise AssertionError(f"no done event in {body!r}")
+
+
+# --- a live server's sessions, as a real client sees them (conftest `base_url`) -----
+
+
+def openai_client(base_url: str, user: str, sid: str | None = None, **kw: Any) -> OpenAI:
+    """The `openai` SDK's sync client on a live server's OpenAI-compatible route, as
+    `user`, on session `sid` if given; no retries unless `max_retries` says so."""
+    from openai import OpenAI  # only the tests that use it pay for its import
+
+    headers = {"X-User-Id": user} | ({"X-Session-Id": sid} if sid else {})
+    kw.setdefault("max_retries", 0)
+    return OpenAI(
+        base_url=f"{base_url}/v1", api_key="open-mode", default_headers=headers, timeout=30, **kw
+    )
+
+
+def stored_messages(base_url: str, user: str, sid: str) -> list[dict[str, Any]]:
+    """The messages stored in session `sid` (the native API), the greeting left out."""
+    r = httpx.get(f"{base_url}/v1/sessions/{sid}/messages", headers={"X-User-Id": user})
+    assert r.status_code == 200, r.text
+    msgs: list[dict[str, Any]] = r.json()["messages"]
+    return [m for m in msgs if not m["metadata"].get("greeting")]
+
+
+def sessions_of(base_url: str, user: str) -> list[dict[str, Any]]:
+    """`user`'s sessions (the native API), most recently active first."""
+    r = httpx.get(f"{base_url}/v1/sessions", headers={"X-User-Id": user})
+    assert r.status_code == 200, r.text
+    out: list[dict[str, Any]] = r.json()["sessions"]
+    return out

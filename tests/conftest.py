@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import signal
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from chatmem.store.client import make_redis
 from chatmem.store.conversations import AnyRedis, RedisMemoryStore
 from tests.api_support import make_test_settings, running_app
 from tests.fake_openai import FakeOpenAI
+from tests.live_server import LiveServer
 from tests.redis_servers import RedisClusterProcesses, RedisProcess, SentinelProcesses
 from tests.support import scrubbed_env
 
@@ -150,3 +152,20 @@ async def client(
     settings = make_test_settings(redis_url, fake.base_url, tmp_data_dir)
     async with running_app(settings) as (_, http):
         yield http
+
+
+@pytest.fixture(scope="module")
+def base_url(
+    redis_url: str, fake_model: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """The URL of a real uvicorn serving the app (open mode, the test Redis, the fake
+    model), one per test module: for real clients (the `openai` SDK, LangChain)."""
+    settings = make_test_settings(redis_url, fake_model.base_url, tmp_path_factory.mktemp("data"))
+    with LiveServer(settings) as server:
+        yield server.url
+
+
+@pytest.fixture
+def user() -> str:
+    """A user id of the test's own: tests sharing a module's server see only their data."""
+    return f"u{uuid.uuid4().hex[:12]}"

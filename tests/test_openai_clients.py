@@ -5,62 +5,21 @@ alternatives); an edit of an earlier message forks the session."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import openai
 import pytest
 from openai import AsyncOpenAI, OpenAI
 
-from tests.api_support import make_test_settings
+from tests.api_support import openai_client, sessions_of, stored_messages
 from tests.fake_openai import FakeOpenAI, Reply
-from tests.live_server import LiveServer
-
-
-@pytest.fixture(scope="module")
-def base_url(
-    redis_url: str, fake_model: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    settings = make_test_settings(redis_url, fake_model.base_url, tmp_path_factory.mktemp("data"))
-    with LiveServer(settings) as server:
-        yield server.url
-
-
-@pytest.fixture
-def user() -> str:
-    return f"u{uuid.uuid4().hex[:12]}"
-
-
-def _history(base_url: str, user: str, sid: str) -> list[dict[str, Any]]:
-    r = httpx.get(f"{base_url}/v1/sessions/{sid}/messages", headers={"X-User-Id": user})
-    assert r.status_code == 200, r.text
-    msgs: list[dict[str, Any]] = r.json()["messages"]
-    return [m for m in msgs if not m["metadata"].get("greeting")]
-
-
-def _sessions(base_url: str, user: str) -> list[dict[str, Any]]:
-    r = httpx.get(f"{base_url}/v1/sessions", headers={"X-User-Id": user})
-    out: list[dict[str, Any]] = r.json()["sessions"]
-    return out
-
-
-def _sync(base_url: str, user: str, sid: str, **kw: Any) -> OpenAI:
-    return OpenAI(
-        base_url=f"{base_url}/v1",
-        api_key="open-mode",
-        default_headers={"X-User-Id": user, "X-Session-Id": sid},
-        timeout=30,
-        **kw,
-    )
 
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_sync_sdk_whole_conversation_each_turn(
     base_url: str, fake: FakeOpenAI, user: str, stream: bool
 ) -> None:
-    client = _sync(base_url, user, "conv")
+    client = openai_client(base_url, user, "conv")
     fake.script(Reply(text="Hi Ada."), Reply(text="You are Ada."))
     convo: list[Any] = [{"role": "user", "content": "I am Ada"}]
     for reply_no in range(2):
@@ -77,10 +36,10 @@ def test_sync_sdk_whole_conversation_each_turn(
     sent = [m["content"] for m in fake.chat_bodies[-1]["messages"] if m["role"] != "system"]
     assert sent[-3:] == ["I am Ada", "Hi Ada.", "who am I?"]
     assert len(sent) == len(set(sent))
-    stored = [m["content"] for m in _history(base_url, user, "conv")]
+    stored = [m["content"] for m in stored_messages(base_url, user, "conv")]
     assert stored == ["I am Ada", "Hi Ada.", "who am I?", "You are Ada."]
     # Agreeing histories are appended to: no fork, no rewrite (the ids stay).
-    assert [s["session_id"] for s in _sessions(base_url, user)] == ["conv"]
+    assert [s["session_id"] for s in sessions_of(base_url, user)] == ["conv"]
 
 
 async def test_async_sdk_retry_after_503_stores_one_user_message(
@@ -102,25 +61,25 @@ async def test_async_sdk_retry_after_503_stores_one_user_message(
         )
     assert done.choices[0].message.content == "Third time lucky."
     assert len(fake.chat_bodies) == 3
-    stored = [(m["role"], m["content"]) for m in _history(base_url, user, "retry")]
+    stored = [(m["role"], m["content"]) for m in stored_messages(base_url, user, "retry")]
     assert stored == [("user", "hello?"), ("assistant", "Third time lucky.")]
 
 
 def test_resent_request_is_a_regenerate(base_url: str, fake: FakeOpenAI, user: str) -> None:
-    client = _sync(base_url, user, "regen", max_retries=0)
+    client = openai_client(base_url, user, "regen")
     fake.script(Reply(text="First."), Reply(text="Second."))
     convo: list[Any] = [{"role": "user", "content": "tell me"}]
     client.chat.completions.create(model="m", messages=convo)
     again = client.chat.completions.create(model="m", messages=convo)
     assert again.choices[0].message.content == "Second."
-    stored = _history(base_url, user, "regen")
+    stored = stored_messages(base_url, user, "regen")
     assert [m["content"] for m in stored] == ["tell me", "Second."]
     assert (stored[-1]["alternatives"], stored[-1]["selected"]) == (2, 1)
     assert [m["content"] for m in fake.chat_bodies[-1]["messages"]].count("tell me") == 1
 
 
 def test_edit_of_an_earlier_message_forks(base_url: str, fake: FakeOpenAI, user: str) -> None:
-    client = _sync(base_url, user, "edit", max_retries=0)
+    client = openai_client(base_url, user, "edit")
     fake.script(Reply(text="A1"), Reply(text="A2"), Reply(text="A3"))
     client.chat.completions.create(model="m", messages=[{"role": "user", "content": "Q1"}])
     client.chat.completions.create(
@@ -142,15 +101,15 @@ def test_edit_of_an_earlier_message_forks(base_url: str, fake: FakeOpenAI, user:
     )
     sent = [m["content"] for m in fake.chat_bodies[-1]["messages"] if m["role"] != "system"]
     assert sent[-3:] == ["Q1 edited", "A1", "Q2"] and "Q1" not in sent
-    now = [m["content"] for m in _history(base_url, user, "edit")]
+    now = [m["content"] for m in stored_messages(base_url, user, "edit")]
     assert now == ["Q1 edited", "A1", "Q2", "A3"]
-    [fork] = [s for s in _sessions(base_url, user) if s["forked_from"] == "edit"]
-    old = [m["content"] for m in _history(base_url, user, fork["session_id"])]
+    [fork] = [s for s in sessions_of(base_url, user) if s["forked_from"] == "edit"]
+    old = [m["content"] for m in stored_messages(base_url, user, fork["session_id"])]
     assert old == ["Q1", "A1", "Q2", "A2"]
 
 
 def test_the_sdk_sees_openai_errors(base_url: str, fake: FakeOpenAI, user: str) -> None:
-    client = _sync(base_url, user, "err", max_retries=0)
+    client = openai_client(base_url, user, "err")
     fake.script(Reply(status=503))
     with pytest.raises(openai.InternalServerError):
         client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
@@ -180,7 +139,7 @@ def test_langchain_batch_without_a_session_does_not_leak(
     assert [r.content for r in replies] == [fake.default.text] * 4
     sent = sorted(tuple(m["content"] for m in body["messages"]) for body in fake.chat_bodies)
     assert sent == [(p,) for p in prompts]
-    assert _sessions(base_url, user) == []
+    assert sessions_of(base_url, user) == []
 
 
 def test_langchain_invoke_and_stream_in_a_session(
@@ -198,12 +157,12 @@ def test_langchain_invoke_and_stream_in_a_session(
     sent = fake.chat_bodies[-1]["messages"]
     assert sent[0] == {"role": "system", "content": "Answer in one line."}
     assert [m["content"] for m in sent[1:]][-3:] == ["I am Bo", "Hello Bo.", "who am I?"]
-    stored = [m["content"] for m in _history(base_url, user, "lc")]
+    stored = [m["content"] for m in stored_messages(base_url, user, "lc")]
     assert stored == ["I am Bo", "Hello Bo.", "who am I?", "You are Bo, still."]
 
 
 def test_parameters_are_passed_on(base_url: str, fake: FakeOpenAI, user: str) -> None:
-    client = _sync(base_url, user, "params", max_retries=0)
+    client = openai_client(base_url, user, "params")
     client.chat.completions.create(
         model="m",
         messages=[{"role": "user", "content": "json please"}],

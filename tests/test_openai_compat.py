@@ -6,7 +6,6 @@ each test can check that the server, not the client, supplied the history.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -41,15 +40,6 @@ BUILTINS = {ch.id: ch for ch in load_builtins()}
 
 
 @pytest.fixture(scope="module")
-def base_url(
-    redis_url: str, fake_model: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    settings = make_test_settings(redis_url, fake_model.base_url, tmp_path_factory.mktemp("data"))
-    with LiveServer(settings) as server:
-        yield server.url
-
-
-@pytest.fixture(scope="module")
 def auth_base_url(
     redis_url: str, fake_model: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
@@ -61,11 +51,6 @@ def auth_base_url(
     )
     with LiveServer(settings) as server:
         yield server.url
-
-
-@pytest.fixture
-def user() -> str:
-    return f"u{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture

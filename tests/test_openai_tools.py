@@ -5,8 +5,6 @@ and not; bad tool messages and a model without tools are 400 with nothing stored
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +22,9 @@ from chatmem.models import Message, Role
 from chatmem.ops.transfer import export_sessions, import_sessions
 from chatmem.providers.local import LocalLlamaProvider
 from chatmem.store.conversations import RedisMemoryStore
-from tests.api_support import make_test_settings
+from tests.api_support import make_test_settings, openai_client, sessions_of, stored_messages
 from tests.fake_openai import FakeOpenAI, Reply
 from tests.fake_openai_tools import ToolCall
-from tests.live_server import LiveServer
 
 WEATHER = {
     "type": "function",
@@ -43,38 +40,8 @@ WEATHER = {
 }
 
 
-@pytest.fixture(scope="module")
-def base_url(
-    redis_url: str, fake_model: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    settings = make_test_settings(redis_url, fake_model.base_url, tmp_path_factory.mktemp("data"))
-    with LiveServer(settings) as server:
-        yield server.url
-
-
-@pytest.fixture
-def user() -> str:
-    return f"u{uuid.uuid4().hex[:12]}"
-
-
-def _client(base_url: str, user: str, sid: str | None, **kw: Any) -> OpenAI:
-    headers = {"X-User-Id": user} | ({"X-Session-Id": sid} if sid else {})
-    kw.setdefault("max_retries", 0)
-    return OpenAI(
-        base_url=f"{base_url}/v1", api_key="open-mode", default_headers=headers, timeout=30, **kw
-    )
-
-
-def _history(base_url: str, user: str, sid: str) -> list[dict[str, Any]]:
-    r = httpx.get(f"{base_url}/v1/sessions/{sid}/messages", headers={"X-User-Id": user})
-    assert r.status_code == 200, r.text
-    msgs: list[dict[str, Any]] = r.json()["messages"]
-    return [m for m in msgs if not m["metadata"].get("greeting")]
-
-
-def _sessions(base_url: str, user: str) -> list[str]:
-    r = httpx.get(f"{base_url}/v1/sessions", headers={"X-User-Id": user})
-    return [s["session_id"] for s in r.json()["sessions"]]
+def session_ids(base_url: str, user: str) -> list[str]:
+    return [s["session_id"] for s in sessions_of(base_url, user)]
 
 
 def _ask(client: OpenAI, convo: list[Any], stream: bool, **kw: Any) -> tuple[dict[str, Any], str]:
@@ -120,7 +87,7 @@ def test_tool_calling_loop(
     base_url: str, fake: FakeOpenAI, user: str, stream: bool, session: bool
 ) -> None:
     sid = "agent" if session else None
-    client = _client(base_url, user, sid)
+    client = openai_client(base_url, user, sid)
     call = ToolCall("get_weather", '{"city":"Paris"}')
     fake.script(
         Reply(text="", tool_calls=[call]), Reply(text="Sunny in Paris."), Reply(text="Any time.")
@@ -160,9 +127,9 @@ def test_tool_calling_loop(
     assert len([c for c in contents if c is not None]) == len({c for c in contents if c})
 
     if not session:
-        assert _sessions(base_url, user) == []
+        assert session_ids(base_url, user) == []
         return
-    stored = _history(base_url, user, "agent")
+    stored = stored_messages(base_url, user, "agent")
     assert [(m["role"], m["content"]) for m in stored] == [
         ("user", "Weather in Paris?"),
         ("assistant", ""),
@@ -174,13 +141,13 @@ def test_tool_calling_loop(
     assert stored[1]["metadata"]["tool_calls"] == [call.wire()]
     assert stored[1]["metadata"]["finish_reason"] == "tool_calls"
     assert stored[2]["metadata"]["tool_call_id"] == call.id
-    assert _sessions(base_url, user) == ["agent"]  # appended to: no fork, no rewrite
+    assert session_ids(base_url, user) == ["agent"]  # appended to: no fork, no rewrite
 
 
 def test_parallel_calls_streamed_and_stored_once(
     base_url: str, fake: FakeOpenAI, user: str
 ) -> None:
-    client = _client(base_url, user, "parallel")
+    client = openai_client(base_url, user, "parallel")
     calls = [
         ToolCall("get_weather", '{"city": "Paris"}'),
         ToolCall("get_weather", '{"city": "Rome"}'),
@@ -206,7 +173,7 @@ def test_parallel_calls_streamed_and_stored_once(
         ("tool", "sunny", None, calls[0].id),
         ("tool", "sunny too", None, calls[1].id),
     ]
-    stored = _history(base_url, user, "parallel")
+    stored = stored_messages(base_url, user, "parallel")
     assert [(m["role"], m["content"]) for m in stored] == [
         ("user", "Paris and Rome?"),
         ("assistant", "Let me look."),
@@ -214,7 +181,7 @@ def test_parallel_calls_streamed_and_stored_once(
         ("tool", "sunny too"),
         ("assistant", "Both sunny."),
     ]
-    assert _sessions(base_url, user) == ["parallel"]  # appended to, not rewritten as a fork
+    assert session_ids(base_url, user) == ["parallel"]  # appended to, not rewritten as a fork
 
 
 def test_tool_result_retried_after_503_is_stored_once(
@@ -222,7 +189,7 @@ def test_tool_result_retried_after_503_is_stored_once(
 ) -> None:
     """The SDK re-sends the tool result after the model's 503: it is answered, not
     stored twice; re-sending it once more is a regenerate (two alternatives)."""
-    client = _client(base_url, user, "retry", max_retries=1)
+    client = openai_client(base_url, user, "retry", max_retries=1)
     call = ToolCall("get_weather", '{"city": "Oslo"}')
     fake.script(
         Reply(text="", tool_calls=[call]),
@@ -235,7 +202,7 @@ def test_tool_result_retried_after_503_is_stored_once(
     convo += [message, {"role": "tool", "tool_call_id": call.id, "content": "snow"}]
     assert _ask(client, convo, False, tools=[WEATHER])[0]["content"] == "Snow."
     assert _ask(client, convo, False, tools=[WEATHER])[0]["content"] == "Snowing."
-    stored = _history(base_url, user, "retry")
+    stored = stored_messages(base_url, user, "retry")
     assert [m["role"] for m in stored] == ["user", "assistant", "tool", "assistant"]
     assert (stored[-1]["alternatives"], stored[-1]["selected"]) == (2, 1)
     assert [m["role"] for m in fake.chat_bodies[-1]["messages"]].count("tool") == 1
@@ -254,12 +221,12 @@ def test_bad_tool_messages_are_400_and_store_nothing(
     base_url: str, fake: FakeOpenAI, user: str, session: bool, tool_message: dict[str, Any]
 ) -> None:
     sid = "bad" if session else None
-    client = _client(base_url, user, sid)
+    client = openai_client(base_url, user, sid)
     call = ToolCall("get_weather", '{"city": "Lima"}')
     fake.script(Reply(text="", tool_calls=[call]))
     convo: list[Any] = [{"role": "user", "content": "Lima?"}]
     message, _ = _ask(client, convo, False, tools=[WEATHER])
-    before = _history(base_url, user, "bad") if session else []
+    before = stored_messages(base_url, user, "bad") if session else []
     asked = fake.request_count
     for sent in ([*convo, message, tool_message], [tool_message]):
         with pytest.raises(openai.BadRequestError) as info:
@@ -271,9 +238,9 @@ def test_bad_tool_messages_are_400_and_store_nothing(
         client.chat.completions.create(model="m", messages=orphan, tools=[WEATHER])
     assert fake.request_count == asked
     if session:
-        assert _history(base_url, user, "bad") == before
+        assert stored_messages(base_url, user, "bad") == before
     else:
-        assert _sessions(base_url, user) == []
+        assert session_ids(base_url, user) == []
 
 
 def test_langchain_bind_tools_loop(base_url: str, fake: FakeOpenAI, user: str) -> None:
@@ -305,14 +272,14 @@ def test_langchain_bind_tools_loop(base_url: str, fake: FakeOpenAI, user: str) -
     convo += [ai, ToolMessage(get_weather.invoke(ai.tool_calls[0]["args"]), tool_call_id=call.id)]
     assert llm.invoke(convo).content == "It is sunny in Paris."
     assert fake.chat_bodies[0]["tools"][0]["function"]["name"] == "get_weather"
-    stored = _history(base_url, user, "lc")
+    stored = stored_messages(base_url, user, "lc")
     assert [(m["role"], m["content"]) for m in stored] == [
         ("user", "Weather in Paris?"),
         ("assistant", ""),
         ("tool", "sunny in Paris"),
         ("assistant", "It is sunny in Paris."),
     ]
-    assert _sessions(base_url, user) == ["lc"]
+    assert session_ids(base_url, user) == ["lc"]
 
 
 @pytest.mark.local_model
