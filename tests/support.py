@@ -93,3 +93,21 @@ def scrubbed_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     # Background jobs (summaries, titles) would ask the fake model too: a test of them
     # turns them on (tests/test_jobs_processes.py).
     return {k: v for k, v in environ.items() if not k.startswith(ENV_PREFIX)} | NO_JOBS
+
+
+def process_env(redis_url: str | None, llm_base_url: str) -> dict[str, str]:
+    """The environment of a `python -m chatmem serve` process on `redis_url` (None: its
+    embedded Redis) that asks the fake model at `llm_base_url`, once (no retries), with
+    nothing inherited (`scrubbed_env`: background jobs off). Tests add their settings."""
+    redis = {"CHATMEM_REDIS_URL": redis_url} if redis_url else {}
+    return (
+        scrubbed_env()
+        | redis
+        | {
+            "CHATMEM_LLM_PROVIDER": "openai",
+            "CHATMEM_LLM_BASE_URL": llm_base_url,
+            "CHATMEM_LLM_API_KEY": "test-key",
+            "CHATMEM_LLM_MODEL": "fake-model",
+            "CHATMEM_LLM_MAX_RETRIES": "0",
+        }
+    )

@@ -35,7 +35,7 @@ import redis
 from tests.fake_openai import FakeOpenAI, Reply
 from tests.live_uvicorn import ChatmemProcess, two_processes
 from tests.redis_servers import RedisClusterProcesses, RedisProcess, SentinelProcesses
-from tests.support import eventually, scrubbed_env
+from tests.support import eventually, process_env
 
 pytestmark = [
     pytest.mark.slow,
@@ -266,18 +266,12 @@ def _collect_dropped_connections() -> Iterator[None]:
 
 
 async def scenario(topology: Any, wait: int, cut: bool, fake: FakeOpenAI, tmp: Path) -> None:
-    env = scrubbed_env() | {
-        "CHATMEM_REDIS_URL": topology.url,
+    env = process_env(topology.url, fake.base_url) | {
         "CHATMEM_REDIS_SOCKET_TIMEOUT_S": "1",
         "CHATMEM_REDIS_CONNECT_TIMEOUT_S": "1",
         "CHATMEM_REDIS_POOL_TIMEOUT_S": "1",
         "CHATMEM_REDIS_WAIT_REPLICAS": str(wait),
         "CHATMEM_REDIS_WAIT_TIMEOUT_MS": "300",
-        "CHATMEM_LLM_PROVIDER": "openai",
-        "CHATMEM_LLM_BASE_URL": fake.base_url,
-        "CHATMEM_LLM_API_KEY": "test-key",
-        "CHATMEM_LLM_MODEL": "fake-model",
-        "CHATMEM_LLM_MAX_RETRIES": "0",
         "CHATMEM_LIMITS_TURNS_PER_MINUTE": "100000",
         "CHATMEM_LIMITS_WRITES_PER_MINUTE": "100000",
         "CHATMEM_LIMITS_STREAMS_PER_USER": "1000",

@@ -18,19 +18,13 @@ import pytest
 from tests.api_support import sse_stream
 from tests.fake_openai import FakeOpenAI, Reply
 from tests.live_uvicorn import ChatmemProcess, two_processes
-from tests.support import scrubbed_env
+from tests.support import process_env
 
 LOCK_TTL_MS = 2000
 
 
 def chatmem_env(redis_url: str, fake: FakeOpenAI) -> dict[str, str]:
-    return scrubbed_env() | {
-        "CHATMEM_REDIS_URL": redis_url,
-        "CHATMEM_LLM_PROVIDER": "openai",
-        "CHATMEM_LLM_BASE_URL": fake.base_url,
-        "CHATMEM_LLM_API_KEY": "test-key",
-        "CHATMEM_LLM_MODEL": "fake-model",
-        "CHATMEM_LLM_MAX_RETRIES": "0",
+    return process_env(redis_url, fake.base_url) | {
         "CHATMEM_LIMITS_SESSION_LOCK_WAIT_MS": "200",
         "CHATMEM_LIMITS_SESSION_LOCK_TTL_MS": str(LOCK_TTL_MS),
         "CHATMEM_LIMITS_STREAMS_PER_USER": "1",

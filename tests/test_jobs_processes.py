@@ -11,19 +11,13 @@ import httpx
 from tests.fake_openai import FakeOpenAI, Reply
 from tests.live_uvicorn import ChatmemProcess
 from tests.memory_model import MemoryModel, kind_of
-from tests.support import eventually, scrubbed_env
+from tests.support import eventually, process_env
 
 H = {"X-User-Id": "killed-job"}
 
 
 def env(redis_url: str, fake: FakeOpenAI) -> dict[str, str]:
-    return scrubbed_env() | {
-        "CHATMEM_REDIS_URL": redis_url,
-        "CHATMEM_LLM_PROVIDER": "openai",
-        "CHATMEM_LLM_BASE_URL": fake.base_url,
-        "CHATMEM_LLM_API_KEY": "test-key",
-        "CHATMEM_LLM_MODEL": "fake-model",
-        "CHATMEM_LLM_MAX_RETRIES": "0",
+    return process_env(redis_url, fake.base_url) | {
         "CHATMEM_JOBS_ENABLED": "true",
         "CHATMEM_JOBS_CLAIM_IDLE_MS": "1000",
         "CHATMEM_JOBS_HOUSEKEEPING_MS": "100",

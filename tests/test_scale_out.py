@@ -19,7 +19,7 @@ import redis
 from tests.api_support import make_test_settings, running_app, sse_stream
 from tests.fake_openai import FakeOpenAI, Reply
 from tests.live_uvicorn import ChatmemProcess, two_processes
-from tests.support import scrubbed_env
+from tests.support import process_env
 
 H = {"X-User-Id": "alice"}
 
@@ -28,13 +28,7 @@ H = {"X-User-Id": "alice"}
 def servers(
     redis_url: str, fake_model: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[ChatmemProcess, ChatmemProcess]]:
-    env = scrubbed_env() | {
-        "CHATMEM_REDIS_URL": redis_url,
-        "CHATMEM_LLM_PROVIDER": "openai",
-        "CHATMEM_LLM_BASE_URL": fake_model.base_url,
-        "CHATMEM_LLM_API_KEY": "test-key",
-        "CHATMEM_LLM_MODEL": "fake-model",
-        "CHATMEM_LLM_MAX_RETRIES": "0",
+    env = process_env(redis_url, fake_model.base_url) | {
         # A second send gives up quickly, while the first turn is still streaming.
         "CHATMEM_LIMITS_SESSION_LOCK_WAIT_MS": "300",
     }

@@ -28,7 +28,7 @@ from chatmem.store.client import make_redis
 from chatmem.store.conversations import RedisMemoryStore
 from tests.api_support import sse_stream
 from tests.fake_openai import FakeOpenAI, Reply
-from tests.support import free_port, scrubbed_env, wait_until
+from tests.support import free_port, process_env, wait_until
 
 STREAMS = 50
 JSON_TURNS = 4  # long, not streamed: cut by uvicorn at the end of the grace period
@@ -130,13 +130,8 @@ def test_sigterm_lets_turns_finish_or_stores_them_interrupted(
     data_dir = tmp_path_factory.mktemp("sd")  # short: the embedded Redis's unix socket
     port = free_port()
     fake.respond = paced
-    env = scrubbed_env() | {
+    env = process_env(None, fake.base_url) | {
         "CHATMEM_DATA_DIR": str(data_dir),
-        "CHATMEM_LLM_PROVIDER": "openai",
-        "CHATMEM_LLM_BASE_URL": fake.base_url,
-        "CHATMEM_LLM_API_KEY": "test-key",
-        "CHATMEM_LLM_MODEL": "fake-model",
-        "CHATMEM_LLM_MAX_RETRIES": "0",
         "CHATMEM_LIMITS_REQUESTS_PER_MINUTE": "100000",
         "CHATMEM_SERVER_SHUTDOWN_GRACE_S": str(GRACE_S),
     }
