@@ -19,7 +19,7 @@ from chatmem.api.app import create_app
 from chatmem.chat.service import ChatService
 from tests.api_support import make_test_settings
 from tests.fake_openai import FakeOpenAI
-from tests.support import free_port, scrubbed_env, wait_until
+from tests.support import free_port, process_env, wait_until
 
 ALICE_KEY = "alice-key-0123456789abcdef"
 START_TIMEOUT_S = 60
@@ -47,15 +47,7 @@ class Serve:
         self.data_dir = data_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        base = scrubbed_env()
-        self.env = base | {
-            "CHATMEM_DATA_DIR": str(data_dir),
-            "CHATMEM_LLM_PROVIDER": "openai",
-            "CHATMEM_LLM_BASE_URL": fake.base_url,
-            "CHATMEM_LLM_API_KEY": "test-key",
-            "CHATMEM_LLM_MODEL": "fake-model",
-            **env,
-        }
+        self.env = process_env(None, fake.base_url) | {"CHATMEM_DATA_DIR": str(data_dir), **env}
         self.args = args
         self.stdout_path = data_dir.parent / f"serve-{self.port}.out"
         self.stderr_path = data_dir.parent / f"serve-{self.port}.err"
