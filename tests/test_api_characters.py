@@ -2,26 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.api_support import make_test_settings, running_app
-
 H = {"X-User-Id": "admin-in-open-mode"}
-
-
-@pytest.fixture
-async def client(
-    redis_url: str, tmp_path: Path, redis_client: Any
-) -> AsyncIterator[httpx.AsyncClient]:
-    # No model is called here: the provider's URL is never used.
-    settings = make_test_settings(redis_url, "http://127.0.0.1:9/v1", tmp_path)
-    async with running_app(settings) as (_, c):
-        yield c
 
 
 async def test_crud_and_card_import(client: httpx.AsyncClient) -> None:

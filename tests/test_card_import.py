@@ -4,9 +4,6 @@ over `POST /v1/characters/import` and in characters/png_card.py."""
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -14,7 +11,6 @@ import pytest
 from chatmem.characters.card import card_to_character, character_to_card
 from chatmem.characters.png_card import card_from_png, png_with_card
 from chatmem.errors import InvalidInput
-from tests.api_support import make_test_settings, running_app
 from tests.card_images import square_png
 
 H = {"X-User-Id": "admin-in-open-mode"}
@@ -36,15 +32,6 @@ V3 = {
         "creation_date": 1700000000,
     },
 }
-
-
-@pytest.fixture
-async def client(
-    redis_url: str, tmp_path: Path, redis_client: Any
-) -> AsyncIterator[httpx.AsyncClient]:
-    settings = make_test_settings(redis_url, "http://127.0.0.1:9/v1", tmp_path)
-    async with running_app(settings) as (_, c):
-        yield c
 
 
 def test_a_v3_card_is_read_as_v2_and_kept_whole() -> None:

@@ -3,29 +3,15 @@ anywhere in a character or a card is a clean 4xx, never a 500."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import Any
-
 import httpx
 import pytest
 
 from chatmem.characters import card_to_character, parse_character
 from chatmem.errors import InvalidInput
-from tests.api_support import make_test_settings, running_app
 
 H = {"X-User-Id": "admin-in-open-mode", "content-type": "application/json"}
 # Raw JSON: "\ud800" is valid JSON text but no valid Unicode (a lone surrogate).
 LONE = "\\ud800"
-
-
-@pytest.fixture
-async def client(
-    redis_url: str, tmp_path: Path, redis_client: Any
-) -> AsyncIterator[httpx.AsyncClient]:
-    settings = make_test_settings(redis_url, "http://127.0.0.1:9/v1", tmp_path)
-    async with running_app(settings) as (_, c):
-        yield c
 
 
 @pytest.mark.parametrize(
