@@ -14,6 +14,10 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar, cast
 
+from chatmem.store.conversations import RedisMemoryStore
+from chatmem.store.locks import Coordinator
+from chatmem.store.turns import TurnStore
+
 T = TypeVar("T")
 
 POLL_S = 0.02
@@ -111,3 +115,17 @@ def process_env(redis_url: str | None, llm_base_url: str) -> dict[str, str]:
             "CHATMEM_LLM_MAX_RETRIES": "0",
         }
     )
+
+
+def unlimited_turns(store: RedisMemoryStore, *, lock_ttl_ms: int = 30_000) -> TurnStore:
+    """The turn store over `store` for store-level tests: no rate limits, no stream cap,
+    and a busy session's lock is not waited for."""
+    coordinator = Coordinator(
+        store.redis,
+        lock_ttl_ms=lock_ttl_ms,
+        lock_wait_ms=0,
+        turns_per_minute=0,
+        writes_per_minute=0,
+        streams_per_user=0,
+    )
+    return TurnStore(store, coordinator)

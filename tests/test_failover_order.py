@@ -21,13 +21,12 @@ from chatmem.durability.outbox import Outbox
 from chatmem.models import Message, Role, Usage
 from chatmem.store import keys
 from chatmem.store.conversations import RedisMemoryStore
-from chatmem.store.locks import Coordinator
 from chatmem.store.streams import GenerationStreams
 from chatmem.store.turns import TurnStore, turn_ordinal
 from tests.api_support import FAST_FAILING_REDIS, make_test_settings, running_app
 from tests.fake_openai import FakeOpenAI
 from tests.redis_servers import RedisProcess, expire_now
-from tests.support import eventually
+from tests.support import eventually, unlimited_turns
 
 H = {"X-User-Id": "alice"}
 
@@ -36,16 +35,8 @@ H = {"X-User-Id": "alice"}
 async def turns(redis_client: Redis) -> TurnStore:
     await redis_client.flushdb()
     store = RedisMemoryStore(redis_client)
-    coordinator = Coordinator(
-        redis_client,
-        lock_ttl_ms=10_000,
-        lock_wait_ms=0,
-        turns_per_minute=0,
-        writes_per_minute=0,
-        streams_per_user=0,
-    )
     await store.create_session("alice", "assistant", session_id="s1")
-    return TurnStore(store, coordinator)
+    return unlimited_turns(store, lock_ttl_ms=10_000)
 
 
 def pair(k: int) -> tuple[Message, Message]:

@@ -20,12 +20,11 @@ from chatmem.api.app import create_app
 from chatmem.chat import generation
 from chatmem.config import Settings
 from chatmem.models import Message, Role
-from chatmem.store.locks import Coordinator
 from chatmem.store.streams import GenerationStreams
-from chatmem.store.turns import TurnStore
 from tests.api_support import make_test_settings, running_app, sse_events, sse_stream
 from tests.fake_openai import FakeOpenAI, Reply
 from tests.live_uvicorn import serve_in_thread
+from tests.support import unlimited_turns
 
 H = {"X-User-Id": "alice"}
 
@@ -372,15 +371,7 @@ async def test_a_late_lock_release_ends_the_generation_so_it_is_not_recovered(
     next turn took it for a dead process's generation and stored a partial reply under
     the id the outbox's full reply is replayed with (which was then skipped as a
     duplicate). The late release ends the stream now."""
-    coordinator = Coordinator(
-        redis_client,
-        lock_ttl_ms=30_000,
-        lock_wait_ms=0,
-        turns_per_minute=0,
-        writes_per_minute=0,
-        streams_per_user=0,
-    )
-    turns = TurnStore(store, coordinator)
+    turns = unlimited_turns(store)
     await store.create_session("alice", "assistant", session_id="s1")
     res = await turns.begin(
         "alice",
@@ -395,7 +386,7 @@ async def test_a_late_lock_release_ends_the_generation_so_it_is_not_recovered(
     assert res.kind == "ok"
     streams = GenerationStreams(redis_client)
     assert (await streams.snapshot("alice", "s1")).lock_held
-    await coordinator.release_turn("alice", "s1", "tok")  # the replayer's deferred release
+    await turns.coordinator.release_turn("alice", "s1", "tok")  # the replayer's deferred release
     snap = await streams.snapshot("alice", "s1")
     assert not snap.lock_held and snap.ended and not snap.orphaned
 

@@ -13,8 +13,7 @@ from chatmem.errors import StorageQuotaExceeded, TooManySessions
 from chatmem.models import Message, Role, Usage
 from chatmem.store import keys
 from chatmem.store.conversations import AnyRedis, RedisMemoryStore
-from chatmem.store.locks import Coordinator
-from chatmem.store.turns import TurnStore
+from tests.support import unlimited_turns
 
 
 @pytest.fixture
@@ -137,15 +136,7 @@ async def test_turn_scripts_count_bytes_and_meet_the_cap(redis_client: AnyRedis)
     turns without the byte cap: a user past it could still send, and the counter that
     trims subtract from never saw what turns added."""
     store = store_with(redis_client, max_stored_bytes_per_user=3000)
-    coordinator = Coordinator(
-        redis_client,
-        lock_ttl_ms=30_000,
-        lock_wait_ms=0,
-        turns_per_minute=0,
-        writes_per_minute=0,
-        streams_per_user=0,
-    )
-    turns = TurnStore(store, coordinator)
+    turns = unlimited_turns(store)
     sid = (await store.create_session("carol", "assistant")).session_id
     refused = None
     for i in range(30):  # 5 messages kept: the trims give bytes back until the cap
