@@ -214,3 +214,19 @@ def sessions_of(base_url: str, user: str) -> list[dict[str, Any]]:
     assert r.status_code == 200, r.text
     out: list[dict[str, Any]] = r.json()["sessions"]
     return out
+
+
+# --- auth on: the test users' API keys -------------------------------------------------
+
+TEST_KEYS = {
+    "alice": "key-alice-0123456789",
+    "bob": "key-bob-0123456789ab",
+    "root": "key-root-0123456789a",
+}
+# `auth_keys` of make_test_settings: users alice and bob, and root, an admin.
+TEST_AUTH_KEYS = f"{TEST_KEYS['alice']}=alice,{TEST_KEYS['bob']}=bob,{TEST_KEYS['root']}=root:admin"
+
+
+def bearer(user: str) -> dict[str, str]:
+    """The Authorization header of `user`'s key in TEST_KEYS."""
+    return {"Authorization": f"Bearer {TEST_KEYS[user]}"}

@@ -15,31 +15,24 @@ import pytest
 from typer.testing import CliRunner
 
 from chatmem.cli.commands import app
-from tests.api_support import make_test_settings, running_app
+from tests.api_support import TEST_AUTH_KEYS, TEST_KEYS, bearer, make_test_settings, running_app
 from tests.fake_openai import FakeOpenAI
 from tests.live_server import LiveServer
-
-KEYS = {"alice": "alice-key-0123456789", "bob": "bob-key-0123456789", "root": "root-key-0123456789"}
-AUTH_KEYS = f"{KEYS['alice']}=alice,{KEYS['bob']}=bob,{KEYS['root']}=root:admin"
-
-
-def as_(who: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {KEYS[who]}"}
 
 
 @pytest.fixture
 async def client(
     redis_url: str, fake: FakeOpenAI, tmp_path: Path, redis_client: Any
 ) -> AsyncIterator[httpx.AsyncClient]:
-    settings = make_test_settings(redis_url, fake.base_url, tmp_path, auth_keys=AUTH_KEYS)
+    settings = make_test_settings(redis_url, fake.base_url, tmp_path, auth_keys=TEST_AUTH_KEYS)
     async with running_app(settings) as (_, c):
         yield c
 
 
 async def chat_as(c: httpx.AsyncClient, who: str, text: str) -> str:
-    r = await c.post("/v1/sessions", json={}, headers=as_(who))
+    r = await c.post("/v1/sessions", json={}, headers=bearer(who))
     sid: str = r.json()["session"]["session_id"]
-    r = await c.post(f"/v1/sessions/{sid}/messages", json={"content": text}, headers=as_(who))
+    r = await c.post(f"/v1/sessions/{sid}/messages", json={"content": text}, headers=bearer(who))
     assert r.status_code == 200, r.text
     return sid
 
@@ -51,24 +44,24 @@ async def test_users_export_their_own_sessions_and_admins_anyones(
     a2 = await chat_as(client, "alice", "alice two")
     await chat_as(client, "bob", "bob one")
 
-    mine = (await client.get("/v1/export", headers=as_("alice"))).json()
+    mine = (await client.get("/v1/export", headers=bearer("alice"))).json()
     assert {s["meta"]["session_id"] for s in mine["sessions"]} == {a1, a2}
-    one = (await client.get(f"/v1/export?session_id={a1}", headers=as_("alice"))).json()
+    one = (await client.get(f"/v1/export?session_id={a1}", headers=bearer("alice"))).json()
     assert [s["meta"]["session_id"] for s in one["sessions"]] == [a1]
     assert [m["content"] for m in one["sessions"][0]["messages"]][-2] == "alice one"
 
     # Another user's sessions, or everyone's, are not Alice's to export.
-    r = await client.get("/v1/export?user_id=bob", headers=as_("alice"))
+    r = await client.get("/v1/export?user_id=bob", headers=bearer("alice"))
     assert r.status_code == 404 and r.json()["error"]["code"]
-    r = await client.get("/v1/export?all=true", headers=as_("alice"))
+    r = await client.get("/v1/export?all=true", headers=bearer("alice"))
     assert r.status_code == 403
-    r = await client.get(f"/v1/export?session_id={a1}", headers=as_("bob"))
+    r = await client.get(f"/v1/export?session_id={a1}", headers=bearer("bob"))
     assert r.status_code == 404
     assert (await client.get("/v1/export")).status_code == 401
 
-    everyone = (await client.get("/v1/export?all=true", headers=as_("root"))).json()
+    everyone = (await client.get("/v1/export?all=true", headers=bearer("root"))).json()
     assert {s["meta"]["user_id"] for s in everyone["sessions"]} == {"alice", "bob"}
-    bobs = (await client.get("/v1/export?user_id=bob", headers=as_("root"))).json()
+    bobs = (await client.get("/v1/export?user_id=bob", headers=bearer("root"))).json()
     assert {s["meta"]["user_id"] for s in bobs["sessions"]} == {"bob"}
 
 
@@ -76,14 +69,14 @@ async def test_import_is_for_admins_and_checked_before_anything_is_stored(
     client: httpx.AsyncClient,
 ) -> None:
     sid = await chat_as(client, "alice", "keep me")
-    doc = (await client.get("/v1/export", headers=as_("alice"))).json()
-    assert (await client.delete(f"/v1/sessions/{sid}", headers=as_("alice"))).status_code == 204
+    doc = (await client.get("/v1/export", headers=bearer("alice"))).json()
+    assert (await client.delete(f"/v1/sessions/{sid}", headers=bearer("alice"))).status_code == 204
 
     # Not for users, even of their own export (it would write past their caps).
     for who in ("alice", "bob"):
-        r = await client.post("/v1/import", json=doc, headers=as_(who))
+        r = await client.post("/v1/import", json=doc, headers=bearer(who))
         assert r.status_code == 403, r.text
-    assert (await client.get("/v1/sessions", headers=as_("alice"))).json()["sessions"] == []
+    assert (await client.get("/v1/sessions", headers=bearer("alice"))).json()["sessions"] == []
 
     # A bad message after a good session: refused whole (400), nothing stored.
     bad = json.loads(json.dumps(doc))
@@ -91,13 +84,13 @@ async def test_import_is_for_admins_and_checked_before_anything_is_stored(
     second["meta"]["session_id"] = "other-session"
     second["messages"][0]["role"] = "wizard"
     bad["sessions"].append(second)
-    r = await client.post("/v1/import", json=bad, headers=as_("root"))
+    r = await client.post("/v1/import", json=bad, headers=bearer("root"))
     assert r.status_code == 400 and r.json()["error"]["code"]
-    assert (await client.get("/v1/sessions", headers=as_("alice"))).json()["sessions"] == []
-    r = await client.post("/v1/import", json={"format": "nope"}, headers=as_("root"))
+    assert (await client.get("/v1/sessions", headers=bearer("alice"))).json()["sessions"] == []
+    r = await client.post("/v1/import", json={"format": "nope"}, headers=bearer("root"))
     assert r.status_code == 400
 
-    r = await client.post("/v1/import", json=doc, headers=as_("root"))
+    r = await client.post("/v1/import", json=doc, headers=bearer("root"))
     assert r.status_code == 200, r.text
     assert r.json() == {
         "sessions": 1,
@@ -105,29 +98,29 @@ async def test_import_is_for_admins_and_checked_before_anything_is_stored(
         "messages_skipped": 0,
         "memories_added": 0,
     }
-    history = (await client.get(f"/v1/sessions/{sid}/messages", headers=as_("alice"))).json()
+    history = (await client.get(f"/v1/sessions/{sid}/messages", headers=bearer("alice"))).json()
     assert [m["content"] for m in history["messages"]][1] == "keep me"
-    again = (await client.post("/v1/import", json=doc, headers=as_("root"))).json()
+    again = (await client.post("/v1/import", json=doc, headers=bearer("root"))).json()
     assert again["messages_added"] == 0 and again["messages_skipped"] == 3
 
 
 def test_cli_export_and_import_take_url(
     redis_url: str, fake: FakeOpenAI, tmp_path: Path, redis_client: Any
 ) -> None:
-    settings = make_test_settings(redis_url, fake.base_url, tmp_path, auth_keys=AUTH_KEYS)
+    settings = make_test_settings(redis_url, fake.base_url, tmp_path, auth_keys=TEST_AUTH_KEYS)
     runner = CliRunner()
     dump = tmp_path / "alice.json"
     with LiveServer(settings) as live:
-        h = as_("alice")
+        h = bearer("alice")
         sid = httpx.post(live.url + "/v1/sessions", json={}, headers=h).json()["session"]
         sid = sid["session_id"]
         httpx.post(live.url + f"/v1/sessions/{sid}/messages", json={"content": "hi"}, headers=h)
-        key = ["--url", live.url, "--api-key", KEYS["alice"]]
+        key = ["--url", live.url, "--api-key", TEST_KEYS["alice"]]
         res = runner.invoke(app, ["export", *key, "--out", str(dump)])
         assert res.exit_code == 0, res.output
         assert "exported 1 sessions, 3 messages" in res.stderr
         assert httpx.delete(live.url + f"/v1/sessions/{sid}", headers=h).status_code == 204
-        admin = ["--url", live.url, "--api-key", KEYS["root"]]
+        admin = ["--url", live.url, "--api-key", TEST_KEYS["root"]]
         res = runner.invoke(app, ["import", str(dump), *admin])
         assert res.exit_code == 0, res.output
         assert "imported 1 sessions: 3 messages added, 0 already there" in res.stderr

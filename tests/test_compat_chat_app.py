@@ -13,7 +13,7 @@ from chatmem.api.routes.compat.chat_app import chunk_frame, error_frame
 from chatmem.chat.service import Delta, TurnDone
 from chatmem.models import Message, Role, Usage
 from chatmem.store.conversations import AnyRedis
-from tests.api_support import make_test_settings, running_app, sse_events
+from tests.api_support import TEST_AUTH_KEYS, bearer, make_test_settings, running_app, sse_events
 from tests.fake_openai import FakeOpenAI, Reply
 
 TEACHER_PROMPT = "你是一位经验丰富的老师，擅长用简单易懂的方式解释复杂概念，善于启发学生思考。"
@@ -227,10 +227,9 @@ async def test_with_auth_only_the_callers_sessions(
         redis_url,
         fake.base_url,
         tmp_data_dir,
-        auth_keys="key-a-0123456789abcdef=alice,key-b-0123456789abcdef=bob",
+        auth_keys=TEST_AUTH_KEYS,
     )
-    alice = {"Authorization": "Bearer key-a-0123456789abcdef"}
-    bob = {"Authorization": "Bearer key-b-0123456789abcdef"}
+    alice, bob = bearer("alice"), bearer("bob")
     async with running_app(settings) as (_, http):
         sid = (await http.post("/chat/start", params={"user_id": "alice"}, headers=alice)).json()[
             "session_id"

@@ -12,7 +12,7 @@ from chatmem.api.routes.compat.companion import error_frame, message_frame
 from chatmem.chat.service import Delta, TurnDone
 from chatmem.models import Message, Role, Usage
 from chatmem.store.conversations import AnyRedis
-from tests.api_support import make_test_settings, running_app, sse_events
+from tests.api_support import TEST_AUTH_KEYS, bearer, make_test_settings, running_app, sse_events
 from tests.fake_openai import FakeOpenAI, Reply
 
 USER = {"X-User-Id": "user_12345"}
@@ -160,12 +160,10 @@ async def test_bad_input(
 async def test_with_auth_the_user_is_the_credentials(
     redis_url: str, redis_client: AnyRedis, fake: FakeOpenAI, tmp_data_dir: Path
 ) -> None:
-    settings = make_test_settings(
-        redis_url, fake.base_url, tmp_data_dir, auth_keys="key-a-0123456789abcdef=alice"
-    )
+    settings = make_test_settings(redis_url, fake.base_url, tmp_data_dir, auth_keys=TEST_AUTH_KEYS)
     async with running_app(settings) as (_, http):
         assert (await send(http, "companion", "hi")).status_code == 401
-        alice = {"Authorization": "Bearer key-a-0123456789abcdef", "X-User-Id": "mallory"}
+        alice = bearer("alice") | {"X-User-Id": "mallory"}
         assert (await send(http, "companion", "hi", headers=alice)).status_code == 200
         native = await http.get("/v1/sessions", headers=alice)
         assert [s["session_id"] for s in native.json()["sessions"]] == ["char.companion"]

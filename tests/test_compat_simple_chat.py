@@ -10,7 +10,7 @@ import pytest
 
 from chatmem.store import keys
 from chatmem.store.conversations import AnyRedis
-from tests.api_support import make_test_settings, running_app
+from tests.api_support import TEST_AUTH_KEYS, bearer, make_test_settings, running_app
 from tests.fake_openai import FakeOpenAI, Reply
 from tests.redis_servers import expire_now
 
@@ -263,10 +263,9 @@ async def test_with_auth_a_user_id_must_be_the_callers(
         redis_url,
         fake.base_url,
         tmp_data_dir,
-        auth_keys="key-a-0123456789abcdef=alice,key-b-0123456789abcdef=bob,key-r-0123456789abcdef=root:admin",
+        auth_keys=TEST_AUTH_KEYS,
     )
-    alice = {"Authorization": "Bearer key-a-0123456789abcdef"}
-    root = {"Authorization": "Bearer key-r-0123456789abcdef"}
+    alice, root = bearer("alice"), bearer("root")
     async with running_app(settings) as (_, http):
         ok = await http.post("/chat", json={"user_id": "alice", "message": "hi"}, headers=alice)
         assert ok.status_code == 200

@@ -17,16 +17,13 @@ from chatmem.ops.transfer import export_sessions, import_sessions, parse_memorie
 from chatmem.store import keys
 from chatmem.store.client import AnyRedis
 from chatmem.store.conversations import RedisMemoryStore
-from tests.api_support import make_test_settings, running_app
+from tests.api_support import TEST_AUTH_KEYS, bearer, make_test_settings, running_app
 from tests.fake_openai import FakeOpenAI
 from tests.memory_model import MemoryModel
 from tests.support import eventually
 from tests.test_memory_summary import FAST_JOBS, metric
 
-ALICE = {"Authorization": "Bearer key-alice-0123456789"}
-BOB = {"Authorization": "Bearer key-bob-0123456789ab"}
-ADMIN = {"Authorization": "Bearer key-root-0123456789a"}
-AUTH_KEYS = "key-alice-0123456789=alice,key-bob-0123456789ab=bob,key-root-0123456789a=root:admin"
+ALICE, BOB, ADMIN = bearer("alice"), bearer("bob"), bearer("root")
 
 
 @pytest.fixture
@@ -42,7 +39,7 @@ async def client(
 ) -> AsyncIterator[httpx.AsyncClient]:
     mem = {"extract_every_rounds": 1, "summary_batch_rounds": 20}
     settings = make_test_settings(
-        redis_url, fake.base_url, tmp_data_dir, auth_keys=AUTH_KEYS, memory=mem, jobs=FAST_JOBS
+        redis_url, fake.base_url, tmp_data_dir, auth_keys=TEST_AUTH_KEYS, memory=mem, jobs=FAST_JOBS
     )
     async with running_app(settings) as (_, http):
         yield http
