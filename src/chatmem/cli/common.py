@@ -64,8 +64,8 @@ class _FlagHelpGroup(TyperGroup):
 class App(typer.Typer):
     """A typer app whose commands (and itself) show `--help` as the flag it is."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(cls=_FlagHelpGroup, **kwargs)
+    def __init__(self, *, cls: type[TyperGroup] | None = None, **kwargs: Any) -> None:
+        super().__init__(cls=cls or _FlagHelpGroup, **kwargs)
 
     def command(
         self, name: str | None = None, *, cls: type[TyperCommand] | None = None, **kwargs: Any
