@@ -17,6 +17,7 @@ from chatmem.chat.titles import (
     is_placeholder,
     title_from_message,
 )
+from chatmem.memory_prompts import PROMPTS_VERSION
 from chatmem.store import keys
 from chatmem.store.client import AnyRedis
 from chatmem.store.jobs import Job
@@ -139,7 +140,7 @@ async def test_the_model_titles_the_chat_after_the_first_exchange(
 
 
 async def test_a_chatty_generated_title_is_cleaned_or_dropped(
-    jobs_client: tuple[httpx.AsyncClient, MemoryModel],
+    jobs_client: tuple[httpx.AsyncClient, MemoryModel], caplog: pytest.LogCaptureFixture
 ) -> None:
     client, model = jobs_client
     model.title = "Luna: 🌸 **Kyoto weekend plans!** Hope you like it!\nMore text"
@@ -156,6 +157,8 @@ async def test_a_chatty_generated_title_is_cleaned_or_dropped(
     assert await title_of(client, sid2) == "Plan Nara"
     metrics = (await client.get("/metrics")).text
     assert 'chatmem_memory_invalid_output_total{kind="title"} 1.0' in metrics
+    (dropped,) = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert sid2 in dropped and f"(prompts v{PROMPTS_VERSION})" in dropped  # which wording
 
 
 async def test_the_first_message_titles_the_chat_when_the_model_gives_nothing_usable(

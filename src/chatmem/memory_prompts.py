@@ -3,8 +3,8 @@ versioned (SPEC §2b). Short and extractive, so that small models (the embedded 
 one) manage them too: names, places, preferences, commitments; no style, no guessing.
 
 Each prompt's first line names its task (`SUMMARY_TASK`, …) so that logs, tests and a
-fake model can tell them apart. Bump `PROMPTS_VERSION` with any change of wording; it
-is stored with each summary and memory extraction in the metrics labels and the logs.
+fake model can tell them apart. Bump `PROMPTS_VERSION` with any change of wording: the
+warnings about model output dropped as invalid name it (chat/background.py).
 """
 
 from __future__ import annotations

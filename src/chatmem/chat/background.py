@@ -3,17 +3,21 @@ whole reply as text, with what it cost in tokens, counted per job kind."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
 from chatmem.characters import CharacterRegistry
 from chatmem.chat.prompting import Prompter
+from chatmem.memory_prompts import PROMPTS_VERSION
 from chatmem.metrics import Metrics
 from chatmem.models import Character
 from chatmem.providers.base import ChatProvider, GenerationParams
 from chatmem.store.conversations import RedisMemoryStore
 from chatmem.store.summaries import SummaryStore
 from chatmem.tokens import count_tokens
+
+log = logging.getLogger(__name__)
 
 
 async def complete_text(
@@ -50,6 +54,15 @@ async def ask_model(
     text, spent = await complete_text(prompter.provider, prompt, params)
     metrics.background_tokens.labels(kind).inc(spent)
     return text
+
+
+def drop_output(metrics: Metrics, kind: str, session_id: str, what: str, n: int = 1) -> None:
+    """Count `n` pieces of the model's output to a `kind` job dropped as invalid, and log
+    it with the prompts' version: which wording the model failed."""
+    metrics.memory_invalid.labels(kind).inc(n)
+    log.warning(
+        "%s job, session %s: %s, dropped (prompts v%s)", kind, session_id, what, PROMPTS_VERSION
+    )
 
 
 class SessionJob:

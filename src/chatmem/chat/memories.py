@@ -13,7 +13,6 @@ twice applies them once.
 
 from __future__ import annotations
 
-import logging
 import re
 import time
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 import orjson
 
 from chatmem.characters import CharacterRegistry
-from chatmem.chat.background import ask_model
+from chatmem.chat.background import ask_model, drop_output
 from chatmem.chat.prompting import Prompter
 from chatmem.errors import InvalidInput, NotFound, SessionNotFound
 from chatmem.memory_prompts import extract_prompt
@@ -32,8 +31,6 @@ from chatmem.store.conversations import RedisMemoryStore
 from chatmem.store.jobs import Job
 from chatmem.store.memories import Memory, MemoryOp, MemoryStore
 from chatmem.tokens import count_tokens
-
-log = logging.getLogger(__name__)
 
 EXTRACT_JOB = "memories"
 # Passes of one extraction job over a session that turns keep adding to.
@@ -196,15 +193,11 @@ class Memories:
         parsed = parse_ops(output, short_ids, [m.msg_id for m in new])
         ops: list[MemoryOp] = []
         if parsed is None:
-            self.metrics.memory_invalid.labels(EXTRACT_JOB).inc()
-            log.warning("memory extraction for session %s: output is not JSON ops, dropped", sid)
+            drop_output(self.metrics, EXTRACT_JOB, sid, "the output is not JSON ops")
         else:
             ops, dropped = parsed
             if dropped:
-                self.metrics.memory_invalid.labels(EXTRACT_JOB).inc(dropped)
-                log.warning(
-                    "memory extraction for session %s: %d invalid ops dropped", sid, dropped
-                )
+                drop_output(self.metrics, EXTRACT_JOB, sid, f"{dropped} invalid ops", dropped)
         applied = await self.memories.apply(
             uid,
             character.id,

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from chatmem.chat.background import SessionJob
+from chatmem.chat.background import SessionJob, drop_output
 from chatmem.chat.prompting import Prompter
 from chatmem.context import HEADING_TOKENS
 from chatmem.errors import ChatmemError, SessionNotFound
@@ -153,7 +153,7 @@ class Summarizer(SessionJob):
         prompt = summary_prompt(old, messages, character=character.name, words=words)
         text = await self.ask(prompt, character, max_tokens=mem.background_max_tokens)
         if not text:
-            self.metrics.memory_invalid.labels(SUMMARY_JOB).inc()
+            drop_output(self.metrics, SUMMARY_JOB, meta.session_id, "an empty summary")
             raise ValueError(f"the model gave an empty summary for session {meta.session_id}")
         return text
 

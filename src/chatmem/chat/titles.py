@@ -8,17 +8,14 @@ user gave is never replaced.
 
 from __future__ import annotations
 
-import logging
 import re
 import unicodedata
 
-from chatmem.chat.background import SessionJob
+from chatmem.chat.background import SessionJob, drop_output
 from chatmem.errors import SessionNotFound
 from chatmem.memory_prompts import title_prompt
 from chatmem.models import Role
 from chatmem.store.jobs import Job
-
-log = logging.getLogger(__name__)
 
 MAX_TITLE_CHARS = 60
 MAX_TITLE_WORDS = 8
@@ -127,8 +124,7 @@ class TitleWriter(SessionJob):
         text = await self.ask(prompt, character, max_tokens=24)
         title = clean_title(text, character.name)
         if not title:
-            self.metrics.memory_invalid.labels(TITLE_JOB).inc()
-            log.warning("session %s: the model gave no usable title: %r", sid, text[:200])
+            drop_output(self.metrics, TITLE_JOB, sid, f"no usable title in {text[:200]!r}")
             title = title_from_message(first.content)
         if title and title != meta.title:
             await self.summaries.set_title_if(uid, sid, meta.title, title)
