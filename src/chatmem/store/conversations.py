@@ -25,7 +25,6 @@ from chatmem.errors import (
     AlreadyExists,
     InvalidInput,
     SessionNotFound,
-    TooManySessions,
 )
 from chatmem.models import (
     Message,
@@ -47,6 +46,7 @@ from chatmem.store.keys import MIN_TTL_S, PREVIEW_CHARS, WINDOW_MAX, WINDOW_MIN
 from chatmem.store.rules import (
     over_quota,
     preview_of,
+    too_many_sessions,
     validate_title,
     validate_ttl,
     validate_window,
@@ -233,10 +233,7 @@ class RedisMemoryStore(UserQueries):
             await self.redis.zadd(keys.USERS_INDEX_KEY, {user_id: _now_ms()})
         res = await self._run("create_session", self._create, ks, args, write=True)
         if res[0] == -1:
-            raise TooManySessions(
-                f"you have {self.max_sessions_per_user} sessions, the most allowed: "
-                "delete some before starting another"
-            )
+            raise too_many_sessions(self.max_sessions_per_user)
         if res[0] == -2:
             raise over_quota(self.max_stored_bytes_per_user)
         created, flat, pttl, stored = res
