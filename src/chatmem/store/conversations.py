@@ -37,8 +37,8 @@ from chatmem.models import (
 from chatmem.store import keys, scripts
 from chatmem.store.client import AnyRedis, redis_errors
 from chatmem.store.codec import (
-    decode_messages,
     decode_meta,
+    decode_window,
     encode_message,
     meta_fields,
 )
@@ -297,10 +297,8 @@ class RedisMemoryStore(UserQueries):
             raise over_quota(self.max_stored_bytes_per_user)
         result = AppendResult(appended=res[0], duplicate_ids=res[1], stored=res[2], last_seq=res[3])
         if read_last >= 0:
-            raw_msgs = res[6]
             result.meta = decode_meta(session_id, res[4], pttl_ms=res[5], stored=result.stored)
-            raw_msgs.reverse()
-            result.messages = decode_messages(raw_msgs, result.last_seq - len(raw_msgs) + 1)
+            result.messages = decode_window(res[6], last_seq=result.last_seq)
         return result
 
     async def read(
@@ -321,8 +319,7 @@ class RedisMemoryStore(UserQueries):
             raise _not_found(session_id)
         meta_flat, pttl, stored, first_seq, raw = res
         meta = decode_meta(session_id, meta_flat, pttl_ms=pttl, stored=stored)
-        raw.reverse()
-        return SessionSnapshot(meta=meta, messages=decode_messages(raw, first_seq))
+        return SessionSnapshot(meta=meta, messages=decode_window(raw, first_seq))
 
     async def get_meta(self, user_id: str, session_id: str) -> SessionMeta:
         return (await self.read(user_id, session_id, last=0)).meta

@@ -6,7 +6,8 @@ turn_scripts.py."""
 from __future__ import annotations
 
 from chatmem.store.memory_scripts import _KEEP_UNCOVERED
-from chatmem.store.scripts import _EXTEND, _QUOTA
+from chatmem.store.quota_lua import _EXTEND, _QUOTA
+from chatmem.store.window_lua import _WINDOW_JSON
 
 # Shared Lua. `append_one` appends one message to the session in KEYS[1..5] (skipped if
 # its id is already there) and returns appended (0/1), the newest seq and the ttl in ms;
@@ -19,6 +20,7 @@ _TURN_LUA = (
     _EXTEND
     + _QUOTA
     + _KEEP_UNCOVERED
+    + _WINDOW_JSON
     + """
 local function load_ids(id_window)
   local ids = redis.call('GET', KEYS[3])

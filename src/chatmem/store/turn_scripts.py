@@ -56,7 +56,8 @@ from chatmem.store.turn_lua import _TURN_LUA
 #   {'stale'}  the newest message is not ARGV[23] any more (nothing written)
 #   {'rate', retry after ms} / {'cap', retry after ms}  over a per-user limit
 #   {'quota'}  the user message would pass the user's byte cap (nothing written)
-#   {'ok', seq of the user message, meta as a flat list, pttl ms, {messages, newest first},
+#   {'ok', seq of the user message, meta as a flat list, pttl ms, the messages as one JSON
+#    array, oldest first (window_lua.py),
 #    stored length, the ordinal the user message was stored with (its reply's too),
 #    false or {the character id, {its memories' JSON}} (ARGV[24..27])}
 BEGIN_TURN = (
@@ -154,7 +155,8 @@ if ARGV[24] ~= '' then
     if #mems[2] > 0 then redis.call('PEXPIRE', key, ARGV[26]) end
   end
 end
-return {'ok', seq, redis.call('HGETALL', KEYS[2]), ttl_ms, msgs, redis.call('LLEN', KEYS[1]),
+return {'ok', seq, redis.call('HGETALL', KEYS[2]), ttl_ms, as_json_array(msgs),
+        redis.call('LLEN', KEYS[1]),
         string.format('%d', ordinal), mems}
 """
 )

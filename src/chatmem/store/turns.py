@@ -31,7 +31,7 @@ from chatmem.errors import (
 from chatmem.models import Message, Role, SessionMeta, Usage
 from chatmem.store import keys, place_script, turn_scripts
 from chatmem.store.client import redis_errors
-from chatmem.store.codec import decode_message, decode_messages, decode_meta, encode_message
+from chatmem.store.codec import decode_message, decode_meta, decode_window, encode_message
 from chatmem.store.conversations import RedisMemoryStore
 from chatmem.store.locks import Coordinator
 from chatmem.store.memories import Memory, decode_memories
@@ -232,11 +232,10 @@ class TurnStore:
             )
         _, seq, meta_flat, pttl, raw, stored, stored_ordinal, mems = res
         meta = decode_meta(session_id, meta_flat, pttl_ms=pttl, stored=stored)
-        raw.reverse()
         return BeginResult(
             "ok",
             meta=meta,
-            messages=decode_messages(raw, seq - len(raw) + 1),
+            messages=decode_window(raw, last_seq=seq),
             ordinal=int(stored_ordinal),
             confirmed=confirmed,
             memories=(mems[0], decode_memories(mems[1])) if mems else None,
