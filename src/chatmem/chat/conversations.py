@@ -103,6 +103,7 @@ async def prepare_conversation_turn(
     stream: bool = False,
     turn_character: bool = False,
     history_messages: int | None = None,
+    figures: bool = False,
 ) -> Generation:
     """Prepare a turn on an implicit conversation, creating its session if needed.
 
@@ -110,7 +111,7 @@ async def prepare_conversation_turn(
     at least `min_ttl_s`); `new_ttl_s` / `new_window_size` are the route's defaults for a
     session it creates, with `character_id`. `turn_character`: this turn talks to
     `character_id` even if the session talked to another (and the session follows);
-    `history_messages`: see `ChatService.prepare_turn`.
+    `history_messages`, `figures`: see `ChatService.prepare_turn`.
     """
     service.validate_content(content)
     if ttl_s is not None:
@@ -151,6 +152,7 @@ async def prepare_conversation_turn(
             history_messages=history_messages,
             new_ttl_s=created_ttl_s,
             new_window_size=created_window,
+            figures=figures,
         )
 
     try:

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
 
 from chatmem.characters import CharacterRegistry
 from chatmem.chat.generation import Generation, GenerationHost
 from chatmem.chat.prompting import Prompter
-from chatmem.chat.turn_shape import TurnShape
+from chatmem.chat.turn_shape import TurnRequest
 from chatmem.config import Settings
 from chatmem.durability.outbox import Outbox
 from chatmem.durability.replay import OutboxReplayer
@@ -33,22 +33,23 @@ KNOWN_CHARACTERS_MAX = 10_000
 SessionKey = tuple[str, str]
 
 
+@dataclass(frozen=True, slots=True)
+class TurnParts:
+    """What both paths of a turn work with (chat/turns.py and the degraded one here)."""
+
+    settings: Settings
+    characters: CharacterRegistry
+    prompter: Prompter
+    metrics: Metrics
+    outbox: Outbox
+    replayer: OutboxReplayer
+
+
 class DegradedTurns:
-    def __init__(
-        self,
-        settings: Settings,
-        characters: CharacterRegistry,
-        prompter: Prompter,
-        metrics: Metrics,
-        outbox: Outbox,
-        replayer: OutboxReplayer,
-    ) -> None:
-        self.settings = settings
-        self.characters = characters
-        self.prompter = prompter
-        self.metrics = metrics
-        self.outbox = outbox
-        self.replayer = replayer
+    def __init__(self, parts: TurnParts) -> None:
+        self.settings, self.characters = parts.settings, parts.characters
+        self.prompter, self.metrics = parts.prompter, parts.metrics
+        self.outbox, self.replayer = parts.outbox, parts.replayer
         self._known_characters: OrderedDict[SessionKey, Character] = OrderedDict()
 
     # --- the sessions' characters --------------------------------------------------------
@@ -72,37 +73,28 @@ class DegradedTurns:
 
     # --- a turn without Redis -------------------------------------------------------------
 
-    async def turn(
-        self,
-        host: GenerationHost,
-        user_id: str,
-        session_id: str,
-        user_msg: Message,
-        reply_id: str,
-        opts: dict[str, Any],
-        turn: TurnShape,
-    ) -> Generation:
+    async def turn(self, host: GenerationHost, req: TurnRequest) -> Generation:
         """A turn without Redis: no history, no lock, its messages kept in the outbox."""
-        character = await self.character_of((user_id, session_id), turn.character_id)
-        window = turn.new_window_size or self.settings.memory.window_size
-        meta = SessionMeta(session_id, user_id, character.id, window_size=window)
+        character = await self.character_of(req.key, req.shape.character_id)
+        window = req.shape.new_window_size or self.settings.memory.window_size
+        meta = SessionMeta(req.session_id, req.user_id, character.id, window_size=window)
         limits = self.prompter.limits_for(meta, character)
         gen = Generation(
             host=host,
-            user_id=user_id,
+            user_id=req.user_id,
             meta=meta,
             character=character,
-            user_message=user_msg,
-            context=self.prompter.assemble(character, [], user_msg, limits),
+            user_message=req.user_msg,
+            context=self.prompter.assemble(character, [], req.user_msg, limits),
             params=self.prompter.params(character),
             lock_token="",
-            reply_id=reply_id,
-            generation_id=reply_id,
+            reply_id=req.reply_id,
+            generation_id=req.reply_id,
             degraded=True,
-            **opts,
+            **req.opts,
         )
         # Durable before the model is called, as in Redis (SPEC §3.3).
-        await self.keep(gen, [user_msg], None)
+        await self.keep(gen, [req.user_msg], None)
         self.metrics.degradations.labels("store_unavailable").inc()
         return gen
 

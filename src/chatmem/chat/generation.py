@@ -34,6 +34,7 @@ from chatmem.errors import ChatmemError
 from chatmem.metrics import Metrics
 from chatmem.models import TOOL_CALLS, Character, Message, SessionMeta, Usage
 from chatmem.providers.base import ChatProvider, GenerationParams, StreamChunk, reply_chunks
+from chatmem.store.turns import SessionFigures
 from chatmem.tokens import count_tokens
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class TurnDone:
     usage: Usage
     memory: str = "ok"
     replayed: bool = False
+    figures: SessionFigures | None = None  # asked by TurnShape.figures (seed POST /chat)
 
     def payload(self) -> dict[str, Any]:
         """The `done` event's data (also what the event stream's end entry holds)."""

@@ -2,7 +2,7 @@
 
     a turn's reply is stored (chat/turns.py)
       └─ BackgroundMemory.watch → after_turn (a task of its own: the turn is not slowed)
-           ├─ the session's first turn: its summary state starts (the trim waits for it)
+           │  (the first reply's write started the summary state: the trim waits for it)
            ├─ messages left the context, uncovered  → `summary` job  (chat/summary.py)
            ├─ `extract_every_rounds` rounds since   → `memories` job (chat/memories.py)
            └─ the first exchange                    → `title` job    (chat/titles.py)
@@ -105,14 +105,13 @@ class BackgroundMemory:
         meta, uid, sid = gen.meta, gen.user_id, gen.session_id
         policy = self.summarizer.prompter.policy(meta, gen.character)
         args = {"user_id": uid, "session_id": sid}
-        if policy.summary:
-            if meta.summary is None:
-                await self.summaries.start(uid, sid)
-            else:
-                history = gen.context.history
-                first_kept = history[0].seq if history else gen.user_message.seq
-                if self.summarizer.due(meta, first_kept):
-                    await self.worker.enqueue(SUMMARY_JOB, args, dedupe=f"summary:{uid}:{sid}")
+        # The session's summary state was started by its first reply's write (the
+        # turn's finish): a session that has one may be due for a summary.
+        if policy.summary and meta.summary is not None:
+            history = gen.context.history
+            first_kept = history[0].seq if history else gen.user_message.seq
+            if self.summarizer.due(meta, first_kept):
+                await self.worker.enqueue(SUMMARY_JOB, args, dedupe=f"summary:{uid}:{sid}")
         if policy.memories and self.memories.due(done.message.seq, meta.extracted_seq):
             await self.worker.enqueue(EXTRACT_JOB, args, dedupe=f"memories:{uid}:{sid}")
         first_exchange = meta.message_count <= 2 and not gen.revision

@@ -4,7 +4,10 @@ settings, the memory policy, the memories read and a cache).
 
 The memory policy (SPEC §2b) of a session is its character's `memory` (summary,
 memories), both off for the seed routes' implicit sessions (`SessionMeta.memory_on`) and
-with `jobs.enabled` off. With memories on, a turn costs one more round trip: their read.
+with `jobs.enabled` off. With memories on, the turn's begin script reads them in its own
+round trip (`memories_read`): no character whose policy this process has seen without
+memories pays for them; one it has not seen yet costs the read of its (usually empty)
+memories inside the script.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ from chatmem.context import AssembledContext, ContextLimits, MemoryBlock, assemb
 from chatmem.errors import InvalidInput, StoreUnavailable
 from chatmem.models import Character, MemoryPolicy, Message, SessionMeta
 from chatmem.providers.base import ChatProvider, GenerationParams
+from chatmem.store.keys import user_memories_prefix
 from chatmem.store.memories import Memory, MemoryStore
+from chatmem.store.turns import MemoriesRead
 from chatmem.tokens import count_tokens
 
 log = logging.getLogger(__name__)
@@ -34,12 +39,32 @@ class Prompter:
         self.provider = provider
         self.memories = memories
         self._system_tokens: dict[str, int] = {}
+        # Characters seen with a policy without memories: their turns read none.
+        self._without_memories: set[str] = set()
 
     def policy(self, meta: SessionMeta, character: Character) -> MemoryPolicy:
         """Off for the seed routes' sessions, and with background jobs off (nothing
         would keep summaries or memories: the context is the pure window)."""
         on = meta.memory_on and self.settings.jobs.enabled
         return character.memory if on else OFF
+
+    def memories_read(self, user_id: str, character_id: str | None) -> MemoriesRead | None:
+        """What a turn's begin reads of the memories (None: nothing, jobs are off)."""
+        if self.memories is None or not self.settings.jobs.enabled:
+            return None
+        return MemoriesRead(
+            user_memories_prefix(user_id),
+            self.memories.ttl_ms,
+            character_id or "",
+            frozenset(self._without_memories),
+        )
+
+    def note(self, character: Character) -> None:
+        """Remember whether `character`'s policy has memories (for `memories_read`)."""
+        if character.memory.memories:
+            self._without_memories.discard(character.id)
+        elif len(self._without_memories) < SYSTEM_TOKENS_CACHED:
+            self._without_memories.add(character.id)
 
     def validate_content(self, content: str) -> str:
         """The message as stored: trimmed, not empty, within `max_message_chars`."""
@@ -98,18 +123,21 @@ class Prompter:
         history: list[Message],
         new_message: Message | None,
         limits: ContextLimits,
+        memories: list[Memory] | None = None,
     ) -> AssembledContext:
         """The context with what the session's memory policy adds: its long-term
-        memories (one read; skipped, logged, if Redis fails it) and its summary."""
+        memories (`memories` as the begin read them, else one read; skipped, logged, if
+        Redis fails it) and its summary."""
         policy = self.policy(meta, character)
-        memories: list[Memory] = []
-        if policy.memories and self.memories is not None:
+        if not policy.memories:
+            memories = []
+        elif memories is None and self.memories is not None:
             try:
                 memories = await self.memories.read(meta.user_id, character.id)
             except StoreUnavailable as exc:
                 log.warning("memories unavailable for this turn: %s", exc)
         return self.assemble(
-            character, history, new_message, limits, extra=self.block(meta, policy, memories)
+            character, history, new_message, limits, extra=self.block(meta, policy, memories or [])
         )
 
     def block(self, meta: SessionMeta, policy: MemoryPolicy, memories: list[Memory]) -> MemoryBlock:

@@ -80,7 +80,7 @@ class Resumer:
             metadata={"interrupted": True, "usage": usage.to_dict()},
         )
         reply.seq = start.user_seq + 1
-        stored, _ = await self.turn_store.finish(
+        finished = await self.turn_store.finish(
             user_id,
             session_id,
             reply,
@@ -90,7 +90,7 @@ class Resumer:
             tail=None,
             end_payload=TurnDone(reply, None, usage).payload(),
         )
-        if stored:
+        if finished.stored_now:
             log.warning("stored the reply of a generation whose process died on %s", session_id)
             self.metrics.generations_recovered.inc()
 

@@ -185,11 +185,13 @@ class ChatService(SessionMethods):
         new_ttl_s: int | None = None,
         new_window_size: int | None = None,
         turn: TurnShape | None = None,
+        figures: bool = False,
     ) -> Generation:
         """Begin a turn: its generation runs (server-owned) when this returns. `stream`:
         its deltas are relayed to subscribers and to its event stream (re-attach).
         `character_id` / `history_messages` / `new_ttl_s` / `new_window_size` (the seed
-        routes'), `turn` (the OpenAI route's): see chat/turn_shape.py."""
+        routes'), `turn` (the OpenAI route's), `figures` (seed `POST /chat`'s): see
+        chat/turn_shape.py."""
         gen = await self.turns.prepare(
             user_id,
             session_id,
@@ -199,7 +201,10 @@ class ChatService(SessionMethods):
             relay=stream,
             on_disconnect=on_disconnect,
             adjust=adjust,
-            turn=turn or TurnShape(character_id, history_messages, new_ttl_s, new_window_size),
+            turn=turn
+            or TurnShape(
+                character_id, history_messages, new_ttl_s, new_window_size, figures=figures
+            ),
         )
         self.background.watch(gen)
         await self._title_from_first_message(gen, content)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from chatmem.errors import SessionNotFound, StoreUnavailable
 from chatmem.models import Character, Message, SessionMeta
@@ -39,11 +40,32 @@ class TurnShape:
     new_window_size: int | None = None
     before: tuple[Message, ...] = ()
     expect_head: str | None = None
+    # Seed `POST /chat`: the session's figures after the turn (its stats), returned by
+    # the finish round trip (`TurnDone.figures`).
+    figures: bool = False
 
     @property
     def read_messages(self) -> int:
         """Messages the turn's begin reads back: the history it may use and the new one."""
         return max(TURN_READ_MESSAGES, (self.history_messages or 0) + 1)
+
+
+@dataclass(slots=True)
+class TurnRequest:
+    """One turn on its way in (chat/turns.py, chat/degraded.py): whose, its user message
+    (id '' for a revision), its reply's id, and the Generation's fields it starts with."""
+
+    user_id: str
+    session_id: str
+    user_msg: Message
+    reply_id: str
+    idempotent: bool
+    opts: dict[str, Any]
+    shape: TurnShape
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.user_id, self.session_id)
 
 
 async def follow_character(

@@ -27,14 +27,14 @@ from collections.abc import Callable
 from typing import Any
 
 from chatmem.characters import CharacterRegistry
-from chatmem.chat.degraded import DegradedTurns
+from chatmem.chat.degraded import DegradedTurns, TurnParts
 from chatmem.chat.editing import revised, revision_parts
 from chatmem.chat.generation import Generation, Reading, TurnDone
 from chatmem.chat.inflight import InFlight
 from chatmem.chat.prompting import Prompter
 from chatmem.chat.replies import error_payload, reply_usage
 from chatmem.chat.resume import Resumer
-from chatmem.chat.turn_shape import TurnShape, follow_character
+from chatmem.chat.turn_shape import TurnRequest, TurnShape, follow_character
 from chatmem.config import Settings
 from chatmem.durability.outbox import Outbox
 from chatmem.durability.replay import OutboxReplayer
@@ -77,20 +77,16 @@ class Turns:
         outbox: Outbox,
         replayer: OutboxReplayer,
     ) -> None:
-        self.settings = settings
-        self.turn_store = turn_store
-        self.streams = streams
-        self._provider = provider
-        self.characters = characters
-        self.prompter = prompter
-        self._metrics = metrics
-        self.outbox = outbox
-        self.replayer = replayer
+        self.turn_store, self.streams, self._provider = turn_store, streams, provider
+        self.degraded = DegradedTurns(
+            TurnParts(settings, characters, prompter, metrics, outbox, replayer)
+        )
+        self.settings, self.characters, self.prompter = settings, characters, prompter
+        self._metrics, self.outbox, self.replayer = metrics, outbox, replayer
         self.inflight = InFlight(
             turn_store.coordinator, replayer, lock_wait_ms=settings.limits.session_lock_wait_ms
         )
         self.resumer = Resumer(turn_store, streams, self.inflight, metrics)
-        self.degraded = DegradedTurns(settings, characters, prompter, metrics, outbox, replayer)
 
     @property
     def provider(self) -> ChatProvider:
@@ -143,11 +139,12 @@ class Turns:
             opts["ordinal"], opts["shape"] = turn_ordinal(time.time()), turn
             if revision:
                 opts["revision"] = revision
+            req = TurnRequest(
+                user_id, session_id, user_msg, reply_id, bool(idempotency_key), opts, turn
+            )
             if not self.replayer.is_down(user_id):
                 try:
-                    gen = await self._redis_turn(
-                        user_id, session_id, user_msg, reply_id, bool(idempotency_key), opts, turn
-                    )
+                    gen = await self._redis_turn(req)
                 except NotReplicated:
                     raise  # strict: refused (its writes are on the master: no outbox)
                 except StoreUnavailable as exc:
@@ -155,51 +152,32 @@ class Turns:
             if gen is None and (revision or turn.before):
                 raise StoreUnavailable("redis is unavailable: the history cannot be revised")
             if gen is None:
-                gen = await self.degraded.turn(
-                    self, user_id, session_id, user_msg, reply_id, opts, turn
-                )
+                gen = await self.degraded.turn(self, req)
             if adjust is not None:
                 adjust(gen)
             if not gen.finished:
                 self.inflight.run(slot, gen)
             return gen
 
-    async def _redis_turn(
-        self,
-        user_id: str,
-        session_id: str,
-        user_msg: Message,
-        reply_id: str,
-        idempotent: bool,
-        opts: dict[str, Any],
-        turn: TurnShape,
-    ) -> Generation:
-        if self.outbox.has_pending(user_id, session_id):
-            await self.degraded.replay_first(user_id, session_id)
-        res = await self._begin(user_id, session_id, user_msg, reply_id, idempotent, opts, turn)
+    async def _redis_turn(self, req: TurnRequest) -> Generation:
+        if self.outbox.has_pending(req.user_id, req.session_id):
+            await self.degraded.replay_first(req.user_id, req.session_id)
+        res = await self._begin(req)
         if isinstance(res, Generation):
             return res
         try:
-            return await self._generation(user_id, session_id, reply_id, res, opts, turn)
+            return await self._generation(req, res)
         except BaseException as exc:
             # Begun but never run: end the turn now, or its lock would hold the session
             # until its TTL (the lost release of issue 16).
-            await self._abandon(user_id, session_id, res.token, reply_id, exc)
+            await self._abandon(req.user_id, req.session_id, res.token, req.reply_id, exc)
             raise
 
-    async def _begin(
-        self,
-        user_id: str,
-        session_id: str,
-        user_msg: Message,
-        reply_id: str,
-        idempotent: bool,
-        opts: dict[str, Any],
-        turn: TurnShape,
-    ) -> BeginResult | Generation:
+    async def _begin(self, req: TurnRequest) -> BeginResult | Generation:
         """The begin round trip, until the session is ours (or a retry's reply is found:
         its replayed generation). A session this process still holds records for in its
         outbox exists for the client: they are stored first, then it is begun again."""
+        user_id, session_id, reply_id, turn = req.user_id, req.session_id, req.reply_id, req.shape
         token = self.turn_store.coordinator.new_token()
         gen_id = reply_id  # unique per turn: it names the generation's events too
         deadline = time.monotonic() + self.settings.limits.session_lock_wait_ms / 1000
@@ -210,15 +188,16 @@ class Turns:
                 res = await self.turn_store.begin(
                     user_id,
                     session_id,
-                    user_msg,
+                    req.user_msg,
                     reply_id=reply_id,
                     generation_id=gen_id,
                     token=token,
-                    idempotent=idempotent,
+                    idempotent=req.idempotent,
                     read_last=turn.read_messages,
-                    ordinal=opts["ordinal"],
+                    ordinal=req.opts["ordinal"],
                     expect_head=turn.expect_head,
                     before=turn.before,
+                    memories=self.prompter.memories_read(user_id, turn.character_id),
                 )
             except SessionNotFound:
                 if restored or not self.outbox.holds(user_id, session_id):
@@ -268,16 +247,9 @@ class Turns:
         except StoreUnavailable:
             self.replayer.defer_release(user_id, session_id, token)
 
-    async def _generation(
-        self,
-        user_id: str,
-        session_id: str,
-        reply_id: str,
-        res: BeginResult,
-        opts: dict[str, Any],
-        turn: TurnShape,
-    ) -> Generation:
+    async def _generation(self, req: TurnRequest, res: BeginResult) -> Generation:
         assert res.meta is not None
+        user_id, reply_id, opts, turn = req.user_id, req.reply_id, req.opts, req.shape
         token, gen_id = res.token, reply_id
         msgs = res.messages
         if not opts.get("revision"):
@@ -288,15 +260,21 @@ class Turns:
             opts["ordinal"] = res.ordinal  # raised past a clock that ran ahead
         character = await self.characters.get(turn.character_id or res.meta.character_id)
         await follow_character(self.turn_store.store, res.meta, character)
-        self.degraded.remember_character((user_id, session_id), character)
+        self.degraded.remember_character(req.key, character)
+        self.prompter.note(character)
         limits = self.prompter.limits_for(res.meta, character, turn.history_messages)
+        # The memories the begin read, if they are this character's (else read now).
+        read = res.memories[1] if res.memories and res.memories[0] == character.id else None
+        context = await self.prompter.assemble_turn(
+            res.meta, character, history, last, limits, memories=read
+        )
         return Generation(
             host=self,
             user_id=user_id,
             meta=res.meta,
             character=character,
             user_message=stored_user,
-            context=await self.prompter.assemble_turn(res.meta, character, history, last, limits),
+            context=context,
             params=self.prompter.params(character),
             lock_token=token,
             reply_id=reply_id,
@@ -355,7 +333,7 @@ class Turns:
                 await gen.appending.wait()  # the tick's append first: deltas stay in order
             end = error_payload(reading) if reading.error or done is None else done.payload()
             try:
-                _, confirmed = await self.turn_store.finish(
+                finished = await self.turn_store.finish(
                     gen.user_id,
                     gen.session_id,
                     reply,
@@ -367,8 +345,13 @@ class Turns:
                     replaces=gen.revises.msg_id if gen.revises is not None else "",
                     ordinal=gen.ordinal,
                     user_message=gen.user_message if gen.revises is None else None,
+                    figures=gen.shape.figures,
+                    start_summary=gen.meta.summary is None
+                    and self.prompter.policy(gen.meta, gen.character).summary,
                 )
-                gen.unconfirmed = gen.unconfirmed or not confirmed
+                gen.unconfirmed = gen.unconfirmed or not finished.confirmed
+                if done is not None:
+                    done.figures = finished.figures
             except NotReplicated:
                 raise  # strict: the client is told; the reply is on the master
             except StoreUnavailable as exc:

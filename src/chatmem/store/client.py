@@ -3,7 +3,8 @@
 `redis://`, `rediss://` and `unix://` URLs give a standalone client; `cluster=true`
 (or `?cluster=true` on the URL) a RedisCluster; `redis+sentinel://host:port,host:port/
 master` a Sentinel-managed master. Every client gets the configured socket, connect and
-pool timeouts so that no call hangs longer than they allow.
+pool timeouts so that no call hangs longer than they allow, and (but under Cluster)
+the leaner command packer of packing.py.
 
 Every store module runs its Redis calls inside `redis_errors(op)`, which turns redis-py's
 errors into the domain's (errors.py), so that no caller above `store/` sees redis-py:
@@ -44,6 +45,7 @@ from redis.asyncio.sentinel import Sentinel
 
 from chatmem.config import RedisSettings
 from chatmem.errors import ChatmemError, StoreFull, StoreUnavailable
+from chatmem.store.packing import fast_packing
 
 AnyRedis = Redis | RedisCluster
 
@@ -179,6 +181,8 @@ def make_redis(url: str, settings: RedisSettings) -> AnyRedis:
         )
         client: _SentinelMaster = sentinel.master_for(master, redis_class=_SentinelMaster)
         client.sentinel_manager = sentinel
+        pool = client.connection_pool
+        pool.connection_class = fast_packing(pool.connection_class)
         return client
     if _wants_cluster(url, settings):
         return RedisCluster.from_url(
@@ -190,5 +194,6 @@ def make_redis(url: str, settings: RedisSettings) -> AnyRedis:
         timeout=settings.pool_timeout_s,
         **timeouts,
     )
+    pool.connection_class = fast_packing(pool.connection_class)
     # from_pool: closing the client also closes its pool (no connections left at exit).
     return Redis.from_pool(pool)

@@ -62,12 +62,14 @@ def decode_message(raw: str | bytes, seq: int = 0) -> Message:
     )
 
 
-def decode_messages(raw: list[Any], first_seq: int) -> list[Message]:
-    roles, loads = _CODE_ROLES, _loads
+def decode_window(raw: str | bytes, first_seq: int = 0, *, last_seq: int = 0) -> list[Message]:
+    """Messages a script returned as one JSON array, oldest first (window_lua.py); their
+    seqs from the oldest's, or back from the newest's (`last_seq`)."""
+    roles = _CODE_ROLES
     out = []
-    seq = first_seq
-    for item in raw:
-        doc = loads(item)
+    docs = _loads(raw)
+    seq = last_seq - len(docs) + 1 if last_seq else first_seq
+    for doc in docs:
         out.append(
             Message(
                 roles[doc["r"]], doc["c"], doc["n"], doc["i"], doc["t"], doc.get("m") or {}, seq

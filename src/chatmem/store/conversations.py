@@ -25,7 +25,6 @@ from chatmem.errors import (
     AlreadyExists,
     InvalidInput,
     SessionNotFound,
-    TooManySessions,
 )
 from chatmem.models import (
     Message,
@@ -38,8 +37,8 @@ from chatmem.models import (
 from chatmem.store import keys, scripts
 from chatmem.store.client import AnyRedis, redis_errors
 from chatmem.store.codec import (
-    decode_messages,
     decode_meta,
+    decode_window,
     encode_message,
     meta_fields,
 )
@@ -47,6 +46,7 @@ from chatmem.store.keys import MIN_TTL_S, PREVIEW_CHARS, WINDOW_MAX, WINDOW_MIN
 from chatmem.store.rules import (
     over_quota,
     preview_of,
+    too_many_sessions,
     validate_title,
     validate_ttl,
     validate_window,
@@ -233,10 +233,7 @@ class RedisMemoryStore(UserQueries):
             await self.redis.zadd(keys.USERS_INDEX_KEY, {user_id: _now_ms()})
         res = await self._run("create_session", self._create, ks, args, write=True)
         if res[0] == -1:
-            raise TooManySessions(
-                f"you have {self.max_sessions_per_user} sessions, the most allowed: "
-                "delete some before starting another"
-            )
+            raise too_many_sessions(self.max_sessions_per_user)
         if res[0] == -2:
             raise over_quota(self.max_stored_bytes_per_user)
         created, flat, pttl, stored = res
@@ -300,10 +297,8 @@ class RedisMemoryStore(UserQueries):
             raise over_quota(self.max_stored_bytes_per_user)
         result = AppendResult(appended=res[0], duplicate_ids=res[1], stored=res[2], last_seq=res[3])
         if read_last >= 0:
-            raw_msgs = res[6]
             result.meta = decode_meta(session_id, res[4], pttl_ms=res[5], stored=result.stored)
-            raw_msgs.reverse()
-            result.messages = decode_messages(raw_msgs, result.last_seq - len(raw_msgs) + 1)
+            result.messages = decode_window(res[6], last_seq=result.last_seq)
         return result
 
     async def read(
@@ -324,8 +319,7 @@ class RedisMemoryStore(UserQueries):
             raise _not_found(session_id)
         meta_flat, pttl, stored, first_seq, raw = res
         meta = decode_meta(session_id, meta_flat, pttl_ms=pttl, stored=stored)
-        raw.reverse()
-        return SessionSnapshot(meta=meta, messages=decode_messages(raw, first_seq))
+        return SessionSnapshot(meta=meta, messages=decode_window(raw, first_seq))
 
     async def get_meta(self, user_id: str, session_id: str) -> SessionMeta:
         return (await self.read(user_id, session_id, last=0)).meta

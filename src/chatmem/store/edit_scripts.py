@@ -11,7 +11,7 @@ rebuilt from the list by the next append (its invariant names the newest ids in 
 from __future__ import annotations
 
 from chatmem.store.memory_scripts import _MARK_STALE
-from chatmem.store.scripts import _EXTEND, _QUOTA
+from chatmem.store.quota_lua import _EXTEND, _QUOTA
 
 # KEYS[1..5] - session keys (scripts.py), KEYS[6] - the session's turn lock
 # ARGV[1] - session id, ARGV[2] - now, ms since the epoch

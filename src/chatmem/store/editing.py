@@ -12,13 +12,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from chatmem.errors import Conflict, NotFound, SessionBusy, SessionNotFound, TooManySessions
+from chatmem.errors import Conflict, NotFound, SessionBusy, SessionNotFound
 from chatmem.models import Message, SessionMeta, SessionSnapshot, new_id
 from chatmem.store import edit_scripts, keys
 from chatmem.store.client import redis_errors
 from chatmem.store.codec import decode_message, decode_meta, encode_message
 from chatmem.store.conversations import RedisMemoryStore
-from chatmem.store.rules import over_quota, preview_of, validate_title
+from chatmem.store.rules import over_quota, preview_of, too_many_sessions, validate_title
 
 # An edit whose read went stale (another edit came in between) is read and tried again.
 EDIT_ATTEMPTS = 3
@@ -137,21 +137,7 @@ class MessageEdits:
         for name, value in fields.items():
             args += [name, value]
         res = await self._run("fork_session", self._fork, ks, args)
-        if res is None:
-            raise _not_found(session_id)
-        if res[0] == -1:
-            raise SessionBusy()
-        if res[0] == -2:
-            raise Conflict(
-                "the session changed while it was forked: try again", code="edit_conflict"
-            )
-        if res[0] == -3:
-            raise TooManySessions(
-                f"you have {self.store.max_sessions_per_user} sessions, the most allowed: "
-                "delete some before starting another"
-            )
-        if res[0] == -4:
-            raise over_quota(self.store.max_stored_bytes_per_user)
+        self._check_copy(res, session_id, "the session changed while it was forked")
         flat, pttl, stored = res
         for seq, msg in enumerate(copies, 1):
             msg.seq = seq
@@ -184,20 +170,22 @@ class MessageEdits:
         args += [preview_of(last), last.role.value] if last else ["", ""]
         args += [encode_message(m) for m in keep]
         res = await self._run("diverge_session", self._diverge, ks, args)
+        self._check_copy(res, session_id, "the session changed meanwhile")
+        return sid if res[0] == 1 else None
+
+    def _check_copy(self, res: Any, session_id: str, changed: str) -> None:
+        """The refusals of the scripts that copy a session into a new one (fork,
+        diverge), each with nothing written, as errors."""
         if res is None:
             raise _not_found(session_id)
         if res[0] == -1:
             raise SessionBusy()
         if res[0] == -2:
-            raise Conflict("the session changed meanwhile: try again", code="edit_conflict")
+            raise Conflict(f"{changed}: try again", code="edit_conflict")
         if res[0] == -3:
-            raise TooManySessions(
-                f"you have {self.store.max_sessions_per_user} sessions, the most allowed: "
-                "delete some before starting another"
-            )
+            raise too_many_sessions(self.store.max_sessions_per_user)
         if res[0] == -4:
             raise over_quota(self.store.max_stored_bytes_per_user)
-        return sid if res[0] == 1 else None
 
 
 def _find(items: list[Any], msg_id: str) -> tuple[int, Any, Message] | None:

@@ -52,6 +52,13 @@ class Memory:
         }
 
 
+def decode_memories(raw: list[Any]) -> list[Memory]:
+    """A memories HASH's values, most recently updated first."""
+    out = [Memory.decode(r) for r in raw]
+    out.sort(key=lambda m: (m.updated_at, m.created_at), reverse=True)
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class MemoryOp:
     kind: OpKind
@@ -74,9 +81,7 @@ class MemoryStore:
                 if touch:
                     pipe.pexpire(key, self.ttl_ms)
                 raw = (await pipe.execute())[0]
-        out = [Memory.decode(r) for r in raw]
-        out.sort(key=lambda m: (m.updated_at, m.created_at), reverse=True)
-        return out
+        return decode_memories(raw)
 
     async def characters(self, user_id: str) -> list[str]:
         with redis_errors("memories_index"):

@@ -63,14 +63,6 @@ local function summary_cleared()
 end
 """
 
-# KEYS[1] - the session's meta HASH
-# return 1 if the session exists (its summary state is there now), else 0
-START_SUMMARY = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSETNX', KEYS[1], 'sumn', 0)
-return 1
-"""
-
 # KEYS[1] - the session's messages LIST (newest first), KEYS[2] - its meta HASH
 # ARGV[1] - the summary version it was made from (compare and swap)
 # ARGV[2] - the id of the newest message it covers, ARGV[3] - its text, ARGV[4] - tokens

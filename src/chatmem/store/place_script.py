@@ -1,12 +1,12 @@
 """PLACE_TURN: a turn the outbox kept, stored where it began (durability/replay.py).
 
-It shares the turn scripts' Lua (turn_scripts.py): the same append, the same ordinal
+It shares the turn scripts' Lua (turn_lua.py): the same append, the same ordinal
 placement, the same id index, so a message is stored once whichever path stored it.
 """
 
 from __future__ import annotations
 
-from chatmem.store.turn_scripts import _TURN_LUA
+from chatmem.store.turn_lua import _TURN_LUA
 
 # KEYS[1..5] - as BEGIN_TURN's (messages, meta, message ids, session index, totals)
 # ARGV[1] - session id, ARGV[2] - now ms, ARGV[3] - max messages kept, ARGV[4] - id window

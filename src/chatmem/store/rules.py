@@ -4,7 +4,7 @@ turn scripts' callers)."""
 
 from __future__ import annotations
 
-from chatmem.errors import InvalidInput, StorageQuotaExceeded
+from chatmem.errors import InvalidInput, StorageQuotaExceeded, TooManySessions
 from chatmem.models import Message
 from chatmem.store import keys
 from chatmem.store.codec import check_text
@@ -46,4 +46,10 @@ def over_quota(max_bytes: int) -> StorageQuotaExceeded:
     return StorageQuotaExceeded(
         f"your stored conversations have reached their limit of {max_bytes} bytes: "
         "delete or clear some sessions to go on"
+    )
+
+
+def too_many_sessions(max_sessions: int) -> TooManySessions:
+    return TooManySessions(
+        f"you have {max_sessions} sessions, the most allowed: delete some before starting another"
     )

@@ -30,56 +30,8 @@ meta, or was lost) the append script rebuilds it from the list.
 from __future__ import annotations
 
 from chatmem.store.memory_scripts import _CLEAR_SUMMARY, _KEEP_UNCOVERED
-
-# Shared Lua: extend a key's expiry to at least ttl_ms, never shorten it (user-level keys
-# must outlive the longest-lived session of the user).
-_EXTEND = """
-local function extend(key, ttl_ms)
-  local cur = redis.call('PTTL', key)
-  if cur ~= -2 and cur < ttl_ms then redis.call('PEXPIRE', key, ttl_ms) end
-end
-"""
-
-# Per-user caps (SPEC §8), shared by CREATE_SESSION and APPEND_MESSAGES; carry this block
-# and its two call sites over to any script that adds sessions or messages.
-# The user's totals HASH keeps 'bytes', the sum of the 'bytes' meta field of the user's
-# sessions. A session that expires leaves its bytes (and its index entry) behind until
-# `reconcile` walks the user's sessions, which happens only when a cap would be passed:
-# under the caps a write costs a few O(1) calls more (an append: LLEN, HGET, HINCRBY and
-# an LINDEX per message its trim drops), whatever the user holds.
-_QUOTA = """
--- Drop expired sessions from the index; resets the totals' 'bytes' to the live sum.
--- return the number of live sessions, their bytes
-local function reconcile(index, totals, prefix)
-  local n, bytes = 0, 0
-  for _, sid in ipairs(redis.call('ZRANGE', index, 0, -1)) do
-    local meta = prefix .. sid .. ':h'
-    local b = redis.call('HGET', meta, 'bytes')
-    if b then
-      n, bytes = n + 1, bytes + tonumber(b)
-    elseif redis.call('EXISTS', meta) == 1 then
-      n = n + 1  -- written before the quota existed: its size is not known
-    else
-      redis.call('ZREM', index, sid)
-    end
-  end
-  if redis.call('EXISTS', totals) == 1 then redis.call('HSET', totals, 'bytes', bytes) end
-  return n, bytes
-end
--- true if the user may start one more session (max 0: no cap)
-local function session_allowed(index, totals, prefix, max)
-  if max <= 0 or redis.call('ZCARD', index) < max then return true end
-  local n = reconcile(index, totals, prefix)
-  return n < max
-end
--- true if the user may store `add` more bytes (max 0: no cap)
-local function bytes_allowed(index, totals, prefix, add, max)
-  if max <= 0 or add <= 0 then return true end
-  if tonumber(redis.call('HGET', totals, 'bytes') or '0') + add <= max then return true end
-  local _, used = reconcile(index, totals, prefix)
-  return used + add <= max
-end
-"""
+from chatmem.store.quota_lua import _EXTEND, _QUOTA
+from chatmem.store.window_lua import _WINDOW_JSON
 
 # KEYS[1..5] - session keys (see module docstring)
 # ARGV[1] - session id
@@ -154,13 +106,14 @@ return {1, redis.call('HGETALL', KEYS[2]), ttl_ms, stored}
 #   the new messages would pass the user's byte cap (nothing written), else
 #   {appended, {duplicate ids}, stored length, seq of the newest message}
 #   followed, when ARGV[5] >= 0, by: meta as a flat list, pttl ms,
-#   {newest messages, newest first}
+#   the newest messages as one JSON array, oldest first (window_lua.py)
 # This runs on every turn: it reads what it needs with one HMGET and writes the meta with
 # one HSET, because each redis.call costs more than the work most of them do.
 APPEND_MESSAGES = (
     _EXTEND
     + _QUOTA
     + _KEEP_UNCOVERED
+    + _WINDOW_JSON
     + """
 local m = redis.call('HMGET', KEYS[2], 'ttl', 'seq', 'count', 'tokens', 'ptok', 'ctok',
                      'bytes')
@@ -258,7 +211,8 @@ local n = tonumber(ARGV[5])
 if n < 0 then return {appended, dups, stored, seq} end
 local msgs = {}
 if n > 0 and stored > 0 then msgs = redis.call('LRANGE', KEYS[1], 0, n - 1) end
-return {appended, dups, stored, seq, redis.call('HGETALL', KEYS[2]), ttl_ms, msgs}
+return {appended, dups, stored, seq, redis.call('HGETALL', KEYS[2]), ttl_ms,
+        as_json_array(msgs)}
 """
 )
 
@@ -268,8 +222,10 @@ return {appended, dups, stored, seq, redis.call('HGETALL', KEYS[2]), ttl_ms, msg
 # The list is newest first: the message at index i has seq = meta.seq - i.
 # return nil if the session does not exist, else
 #   {meta as a flat list, pttl ms, stored length, seq of the oldest message returned,
-#    {messages, newest first}}
-READ_SESSION = """
+#    the messages as one JSON array, oldest first (window_lua.py)}
+READ_SESSION = (
+    _WINDOW_JSON
+    + """
 local meta = redis.call('HGETALL', KEYS[2])
 if #meta == 0 then return nil end
 local n, before = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -280,8 +236,9 @@ if before > 0 then first = math.max(0, top - before + 1) end
 local last = math.min(stored, first + n) - 1
 local msgs = {}
 if n > 0 and last >= first then msgs = redis.call('LRANGE', KEYS[1], first, last) end
-return {meta, redis.call('PTTL', KEYS[2]), stored, top - last, msgs}
+return {meta, redis.call('PTTL', KEYS[2]), stored, top - last, as_json_array(msgs)}
 """
+)
 
 # KEYS[1..5] - session keys
 # ARGV[1] - now, ms since the epoch

@@ -22,7 +22,6 @@ class Stored:
 class SummaryStore:
     def __init__(self, store: RedisMemoryStore) -> None:
         self.store = store
-        self._start = store.redis.register_script(memory_scripts.START_SUMMARY)
         self._put = store.redis.register_script(memory_scripts.STORE_SUMMARY)
         self._title = store.redis.register_script(memory_scripts.SET_TITLE_IF)
 
@@ -30,11 +29,6 @@ class SummaryStore:
         """Set a generated title unless the title is no longer `old` (the user's)."""
         ks = [keys.session_meta_key(user_id, session_id)]
         return bool(await self.store.run_write("generated_title", self._title, ks, [old, new]))
-
-    async def start(self, user_id: str, session_id: str) -> bool:
-        """From now on the session keeps messages its summary does not cover yet."""
-        ks = [keys.session_meta_key(user_id, session_id)]
-        return bool(await self.store.run_write("start_summary", self._start, ks, []))
 
     async def put(
         self,

@@ -14,7 +14,8 @@ KEYS of BEGIN_TURN and FINISH_TURN (`keys.turn_keys`):
     (sliding window: member = generation id, score = ms), KEYS[9] the user's running
     generations ZSET (member = generation id, score = lock expiry ms).
 The first five are laid out as in scripts.py (same meta fields, same id index
-invariant); the append below is that of APPEND_MESSAGES for one message.
+invariant); their shared Lua (turn_lua.py) appends as APPEND_MESSAGES does, one message
+at a time.
 
 Event stream entries (field `t`): `s` start {g generation id, r reply id, k lock token,
 q the user message's seq}; `d` delta {o offset of its first character, x text};
@@ -23,182 +24,7 @@ entry is not `e` while the lock is free belongs to a generation whose process di
 
 from __future__ import annotations
 
-from chatmem.store.memory_scripts import _KEEP_UNCOVERED
-from chatmem.store.scripts import _EXTEND, _QUOTA
-
-# Shared Lua. `append_one` appends one message to the session in KEYS[1..5] (skipped if
-# its id is already there) and returns appended (0/1), the newest seq and the ttl in ms;
-# appended is -1, and nothing is written, when the user's byte cap `max_bytes` (0: none;
-# a reply passes 0: its turn was admitted) would be passed. The session's and the user's
-# 'bytes' follow what is stored, as in APPEND_MESSAGES (scripts.py, `_QUOTA`). Its trim
-# keeps what the session's summary does not cover yet (memory_scripts.py).
-# `find_id` gives the list index (newest first, 0-based) of a message id, or nil.
-_TURN_LUA = (
-    _EXTEND
-    + _QUOTA
-    + _KEEP_UNCOVERED
-    + """
-local function load_ids(id_window)
-  local ids = redis.call('GET', KEYS[3])
-  if ids then return ids end
-  ids = ','
-  local items = redis.call('LRANGE', KEYS[1], 0, id_window - 1)
-  for i = #items, 1, -1 do
-    ids = ids .. (string.match(items[i], '^{"i":"([^"]*)"') or '') .. ','
-  end
-  return ids
-end
-
-local function find_id(ids, id)
-  local s = string.find(ids, ',' .. id .. ',', 1, true)
-  if not s then return nil end
-  local _, k = string.gsub(string.sub(ids, 1, s), ',', ',')
-  local _, n = string.gsub(ids, ',', ',')
-  return (n - 1) - k
-end
-
--- The ordinal of a stored message (its turn's begin, store/codec.py); 0 for none.
-local function ordinal_of(item)
-  return tonumber(string.match(item, '^{"i":"[^"]*","r":"%a","o":(%d+)')) or 0
-end
-
--- Put `item` (ordinal `o`) where its turn belongs: newer than every message of an
--- earlier or equal ordinal, older than every later one. Returns the list's length and
--- whether it went to the head (if not, the id index, in list order, is rebuilt).
-local function place(item, o)
-  local head = redis.call('LINDEX', KEYS[1], 0)
-  if o == 0 or not head or ordinal_of(head) <= o then
-    return redis.call('LPUSH', KEYS[1], item), true
-  end
-  local items = redis.call('LRANGE', KEYS[1], 1, -1)
-  for i = 1, #items do
-    if ordinal_of(items[i]) <= o then
-      return redis.call('LINSERT', KEYS[1], 'BEFORE', items[i], item), false
-    end
-  end
-  return redis.call('RPUSH', KEYS[1], item), false
-end
-
-local function append_one(sid, now, max_kept, id_window, id, item, ntok, preview, role,
-                          ptok, ctok, cost, max_bytes, prefix, ordinal)
-  local m = redis.call('HMGET', KEYS[2], 'ttl', 'seq', 'count', 'tokens', 'ptok', 'ctok',
-                       'bytes')
-  local ttl_ms = tonumber(m[1]) * 1000
-  local ids = load_ids(id_window)
-  local seq, appended = tonumber(m[2]), 0
-  local fields = {'active', now}
-  if id ~= '' and not string.find(ids, ',' .. id .. ',', 1, true) then
-    -- Quota: the bytes added, less those of the oldest message the trim drops.
-    local added = #item
-    local drop, lost = trim_count(redis.call('LLEN', KEYS[1]) + 1, max_kept)
-    for j = 1, drop do added = added - #(redis.call('LINDEX', KEYS[1], -j) or '') end
-    if not bytes_allowed(KEYS[4], KEYS[5], prefix, added, max_bytes) then
-      return -1, seq, ttl_ms
-    end
-    appended = 1
-    local stored, at_head = place(item, ordinal or 0)
-    local before = stored - 1
-    if drop > 0 then
-      redis.call('LTRIM', KEYS[1], 0, stored - drop - 1)
-      stored = stored - drop
-      trimmed(drop, lost)
-    end
-    if at_head then
-      ids = ids .. id .. ','
-      local excess = math.min(before, id_window) + 1 - math.min(stored, id_window)
-      if excess > 0 then
-        local pos = 1
-        for _ = 1, excess do pos = string.find(ids, ',', pos + 1, true) end
-        ids = string.sub(ids, pos)
-      end
-    else
-      ids = nil
-    end
-    seq = seq + 1
-    local fs = {'seq', seq, 'count', tonumber(m[3]) + 1, 'tokens', tonumber(m[4]) + ntok,
-                'state', 'ACTIVE', 'bytes', math.max(0, (tonumber(m[7]) or 0) + added)}
-    if at_head then
-      for _, v in ipairs({'preview', preview, 'prole', role}) do fs[#fs + 1] = v end
-    end
-    for _, v in ipairs(fs) do fields[#fields + 1] = v end
-    redis.call('HINCRBY', KEYS[5], 'bytes', added)
-    redis.call('HINCRBY', KEYS[5], 'count', 1)
-    redis.call('HINCRBY', KEYS[5], 'tokens', ntok)
-    if ptok > 0 or ctok > 0 or tonumber(cost) > 0 then
-      for _, v in ipairs({'ptok', tonumber(m[5]) + ptok, 'ctok', tonumber(m[6]) + ctok}) do
-        fields[#fields + 1] = v
-      end
-      redis.call('HINCRBYFLOAT', KEYS[2], 'cost', cost)
-      redis.call('HINCRBY', KEYS[5], 'ptok', ptok)
-      redis.call('HINCRBY', KEYS[5], 'ctok', ctok)
-      redis.call('HINCRBYFLOAT', KEYS[5], 'cost', cost)
-    end
-    redis.call('PEXPIRE', KEYS[1], ttl_ms)
-    if ids then
-      redis.call('SET', KEYS[3], ids, 'PX', ttl_ms)
-    else
-      redis.call('DEL', KEYS[3])  -- rebuilt from the list by the next load_ids
-    end
-  end
-  redis.call('HSET', KEYS[2], unpack(fields))
-  redis.call('PEXPIRE', KEYS[2], ttl_ms)
-  redis.call('ZADD', KEYS[4], now, sid)
-  extend(KEYS[4], ttl_ms)
-  extend(KEYS[5], ttl_ms)
-  return appended, seq, ttl_ms
-end
-
--- FINISH_TURN's revision: the newest message (id `id`) becomes ARGV[6] (tokens ARGV[7],
--- preview ARGV[8]) with the usage of ARGV[9..11]; returns replaced (0/1), the newest seq.
-local function replace_head(id)
-  local head = redis.call('LINDEX', KEYS[1], 0)
-  local m = redis.call('HMGET', KEYS[2], 'ttl', 'seq', 'tokens', 'ptok', 'ctok', 'bytes')
-  local prefix = '{"i":"' .. id .. '"'
-  if not head or string.sub(head, 1, #prefix) ~= prefix then return 0, tonumber(m[2]) end
-  local ttl_ms = tonumber(m[1]) * 1000
-  local ntok = tonumber(ARGV[7]) - cjson.decode(head).n
-  local added = #ARGV[6] - #head
-  local ptok, ctok = tonumber(ARGV[9]), tonumber(ARGV[10])
-  redis.call('LSET', KEYS[1], 0, ARGV[6])
-  redis.call('HSET', KEYS[2], 'tokens', tonumber(m[3]) + ntok, 'ptok', tonumber(m[4]) + ptok,
-             'ctok', tonumber(m[5]) + ctok, 'bytes', math.max(0, (tonumber(m[6]) or 0) + added),
-             'preview', ARGV[8], 'prole', 'assistant', 'active', ARGV[2])
-  redis.call('HINCRBYFLOAT', KEYS[2], 'cost', ARGV[11])
-  redis.call('HINCRBY', KEYS[5], 'tokens', ntok)
-  redis.call('HINCRBY', KEYS[5], 'bytes', added)
-  redis.call('HINCRBY', KEYS[5], 'ptok', ptok)
-  redis.call('HINCRBY', KEYS[5], 'ctok', ctok)
-  redis.call('HINCRBYFLOAT', KEYS[5], 'cost', ARGV[11])
-  for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ttl_ms) end
-  redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
-  extend(KEYS[4], ttl_ms)
-  extend(KEYS[5], ttl_ms)
-  return 1, tonumber(m[2])
-end
-
--- Whether the event stream is that of generation `g` (a turn whose lock expired may
--- find the next turn's stream there: that one is not its to end).
-local function stream_of(g)
-  local first = redis.call('XRANGE', KEYS[7], '-', '+', 'COUNT', 1)
-  if #first == 0 then return false end
-  local f = first[1][2]
-  for i = 1, #f, 2 do
-    if f[i] == 'g' then return f[i + 1] == g end
-  end
-  return false
-end
-
-local function stream_ended()
-  local last = redis.call('XREVRANGE', KEYS[7], '+', '-', 'COUNT', 1)
-  if #last == 0 then return true end
-  local f = last[1][2]
-  for i = 1, #f, 2 do
-    if f[i] == 't' then return f[i + 1] == 'e' end
-  end
-  return true
-end
-"""
-)
+from chatmem.store.turn_lua import _TURN_LUA
 
 # KEYS[1..9] - see the module docstring
 # ARGV[1] - session id, ARGV[2] - now ms, ARGV[3] - max messages kept, ARGV[4] - id window
@@ -216,7 +42,12 @@ end
 #   encoded user message carries too
 # ARGV[22] - '1': the turn was planned from a read (the OpenAI route, chat/reconcile.py):
 #   refused as 'stale' unless the newest message still has id ARGV[23] ('': none stored)
-# ARGV[24..] - messages appended under the lock before the user message (the client's
+# ARGV[24] - the key prefix of the user's memories (`keys.user_memories_prefix`; '': the
+#   turn reads none), ARGV[25] - the character the turn talks to ('': the session's),
+#   ARGV[26] - the memories' sliding TTL ms, ARGV[27] - ',id,id,': characters whose memory
+#   policy has no memories. The memories are read (and their TTL slid) only for a session
+#   whose memory is on ('mem' not '0') and a character not in ARGV[27].
+# ARGV[28..] - messages appended under the lock before the user message (the client's
 #   tool results), five values each: id, encoded, tokens, preview, role
 # return nil if the session does not exist, else one of
 #   {'orphan', {stream entries}}  a dead generation's stream: recover it, then retry
@@ -225,8 +56,10 @@ end
 #   {'stale'}  the newest message is not ARGV[23] any more (nothing written)
 #   {'rate', retry after ms} / {'cap', retry after ms}  over a per-user limit
 #   {'quota'}  the user message would pass the user's byte cap (nothing written)
-#   {'ok', seq of the user message, meta as a flat list, pttl ms, {messages, newest first},
-#    stored length, the ordinal the user message was stored with (its reply's too)}
+#   {'ok', seq of the user message, meta as a flat list, pttl ms, the messages as one JSON
+#    array, oldest first (window_lua.py),
+#    stored length, the ordinal the user message was stored with (its reply's too),
+#    false or {the character id, {its memories' JSON}} (ARGV[24..27])}
 BEGIN_TURN = (
     _TURN_LUA
     + """
@@ -258,7 +91,7 @@ if ARGV[22] == '1' then
   end
 end
 local before_bytes = 0
-for i = 24, #ARGV, 5 do before_bytes = before_bytes + #ARGV[i + 1] end
+for i = 28, #ARGV, 5 do before_bytes = before_bytes + #ARGV[i + 1] end
 -- Quota first, so that a refused turn writes nothing (the trim's credit is left out: a
 -- user at the cap with a full session is refused a little early, never let past it).
 if not bytes_allowed(KEYS[4], KEYS[5], ARGV[20], #ARGV[13] + before_bytes,
@@ -297,7 +130,7 @@ if ordinal > 0 and head and ordinal_of(head) > ordinal then
   local o = string.format('%d', ordinal)
   item = string.gsub(item, '^({"i":"[^"]*","r":"%a","o":)%d+', '%1' .. o, 1)
 end
-for i = 24, #ARGV, 5 do
+for i = 28, #ARGV, 5 do
   append_one(ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[i], ARGV[i + 1],
     tonumber(ARGV[i + 2]), ARGV[i + 3], ARGV[i + 4], 0, 0, '0', 0, ARGV[20])
 end
@@ -311,8 +144,20 @@ redis.call('PEXPIRE', KEYS[7], ttl_ms)
 local n = tonumber(ARGV[5])
 local msgs = {}
 if n > 0 then msgs = redis.call('LRANGE', KEYS[1], 0, n - 1) end
-return {'ok', seq, redis.call('HGETALL', KEYS[2]), ttl_ms, msgs, redis.call('LLEN', KEYS[1]),
-        string.format('%d', ordinal)}
+local mems = false
+if ARGV[24] ~= '' then
+  local m = redis.call('HMGET', KEYS[2], 'cid', 'mem')
+  local cid = ARGV[25]
+  if cid == '' then cid = m[1] end
+  if m[2] ~= '0' and not string.find(ARGV[27], ',' .. cid .. ',', 1, true) then
+    local key = ARGV[24] .. cid
+    mems = {cid, redis.call('HVALS', key)}
+    if #mems[2] > 0 then redis.call('PEXPIRE', key, ARGV[26]) end
+  end
+end
+return {'ok', seq, redis.call('HGETALL', KEYS[2]), ttl_ms, as_json_array(msgs),
+        redis.call('LLEN', KEYS[1]),
+        string.format('%d', ordinal), mems}
 """
 )
 
@@ -334,17 +179,25 @@ return {'ok', seq, redis.call('HGETALL', KEYS[2]), ttl_ms, msgs, redis.call('LLE
 # ARGV[21] - the user message's id ('' for none), ARGV[22] - the encoded user message,
 #   ARGV[23] - its tokens, ARGV[24] - its preview: stored again first if it is missing
 #   (a failover between begin and finish lost it), so that a reply is never alone
+# ARGV[25] - '1': return the session's figures after the write too (seed `POST /chat`'s
+#   stats, in the same round trip)
+# ARGV[26] - '1': the session's policy has a summary: its summary state starts now if it
+#   has none (the `sumn` field, memory_scripts.py), so that from the first reply on the trim
+#   keeps what no summary covers yet (a start after the turn raced the next turns)
 # A generation already ended (recovered by another process meanwhile) is not ended twice,
 # and an event stream of another generation (a later turn's) is left alone; a reply whose
 # id is stored already is not stored twice.
 # return nil if the session is gone (deleted meanwhile; the lock is released all the
-#   same), else {1 if the reply was stored now else 0, seq of the newest message}
+#   same), else {1 if the reply was stored now else 0, seq of the newest message}, and
+#   with ARGV[25]: stored length, pttl ms, window (rounds), the tokens of the newest
+#   2 × window messages
 FINISH_TURN = (
     _TURN_LUA
     + """
 if redis.call('GET', KEYS[6]) == ARGV[12] then redis.call('DEL', KEYS[6]) end
 redis.call('ZREM', KEYS[9], ARGV[13])
 if redis.call('EXISTS', KEYS[2]) == 0 then return nil end
+if ARGV[26] == '1' then redis.call('HSETNX', KEYS[2], 'sumn', 0) end
 local appended, seq = 0, 0
 local mine = stream_of(ARGV[13])
 local ended = mine and stream_ended()
@@ -366,6 +219,19 @@ if mine and not ended then
   end
   redis.call('XADD', KEYS[7], 'MAXLEN', ARGV[18], '*', 't', 'e', 'p', ARGV[16])
   redis.call('PEXPIRE', KEYS[7], ARGV[17])
+end
+if ARGV[25] == '1' then
+  local window = tonumber(redis.call('HGET', KEYS[2], 'window')) or 0
+  local tokens = 0
+  if window > 0 then
+    -- A message's token count is its first member "n" after its text (codec.py): a
+    -- quote inside a JSON string is escaped, so the text cannot hold `,"n":`.
+    for _, item in ipairs(redis.call('LRANGE', KEYS[1], 0, 2 * window - 1)) do
+      tokens = tokens + (tonumber(string.match(item, ',"n":(%d+)')) or 0)
+    end
+  end
+  return {appended, seq, redis.call('LLEN', KEYS[1]), redis.call('PTTL', KEYS[2]), window,
+          tokens}
 end
 return {appended, seq}
 """

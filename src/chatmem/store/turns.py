@@ -31,9 +31,10 @@ from chatmem.errors import (
 from chatmem.models import Message, Role, SessionMeta, Usage
 from chatmem.store import keys, place_script, turn_scripts
 from chatmem.store.client import redis_errors
-from chatmem.store.codec import decode_message, decode_messages, decode_meta, encode_message
+from chatmem.store.codec import decode_message, decode_meta, decode_window, encode_message
 from chatmem.store.conversations import RedisMemoryStore
 from chatmem.store.locks import Coordinator
+from chatmem.store.memories import Memory, decode_memories
 from chatmem.store.rules import over_quota, preview_of
 from chatmem.store.streams import StreamEntry, decode_entries
 
@@ -72,6 +73,37 @@ class BeginResult:
     ordinal: int = 0
     confirmed: bool = True
     token: str = ""  # ok: the lock token the turn holds the session with
+    # ok, asked with `memories`: (the character id, its memories, newest first); None
+    # when not read (the session's memory is off, or the character has no memories)
+    memories: tuple[str, list[Memory]] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MemoriesRead:
+    """What BEGIN_TURN is asked to read besides the context: the memories of the
+    character the turn talks to, unless its policy has none (`without`)."""
+
+    prefix: str  # keys.user_memories_prefix
+    ttl_ms: int
+    character_id: str = ""  # '': the session's
+    without: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class SessionFigures:
+    """The session after a turn's finish (seed `POST /chat`'s stats)."""
+
+    stored: int
+    ttl_remaining_s: int
+    window_size: int
+    window_tokens: int  # of the newest 2 × window_size messages
+
+
+@dataclass(frozen=True, slots=True)
+class FinishResult:
+    stored_now: bool | None  # None: the session is gone
+    confirmed: bool
+    figures: SessionFigures | None = None
 
 
 class TurnStore:
@@ -119,6 +151,7 @@ class TurnStore:
         ordinal: int = 0,
         expect_head: str | None = None,
         before: Sequence[Message] = (),
+        memories: MemoriesRead | None = None,
     ) -> BeginResult:
         """Rate limit, lock, generation cap, idempotency, the user message appended and
         the context read, in one round trip. RateLimited past a per-user limit.
@@ -127,7 +160,7 @@ class TurnStore:
         route's tool results). `expect_head`: the id of the newest message the turn was
         planned from ('' none): Conflict `history_changed`, nothing written, when it is
         not any more. `ordinal`: the turn's (codec.turn_ordinal), stored with its
-        messages."""
+        messages. `memories`: read them in the same round trip (`BeginResult.memories`)."""
         ks = keys.turn_keys(user_id, session_id)
         c = self.coordinator
         args: list[Any] = [
@@ -156,6 +189,12 @@ class TurnStore:
             "0" if expect_head is None else "1",
             keys.validate_id(expect_head, "message id") if expect_head else "",
         ]
+        if memories is None:
+            args += ["", "", 0, ""]
+        else:
+            cid = memories.character_id
+            args += [memories.prefix, keys.validate_id(cid, "character id") if cid else ""]
+            args += [memories.ttl_ms, "," + ",".join(memories.without) + ","]
         for msg in before:
             args += [keys.validate_id(msg.msg_id, "message id"), encode_message(msg)]
             args += [msg.token_count, preview_of(msg), msg.role.value]
@@ -191,15 +230,15 @@ class TurnStore:
                 reply=decode_message(reply, user_seq + 1) if reply else None,
                 running=bool(held),
             )
-        _, seq, meta_flat, pttl, raw, stored, stored_ordinal = res
+        _, seq, meta_flat, pttl, raw, stored, stored_ordinal, mems = res
         meta = decode_meta(session_id, meta_flat, pttl_ms=pttl, stored=stored)
-        raw.reverse()
         return BeginResult(
             "ok",
             meta=meta,
-            messages=decode_messages(raw, seq - len(raw) + 1),
+            messages=decode_window(raw, last_seq=seq),
             ordinal=int(stored_ordinal),
             confirmed=confirmed,
+            memories=(mems[0], decode_memories(mems[1])) if mems else None,
         )
 
     async def finish(
@@ -216,13 +255,17 @@ class TurnStore:
         replaces: str = "",
         ordinal: int = 0,
         user_message: Message | None = None,
-    ) -> tuple[bool | None, bool]:
+        figures: bool = False,
+        start_summary: bool = False,
+    ) -> FinishResult:
         """The reply with its usage and totals, the lock released and the event stream
-        ended, in one round trip. Returns (None if the session is gone, else whether the
-        reply was stored now — False: it was there already, or the generation had been
-        ended; whether the write was confirmed). `replaces`: a revision's reply takes
+        ended, in one round trip. Returns whether the reply was stored now (None: the
+        session is gone; False: it was there already, or the generation had been
+        ended) and whether the write was confirmed. `replaces`: a revision's reply takes
         the place of the newest message, of that id. `ordinal`: begin's. `user_message`:
-        the turn's, stored again before the reply if a failover lost it."""
+        the turn's, stored again before the reply if a failover lost it. `figures`: the
+        session's figures after the write too, in the same round trip. `start_summary`:
+        the session's summary state starts with this write (if it has none yet)."""
         if not 0 <= usage.cost_usd < math.inf:
             raise InvalidInput(f"invalid usage {usage}", code="invalid_usage")
         ks = keys.turn_keys(user_id, session_id)
@@ -252,10 +295,15 @@ class TurnStore:
             ]
         else:
             args += ["", "", 0, ""]
+        args += ["1" if figures else "0", "1" if start_summary else "0"]
         res, confirmed = await self._run("finish_turn", self._finish, ks, args)
         if res is None:
-            return None, confirmed
-        return bool(res[0]), confirmed
+            return FinishResult(None, confirmed)
+        if len(res) == 2:
+            return FinishResult(bool(res[0]), confirmed)
+        _, _, stored, pttl, window, tokens = res
+        ttl_s = max(0, (pttl + 999) // 1000)
+        return FinishResult(bool(res[0]), confirmed, SessionFigures(stored, ttl_s, window, tokens))
 
     async def abandon(
         self,

@@ -10,7 +10,7 @@ from chatmem.models import Usage
 from chatmem.store import keys
 from chatmem.store.client import redis_errors
 from chatmem.store.conversations import RedisMemoryStore
-from chatmem.store.scripts import _EXTEND
+from chatmem.store.quota_lua import _EXTEND
 
 # KEYS[1] - the user's totals HASH
 # ARGV[1] - prompt tokens, ARGV[2] - completion tokens, ARGV[3] - cost

@@ -69,13 +69,17 @@ def _snapshot_stats(snap: SessionSnapshot, settings: Settings) -> dict[str, Any]
     meta = snap.meta
     window = snap.messages[-2 * meta.window_size :] if meta.window_size else []
     tokens = sum(m.token_count for m in window)
+    return _stats(meta.stored_messages, meta.window_size, tokens, settings)
+
+
+def _stats(stored: int, window_size: int, tokens: int, settings: Settings) -> dict[str, Any]:
     prices = settings.llm.prices
     per_token_35 = price_for("gpt-3.5-turbo", prices).input_per_1m / 1e6
     per_token_4 = price_for("gpt-4", prices).input_per_1m / 1e6
     return {
-        "total_messages": meta.stored_messages,
-        "total_rounds": meta.stored_messages // 2,
-        "window_size": meta.window_size,
+        "total_messages": stored,
+        "total_rounds": stored // 2,
+        "window_size": window_size,
         "tokens": tokens,
         "cost_gpt35": tokens * per_token_35,
         "cost_gpt4": tokens * per_token_4,
@@ -101,6 +105,7 @@ async def chat(body: ChatRequest, caller: Caller, service: Service) -> dict[str,
         new_ttl_s=SEED_TTL_S,
         new_window_size=SEED_WINDOW_SIZE,
         min_ttl_s=SEED_CHAT_MIN_TTL_S,
+        figures=True,  # the stats come back with the reply's write
     )
     done = await service.complete(turn)
     reply = {
@@ -109,6 +114,10 @@ async def chat(body: ChatRequest, caller: Caller, service: Service) -> dict[str,
         "timestamp": iso_time(done.message.timestamp),
         "memory": done.memory,
     }
+    if done.figures is not None:
+        f = done.figures
+        stats = _stats(f.stored, f.window_size, f.window_tokens, service.settings)
+        return {**reply, "stats": stats, "ttl_remaining": f.ttl_remaining_s}
     try:
         snap = await _read(service, user_id, last=2 * WINDOW_MAX)
     except StoreUnavailable:
