@@ -297,7 +297,7 @@ class Turns:
             character=character,
             user_message=stored_user,
             context=await self.prompter.assemble_turn(res.meta, character, history, last, limits),
-            params=self.prompter.params(character),
+            params=self.prompter.params(character, res.meta),
             lock_token=token,
             reply_id=reply_id,
             generation_id=gen_id,

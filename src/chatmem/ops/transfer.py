@@ -222,6 +222,7 @@ async def import_sessions(
             ensure=True,
             forked_from=_fork_of(meta),
             memory=meta.get("memory") is not False,  # a seed route's session stays off
+            temperature=meta.get("temperature"),
         )
         usage: Usage | None = _usage(meta.get("usage"))
         for start in range(0, len(messages), MAX_APPEND_MESSAGES):
