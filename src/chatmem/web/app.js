@@ -485,6 +485,7 @@ const panels = createPanels({
   showError,
   showNotice,
   clearError,
+  identity,
 });
 
 createMemories({ current: () => state.current, characterName, showError, clearError });
