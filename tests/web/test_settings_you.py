@@ -78,8 +78,11 @@ def test_your_name_greets_and_prompts(page: Page, server: LiveServer, fake: Fake
         expect(name).to_have_attribute("placeholder", "User")
         page.keyboard.press("Escape")
 
+        expect(page.locator("#character-greeting")).to_have_text("Hi User, I am Pip.")
         save_settings(page, display_name="  Ada <b>L</b> ")
         assert api(server, page, "GET", "/v1/me").json()["display_name"] == "Ada <b>L</b>"
+        # The picker's preview of the greeting says it too.
+        expect(page.locator("#character-greeting")).to_have_text("Hi Ada <b>L</b>, I am Pip.")
         new_chat_with(page, cid)
         greeting = page.locator(".message.greeting .bubble")
         expect(greeting).to_have_text("Hi Ada <b>L</b>, I am Pip.")  # text, never markup
