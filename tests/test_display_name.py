@@ -215,3 +215,31 @@ async def test_a_turn_reads_the_profile_only_for_user_placeholders(
     await client.post(f"/v1/sessions/{sid_pip}/messages", json={"content": "c"}, headers=H)
     assert reads == ["alice"]  # the cache period over: read again
     assert fake.chat_bodies[-1]["messages"][0]["content"] == "You are Pip, talking with Ada."
+
+
+async def test_export_and_import_carry_the_display_name(client: httpx.AsyncClient) -> None:
+    sid = await new_session(client)
+    await client.patch("/v1/me", json={"display_name": "Ada"}, headers=H)
+    doc = (await client.get("/v1/export", headers=H)).json()
+    assert doc["profiles"] == [{"user_id": "alice", "display_name": "Ada"}]
+    one = (await client.get(f"/v1/export?session_id={sid}", headers=H)).json()
+    assert one["profiles"] == doc["profiles"]
+
+    # A bad profile refuses the whole file, before anything is stored.
+    await client.delete("/v1/me", headers=H)
+    bad = {**doc, "profiles": [{"user_id": "alice", "display_name": "a\x07b"}]}
+    r = await client.post("/v1/import", json=bad, headers=H)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_display_name"
+    assert (await client.get("/v1/sessions", headers=H)).json()["sessions"] == []
+    assert await name_of(client) == "User"
+
+    r = await client.post("/v1/import", json=doc, headers=H)
+    assert r.status_code == 200, r.text
+    assert await name_of(client) == "Ada"
+    # A name set since is kept: import only fills a missing one.
+    await client.patch("/v1/me", json={"display_name": "Grace"}, headers=H)
+    assert (await client.post("/v1/import", json=doc, headers=H)).status_code == 200
+    assert await name_of(client) == "Grace"
+    # A file made before profiles existed imports as before.
+    del doc["profiles"]
+    assert (await client.post("/v1/import", json=doc, headers=H)).status_code == 200

@@ -94,3 +94,17 @@ async def test_export_and_import_carry_the_temperature(
     doc["sessions"][0]["meta"]["user_id"] = "bob"
     await import_sessions(store, doc["sessions"])
     assert (await store.get_meta("bob", sid)).temperature == 1.25
+
+
+async def test_an_import_with_a_bad_temperature_stores_nothing(client: httpx.AsyncClient) -> None:
+    """Checked before anything is stored: not found half-way, at the last session."""
+    await new_session(client, temperature=0.5)
+    await new_session(client)
+    doc = (await client.get("/v1/export", headers=H)).json()
+    await client.delete("/v1/me", headers=H)
+    for bad in (3, "hot", True):
+        doc["sessions"][-1]["meta"]["temperature"] = bad
+        r = await client.post("/v1/import", json=doc, headers=H)
+        assert r.status_code == 400, (bad, r.text)
+        assert "temperature" in r.json()["error"]["message"]
+    assert (await client.get("/v1/sessions", headers=H)).json()["sessions"] == []
