@@ -310,6 +310,8 @@ def test_card_round_trip_reproduces_the_card() -> None:
     odd = full_card(name="C:\\dir \\1")
     filled = fill(card_to_character(odd).greeting, "C:\\dir \\1", "D:\\2")
     assert filled == "Welcome aboard, D:\\2. I'm C:\\dir \\1."
+    # One pass: a name holding a placeholder is not filled in again.
+    assert fill("{{char}} and <USER>", "{{user}}", "<bot>") == "{{user}} and <bot>"
 
 
 def test_card_export_applies_edits_and_reimports() -> None:

@@ -57,6 +57,7 @@ async def test_me_sets_validates_and_resets_the_display_name(
         ("a\x00b", 400),
         ("tab\there", 400),
         ("zero\u200bwidth", 400),
+        ("two\u2028lines", 400),
         (12, 422),
         (["Ada"], 422),
     ):

@@ -28,9 +28,16 @@ def mentions_user(*texts: str) -> bool:
     return any(_USER_RE.search(t) for t in texts if t)
 
 
+_EITHER_RE = re.compile(r"\{\{(char|user)\}\}|<(bot|user)>", re.IGNORECASE)
+
+
 def fill(text: str, char_name: str, user_name: str = USER_NAME) -> str:
+    """Both in one pass: a name that holds a placeholder is not filled in again."""
     if "{" not in text and "<" not in text:
         return text  # the common case, on every turn: nothing to scan for
-    # Callables, not replacement strings: a name may contain backslashes.
-    text = _CHAR_RE.sub(lambda _: char_name, text)
-    return _USER_RE.sub(lambda _: user_name, text)
+
+    # A callable, not a replacement string: a name may contain backslashes.
+    def name(m: re.Match[str]) -> str:
+        return char_name if (m[1] or m[2]).lower() in ("char", "bot") else user_name
+
+    return _EITHER_RE.sub(name, text)

@@ -29,6 +29,11 @@ redis.call('DEL', KEYS[4])
 """
 
 
+# Control and format characters, surrogates, line and paragraph separators: a name is
+# one line of visible text in a prompt.
+_REFUSED = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
 def validate_display_name(name: str) -> str:
     """The name as stored: trimmed, 1–64 characters, no control characters."""
     text = name.strip() if isinstance(name, str) else ""
@@ -38,7 +43,7 @@ def validate_display_name(name: str) -> str:
             "(spaces around it do not count)",
             code="invalid_display_name",
         )
-    if any(unicodedata.category(c) in ("Cc", "Cf", "Cs") for c in text):
+    if any(unicodedata.category(c) in _REFUSED for c in text):
         raise InvalidInput(
             "display_name must not contain control or format characters",
             code="invalid_display_name",

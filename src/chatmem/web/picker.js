@@ -5,10 +5,10 @@ import { node } from "./dom.js";
 
 // As the server fills a greeting in for a new chat (characters/placeholders.py).
 function fill(text, charName, userName) {
-  // Functions, not replacement strings: a name may hold "$&".
-  return text
-    .replace(/\{\{char\}\}|<bot>/gi, () => charName)
-    .replace(/\{\{user\}\}|<user>/gi, () => userName);
+  // One pass, and a function, not a replacement string: a name may hold "$&" or "{{user}}".
+  return text.replace(/\{\{(char|user)\}\}|<(bot|user)>/gi, (_, a, b) =>
+    ["char", "bot"].includes((a || b).toLowerCase()) ? charName : userName,
+  );
 }
 
 export function createPicker({ ui, state, userName }) {
