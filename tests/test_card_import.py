@@ -36,7 +36,7 @@ V3 = {
 
 def test_a_v3_card_is_read_as_v2_and_kept_whole() -> None:
     ch = card_to_character(V3)
-    assert (ch.id, ch.name, ch.greeting) == ("nova", "Nova", "Hi, I'm Nova.")
+    assert (ch.id, ch.name, ch.greeting) == ("nova", "Nova", "Hi, I'm {{char}}.")
     assert "A star pilot." in ch.system_prompt
     card = character_to_card(ch)
     assert card["spec"] == "chara_card_v2" and card["spec_version"] == "2.0"
@@ -69,7 +69,7 @@ async def test_import_json_v3_and_png_over_http(client: httpx.AsyncClient) -> No
         headers={**H, "Content-Type": "image/png"},
     )
     assert r.status_code == 201, r.text
-    assert r.json()["greeting"] == "Ahoy, User! Captain Vee here."
+    assert r.json()["greeting"] == "Ahoy, {{user}}! {{char}} here."
     assert (await client.get("/v1/characters/captain-vee", headers=H)).status_code == 200
 
     # Not a card: 400 with a code, nothing stored.

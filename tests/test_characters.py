@@ -16,6 +16,7 @@ from chatmem.characters import (
     CharacterRegistry,
     card_to_character,
     character_to_card,
+    fill,
     load_builtins,
     load_directory,
     slugify_id,
@@ -131,7 +132,7 @@ def test_directory_loads_yaml_json_and_cards_and_reports_bad_files(tmp_path: Pat
     assert set(by_id) == {"chef", "bard", "aria-vale"}
     assert by_id["chef"].greeting == "Bonjour"
     assert by_id["bard"].params == ModelParams(temperature=1.1)
-    assert by_id["aria-vale"].greeting == "Welcome aboard, User. I'm Aria Vale."
+    assert by_id["aria-vale"].greeting == "Welcome aboard, {{user}}. I'm {{char}}."
     assert not any(ch.builtin for ch in loaded.characters)
 
     errors = {e.path.name: e.message for e in loaded.errors}
@@ -250,11 +251,12 @@ def test_card_fields_are_mapped() -> None:
     ch = card_to_character(full_card())
     assert ch.id == "aria-vale"
     assert ch.name == "Aria Vale"
-    assert ch.greeting == "Welcome aboard, User. I'm Aria Vale."
+    # The placeholders stay (filled in per user when used: test_display_name.py).
+    assert ch.greeting == "Welcome aboard, {{user}}. I'm {{char}}."
     assert ch.description == "A friendly navigator."
-    assert ch.post_history_instructions == "Reply as Aria Vale in under 80 words."
+    assert ch.post_history_instructions == "Reply as {{char}} in under 80 words."
     assert not ch.builtin
-    prompt = ch.system_prompt
+    prompt = fill(ch.system_prompt, ch.name, "User")
     original = DEFAULT_CARD_PROMPT.replace("{{char}}", "Aria Vale").replace("{{user}}", "User")
     assert prompt.startswith(original + " Never break character.")
     for part in (
@@ -265,6 +267,12 @@ def test_card_fields_are_mapped() -> None:
     ):
         assert part in prompt
     assert "{{" not in prompt and "<START>" not in prompt
+    # <BOT> / <USER>, any case, are written as the one spelling.
+    odd = card_to_character(full_card(first_mes="<BOT> greets <user>, {{User}}."))
+    assert odd.greeting == "{{char}} greets {{user}}, {{user}}."
+    # The picker's blurb is the same for everyone: filled at import.
+    blurb = card_to_character(full_card(creator_notes="")).description
+    assert blurb == "Aria Vale is a starship navigator who talks to User a lot."
     kept = ch.extensions[CARD_EXTENSION]["data"]
     assert kept["extensions"] == full_card()["data"]["extensions"]
     assert kept["x_unknown_field"] == {"kept": True}
@@ -275,8 +283,10 @@ def test_card_fields_are_mapped() -> None:
 def test_card_without_system_prompt_uses_default_and_minimal_fields() -> None:
     ch = card_to_character({"spec": "chara_card_v2", "data": {"name": "Zoë Ünal!"}})
     assert ch.id == "zoe-unal"
+    assert ch.system_prompt == DEFAULT_CARD_PROMPT
     assert (
-        ch.system_prompt == "You are Zoë Ünal!. Stay in character and write Zoë Ünal!'s next reply "
+        fill(ch.system_prompt, ch.name)
+        == "You are Zoë Ünal!. Stay in character and write Zoë Ünal!'s next reply "
         "in a conversation with User."
     )
     assert ch.greeting == "" and ch.description == ""
@@ -298,7 +308,10 @@ def test_card_round_trip_reproduces_the_card() -> None:
     assert character_to_card(card_to_character(card)) == card
     # A placeholder-name card with a backslash survives substitution literally.
     odd = full_card(name="C:\\dir \\1")
-    assert card_to_character(odd).greeting == "Welcome aboard, User. I'm C:\\dir \\1."
+    filled = fill(card_to_character(odd).greeting, "C:\\dir \\1", "D:\\2")
+    assert filled == "Welcome aboard, D:\\2. I'm C:\\dir \\1."
+    # One pass: a name holding a placeholder is not filled in again.
+    assert fill("{{char}} and <USER>", "{{user}}", "<bot>") == "{{user}} and <bot>"
 
 
 def test_card_export_applies_edits_and_reimports() -> None:

@@ -321,3 +321,29 @@ def test_slash_commands_regenerate_continue_edit_fork_context_memories(
     for name in ("/continue", "/edit", "/fork", "/context", "/memories", "/sessions"):
         assert name in screen.split("/help")[-1]
     assert "Traceback" not in t.screen()
+
+
+def test_slash_name_sets_the_display_name_the_prompt_uses(
+    terminal: Callable[..., Tmux], fake: FakeOpenAI, live: LiveServer
+) -> None:
+    h = {"X-User-Id": "name-user"}
+    pip = {"id": "pip", "name": "Pip", "system_prompt": "You are {{char}}; you talk with {{user}}."}
+    assert httpx.post(live.url + "/v1/characters", json=pip, headers=h).status_code == 201
+    t = terminal("-c", "pip", "-u", "name-user")
+    t.wait_for(lambda s: prompts(s) == 1, "the first prompt")
+
+    def run(command: str, done: Callable[[str], bool], what: str) -> str:
+        n = prompts(t.screen())
+        t.type(command)
+        t.keys("Enter")
+        return t.wait_for(lambda s: prompts(s) == n + 1 and done(s) and at_prompt(s), what)
+
+    run("/name", lambda s: "characters call you User" in s, "/name (unset)")
+    run("/name Ada Lovelace", lambda s: "your name is now Ada Lovelace" in s, "/name Ada")
+    assert httpx.get(live.url + "/v1/me", headers=h).json()["display_name"] == "Ada Lovelace"
+    run("hello", lambda s: REPLY in s, "a turn")
+    system = fake.chat_bodies[-1]["messages"][0]["content"]
+    assert system == "You are Pip; you talk with Ada Lovelace."
+    run("/name " + "x" * 70, lambda s: "must be 1-64 characters" in s, "a refused name")
+    run("/name -", lambda s: "your name is now User" in s, "/name -")
+    assert "Traceback" not in t.screen()

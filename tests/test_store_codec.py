@@ -45,7 +45,7 @@ def test_meta_decodes_from_the_flat_hash() -> None:
         "created", "1700000000000", "active", "1700000001500", "ttl", "600",
         "count", "4", "tokens", "40", "seq", "9", "ptok", "10", "ctok", "20",
         "cost", "0.25", "preview", "p", "prole", "user", "window", "3",
-        "fork", "s0", "forkmsg", "m7",
+        "fork", "s0", "forkmsg", "m7", "temp", "0.3",
     ]  # fmt: skip
     meta = decode_meta("s1", flat, pttl_ms=1_001, stored=2)
     assert meta.to_dict() == {
@@ -68,6 +68,7 @@ def test_meta_decodes_from_the_flat_hash() -> None:
         "forked_from": "s0",
         "forked_at": "m7",
         "memory": True,
+        "temperature": 0.3,
     }
     assert meta.state is SessionState.ENDED
     assert decode_meta("s1", flat, pttl_ms=-2, stored=0).ttl_remaining_s == 0

@@ -93,6 +93,14 @@ def main() -> None:
                 page.screenshot(path=str(out / "context.png"))
                 page.click("#context-close")
 
+                page.click("#open-settings")
+                page.fill("#settings-temperature", "0.8")
+                page.fill("#settings-display-name", "Sam")
+                page.wait_for_timeout(300)
+                page.screenshot(path=str(out / "settings.png"))
+                page.click("#settings-save")
+                expect(page.locator("#settings-dialog")).to_be_hidden()
+
                 page.select_option("#character", "programmer")
                 page.click("#new-session")
                 send(page, "Write a Python function that reverses a string, with a docstring.")

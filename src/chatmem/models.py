@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
-from enum import StrEnum
+from enum import Enum, StrEnum
 from typing import Annotated, Any
 
 import orjson
@@ -169,6 +169,8 @@ class SessionMeta:
     summary: SessionSummary | None = None
     extracted_seq: int = 0
     last_seq: int = 0
+    # The chat's own sampling temperature (0-2; None: the character's, else the server's).
+    temperature: float | None = None
     # Read-time facts, not stored fields.
     ttl_remaining_s: int = 0
     stored_messages: int = 0
@@ -194,7 +196,18 @@ class SessionMeta:
             "forked_from": self.forked_from or None,
             "forked_at": self.forked_at or None,
             "memory": self.memory_on,
+            "temperature": self.temperature,
         }
+
+
+class Unchanged(Enum):
+    """An update's "leave this field as it is", where None means "clear it"."""
+
+    UNCHANGED = "unchanged"
+
+
+UNCHANGED = Unchanged.UNCHANGED
+TEMPERATURE_MIN, TEMPERATURE_MAX = 0.0, 2.0
 
 
 @dataclass(slots=True)

@@ -16,6 +16,8 @@ class CreateSession(BaseModel):
     title: str = Field("", max_length=200)
     ttl_s: int | None = Field(None, ge=60, le=365 * 24 * 3600)
     window_size: int | None = Field(None, ge=1, le=20)
+    # The chat's own; null: the character's, else the server's.
+    temperature: float | None = Field(None, ge=0.0, le=2.0, strict=True)
 
 
 class UpdateSession(BaseModel):
@@ -25,6 +27,16 @@ class UpdateSession(BaseModel):
     ttl_s: int | None = Field(None, ge=60, le=365 * 24 * 3600)
     window_size: int | None = Field(None, ge=1, le=20)
     state: SessionState | None = None
+    # Null: back to the character's temperature (left out: unchanged).
+    temperature: float | None = Field(None, ge=0.0, le=2.0, strict=True)
+
+
+class UpdateMe(BaseModel):
+    """`PATCH /v1/me`: `display_name` null goes back to "User" (checked by the store)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    display_name: str | None = Field(None, max_length=1000)
 
 
 class SendMessage(BaseModel):

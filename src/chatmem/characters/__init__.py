@@ -9,7 +9,6 @@ from chatmem.characters.card import (
     CARD_SPEC,
     CHATMEM_EXTENSION,
     DEFAULT_CARD_PROMPT,
-    USER_NAME,
     card_to_character,
     character_to_card,
     greetings_of,
@@ -24,6 +23,7 @@ from chatmem.characters.files import (
     load_directory,
 )
 from chatmem.characters.parse import parse_character
+from chatmem.characters.placeholders import USER_NAME, fill, mentions_user
 from chatmem.characters.registry import CharacterRegistry
 
 __all__ = [
@@ -39,9 +39,11 @@ __all__ = [
     "DirectoryLoad",
     "card_to_character",
     "character_to_card",
+    "fill",
     "greetings_of",
     "load_builtins",
     "load_directory",
+    "mentions_user",
     "parse_character",
     "slugify_id",
 ]

@@ -9,9 +9,11 @@ Import maps a card onto a `Character`:
   `description`, `personality`, `scenario` and `mes_example` (its `<START>` separators
   dropped). In `post_history_instructions` `{{original}}` becomes empty: chatmem has
   no default of its own there.
-- `{{char}}` / `<BOT>` become the character's name and `{{user}}` / `<USER>` become
-  `USER_NAME` ("User"): chatmem has no per-user display name, and a literal `{{user}}`
-  would reach the model otherwise. Placeholders are matched case-insensitively.
+- `{{char}}` / `<BOT>` and `{{user}}` / `<USER>` (matched case-insensitively) are kept,
+  as `{{char}}` and `{{user}}`, in the system prompt, greetings and post-history
+  instructions: they are filled in when used, with the character's name and the user's
+  display name (placeholders.py). In the description (a blurb the picker shows to
+  everyone) they become the name and `USER_NAME` ("User") at import.
 - The card's own `data` (all of it but the name, unknown fields and `extensions`
   included, verbatim) is kept in `Character.extensions["chara_card_v2"]`, so that
   `character_to_card` gives back the card that was imported.
@@ -38,6 +40,7 @@ from chatmem.errors import InvalidInput
 from chatmem.models import Character, MemoryPolicy, ModelParams
 
 from .parse import validation_message
+from .placeholders import USER_NAME, fill, normalize
 
 CARD_SPEC = "chara_card_v2"
 CARD_SPEC_V3 = "chara_card_v3"
@@ -46,7 +49,6 @@ CARD_SPEC_VERSION = "2.0"
 CARD_EXTENSION = "chara_card_v2"
 # The namespace chatmem writes into a card's `data.extensions` on export.
 CHATMEM_EXTENSION = "chatmem"
-USER_NAME = "User"
 DEFAULT_CARD_PROMPT = (
     "You are {{char}}. Stay in character and write {{char}}'s next reply "
     "in a conversation with {{user}}."
@@ -79,8 +81,6 @@ _CARD_LABELS = {
     "params": "data.extensions.chatmem.params",
     "memory": "data.extensions.chatmem.memory",
 }
-_CHAR_RE = re.compile(r"\{\{char\}\}|<bot>", re.IGNORECASE)
-_USER_RE = re.compile(r"\{\{user\}\}|<user>", re.IGNORECASE)
 _ORIGINAL_RE = re.compile(r"\{\{original\}\}", re.IGNORECASE)
 _START_RE = re.compile(r"^[ \t]*<start>[ \t]*$\n?", re.IGNORECASE | re.MULTILINE)
 _SLUG_DROP_RE = re.compile(r"[^a-z0-9_.@-]+")
@@ -94,12 +94,6 @@ def slugify_id(name: str) -> str:
     if slug:
         return slug
     return "card-" + hashlib.sha256(name.encode()).hexdigest()[:10]
-
-
-def _substitute(text: str, name: str) -> str:
-    # Callables, not replacement strings: a name may contain backslashes.
-    text = _CHAR_RE.sub(lambda _: name, text)
-    return _USER_RE.sub(lambda _: USER_NAME, text)
 
 
 def _assemble_prompt(data: dict[str, Any]) -> str:
@@ -182,15 +176,15 @@ def _normalized_data(card: Any) -> dict[str, Any]:
 
 
 def greetings_of(ch: Character) -> list[str]:
-    """The character's greeting, then its card's `alternate_greetings` ({{char}} and
-    {{user}} filled in as for the greeting); [] for a character without a greeting."""
+    """The character's greeting, then its card's `alternate_greetings` (placeholders
+    still in: see placeholders.py); [] for a character without a greeting."""
     if not ch.greeting:
         return []
     stored = ch.extensions.get(CARD_EXTENSION)
     data = stored.get("data") if isinstance(stored, dict) else None
     alts = data.get("alternate_greetings") if isinstance(data, dict) else None
     extra = [a for a in alts if isinstance(a, str) and a.strip()] if isinstance(alts, list) else []
-    return [ch.greeting, *(_substitute(a, ch.name) for a in extra)]
+    return [ch.greeting, *(normalize(a) for a in extra)]
 
 
 def card_to_character(card: Any, *, character_id: str | None = None) -> Character:
@@ -208,11 +202,11 @@ def card_to_character(card: Any, *, character_id: str | None = None) -> Characte
     fields: dict[str, Any] = {
         "id": cid,
         "name": name,
-        "system_prompt": _substitute(_assemble_prompt(data), name),
-        "greeting": _substitute(data["first_mes"], name),
-        "description": _substitute(_blurb(data), name),
-        "post_history_instructions": _substitute(
-            _ORIGINAL_RE.sub("", data["post_history_instructions"]).strip(), name
+        "system_prompt": normalize(_assemble_prompt(data)),
+        "greeting": normalize(data["first_mes"]),
+        "description": fill(_blurb(data), name, USER_NAME),
+        "post_history_instructions": normalize(
+            _ORIGINAL_RE.sub("", data["post_history_instructions"]).strip()
         ),
         "extensions": {CARD_EXTENSION: {"spec_version": spec_version, "data": preserved}},
     }

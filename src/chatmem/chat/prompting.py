@@ -8,12 +8,21 @@ with `jobs.enabled` off. With memories on, the turn's begin script reads them in
 round trip (`memories_read`): no character whose policy this process has seen without
 memories pays for them; one it has not seen yet costs the read of its (usually empty)
 memories inside the script.
+
+`{{char}}` and `{{user}}` in the character's prompts are filled in here, in `assemble`
+(characters/placeholders.py): `{{user}}` is the user's display name, read through the
+profile store's per-process cache and only for a character whose prompts have `{{user}}`.
+
+Generation parameters: the session's `temperature` over the character's over the
+configured one (a request's own, on the OpenAI route, goes over all of them).
 """
 
 from __future__ import annotations
 
 import logging
 
+from chatmem.characters.card import greetings_of
+from chatmem.characters.placeholders import USER_NAME, fill, mentions_user
 from chatmem.config import Settings
 from chatmem.context import AssembledContext, ContextLimits, MemoryBlock, assemble_context
 from chatmem.errors import InvalidInput, StoreUnavailable
@@ -21,6 +30,7 @@ from chatmem.models import Character, MemoryPolicy, Message, SessionMeta
 from chatmem.providers.base import ChatProvider, GenerationParams
 from chatmem.store.keys import user_memories_prefix
 from chatmem.store.memories import Memory, MemoryStore
+from chatmem.store.profiles import ProfileStore
 from chatmem.store.turns import MemoriesRead
 from chatmem.tokens import count_tokens
 
@@ -33,11 +43,16 @@ SYSTEM_TOKENS_CACHED = 1024
 
 class Prompter:
     def __init__(
-        self, settings: Settings, provider: ChatProvider, memories: MemoryStore | None = None
+        self,
+        settings: Settings,
+        provider: ChatProvider,
+        memories: MemoryStore | None = None,
+        profiles: ProfileStore | None = None,
     ) -> None:
         self.settings = settings
         self.provider = provider
         self.memories = memories
+        self.profiles = profiles
         self._system_tokens: dict[str, int] = {}
         # Characters seen with a policy without memories: their turns read none.
         self._without_memories: set[str] = set()
@@ -99,14 +114,38 @@ class Prompter:
             reply_tokens=self.params(character).max_tokens or self.settings.llm.max_tokens,
         )
 
-    def params(self, character: Character) -> GenerationParams:
+    def params(self, character: Character, meta: SessionMeta | None = None) -> GenerationParams:
         p = character.params
         llm = self.settings.llm
+        temperature = meta.temperature if meta is not None else None
+        if temperature is None:
+            temperature = p.temperature if p.temperature is not None else llm.temperature
         return GenerationParams(
             model=p.model or llm.model,
-            temperature=p.temperature if p.temperature is not None else llm.temperature,
+            temperature=temperature,
             max_tokens=p.max_tokens or llm.max_tokens,
         )
+
+    async def user_name(self, user_id: str, character: Character) -> str:
+        """What `{{user}}` becomes in this character's prompts for this user: no read
+        unless they have `{{user}}` (then the cached profile; "User" if Redis fails)."""
+        if self.profiles is None or not mentions_user(
+            character.system_prompt, character.post_history_instructions
+        ):
+            return USER_NAME
+        try:
+            return await self.profiles.cached_name(user_id) or USER_NAME
+        except StoreUnavailable as exc:
+            log.warning("display name unavailable for this turn: %s", exc)
+            return USER_NAME
+
+    async def greetings(self, user_id: str, character: Character) -> list[str]:
+        """The character's greetings for a new session of this user, filled in."""
+        texts = greetings_of(character)
+        name = USER_NAME
+        if self.profiles is not None and mentions_user(*texts):
+            name = await self.profiles.cached_name(user_id) or USER_NAME
+        return [fill(t, character.name, name) for t in texts]
 
     def count_cached(self, text: str) -> int:
         n = self._system_tokens.get(text)
@@ -137,7 +176,12 @@ class Prompter:
             except StoreUnavailable as exc:
                 log.warning("memories unavailable for this turn: %s", exc)
         return self.assemble(
-            character, history, new_message, limits, extra=self.block(meta, policy, memories or [])
+            character,
+            history,
+            new_message,
+            limits,
+            extra=self.block(meta, policy, memories or []),
+            user_name=await self.user_name(meta.user_id, character),
         )
 
     def block(self, meta: SessionMeta, policy: MemoryPolicy, memories: list[Memory]) -> MemoryBlock:
@@ -159,14 +203,17 @@ class Prompter:
         new_message: Message | None,
         limits: ContextLimits,
         extra: MemoryBlock | None = None,
+        user_name: str = USER_NAME,
     ) -> AssembledContext:
+        system = fill(character.system_prompt, character.name, user_name)
+        post_history = fill(character.post_history_instructions, character.name, user_name)
         return assemble_context(
-            system_prompt=character.system_prompt,
-            system_tokens=self.count_cached(character.system_prompt),
+            system_prompt=system,
+            system_tokens=self.count_cached(system),
             history=history,
             new_message=new_message,
             limits=limits,
-            post_history=character.post_history_instructions,
-            post_history_tokens=self.count_cached(character.post_history_instructions),
+            post_history=post_history,
+            post_history_tokens=self.count_cached(post_history),
             extra=extra,
         )

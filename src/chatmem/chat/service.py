@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from chatmem.characters import CharacterRegistry, greetings_of
+from chatmem.characters import CharacterRegistry
 from chatmem.chat.editing import REVISIONS, Editing, greeting_message
 from chatmem.chat.generation import Delta, Ended, Generation, NativeEvent, TurnDone, TurnEvent
 from chatmem.chat.memory import BackgroundMemory
@@ -35,6 +35,7 @@ from chatmem.store.conversations import RedisMemoryStore
 from chatmem.store.editing import MessageEdits
 from chatmem.store.locks import Coordinator
 from chatmem.store.memories import MemoryStore
+from chatmem.store.profiles import ProfileStore
 from chatmem.store.streams import GenerationStreams
 from chatmem.store.turns import HISTORY_CHANGED, TurnStore
 from chatmem.store.usage import UsageLedger
@@ -82,8 +83,12 @@ class ChatService(SessionMethods):
         self.outbox = outbox or Outbox(settings.data_dir / OUTBOX_DIR)
         turn_store = TurnStore(store, coordinator)
         self.replayer = OutboxReplayer(self.outbox, turn_store, characters)
+        self.profiles = ProfileStore(store.redis)
         self.prompter = Prompter(
-            settings, provider, MemoryStore(store, ttl_s=settings.memory.memory_ttl_s)
+            settings,
+            provider,
+            MemoryStore(store, ttl_s=settings.memory.memory_ttl_s),
+            self.profiles,
         )
         self.turns = Turns(
             settings,
@@ -145,11 +150,13 @@ class ChatService(SessionMethods):
         session_id: str | None = None,
         ensure: bool = False,
         memory: bool = True,
+        temperature: float | None = None,
     ) -> tuple[SessionMeta, Message | None]:
-        """`memory`: False for the seed routes' sessions (no summary, memories, titles)."""
+        """`memory`: False for the seed routes' sessions (no summary, memories, titles);
+        `temperature`: the chat's own (None: the character's)."""
         character = await self.characters.get(character_id or self.characters.default_id)
         await self.coordinator.check_write_rate(user_id)
-        greetings = greetings_of(character)
+        greetings = await self.prompter.greetings(user_id, character)
         greeting = greeting_message(greetings) if greetings else None
         meta = await self.store.create_session(
             user_id,
@@ -161,6 +168,7 @@ class ChatService(SessionMethods):
             greeting=greeting,
             ensure=ensure,
             memory=memory,
+            temperature=temperature,
         )
         return meta, greeting
 

@@ -11,13 +11,21 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from chatmem.characters import CharacterRegistry
+from chatmem.characters import USER_NAME, CharacterRegistry
 from chatmem.config import Settings
 from chatmem.durability.replay import OutboxReplayer
 from chatmem.metrics import Metrics
-from chatmem.models import SessionMeta, SessionSnapshot, SessionState, UserTotals
+from chatmem.models import (
+    UNCHANGED,
+    SessionMeta,
+    SessionSnapshot,
+    SessionState,
+    Unchanged,
+    UserTotals,
+)
 from chatmem.providers.base import ChatProvider
 from chatmem.store.conversations import MIN_TTL_S, RedisMemoryStore
+from chatmem.store.profiles import ProfileStore
 
 # Per-user reads in flight at once when counting every user's messages (well under the
 # connection pool).
@@ -33,6 +41,7 @@ class SessionMethods:
     characters: CharacterRegistry
     metrics: Metrics
     replayer: OutboxReplayer
+    profiles: ProfileStore
 
     # --- sessions --------------------------------------------------------------------
 
@@ -53,8 +62,10 @@ class SessionMethods:
         window_size: int | None = None,
         state: SessionState | None = None,
         min_ttl_s: int = MIN_TTL_S,
+        temperature: float | Unchanged | None = UNCHANGED,
     ) -> SessionMeta:
-        """`min_ttl_s`: the floor of `ttl_s` (60 s but on seed 001's `POST /chat`)."""
+        """`min_ttl_s`: the floor of `ttl_s` (60 s but on seed 001's `POST /chat`);
+        `temperature` None: back to the character's (or the server's)."""
         return await self.store.update_session(
             user_id,
             session_id,
@@ -63,6 +74,7 @@ class SessionMethods:
             window_size=window_size,
             state=state,
             min_ttl_s=min_ttl_s,
+            temperature=temperature,
         )
 
     async def delete_session(self, user_id: str, session_id: str) -> None:
@@ -87,7 +99,17 @@ class SessionMethods:
 
     async def delete_user(self, user_id: str) -> int:
         """Erase all of a user's data; how many sessions were deleted."""
-        return await self.store.delete_user(user_id)
+        n = await self.store.delete_user(user_id)
+        self.profiles.forget(user_id)
+        return n
+
+    async def display_name(self, user_id: str) -> str:
+        """The user's name for `{{user}}` ("User" until they set one)."""
+        return await self.profiles.display_name(user_id) or USER_NAME
+
+    async def set_display_name(self, user_id: str, name: str | None) -> str:
+        """Set the name (1-64 characters, trimmed) or, with None, go back to "User"."""
+        return await self.profiles.set_display_name(user_id, name) or USER_NAME
 
     async def list_users(self, *, limit: int = 1000, offset: int = 0) -> list[str]:
         return await self.store.list_users(limit=limit, offset=offset)

@@ -275,7 +275,7 @@ class Turns:
             character=character,
             user_message=stored_user,
             context=context,
-            params=self.prompter.params(character),
+            params=self.prompter.params(character, res.meta),
             lock_token=token,
             reply_id=reply_id,
             generation_id=gen_id,

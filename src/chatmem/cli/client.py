@@ -163,6 +163,15 @@ class ChatmemClient:
         data = await self._json("POST", f"/v1/sessions/{_sid(session_id)}/stop")
         return bool(data.get("stopped"))
 
+    async def me(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self._json("GET", "/v1/me")
+        return result
+
+    async def set_display_name(self, name: str | None) -> dict[str, Any]:
+        """Your name for `{{user}}` in prompts and greetings (None: back to "User")."""
+        result: dict[str, Any] = await self._json("PATCH", "/v1/me", json={"display_name": name})
+        return result
+
     async def users(self, limit: int = 100) -> dict[str, Any]:
         result: dict[str, Any] = await self._json("GET", "/v1/admin/users", params={"limit": limit})
         return result

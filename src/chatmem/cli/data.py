@@ -115,12 +115,13 @@ def import_(
     """Import an export: ids kept, whatever is already there skipped (idempotent); into
     the store, or into a running server with --url."""
     from chatmem.chat.runtime import open_store
-    from chatmem.ops.transfer import import_sessions, parse_export, parse_memories
+    from chatmem.ops.transfer import import_sessions, parse_export, parse_memories, parse_profiles
 
     doc = read_json(file)
     with reported_errors():
         sessions = parse_export(doc)
         memories = parse_memories(doc)
+        profiles = parse_profiles(doc)
     if url:
         got = call_api(url, None, api_key, lambda api: api.import_(doc))
         err.print(
@@ -135,7 +136,7 @@ def import_(
             with _progress() as progress:
                 task = progress.add_task("importing", total=len(sessions))
                 return await import_sessions(
-                    store, sessions, lambda n: progress.advance(task, n), memories
+                    store, sessions, lambda n: progress.advance(task, n), memories, profiles
                 )
 
     with reported_errors():

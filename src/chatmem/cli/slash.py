@@ -25,6 +25,7 @@ HELP = """\
 /new [CHARACTER]  start a new session (with another character)
 /history          the session's recent messages
 /sessions         your sessions
+/name [NAME]      your name, as characters call you ({{user}}); "/name -" resets it
 /usage            tokens and cost of this session
 /quit             leave (Ctrl+D does too); Ctrl+C stops a reply"""
 
@@ -96,6 +97,20 @@ def _sessions(chat: Chat, _: str) -> None:
                 f"({s['message_count']} messages)"
             )
         )
+
+
+def _name(chat: Chat, arg: str) -> None:
+    """Show or set the display name (`PATCH /v1/me`): new sessions' greetings and every
+    next turn's prompt use it."""
+    if arg:
+        me = _call(chat, chat.api.set_display_name, None if arg == "-" else arg)
+        what = "your name is now"
+    else:
+        me = _call(chat, chat.api.me)
+        what = "characters call you"
+    chat.console.print(
+        Text.assemble(f"{what} ", (printable(str(me.get("display_name") or "User")), "bold"))
+    )
 
 
 def _usage(chat: Chat, _: str) -> None:
@@ -205,6 +220,7 @@ _COMMANDS: dict[str, Callable[[Chat, str], None]] = {
     "/new": _new,
     "/history": _history,
     "/sessions": _sessions,
+    "/name": _name,
     "/usage": _usage,
     "/regenerate": _regenerate,
     "/continue": _continue,

@@ -2,7 +2,8 @@
 
     {"format": "chatmem-export", "version": 1, "exported_at": 1700000000.0,
      "sessions": [{"meta": {...SessionMeta.to_dict()}, "messages": [{...}, ...]}],
-     "memories": [{...memory, with user_id and character_id}, ...]}
+     "memories": [{...memory, with user_id and character_id}, ...],
+     "profiles": [{"user_id": ..., "display_name": ...}, ...]}
 
 Alternatives of a reply travel in its metadata and a fork's `forked_from` in its meta,
 so both come back as they were. Import keeps session and message ids: a session that
@@ -18,6 +19,10 @@ Long-term memories (SPEC §2b) travel as a list of their own (they outlive sessi
 those of every exported user. Import keeps their ids; one that exists is kept as it is,
 so importing twice changes nothing there either. A file without `memories` (made before
 they existed) imports as before.
+
+Users' profiles (their display name, `PATCH /v1/me`) travel the same way, for the same
+users, as `profiles` (only users who set a name); import sets a name only where the
+user has none, and a file without `profiles` imports as before.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from chatmem.models import Message, Role, SessionMeta, SessionState, Usage
 from chatmem.store.conversations import RedisMemoryStore
 from chatmem.store.keys import MAX_APPEND_MESSAGES, validate_id
 from chatmem.store.memories import Memory, MemoryOp, MemoryStore
+from chatmem.store.profiles import ProfileStore, validate_display_name
 
 FORMAT = "chatmem-export"
 VERSION = 1
@@ -93,7 +99,40 @@ async def export_sessions(
         "exported_at": time.time(),
         "sessions": out,
         "memories": await export_memories(store, users),
+        "profiles": await export_profiles(store, users),
     }
+
+
+async def export_profiles(store: RedisMemoryStore, users: Iterable[str]) -> list[dict[str, Any]]:
+    profiles = ProfileStore(store.redis)
+    out: list[dict[str, Any]] = []
+    for uid in users:
+        if (name := await profiles.display_name(uid)) is not None:
+            out.append({"user_id": uid, "display_name": name})
+    return out
+
+
+def parse_profiles(doc: Any) -> list[tuple[str, str]]:
+    """The (user id, display name) pairs of an export document, checked (none in one
+    made before profiles existed)."""
+    raw = doc.get("profiles", []) if isinstance(doc, dict) else []
+    if not isinstance(raw, list) or not all(isinstance(p, dict) for p in raw):
+        raise InvalidInput("the export's 'profiles' must be a list of objects")
+    out = []
+    for n, item in enumerate(raw, start=1):
+        uid, name = item.get("user_id"), item.get("display_name")
+        if not isinstance(uid, str) or not isinstance(name, str):
+            raise InvalidInput(f"profile #{n}: user_id and display_name must be strings")
+        out.append((validate_id(uid, "user id"), validate_display_name(name)))
+    return out
+
+
+async def import_profiles(store: RedisMemoryStore, profiles: list[tuple[str, str]]) -> None:
+    """Set each user's display name unless they have one already."""
+    names = ProfileStore(store.redis)
+    for uid, name in profiles:
+        if await names.display_name(uid) is None:
+            await names.set_display_name(uid, name)
 
 
 async def export_memories(store: RedisMemoryStore, users: Iterable[str]) -> list[dict[str, Any]]:
@@ -199,10 +238,13 @@ async def import_sessions(
     sessions: list[dict[str, Any]],
     on_session: Progress | None = None,
     memories: list[dict[str, Any]] | None = None,
+    profiles: list[tuple[str, str]] | None = None,
 ) -> ImportReport:
     report = ImportReport()
     if memories:
         report.memories_added = await import_memories(store, memories)
+    if profiles:
+        await import_profiles(store, profiles)
     for n, item in enumerate(sessions, start=1):
         meta = item["meta"]
         where = f"session #{n}"
@@ -222,6 +264,7 @@ async def import_sessions(
             ensure=True,
             forked_from=_fork_of(meta),
             memory=meta.get("memory") is not False,  # a seed route's session stays off
+            temperature=meta.get("temperature"),
         )
         usage: Usage | None = _usage(meta.get("usage"))
         for start in range(0, len(messages), MAX_APPEND_MESSAGES):

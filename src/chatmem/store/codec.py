@@ -86,6 +86,15 @@ def meta_fields(
     return {"uid": user_id, "cid": character_id, "title": title, "window": window_size}
 
 
+def encode_temperature(value: float | None) -> str:
+    """The meta's `temp` field: "" for none (an update can only set fields)."""
+    return "" if value is None else repr(float(value))
+
+
+def decode_temperature(raw: str | None) -> float | None:
+    return float(raw) if raw else None
+
+
 def decode_meta(session_id: str, flat: list[Any], *, pttl_ms: int, stored: int) -> SessionMeta:
     h = dict(zip(flat[::2], flat[1::2], strict=True))
     get = h.get
@@ -114,6 +123,7 @@ def decode_meta(session_id: str, flat: list[Any], *, pttl_ms: int, stored: int) 
         summary=decode_summary(h),
         extracted_seq=int(get("memseq", 0)),
         last_seq=int(get("seq", 0)),
+        temperature=decode_temperature(get("temp")),
         ttl_remaining_s=max(0, (pttl_ms + 999) // 1000),
         stored_messages=stored,
     )

@@ -21,16 +21,14 @@ from typing import Any
 
 from redis.commands.core import AsyncScript
 
-from chatmem.errors import (
-    AlreadyExists,
-    InvalidInput,
-    SessionNotFound,
-)
+from chatmem.errors import AlreadyExists, InvalidInput, SessionNotFound
 from chatmem.models import (
+    UNCHANGED,
     Message,
     SessionMeta,
     SessionSnapshot,
     SessionState,
+    Unchanged,
     Usage,
     new_id,
 )
@@ -40,6 +38,7 @@ from chatmem.store.codec import (
     decode_meta,
     decode_window,
     encode_message,
+    encode_temperature,
     meta_fields,
 )
 from chatmem.store.keys import MIN_TTL_S, PREVIEW_CHARS, WINDOW_MAX, WINDOW_MIN
@@ -47,6 +46,7 @@ from chatmem.store.rules import (
     over_quota,
     preview_of,
     too_many_sessions,
+    validate_temperature,
     validate_title,
     validate_ttl,
     validate_window,
@@ -190,6 +190,7 @@ class RedisMemoryStore(UserQueries):
         forked_from: tuple[str, str] | None = None,
         min_ttl_s: int = MIN_TTL_S,
         memory: bool = True,
+        temperature: float | None = None,
     ) -> SessionMeta:
         """Create a session (with its greeting as the first message) and return its meta.
 
@@ -209,6 +210,8 @@ class RedisMemoryStore(UserQueries):
             title=validate_title(title),
             window_size=window,
         )
+        if temperature is not None:
+            fields["temp"] = encode_temperature(validate_temperature(temperature))
         if not memory:  # no summary, memories or titles (the seed routes' sessions)
             fields["mem"] = "0"
         if forked_from is not None:  # (session id, message id): an imported fork
@@ -335,9 +338,10 @@ class RedisMemoryStore(UserQueries):
         state: SessionState | None = None,
         character_id: str | None = None,
         min_ttl_s: int = MIN_TTL_S,
+        temperature: float | Unchanged | None = UNCHANGED,
     ) -> SessionMeta:
-        """Change title / ttl / window / state / character; refreshes the TTL of every
-        session key."""
+        """Change title / ttl / window / state / character / temperature (None: clear it);
+        refreshes the TTL of every session key."""
         ks = keys.session_keys(user_id, session_id)
         args: list[Any] = [_now_ms()]
         if title is not None:
@@ -348,6 +352,8 @@ class RedisMemoryStore(UserQueries):
             args += ["cid", keys.validate_id(character_id, "character id")]
         if window_size is not None:
             args += ["window", validate_window(window_size)]
+        if not isinstance(temperature, Unchanged):
+            args += ["temp", encode_temperature(validate_temperature(temperature))]
         if state is not None:
             try:
                 args += ["state", SessionState(state).value]

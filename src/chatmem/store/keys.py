@@ -24,6 +24,7 @@ MIN_TTL_S = 60
 WINDOW_MIN, WINDOW_MAX = 1, 20
 PREVIEW_CHARS = 100
 MAX_TITLE_CHARS = 200
+DISPLAY_NAME_MAX_CHARS = 64
 # One append carries at most this many messages (Lua's unpack() has a stack limit).
 MAX_APPEND_MESSAGES = 1000
 # Rate limits count requests over a sliding window of this length.
@@ -87,6 +88,12 @@ def user_totals_key(user_id: str) -> str:
 def session_events_key(user_id: str, session_id: str) -> str:
     """STREAM of the session's current (or last) generation's events (turn_scripts.py)."""
     return f"{_session(user_id, session_id)}:ev"
+
+
+def user_profile_key(user_id: str) -> str:
+    """HASH of the user's profile (`name`: the display name for `{{user}}`); no TTL,
+    erased with the user."""
+    return f"{user_tag(user_id)}:profile"
 
 
 def user_rate_key(user_id: str, budget: str) -> str:

@@ -1,11 +1,11 @@
-"""The store's rules for values: TTLs, windows, titles, the last-message preview, and
+"""The store's rules for values: TTLs, windows, temperatures, titles, the last-message preview, and
 the per-user byte cap's error. Checked before any Redis call (conversations.py and the
 turn scripts' callers)."""
 
 from __future__ import annotations
 
 from chatmem.errors import InvalidInput, StorageQuotaExceeded, TooManySessions
-from chatmem.models import Message
+from chatmem.models import TEMPERATURE_MAX, TEMPERATURE_MIN, Message
 from chatmem.store import keys
 from chatmem.store.codec import check_text
 from chatmem.store.keys import MIN_TTL_S, PREVIEW_CHARS, WINDOW_MAX, WINDOW_MIN
@@ -25,6 +25,20 @@ def validate_window(window_size: int) -> int:
             f"window_size must be between {WINDOW_MIN} and {WINDOW_MAX}", code="invalid_window"
         )
     return window_size
+
+
+def validate_temperature(value: float | None) -> float | None:
+    """None (the character's or the server's), else a number from 0 to 2."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidInput("temperature must be a number or null", code="invalid_temperature")
+    if not TEMPERATURE_MIN <= value <= TEMPERATURE_MAX:
+        raise InvalidInput(
+            f"temperature must be between {TEMPERATURE_MIN:g} and {TEMPERATURE_MAX:g}",
+            code="invalid_temperature",
+        )
+    return float(value)
 
 
 def validate_title(title: str) -> str:

@@ -14,11 +14,13 @@ from chatmem.models import Usage, UserTotals
 from chatmem.store import keys
 from chatmem.store.client import AnyRedis
 from chatmem.store.memory_scripts import ERASE_MEMORIES_FIRST
+from chatmem.store.profiles import ERASE_PROFILE_FIRST
 from chatmem.store.scripts import DELETE_USER
 
 _MAX_INDEX = 2**63 - 1
-# One script: the user's memories (KEYS[3], ARGV[2]), then DELETE_USER (scripts.py).
-DELETE_USER_AND_MEMORIES = ERASE_MEMORIES_FIRST + DELETE_USER
+# One script: the user's profile (KEYS[4]) and memories (KEYS[3], ARGV[2]), then
+# DELETE_USER (scripts.py).
+DELETE_USER_AND_MEMORIES = ERASE_PROFILE_FIRST + ERASE_MEMORIES_FIRST + DELETE_USER
 
 
 class UserQueries:
@@ -41,14 +43,14 @@ class UserQueries:
         def _op(self, name: str) -> AbstractAsyncContextManager[None]: ...
 
     async def delete_user(self, user_id: str) -> int:
-        """Erase all of a user's data (long-term memories too); returns how many
+        """Erase all of a user's data (long-term memories and profile too); returns how many
         sessions were deleted.
 
         The rate-limit counters and stream slots of the user (short-lived coordination
         state, not conversation data) are left to expire on their own.
         """
         ks = [keys.user_sessions_key(user_id), keys.user_totals_key(user_id)]
-        ks.append(keys.user_memory_index_key(user_id))
+        ks += [keys.user_memory_index_key(user_id), keys.user_profile_key(user_id)]
         args = [keys.session_prefix(user_id), keys.user_memories_prefix(user_id)]
         n: int = await self._run("delete_user", self._delete_user, ks, args, write=True)
         async with self._op("delete_user"):

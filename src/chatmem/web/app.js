@@ -5,12 +5,13 @@
 // which the server renders and sanitizes and markdown.js checks again.
 //
 // Modules: api.js talks to the API; reply.js streams a reply in (sent or re-attached,
-// over sse.js); markdown.js shows replies' Markdown; sessions.js is the sidebar's list;
-// actions.js the actions under each message; panels.js the chat's settings, context
-// inspector and export / import; memories.js the character's long-term memories;
-// characters.js the character editor; identity.js who the page speaks as; tools.js a
-// message's tool calls and a tool's result. This one is the rest of the page:
-// characters, history, composer, layout.
+// over stream.js and sse.js); messages.js shows one message, markdown.js its Markdown,
+// tools.js its tool calls, actions.js the actions under it; sessions.js is the
+// sidebar's list of chats; header.js the open chat's header; picker.js the character
+// picker, characters.js its editor; panels.js the chat's settings, context inspector and
+// export / import; memories.js the character's long-term memories; identity.js who the
+// page speaks as; layout.js the drawer and composer sizing. This one is the rest: the
+// page's state, opening a chat and its history, the composer's keys, start-up.
 import {
   ApiError,
   STORE,
@@ -23,14 +24,16 @@ import {
 } from "./api.js";
 import { createActions } from "./actions.js";
 import { createCharacterEditor } from "./characters.js";
+import { showHeader } from "./header.js";
 import { createIdentity } from "./identity.js";
+import { createLayout } from "./layout.js";
 import { markPending, renderPending } from "./markdown.js";
-import { node } from "./dom.js";
 import { createMemories } from "./memories.js";
+import { createMessageView } from "./messages.js";
 import { createPanels } from "./panels.js";
+import { createPicker } from "./picker.js";
 import { createReplies } from "./reply.js";
 import { createSessionList } from "./sessions.js";
-import { toolCallsView, toolResultView } from "./tools.js";
 
 const HISTORY_PAGE = 50;
 
@@ -110,64 +113,25 @@ function clearError() {
   ui.error.dataset.code = "";
 }
 
-// --- formatting ------------------------------------------------------------------
+const layout = createLayout(ui);
+const picker = createPicker({ ui, state, userName: () => identity.displayName() || "User" });
+const characterName = picker.name;
+const view = createMessageView({ ui, actions: () => actions });
+const { messageItem, replaceMessage, markCutOff, markStopped, scrollToEnd, nearEnd } = view;
 
-const numberFormat = new Intl.NumberFormat();
-
-function formatCost(usd) {
-  const v = Number(usd) || 0;
-  if (v === 0) return "$0";
-  if (v < 0.0001) return "<$0.0001";
-  return `$${v.toFixed(v < 1 ? 4 : 2)}`;
-}
-
-function characterName(id) {
-  const c = state.characters.get(id);
-  return c ? c.name : id;
-}
-
-// --- characters ------------------------------------------------------------------
-
-async function loadCharacters(selectId) {
-  const data = await apiJson("GET", "/v1/characters");
-  state.characters = new Map(data.characters.map((c) => [c.id, c]));
-  state.defaultCharacter = data.default || (data.characters[0] && data.characters[0].id) || "";
-  ui.character.replaceChildren(
-    ...data.characters.map((c) => {
-      const option = node("option", "", c.name);
-      option.value = c.id;
-      return option;
-    }),
-  );
-  if (selectId && state.characters.has(selectId)) storageSet(STORE.character, selectId);
-  const saved = storageGet(STORE.character);
-  ui.character.value = state.characters.has(saved) ? saved : state.defaultCharacter;
-  showCharacter();
-}
-
-function showCharacter() {
-  const c = state.characters.get(ui.character.value);
-  ui.characterDescription.textContent = c ? c.description || "" : "";
-  ui.characterGreeting.textContent = c ? c.greeting || "" : "";
-  ui.characterGreeting.hidden = !(c && c.greeting);
-}
-
-// --- sessions (the sidebar list: sessions.js) -------------------------------------
+// --- the open chat (the sidebar list of chats: sessions.js) ------------------------
 
 async function newSession() {
   replies.detach();
-  const characterId = ui.character.value || state.defaultCharacter;
-  const data = await apiJson("POST", "/v1/sessions", { character_id: characterId });
-  const sid = data.session.session_id;
-  state.sessions = [data.session, ...state.sessions.filter((s) => s.session_id !== sid)];
+  const data = await apiJson("POST", "/v1/sessions", { character_id: picker.chosen() });
   setCurrent(data.session);
   ui.messages.replaceChildren();
   if (data.greeting) ui.messages.append(messageItem(data.greeting));
   renderPending(ui.messages);
   state.nextBefore = null;
   ui.loadOlder.hidden = true;
-  sessionList.render();
-  closeSidebar();
+  sessionList.putFirst(data.session);
+  layout.closeSidebar();
   ui.input.focus();
   return data.session;
 }
@@ -180,33 +144,8 @@ function setCurrent(meta) {
 }
 
 function showSessionHeader() {
-  const meta = state.current;
   panels.showTools();
-  if (!meta) {
-    ui.title.textContent = "chatmem";
-    ui.sessionCharacter.textContent = "";
-    showUsage(null);
-    document.title = "chatmem";
-    return;
-  }
-  const name = characterName(meta.character_id);
-  ui.title.textContent = meta.title || name;
-  ui.sessionCharacter.textContent = meta.title && meta.title !== name ? `with ${name}` : "";
-  document.title = `${ui.title.textContent} · chatmem`;
-  showUsage(meta);
-}
-
-function showUsage(meta) {
-  const usage = (meta && meta.usage) || {};
-  const total = usage.total_tokens || 0;
-  ui.usageTokens.textContent = `${numberFormat.format(total)} tokens`;
-  ui.usageCost.textContent = formatCost(usage.cost_usd);
-  ui.usage.title = meta
-    ? `prompt ${numberFormat.format(usage.prompt_tokens || 0)} + completion ` +
-      `${numberFormat.format(usage.completion_tokens || 0)} tokens, ` +
-      `cost ${formatCost(usage.cost_usd)}; ` +
-      `${numberFormat.format(meta.total_tokens || 0)} tokens held in memory`
-    : "";
+  showHeader(ui, state.current, characterName);
 }
 
 function showNoSession() {
@@ -265,126 +204,25 @@ async function loadOlder() {
   await renderPending(ui.messages);
 }
 
-async function refreshCurrent() {
-  if (!state.current) return;
-  const sid = state.current.session_id;
-  try {
-    const meta = await apiJson("GET", sessionPath(sid));
-    if (state.current && state.current.session_id === sid) {
-      state.current = meta;
-      showSessionHeader();
-    }
-    state.sessions = [meta, ...state.sessions.filter((s) => s.session_id !== sid)];
-    sessionList.render();
-  } catch (err) {
-    showError(err);
-  }
-}
-
-// --- messages ------------------------------------------------------------------
-
-function messageItem(msg) {
-  const li = node("li", `message ${msg.role}`);
-  li.dataset.role = msg.role;
-  if (msg.msg_id) li.dataset.msgId = msg.msg_id;
-  const md = msg.metadata || {};
-  if (md.greeting) li.classList.add("greeting");
-  const tool = msg.role === "tool";
-  const bubble = tool ? toolResultView(msg) : node("div", "bubble", msg.content);
-  li.append(bubble);
-  if (md.tool_calls && md.tool_calls.length) {
-    bubble.hidden = !msg.content; // a reply that only calls tools: no empty bubble
-    li.append(toolCallsView(md.tool_calls));
-  }
-  if (msg.role !== "user" && !tool) markPending(li, msg.content);
-  if (md.interrupted) markStopped(li);
-  else if (md.finish_reason === "length") markCutOff(li);
-  actions.decorate(li, msg);
-  return li;
-}
-
-// A message the server changed (edited, another alternative selected, stored at last).
-function replaceMessage(li, msg) {
-  const fresh = messageItem(msg);
-  li.replaceWith(fresh);
-  renderPending(ui.messages);
-  return fresh;
-}
+// --- messages (one message: messages.js) ------------------------------------------
 
 function removeMessage(li) {
   li.remove();
   // Seqs are positions (README, "Editing"): the older messages' move up by one, and the
   // "load older" cursor with them, or the next page would skip one.
   if (state.nextBefore) state.nextBefore += 1;
-  refreshCurrent();
+  sessionList.refreshCurrent();
 }
 
 // A fork: the new chat joins the sidebar and opens.
 async function forked(meta) {
-  state.sessions = [meta, ...state.sessions.filter((s) => s.session_id !== meta.session_id)];
+  sessionList.putFirst(meta);
   await openSession(meta.session_id);
 }
 
-// The reply reached its length limit (the character's or the model's max tokens); the
-// last one can be continued from the mark itself.
-function markCutOff(li) {
-  li.classList.add("cut-off");
-  if (li.querySelector(".tag")) return;
-  const tag = node("span", "tag", "cut off");
-  tag.title = "The reply reached its length limit and ends mid-way.";
-  const bar = li.querySelector(".msg-actions");
-  li.insertBefore(tag, bar);
-  if (li.dataset.msgId) li.insertBefore(actions.continueButton(), bar);
-}
-
-function markStopped(li) {
-  li.classList.add("interrupted");
-  if (li.querySelector(".tag")) return;
-  li.insertBefore(node("span", "tag", "stopped"), li.querySelector(".msg-actions"));
-}
-
-function scrollToEnd() {
-  ui.scroll.scrollTop = ui.scroll.scrollHeight;
-}
-
-function nearEnd() {
-  return ui.scroll.scrollHeight - ui.scroll.scrollTop - ui.scroll.clientHeight < 80;
-}
-
-// --- the composer and layout --------------------------------------------------
-
-function autosize() {
-  if (!ui.input.value) {
-    ui.input.style.height = "";
-    return;
-  }
-  ui.input.style.height = "auto";
-  ui.input.style.height = `${Math.min(ui.input.scrollHeight, 200)}px`;
-}
-
-function openSidebar() {
-  ui.layout.classList.add("sidebar-open");
-  ui.backdrop.hidden = false;
-  ui.openSidebar.setAttribute("aria-expanded", "true");
-}
-
-function closeSidebar() {
-  ui.layout.classList.remove("sidebar-open");
-  ui.backdrop.hidden = true;
-  ui.openSidebar.setAttribute("aria-expanded", "false");
-}
-
-const narrow = window.matchMedia("(max-width: 760px)");
-
-function setPlaceholder() {
-  ui.input.placeholder = narrow.matches
-    ? "Message…"
-    : "Message…  (Enter sends, Shift+Enter for a new line)";
-}
+// --- the composer ---------------------------------------------------------------
 
 function wire() {
-  setPlaceholder();
-  narrow.addEventListener("change", setPlaceholder);
   ui.composer.addEventListener("submit", (e) => {
     e.preventDefault();
     replies.send();
@@ -399,25 +237,14 @@ function wire() {
       replies.stop();
     }
   });
-  ui.input.addEventListener("input", autosize);
   ui.stop.addEventListener("click", () => replies.stop());
   ui.newSession.addEventListener("click", () => {
     clearError();
     newSession().catch(showError);
   });
-  ui.character.addEventListener("change", () => {
-    storageSet(STORE.character, ui.character.value);
-    showCharacter();
-  });
   ui.loadOlder.addEventListener("click", () => loadOlder().catch(showError));
   ui.search.addEventListener("input", () => sessionList.search().catch(showError));
   ui.errorClose.addEventListener("click", clearError);
-  ui.openSidebar.addEventListener("click", openSidebar);
-  ui.closeSidebar.addEventListener("click", closeSidebar);
-  ui.backdrop.addEventListener("click", closeSidebar);
-  document.addEventListener("keydown", (e) => {
-    if (e.key === "Escape" && ui.layout.classList.contains("sidebar-open")) closeSidebar();
-  });
   ui.forgetKey.addEventListener("click", () => {
     storageSet(STORE.key, null);
     showIdentity();
@@ -428,8 +255,8 @@ function wire() {
 async function boot() {
   showIdentity();
   state.allSessions = false;
-  await loadCharacters();
   await identity.load();
+  await picker.load();
   characterEditor.setAdmin(identity.isAdmin());
   panels.setAdmin(identity.isAdmin());
   await sessionList.load();
@@ -457,15 +284,15 @@ const sessionList = createSessionList({
   openSession,
   showNoSession,
   showSessionHeader,
-  closeSidebar,
+  closeSidebar: layout.closeSidebar,
   showError,
   replies: () => replies,
 });
 
 const characterEditor = createCharacterEditor({
-  selected: () => state.characters.get(ui.character.value) || null,
+  selected: picker.selected,
   reload: async (selectId) => {
-    await loadCharacters(selectId);
+    await picker.load(selectId);
     sessionList.render();
   },
   showError,
@@ -475,16 +302,18 @@ const characterEditor = createCharacterEditor({
 
 const panels = createPanels({
   current: () => state.current,
-  updated: (meta) => {
-    state.current = meta;
-    state.sessions = state.sessions.map((s) => (s.session_id === meta.session_id ? meta : s));
-    showSessionHeader();
-    sessionList.render();
-  },
+  updated: (meta) => sessionList.changed(meta),
   sessionsChanged: () => sessionList.load(),
   showError,
   showNotice,
   clearError,
+  identity: {
+    displayName: identity.displayName,
+    setDisplayName: async (name) => {
+      await identity.setDisplayName(name);
+      picker.show(); // the greeting shown in the picker says the new name
+    },
+  },
 });
 
 createMemories({ current: () => state.current, characterName, showError, clearError });
@@ -513,12 +342,12 @@ const replies = createReplies({
   renderPending,
   nearEnd,
   scrollToEnd,
-  refreshCurrent,
+  refreshCurrent: () => sessionList.refreshCurrent(),
   newSession,
   showHistory,
   showError,
   clearError,
-  autosize,
+  autosize: layout.autosize,
 });
 onKeySaved(showIdentity);
 

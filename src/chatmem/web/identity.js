@@ -1,6 +1,7 @@
 // Who the page speaks as. With auth on, the API key says it. In open mode, the server's
 // default user (the one `chatmem chat` and `chatmem sessions` use) unless the user sets
-// another id here; the id is kept in this browser's localStorage.
+// another id here; the id is kept in this browser's localStorage. Also the user's display
+// name (GET / PATCH /v1/me), which the chat settings panel edits.
 import { STORE, USER_ID_PATTERN, apiJson, storageGet, storageSet, userId } from "./api.js";
 
 export function createIdentity({ onChange }) {
@@ -15,6 +16,7 @@ export function createIdentity({ onChange }) {
   };
   let shownUser = null; // as the server named it (GET /v1/me)
   let admin = false;
+  let displayName = null; // what characters call the user ({{user}}); null: the default
 
   function show() {
     const hasKey = Boolean(storageGet(STORE.key));
@@ -33,11 +35,22 @@ export function createIdentity({ onChange }) {
       const me = await apiJson("GET", "/v1/me");
       shownUser = me && me.user_id ? String(me.user_id) : null;
       admin = Boolean(me && me.is_admin);
+      displayName = me ? nameOf(me) : null;
     } catch {
       shownUser = null; // shown as far as the page knows; the error shows elsewhere
       admin = false;
+      displayName = null;
     }
     show();
+  }
+
+  // "User" is the server's name for a user who set none: the field shows it empty.
+  const nameOf = (me) => (me.display_name && me.display_name !== "User" ? me.display_name : null);
+
+  // PATCH /v1/me: new chats' greetings and every next reply use it (null: "User").
+  async function setDisplayName(name) {
+    const me = await apiJson("PATCH", "/v1/me", { display_name: name });
+    displayName = nameOf(me);
   }
 
   function openForm() {
@@ -72,5 +85,5 @@ export function createIdentity({ onChange }) {
     onChange();
   });
 
-  return { show, load, isAdmin: () => admin };
+  return { show, load, setDisplayName, isAdmin: () => admin, displayName: () => displayName };
 }

@@ -1,4 +1,5 @@
-// The open chat's panels: its settings (title, memory window, TTL), the context
+// The open chat's panels: its settings (title, memory window, TTL, temperature; and the
+// user's display name, PATCH /v1/me, which every chat uses for {{user}}), the context
 // inspector (GET …/context: what the model sees next turn, with the token budget), and
 // export (GET /v1/export) of one chat or all of them, and import (POST /v1/import,
 // admins).
@@ -7,7 +8,7 @@ import { apiJson, sessionPath } from "./api.js";
 const $ = (id) => document.getElementById(id);
 
 export function createPanels(page) {
-  // page: { current, updated, sessionsChanged, showError, clearError }
+  // page: { current, updated, sessionsChanged, showError, clearError, identity }
   const ui = {
     tools: $("chat-tools"),
     openSettings: $("open-settings"),
@@ -17,6 +18,8 @@ export function createPanels(page) {
     name: $("settings-name"),
     window: $("settings-window"),
     ttl: $("settings-ttl"),
+    temperature: $("settings-temperature"),
+    displayName: $("settings-display-name"),
     cancel: $("settings-cancel"),
     exportChat: $("export-chat"),
     context: $("context-dialog"),
@@ -40,6 +43,8 @@ export function createPanels(page) {
     ui.name.value = meta.title || "";
     ui.window.value = String(meta.window_size);
     ui.ttl.value = String(Math.max(1, Math.round((meta.ttl_s || 60) / 60)));
+    ui.temperature.value = meta.temperature == null ? "" : String(meta.temperature);
+    ui.displayName.value = page.identity.displayName() || "";
     ui.settings.showModal();
     ui.window.focus();
   }
@@ -55,11 +60,18 @@ export function createPanels(page) {
     if (windowSize !== meta.window_size) change.window_size = windowSize;
     const ttl = Math.round(Number(ui.ttl.value) * 60);
     if (ttl !== meta.ttl_s) change.ttl_s = ttl;
+    // Empty: back to the character's temperature (null), as the API takes it.
+    const temperature = ui.temperature.value.trim() === "" ? null : Number(ui.temperature.value);
+    if (temperature !== (meta.temperature ?? null)) change.temperature = temperature;
+    // Empty: back to the default name ("User").
+    const name = ui.displayName.value.trim() || null;
+    const nameChanged = name !== (page.identity.displayName() || null);
     try {
       if (Object.keys(change).length) {
         const updated = await apiJson("PATCH", sessionPath(meta.session_id), change);
         page.updated(updated);
       }
+      if (nameChanged) await page.identity.setDisplayName(name);
       ui.settings.close();
     } catch (err) {
       ui.settings.close();

@@ -1,16 +1,12 @@
 // A reply streaming in: sent from this page, or re-attached to one the server is
 // writing (after a reload, or a chat opened again). The server owns the reply; the page
-// follows its events, resumes a dropped connection with Last-Event-ID, and can stop it.
+// follows its events (stream.js: resumed with Last-Event-ID), shows them, and can stop it.
 import { ApiError, api, apiJson, sessionPath } from "./api.js";
-import { readEvents } from "./sse.js";
+import { followReply as follow, openStream } from "./stream.js";
 
 // After asking the server to stop, how long to wait for the reply's final event
 // before the page stops waiting (the server stores the stopped reply either way).
 const STOP_GRACE_MS = 1500;
-// A reply's connection that drops is resumed (Last-Event-ID) this many times in a row,
-// waiting a little longer each time.
-const RESUME_ATTEMPTS = 5;
-const RESUME_BACKOFF_MS = 400;
 // A model that has not answered after this long, with at least this much to read,
 // says so: "reading N tokens of history…" (a local model reads a long prompt first).
 const READING_AFTER_MS = 700;
@@ -39,71 +35,8 @@ export function createReplies(page) {
   } = page;
   let active = null; // the reply shown streaming: newTurn()
 
-  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-
-  // GET …/stream: the session's running (or just finished) generation from the start,
-  // or after turn.lastEventId. null when there is none (204).
-  async function openStream(turn) {
-    const headers = turn.lastEventId ? { "Last-Event-ID": turn.lastEventId } : {};
-    const res = await api("GET", sessionPath(turn.sid, "/stream"), undefined, {
-      signal: turn.controller.signal,
-      accept: "text/event-stream",
-      headers,
-    });
-    const type = res.headers.get("Content-Type") || "";
-    if (res.status === 204 || !type.startsWith("text/event-stream")) {
-      if (res.body) res.body.cancel().catch(() => {});
-      return null;
-    }
-    return res;
-  }
-
-  // The one reader of a reply's events, for a send and a re-attach alike. A connection
-  // that drops before the reply's end is picked up again with Last-Event-ID; if the
-  // server has nothing left to replay, the stored history shows how the reply ended.
-  async function followReply(turn, res) {
-    let failures = 0;
-    for (;;) {
-      if (res) {
-        try {
-          for await (const ev of readEvents(res.body)) {
-            if (ev.id !== null) turn.lastEventId = ev.id;
-            failures = 0;
-            handleEvent(turn, ev);
-            if (turn.ended) break;
-          }
-        } catch (err) {
-          if (err && err.name === "AbortError") throw err;
-          // The connection dropped (a network error mid-body): resume below.
-        }
-        if (turn.ended) {
-          res.body.cancel().catch(() => {});
-          return;
-        }
-      }
-      if (++failures > RESUME_ATTEMPTS) {
-        throw new ApiError(0, "network", "the connection to the server was lost");
-      }
-      await sleep(RESUME_BACKOFF_MS * failures);
-      if (turn.controller.signal.aborted) throw new DOMException("detached", "AbortError");
-      let nothingLeft = false;
-      try {
-        res = await openStream(turn);
-        nothingLeft = res === null;
-      } catch (err) {
-        if (!(err instanceof ApiError)) throw err;
-        // 404: a server without re-attach, as if there were nothing to replay.
-        if (err.status !== 0 && err.status < 500 && err.status !== 404) throw err;
-        nothingLeft = err.status === 404;
-        res = null;
-      }
-      if (nothingLeft) {
-        turn.ended = true;
-        await showLatest(turn);
-        return;
-      }
-    }
-  }
+  const followReply = (turn, res) =>
+    follow(turn, res, { onEvent: (ev) => handleEvent(turn, ev), onGone: () => showLatest(turn) });
 
   // --- a turn --------------------------------------------------------------------
 

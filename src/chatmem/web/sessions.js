@@ -1,4 +1,5 @@
-// The sidebar's list of chats: the most recent, searched, renamed and deleted in place.
+// The sidebar's list of chats: the most recent, searched, renamed and deleted in place;
+// the one place that changes the page's list of chats (state.sessions).
 import { ApiError, apiJson, sessionPath } from "./api.js";
 import { node } from "./dom.js";
 
@@ -23,6 +24,7 @@ export function createSessionList(page) {
     showError,
     replies,
   } = page;
+  const isOpen = (sid) => Boolean(state.current && state.current.session_id === sid);
 
   // The sidebar lists the most recent chats; a search reads them all (up to the API's
   // 1000, the per-user cap's default) once, then filters as the user types.
@@ -34,6 +36,38 @@ export function createSessionList(page) {
     state.sessions = data.sessions;
     state.allSessions = limit === SESSIONS_ALL || data.sessions.length < limit;
     render();
+  }
+
+  // A chat just created, used or opened: first in the list (the most recent).
+  function putFirst(meta) {
+    state.sessions = [meta, ...state.sessions.filter((s) => s.session_id !== meta.session_id)];
+    render();
+  }
+
+  // A chat changed (renamed, its settings): in place, and in the header if it is open.
+  function changed(meta) {
+    state.sessions = state.sessions.map((s) => (s.session_id === meta.session_id ? meta : s));
+    if (isOpen(meta.session_id)) {
+      state.current = meta;
+      showSessionHeader();
+    }
+    render();
+  }
+
+  // The open chat's meta read again (after a turn: its usage, preview and order).
+  async function refreshCurrent() {
+    if (!state.current) return;
+    const sid = state.current.session_id;
+    try {
+      const meta = await apiJson("GET", sessionPath(sid));
+      if (isOpen(sid)) {
+        state.current = meta;
+        showSessionHeader();
+      }
+      putFirst(meta);
+    } catch (err) {
+      showError(err);
+    }
   }
 
   function searchText(meta) {
@@ -58,9 +92,7 @@ export function createSessionList(page) {
   function sessionItem(meta) {
     const li = node("li", "session");
     li.dataset.sessionId = meta.session_id;
-    if (state.current && state.current.session_id === meta.session_id) {
-      li.setAttribute("aria-current", "true");
-    }
+    if (isOpen(meta.session_id)) li.setAttribute("aria-current", "true");
     const open = node("button", "session-open");
     open.type = "button";
     const title = node("span", "session-title", meta.title || characterName(meta.character_id));
@@ -109,12 +141,8 @@ export function createSessionList(page) {
       const title = input.value.trim();
       if (save && title && title !== meta.title) {
         try {
-          const updated = await apiJson("PATCH", sessionPath(meta.session_id), { title });
-          Object.assign(meta, updated);
-          if (state.current && state.current.session_id === meta.session_id) {
-            state.current = updated;
-            showSessionHeader();
-          }
+          changed(await apiJson("PATCH", sessionPath(meta.session_id), { title }));
+          return;
         } catch (err) {
           showError(err);
         }
@@ -163,7 +191,7 @@ export function createSessionList(page) {
       if (!(err instanceof ApiError && err.status === 404)) throw err;
     }
     state.sessions = state.sessions.filter((s) => s.session_id !== sid);
-    if (state.current && state.current.session_id === sid) {
+    if (isOpen(sid)) {
       const next = state.sessions[0];
       if (next) await openSession(next.session_id);
       else showNoSession();
@@ -171,5 +199,5 @@ export function createSessionList(page) {
     render();
   }
 
-  return { load, render, search };
+  return { load, render, search, putFirst, changed, refreshCurrent };
 }

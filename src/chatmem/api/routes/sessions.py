@@ -14,6 +14,7 @@ from chatmem.api.sse.events import done_payload, error_event, native_event
 from chatmem.api.sse.response import events_response, sse_response, subscribe
 from chatmem.chat.inputs import check_metadata
 from chatmem.chat.service import ChatService, Generation
+from chatmem.models import UNCHANGED
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 
@@ -26,6 +27,7 @@ async def create_session(body: CreateSession, caller: Caller, service: Service) 
         title=body.title,
         ttl_s=body.ttl_s,
         window_size=body.window_size,
+        temperature=body.temperature,
     )
     return {"session": meta.to_dict(), "greeting": greeting.to_dict() if greeting else None}
 
@@ -54,6 +56,7 @@ async def update_session(
         ttl_s=body.ttl_s,
         window_size=body.window_size,
         state=body.state,
+        temperature=body.temperature if "temperature" in body.model_fields_set else UNCHANGED,
     )
     return meta.to_dict()
 

@@ -15,12 +15,13 @@ from chatmem.api.deps import Admin, Caller, Service
 from chatmem.auth import resolve_user
 from chatmem.errors import Forbidden, InvalidInput, SessionNotFound
 from chatmem.ids import validate_id
-from chatmem.models import Role
+from chatmem.models import TEMPERATURE_MAX, Role
 from chatmem.ops.transfer import (
     export_sessions,
     import_sessions,
     parse_export,
     parse_memories,
+    parse_profiles,
     sessions_to_export,
 )
 
@@ -61,9 +62,10 @@ async def import_(
     every session is checked before anything is stored."""
     sessions = parse_export(doc)
     memories = parse_memories(doc)
+    profiles = parse_profiles(doc)
     for n, item in enumerate(sessions, start=1):
         _check(n, item)
-    report = await import_sessions(service.store, sessions, None, memories)
+    report = await import_sessions(service.store, sessions, None, memories, profiles)
     return {
         "sessions": report.sessions,
         "messages_added": report.messages_added,
@@ -84,6 +86,9 @@ def _check(n: int, item: dict[str, Any]) -> None:
         value = meta.get(name)
         if value is not None and (type(value) is not int or value < 0):
             raise InvalidInput(f"{where}: {name} must be a whole number")
+    t = meta.get("temperature")
+    if t is not None and (type(t) not in (int, float) or not 0 <= t <= TEMPERATURE_MAX):
+        raise InvalidInput(f"{where}: temperature must be a number from 0 to 2, or null")
     for i, msg in enumerate(item["messages"]):
         if not (
             isinstance(msg, dict)

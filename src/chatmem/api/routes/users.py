@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from chatmem.api.deps import Admin, Caller, Service
+from chatmem.api.schemas import UpdateMe
 from chatmem.ids import validate_id
 
 router = APIRouter(tags=["users"])
@@ -15,7 +16,17 @@ router = APIRouter(tags=["users"])
 @router.get("/v1/me")
 async def me(caller: Caller, service: Service) -> dict[str, Any]:
     totals = await service.user_totals(caller.user_id)
-    return {**totals.to_dict(), "is_admin": caller.is_admin}
+    name = await service.display_name(caller.user_id)
+    return {**totals.to_dict(), "is_admin": caller.is_admin, "display_name": name}
+
+
+@router.patch("/v1/me")
+async def update_me(body: UpdateMe, caller: Caller, service: Service) -> dict[str, Any]:
+    """Change the caller's profile: `display_name` (the `{{user}}` of prompts and
+    greetings; null: back to "User"). A body without it changes nothing."""
+    if "display_name" in body.model_fields_set:
+        await service.set_display_name(caller.user_id, body.display_name)
+    return await me(caller, service)
 
 
 @router.delete("/v1/me")
