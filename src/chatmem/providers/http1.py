@@ -13,8 +13,9 @@ What it speaks: a request sent in one write (head and body); a response with a
 connection's close; `1xx` heads skipped; gzip or deflate bodies decoded (asked for with
 `Accept-Encoding: gzip, deflate`, as httpx does; not zstd or br). Keep-alive unless the
 server says `Connection: close`, speaks HTTP/1.0, or the body is close-delimited. A head
-over MAX_HEAD_BYTES, a malformed status line or header, or a body cut short is an
-`UpstreamProtocolError`; every wait for bytes is bounded by the read timeout.
+over MAX_HEAD_BYTES, a malformed status line, header or chunk is an
+`UpstreamProtocolError`, a body cut short `UpstreamDisconnected`; every wait for bytes
+is bounded by the read timeout.
 """
 
 from __future__ import annotations
@@ -23,7 +24,12 @@ import asyncio
 import zlib
 from collections.abc import AsyncIterator
 
-from chatmem.providers.upstream import ReadTimeout, UpstreamProtocolError, WriteTimeout
+from chatmem.providers.upstream import (
+    ReadTimeout,
+    UpstreamDisconnected,
+    UpstreamProtocolError,
+    WriteTimeout,
+)
 
 MAX_HEAD_BYTES = 64 * 1024
 MAX_CHUNK_LINE_BYTES = 4 * 1024
@@ -154,12 +160,10 @@ class Http1Connection(asyncio.Protocol):
             self._resume_reading()
         return data
 
-    def _cut_short(self) -> UpstreamProtocolError:
+    def _cut_short(self) -> UpstreamDisconnected:
         if not self.received_any:
-            return UpstreamProtocolError("the server disconnected without sending a response")
-        return UpstreamProtocolError(
-            f"the server closed the connection mid-response ({self._lost})"
-        )
+            return UpstreamDisconnected("the server disconnected without sending a response")
+        return UpstreamDisconnected(f"the server closed the connection mid-response ({self._lost})")
 
     async def read_head(self, read_s: float) -> tuple[int, dict[str, str], bool]:
         """The next final response's status, headers (lower-case names; repeated

@@ -33,6 +33,7 @@ from chatmem.providers.upstream import (
     PoolTimeout,
     Timeouts,
     UpstreamConnectError,
+    UpstreamDisconnected,
     UpstreamProtocolError,
 )
 
@@ -217,7 +218,7 @@ class _Exchange:
                     client._discard(conn)  # the write failed at once: nothing went out
                     continue
                 if not sent:
-                    raise UpstreamProtocolError("the connection closed before the request went out")
+                    raise UpstreamDisconnected("the connection closed before the request went out")
                 await conn.drain(t.write_s)
                 status, headers, http11 = await conn.read_head(t.read_s)
                 self._response = Http1Response(conn, status, headers, http11, t.read_s)

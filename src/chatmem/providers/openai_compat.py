@@ -47,6 +47,7 @@ from chatmem.providers.upstream import (
     Upstream,
     UpstreamConnectError,
     UpstreamError,
+    UpstreamProtocolError,
     UpstreamResponse,
     UpstreamTimeout,
     proxied,
@@ -69,7 +70,15 @@ MAX_RETRY_DELAY_S = 10.0
 DRAIN_AFTER_DONE_S = 0.2
 MAX_ERROR_MESSAGE_CHARS = 500
 
-_RETRYABLE = (ProviderUnavailable, ProviderRateLimited, ProviderTimeout)
+
+class UpstreamMalformed(ProviderError):
+    """The model provider sent an invalid response."""
+
+    # A 502 (api/errors.py: a ProviderError's own status); retried before the first
+    # token like a 503, since a proxy or a restarting server can garble one response.
+
+
+_RETRYABLE = (ProviderUnavailable, ProviderRateLimited, ProviderTimeout, UpstreamMalformed)
 
 
 class UpstreamRateLimited(ProviderRateLimited):
@@ -364,6 +373,8 @@ def _transport_error(exc: UpstreamError, base_url: str) -> ProviderError:
         return ProviderTimeout(f"connecting to {base_url} timed out")
     if isinstance(exc, UpstreamTimeout):
         return ProviderTimeout(f"{base_url} did not answer in time ({type(exc).__name__})")
+    if isinstance(exc, UpstreamProtocolError):
+        return UpstreamMalformed(f"{base_url} sent an invalid response: {exc}")
     if isinstance(exc, UpstreamConnectError):
         return ProviderUnavailable(f"cannot connect to {base_url}: {exc}")
     return ProviderUnavailable(f"connection to {base_url} failed: {exc or type(exc).__name__}")

@@ -15,8 +15,10 @@ The transport errors, one tree under one root (the provider maps them to its own
      │    ├── ReadTimeout          no byte of the response for read_s
      │    ├── WriteTimeout         the request could not be sent within write_s
      │    └── PoolTimeout          no connection free within pool_s (max_connections)
-     └── UpstreamProtocolError     not HTTP/1.1 as expected: a malformed status line or
-                                   header, a head over the size limit, a body cut short
+     ├── UpstreamDisconnected      the server closed the connection before the
+     │                             response's end (or before its first byte)
+     └── UpstreamProtocolError     not HTTP/1.1 as expected: a malformed status line,
+                                   header or chunk, a head over the size limit
 """
 
 from __future__ import annotations
@@ -54,6 +56,10 @@ class WriteTimeout(UpstreamTimeout):
 
 
 class PoolTimeout(UpstreamTimeout):
+    pass
+
+
+class UpstreamDisconnected(UpstreamError):
     pass
 
 
