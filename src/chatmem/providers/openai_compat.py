@@ -1,10 +1,8 @@
 """Any OpenAI-compatible chat endpoint (OpenAI, DeepSeek, DashScope, Ark, vLLM, Ollama…).
 
-Deliberately chatmem's own HTTP/1.1 client (providers/http1_pool.py; httpx only
-behind a proxy, providers/httpx_upstream.py) rather than the official `openai` SDK:
-the SDK builds a pydantic object per streamed chunk and costs several times more CPU
-per relayed chunk (bench/provider_bench.py, figures in docs/performance.md), and its
-own retries would retry after the first token. Here the SSE bytes are split and
+Deliberately chatmem's own HTTP/1.1 client (providers/upstream.py) rather than the
+`openai` SDK: the SDK builds a pydantic object per streamed chunk (several times the
+CPU per relayed chunk, docs/performance.md), and would retry after the first token. Here the SSE bytes are split and
 parsed with orjson directly, tolerating what compatible servers really send:
 `usage: null`, chunks with empty `choices`, comment lines, `reasoning_content`,
 an `error` object inside the stream, or a plain JSON reply to a streamed request.
@@ -71,11 +69,8 @@ DRAIN_AFTER_DONE_S = 0.2
 MAX_ERROR_MESSAGE_CHARS = 500
 
 
-class UpstreamMalformed(ProviderError):
+class UpstreamMalformed(ProviderError):  # a 502, retried before the first token
     """The model provider sent an invalid response."""
-
-    # A 502 (api/errors.py: a ProviderError's own status); retried before the first
-    # token like a 503, since a proxy or a restarting server can garble one response.
 
 
 _RETRYABLE = (ProviderUnavailable, ProviderRateLimited, ProviderTimeout, UpstreamMalformed)
@@ -381,10 +376,9 @@ def _transport_error(exc: UpstreamError, base_url: str) -> ProviderError:
 
 
 def open_upstream(base_url: str, settings: LLMSettings) -> Upstream:
-    """chatmem's own HTTP/1.1 client, or httpx when the environment names a proxy for
-    `base_url` (providers/upstream.py `proxied`). Each stream holds one connection: a
-    stream past max_connections waits for one (up to connect_timeout_s, then fails),
-    so max_connections caps the streams at once."""
+    """chatmem's own HTTP/1.1 client, or httpx if the environment names a proxy for
+    `base_url`. A stream holds a connection: max_connections caps the streams at once
+    (one past it waits for a connection up to connect_timeout_s, then fails)."""
     headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
     if settings.api_key:
         headers["Authorization"] = f"Bearer {settings.api_key}"
