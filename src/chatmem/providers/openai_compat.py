@@ -2,8 +2,8 @@
 
 Deliberately chatmem's own HTTP/1.1 client (providers/upstream.py) rather than the
 `openai` SDK: the SDK builds a pydantic object per streamed chunk (several times the
-CPU per relayed chunk, docs/performance.md), and would retry after the first token. Here the SSE bytes are split and
-parsed with orjson directly, tolerating what compatible servers really send:
+CPU per relayed chunk, docs/performance.md), and would retry after the first token.
+The SSE bytes are split and parsed with orjson, tolerating what servers really send:
 `usage: null`, chunks with empty `choices`, comment lines, `reasoning_content`,
 an `error` object inside the stream, or a plain JSON reply to a streamed request.
 The model's tool calls, streamed in fragments, are joined (providers/tool_calls.py)
