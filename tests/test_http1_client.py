@@ -21,7 +21,7 @@ import trustme
 from chatmem.config import LLMSettings
 from chatmem.errors import ProviderTimeout, ProviderUnavailable
 from chatmem.providers import GenerationParams
-from chatmem.providers.http1 import MAX_HEAD_BYTES, parse_head
+from chatmem.providers.http1 import MAX_HEAD_BYTES, Http1Connection, parse_head
 from chatmem.providers.http1_pool import Http1Client
 from chatmem.providers.httpx_upstream import HttpxUpstream
 from chatmem.providers.openai_compat import OpenAICompatProvider, UpstreamMalformed
@@ -204,18 +204,29 @@ async def test_connections_are_reused_unless_the_server_says_not(
     assert len(server.requests) == 3
 
 
-async def test_a_kept_connection_the_server_closed_is_not_used_and_nothing_is_sent_twice() -> None:
+async def test_a_kept_connection_the_server_closed_is_not_used_and_nothing_is_sent_twice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     async def close_after(request: Request, reader: Any, writer: asyncio.StreamWriter) -> None:
         writer.write(ok())
         await writer.drain()
         await asyncio.sleep(0.02)  # the server's keep-alive timeout
         writer.close()
 
+    sends: list[bool] = []
+    real_send = Http1Connection.send_nowait
+
+    def counted(self: Http1Connection, data: bytes) -> bool:
+        sends.append(real_send(self, data))
+        return sends[-1]
+
+    monkeypatch.setattr(Http1Connection, "send_nowait", counted)
     async with serving(close_after) as server, client_for(server) as c:
         assert (await post(c))[0] == 200
         await asyncio.sleep(0.1)
         assert (await post(c))[0] == 200
     assert (server.connections, len(server.requests)) == (2, 2)
+    assert sends == [True, True]  # the closed one was dropped, not tried
 
 
 async def test_a_reused_connection_closed_after_the_request_is_not_retried() -> None:
