@@ -32,7 +32,9 @@ from tests.fake_openai_process import serve_in_process  # noqa: E402
 
 from chatmem.config import LLMSettings  # noqa: E402
 from chatmem.providers.base import GenerationParams  # noqa: E402
+from chatmem.providers.http1_pool import Http1Client  # noqa: E402
 from chatmem.providers.openai_compat import OpenAICompatProvider  # noqa: E402
+from chatmem.providers.upstream import Timeouts  # noqa: E402
 
 MESSAGES = [{"role": "user", "content": "Tell me a long story."}]
 TARGET_US_PER_CHUNK = 30.0
@@ -135,6 +137,30 @@ async def breakdown_bench(base_url: str, chunks: int) -> None:
             pass
         writer.close()
 
+    class Reader(asyncio.Protocol):
+        def __init__(self, done: asyncio.Future[None]) -> None:
+            self.done = done
+
+        def data_received(self, data: bytes) -> None:
+            if data.endswith(b"0\r\n\r\n"):
+                self.done.set_result(None)
+
+    async def bare_protocol() -> None:
+        done = asyncio.get_running_loop().create_future()
+        transport, _ = await asyncio.get_running_loop().create_connection(
+            lambda: Reader(done), "127.0.0.1", port
+        )
+        transport.write(head.encode() + body)
+        await done
+        transport.close()
+
+    own = Http1Client(base_url, headers={}, timeouts=Timeouts(5, 5, 5, 5), max_connections=4)
+
+    async def own_bytes() -> None:
+        async with own.post("chat/completions", body) as resp:
+            async for _ in resp.aiter_bytes():
+                pass
+
     async with httpx.AsyncClient(base_url=base_url) as client:
 
         async def httpx_bytes() -> None:
@@ -144,7 +170,9 @@ async def breakdown_bench(base_url: str, chunks: int) -> None:
 
         provider = OpenAICompatProvider(LLMSettings(base_url=base_url, api_key="bench"))
         rows: list[tuple[str, Callable[[], Awaitable[Any]]]] = [
-            ("a bare asyncio socket read, no HTTP", bare_socket),
+            ("a bare asyncio socket read (streams)", bare_socket),
+            ("a bare asyncio Protocol, no HTTP", bare_protocol),
+            ("chatmem Http1Client, bytes only", own_bytes),
             ("httpx, bytes only (aiter_raw)", httpx_bytes),
             ("OpenAICompatProvider, parsed chunks", lambda: chatmem_stream(provider)),
         ]
@@ -158,7 +186,7 @@ async def breakdown_bench(base_url: str, chunks: int) -> None:
                     async for _ in resp.content.iter_any():
                         pass
 
-            rows.insert(1, ("aiohttp, bytes only", aiohttp_bytes))
+            rows.insert(3, ("aiohttp, bytes only", aiohttp_bytes))
         except ImportError:
             session = None
         try:
@@ -172,6 +200,7 @@ async def breakdown_bench(base_url: str, chunks: int) -> None:
                 print(f"  {name:38s} user {user:4.0f} µs + sys {system:3.0f} µs per chunk")
         finally:
             await provider.aclose()
+            await own.aclose()
             if session is not None:
                 await session.close()
 
