@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import trustme
+import uvloop
 
 from chatmem.config import LLMSettings
 from chatmem.errors import ProviderTimeout, ProviderUnavailable
@@ -36,6 +37,7 @@ from chatmem.providers.upstream import (
     WriteTimeout,
     proxied,
 )
+from tests.fake_openai import FakeOpenAI, Reply
 from tests.http_wire import Request, read_request
 
 Handler = Callable[[Request, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -335,6 +337,20 @@ async def test_a_server_that_does_not_read_is_a_write_timeout() -> None:
         await asyncio.sleep(0.1)  # the server side sees the close
 
 
+@pytest.mark.parametrize(
+    ("url", "headers"),
+    [("ftp://127.0.0.1/v1", {}), ("localhost:8000/v1", {}), ("http://h/v1", {"X": "a\r\nB: c"})],
+)
+async def test_a_bad_base_url_or_header_fails_each_request_not_the_start(
+    url: str, headers: dict[str, str]
+) -> None:
+    client = Http1Client(url, headers=headers, timeouts=T, max_connections=1)
+    with pytest.raises(UpstreamConnectError):
+        await post(client)
+    with pytest.raises(ProviderUnavailable):
+        await reply(provider_for(url, api_key=headers.get("X")))
+
+
 async def test_connection_refused_is_a_connect_error() -> None:
     async with serving(respond()) as server:
         port = server.port
@@ -375,11 +391,12 @@ def provider_for(base_url: str, **kw: Any) -> OpenAICompatProvider:
     return OpenAICompatProvider(LLMSettings(**(values | kw)))
 
 
-async def reply(provider: OpenAICompatProvider) -> str:
+async def reply(provider: OpenAICompatProvider, *, close: bool = True) -> str:
     try:
         chunks = [c async for c in provider.stream([{"role": "user", "content": "hi"}], GP)]
     finally:
-        await provider.aclose()
+        if close:
+            await provider.aclose()
     return "".join(c.text for c in chunks)
 
 
@@ -402,6 +419,24 @@ async def test_read_and_connect_failures_keep_their_provider_errors() -> None:
         port = server.port
     with pytest.raises(ProviderUnavailable, match="cannot connect"):
         await reply(provider_for(f"http://127.0.0.1:{port}/v1"))
+
+
+def test_under_uvloop_as_chatmem_serve_runs_it(fake: FakeOpenAI) -> None:
+    """Regression: uvloop's transports are not asyncio.Transport instances; the first
+    version asserted they were, and every request failed under `chatmem serve`."""
+
+    async def three_then_a_timeout() -> list[str]:
+        provider = provider_for(fake.base_url)
+        texts = [await reply(provider, close=False) for _ in range(3)]
+        fake.script(Reply(headers_delay_s=2), Reply(headers_delay_s=2))
+        slow = provider_for(fake.base_url, read_timeout_s=0.1)
+        with pytest.raises(ProviderTimeout):
+            await reply(slow)
+        await provider.aclose()
+        return texts
+
+    assert uvloop.run(three_then_a_timeout()) == ["Hello from the fake model."] * 3
+    assert fake.connections == 3  # one kept alive for three replies, two timed out
 
 
 # -- TLS --------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import zlib
 from collections.abc import AsyncIterator
+from typing import cast
 
 from chatmem.providers.upstream import (
     ReadTimeout,
@@ -57,8 +58,8 @@ class Http1Connection(asyncio.Protocol):
     # -- the event loop's side ---------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A socket transport (uvloop's is not an asyncio.Transport subclass).
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data

@@ -34,7 +34,6 @@ from chatmem.providers.upstream import (
     Timeouts,
     UpstreamConnectError,
     UpstreamDisconnected,
-    UpstreamProtocolError,
 )
 
 SWEEP_S = 1.0
@@ -55,9 +54,11 @@ class Http1Client:
         keepalive_expiry_s: float = 5.0,
     ) -> None:
         parts = urlsplit(base_url)
+        # Refused on each request (a provider error, logged), as httpx did: not at startup.
+        self._invalid = None
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"not an http(s) URL: {base_url!r}")
-        self._host = parts.hostname
+            self._invalid = f"not an http(s) URL: {base_url!r}"
+        self._host = parts.hostname or ""
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
         self._ssl = _ssl_context() if parts.scheme == "https" else None
         self._prefix = parts.path.rstrip("/") + "/"
@@ -67,9 +68,9 @@ class Http1Client:
             host += f":{parts.port}"
         fields = {"Host": host, "Accept-Encoding": ACCEPT_ENCODING, "User-Agent": "chatmem"}
         fields.update(headers)
-        # A value with a line break would smuggle a header: refused on each request, as
-        # httpx does, rather than when the app starts.
-        self._bad_header = next((n for n, v in fields.items() if "\r" in v or "\n" in v), None)
+        # A value with a line break would smuggle a header.
+        if bad := next((n for n, v in fields.items() if "\r" in v or "\n" in v), None):
+            self._invalid = f"header {bad} has a line break"
         self._head_fields = "".join(f"{n}: {v}\r\n" for n, v in fields.items())
         self.timeouts = timeouts
         self._max_connections = max_connections
@@ -95,8 +96,8 @@ class Http1Client:
             self._open -= 1
 
     def _request(self, path: str, body: bytes) -> bytes:
-        if self._bad_header is not None:
-            raise UpstreamProtocolError(f"header {self._bad_header} has a line break")
+        if self._invalid is not None:
+            raise UpstreamConnectError(self._invalid)
         return (
             f"POST {self._prefix}{path}{self._query} HTTP/1.1\r\n{self._head_fields}"
             f"Content-Length: {len(body)}\r\n\r\n"
