@@ -231,6 +231,19 @@ async def test_a_kept_connection_the_server_closed_is_not_used_and_nothing_is_se
     assert sends == [True, True]  # the closed one was dropped, not tried
 
 
+async def test_a_kept_connection_the_server_spoke_on_while_idle_is_not_reused() -> None:
+    async def then_408(request: Request, reader: Any, writer: asyncio.StreamWriter) -> None:
+        writer.write(ok())
+        await asyncio.sleep(0.02)
+        writer.write(b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n")
+
+    async with serving(then_408) as server, client_for(server) as c:
+        assert await post(c) == (200, b'{"ok":true}')
+        await asyncio.sleep(0.1)
+        assert await post(c) == (200, b'{"ok":true}')
+    assert (server.connections, len(server.requests)) == (2, 2)
+
+
 async def test_a_reused_connection_closed_after_the_request_is_not_retried() -> None:
     """The server may have read the POST: retrying could run a generation twice; the
     provider retries it, before the first token, as its own decision."""

@@ -170,14 +170,14 @@ async def test_the_pool_keeps_its_books_in_one_pass(
     await asyncio.gather(*(collect(provider) for _ in range(30)))
     assert fake.connections == 30
     checks = 0
-    real_is_closed = Http1Connection.is_closed
+    real_reusable = Http1Connection.reusable
 
     def counted(self: Http1Connection) -> bool:
         nonlocal checks
         checks += 1
-        return bool(real_is_closed.fget(self))  # type: ignore[attr-defined]
+        return bool(real_reusable.fget(self))  # type: ignore[attr-defined]
 
-    monkeypatch.setattr(Http1Connection, "is_closed", property(counted))
+    monkeypatch.setattr(Http1Connection, "reusable", property(counted))
     monkeypatch.setattr(http1_pool, "SWEEP_S", 3600.0)
     client._swept_at = time.monotonic()  # type: ignore[attr-defined]
     for _ in range(3):  # sequential: each reuses an idle connection

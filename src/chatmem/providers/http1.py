@@ -104,6 +104,12 @@ class Http1Connection(asyncio.Protocol):
         """Closed by either side, or the server has said it is done (EOF)."""
         return self._eof or self.transport is None or self.transport.is_closing()
 
+    @property
+    def reusable(self) -> bool:
+        """Open, and nothing arrived since the last response (a server that says
+        something to an idle connection, a 408 say, is about to close it)."""
+        return not (self._buffer or self.is_closed)
+
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()

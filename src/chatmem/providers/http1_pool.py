@@ -114,7 +114,7 @@ class Http1Client:
                 self._sweep(now)
             while self._idle:
                 conn = self._idle.pop()
-                if conn.is_closed or now - conn.idle_since > self._expiry_s:
+                if not conn.reusable or now - conn.idle_since > self._expiry_s:
                     self._discard(conn)
                     continue
                 return conn, True
@@ -155,7 +155,7 @@ class Http1Client:
 
     def _release(self, conn: Http1Connection, reusable: bool) -> None:
         room = len(self._idle) < self._max_keepalive
-        if reusable and room and not conn.is_closed and not self._closed:
+        if reusable and room and conn.reusable and not self._closed:
             conn.idle_since = time.monotonic()
             self._idle.append(conn)
         else:
@@ -171,7 +171,7 @@ class Http1Client:
         self._swept_at = now
         alive: deque[Http1Connection] = deque()
         for conn in self._idle:
-            if conn.is_closed or now - conn.idle_since > self._expiry_s:
+            if not conn.reusable or now - conn.idle_since > self._expiry_s:
                 self._discard(conn)
             else:
                 alive.append(conn)
