@@ -239,6 +239,7 @@ class Http1Response:
         "_framing",
         "_left",
         "_read_s",
+        "_trailers",
         "done",
         "headers",
         "reusable",
@@ -260,6 +261,7 @@ class Http1Response:
         self.reusable = http11 and "close" not in headers.get("connection", "").lower()
         self._left = 0
         self._crlf_due = False
+        self._trailers = False
         if status in _NO_BODY_STATUSES:
             self._framing = _NONE
         elif "chunked" in headers.get("transfer-encoding", "").lower():
@@ -320,36 +322,45 @@ class Http1Response:
         return data
 
     async def _read_chunked(self) -> bytes:
+        """The data of every chunk (whole or begun) that has arrived, joined: one block
+        per socket read, not one per chunk. A state machine over the chunk's data,
+        the line break after it, the next size line, and the trailers."""
         conn = self._conn
-        if not self._left:
-            if self._crlf_due:  # the line break that ends the previous chunk's data
-                if await self._line():
+        pieces: list[bytes] = []
+        while not self.done:
+            buffer = conn._buffer
+            if self._left:
+                if not buffer:
+                    if pieces:
+                        break
+                    await conn._wait(self._read_s)
+                    continue
+                n = min(self._left, len(buffer))
+                pieces.append(conn._take_all() if n == len(buffer) else conn._take(n))
+                self._left -= n
+                self._crlf_due = not self._left
+                continue
+            end = buffer.find(b"\n")
+            if end < 0:
+                if len(buffer) > MAX_CHUNK_LINE_BYTES:
+                    raise UpstreamProtocolError("a chunk-size or trailer line is too long")
+                if pieces:
+                    break
+                await conn._wait(self._read_s)
+                continue
+            line = conn._take(end + 1).rstrip(b"\r\n")
+            if self._crlf_due:  # the line break that ends a chunk's data
+                if line:
                     raise UpstreamProtocolError("a chunk longer than its size")
                 self._crlf_due = False
-            line = await self._line()
-            try:
-                self._left = int(line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                raise UpstreamProtocolError(f"malformed chunk size: {line[:40]!r}") from None
-            if self._left < 0:
-                raise UpstreamProtocolError(f"malformed chunk size: {line[:40]!r}")
-            if not self._left:
-                while await self._line():  # trailers, up to the blank line
-                    pass
-                self.done = True
-                return b""
-        while not conn._buffer:
-            await conn._wait(self._read_s)
-        n = min(self._left, len(conn._buffer))
-        data = conn._take_all() if n == len(conn._buffer) else conn._take(n)
-        self._left -= n
-        self._crlf_due = not self._left
-        return data
-
-    async def _line(self) -> bytes:
-        conn = self._conn
-        while (end := conn._buffer.find(b"\n")) < 0:
-            if len(conn._buffer) > MAX_CHUNK_LINE_BYTES:
-                raise UpstreamProtocolError("a chunk-size or trailer line is too long")
-            await conn._wait(self._read_s)
-        return conn._take(end + 1).rstrip(b"\r\n")
+            elif self._trailers:
+                self.done = not line  # trailers end at a blank line
+            else:
+                try:
+                    self._left = int(line.split(b";", 1)[0].strip(), 16)
+                except ValueError:
+                    raise UpstreamProtocolError(f"malformed chunk size: {line[:40]!r}") from None
+                if self._left < 0:
+                    raise UpstreamProtocolError(f"malformed chunk size: {line[:40]!r}")
+                self._trailers = not self._left
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
