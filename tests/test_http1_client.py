@@ -323,6 +323,19 @@ async def test_a_stall_inside_the_body_is_a_read_timeout() -> None:
                 await anext(blocks)
 
 
+async def test_the_read_timeout_counts_from_the_last_byte_not_the_first_wait() -> None:
+    head, piece, _ = chunked(b"one")
+    async with serving(respond(head, piece, pause_s=0.1)) as server:  # then it stalls
+        t = Timeouts(connect_s=1, read_s=0.15, write_s=1, pool_s=1)
+        async with client_for(server, timeouts=t) as c, c.post("x", b"{}") as resp:
+            blocks = resp.aiter_bytes()
+            assert await anext(blocks) == b"one"  # 0.1 s after the head, 0.05 s before
+            last = time.monotonic()  # the head's read timeout would have ended
+            with pytest.raises(ReadTimeout):
+                await anext(blocks)
+            assert 0.13 < time.monotonic() - last < 0.6
+
+
 async def test_a_tls_handshake_that_never_comes_is_a_connect_timeout() -> None:
     async with serving(respond()) as server:  # plain TCP: the TLS hello is never answered
         t = Timeouts(connect_s=0.2, read_s=1, write_s=1, pool_s=1)

@@ -54,6 +54,8 @@ class Http1Connection(asyncio.Protocol):
         self._reading_paused = False
         self.received_any = False  # a byte of the current response
         self.idle_since = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline = 0.0
 
     # -- the event loop's side ---------------------------------------------------------
 
@@ -76,6 +78,7 @@ class Http1Connection(asyncio.Protocol):
         return False  # close the transport
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_timer()
         self._eof = True
         self._lost = exc or ConnectionResetError("connection closed")
         self._wake()
@@ -111,6 +114,7 @@ class Http1Connection(asyncio.Protocol):
         return not (self._buffer or self.is_closed)
 
     def close(self) -> None:
+        self._stop_timer()
         if self.transport is not None:
             self.transport.close()
 
@@ -134,19 +138,37 @@ class Http1Connection(asyncio.Protocol):
                 raise WriteTimeout(f"sending the request took over {timeout_s:g} s") from None
 
     async def _wait(self, timeout_s: float) -> None:
-        """Until more bytes (or the end) arrive, at most `timeout_s`."""
+        """Until more bytes (or the end) arrive, at most `timeout_s`. One timer per
+        connection, moved only when it fires early: not a timer made and cancelled per
+        read (a streamed reply waits once per token)."""
         if self._eof:
             raise self._cut_short()
         loop = asyncio.get_running_loop()
         waiter = self._waiter = loop.create_future()
-        timer = loop.call_later(timeout_s, _expire, waiter)
+        self._deadline = deadline = loop.time() + timeout_s
+        if self._timer is None or self._timer.when() > deadline:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = loop.call_at(deadline, self._on_timer)
         try:
             await waiter
         finally:
-            timer.cancel()
             self._waiter = None
-        if self._reading_paused and len(self._buffer) < MAX_BUFFERED_BYTES // 4:
-            self._resume_reading()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # not waiting: the next wait sets a timer again
+        if (loop := asyncio.get_running_loop()).time() >= self._deadline:
+            waiter.set_exception(ReadTimeout("the server sent nothing in time"))
+        else:
+            self._timer = loop.call_at(self._deadline, self._on_timer)
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _resume_reading(self) -> None:
         self._reading_paused = False
@@ -194,11 +216,6 @@ class Http1Connection(asyncio.Protocol):
             if 100 <= status < 200:
                 continue  # 100 Continue, 103 Early Hints: the final response follows
             return status, headers, http11
-
-
-def _expire(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(ReadTimeout("the server sent nothing in time"))
 
 
 def parse_head(head: bytes) -> tuple[int, dict[str, str], bool]:
