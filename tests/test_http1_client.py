@@ -292,7 +292,7 @@ async def test_past_max_connections_a_request_waits_for_one_then_times_out() -> 
             started = time.monotonic()
             with pytest.raises(PoolTimeout):
                 await post(c)
-            assert 0.08 < time.monotonic() - started < 0.5
+            assert 0.08 < time.monotonic() - started < 2.0
             patient = Timeouts(connect_s=1, read_s=1, write_s=1, pool_s=2)
             assert (await post(c, timeouts=patient))[0] == 200  # the first's, once freed
             assert (await first)[0] == 200
@@ -309,7 +309,7 @@ async def test_a_server_that_never_answers_is_a_read_timeout() -> None:
             started = time.monotonic()
             with pytest.raises(ReadTimeout):
                 await post(c)
-            assert 0.1 < time.monotonic() - started < 1.0
+            assert 0.1 < time.monotonic() - started < 2.0
 
 
 async def test_a_stall_inside_the_body_is_a_read_timeout() -> None:
@@ -325,15 +325,15 @@ async def test_a_stall_inside_the_body_is_a_read_timeout() -> None:
 
 async def test_the_read_timeout_counts_from_the_last_byte_not_the_first_wait() -> None:
     head, piece, _ = chunked(b"one")
-    async with serving(respond(head, piece, pause_s=0.1)) as server:  # then it stalls
-        t = Timeouts(connect_s=1, read_s=0.15, write_s=1, pool_s=1)
+    async with serving(respond(head, piece, pause_s=0.3)) as server:  # then it stalls
+        t = Timeouts(connect_s=1, read_s=0.5, write_s=1, pool_s=1)
         async with client_for(server, timeouts=t) as c, c.post("x", b"{}") as resp:
             blocks = resp.aiter_bytes()
-            assert await anext(blocks) == b"one"  # 0.1 s after the head, 0.05 s before
+            assert await anext(blocks) == b"one"  # 0.3 s after the head, 0.2 s before
             last = time.monotonic()  # the head's read timeout would have ended
             with pytest.raises(ReadTimeout):
                 await anext(blocks)
-            assert 0.13 < time.monotonic() - last < 0.6
+            assert 0.45 < time.monotonic() - last < 2.0
 
 
 async def test_a_tls_handshake_that_never_comes_is_a_connect_timeout() -> None:
