@@ -37,6 +37,7 @@ from chatmem.providers.upstream import (
     WriteTimeout,
     proxied,
 )
+from tests.api_support import make_test_settings, new_session, running_app
 from tests.fake_openai import FakeOpenAI, Reply
 from tests.http_wire import Request, read_request
 
@@ -427,6 +428,7 @@ async def reply(provider: OpenAICompatProvider, *, close: bool = True) -> str:
 
 
 GP = GenerationParams()
+USER = {"X-User-Id": "alice"}
 
 
 async def test_a_malformed_status_line_is_a_502_retried_before_the_first_token() -> None:
@@ -436,6 +438,26 @@ async def test_a_malformed_status_line_is_a_502_retried_before_the_first_token()
     assert "malformed status line" in caught.value.detail
     assert caught.value.message == "The model provider sent an invalid response."
     assert len(server.requests) == 2  # retried once (max_retries=1)
+
+
+async def test_a_malformed_upstream_response_is_a_502_for_the_client(
+    redis_url: str, tmp_data_dir: Path
+) -> None:
+    """Through the app: a 502 `provider_error` with chatmem's sentence, not the bytes."""
+    async with serving(respond(b"HTTP/1.1 OK SECRET-HOST\r\n\r\n")) as server:
+        base = f"http://127.0.0.1:{server.port}/v1"
+        settings = make_test_settings(redis_url, base, tmp_data_dir)
+        async with running_app(settings) as (_, client):
+            sid = await new_session(client)
+            r = await client.post(
+                f"/v1/sessions/{sid}/messages", json={"content": "hi"}, headers=USER
+            )
+    assert r.status_code == 502, r.text
+    assert r.json()["error"] == {
+        "code": "provider_error",
+        "message": "The model provider sent an invalid response.",
+    }
+    assert len(server.requests) == 1  # max_retries=0 in the tests' settings
 
 
 async def test_read_and_connect_failures_keep_their_provider_errors() -> None:
