@@ -222,6 +222,8 @@ def apps(
             "PYTHONWARNINGS": "ignore",
         }
         chatmem_env = base_env | {
+            # The sources beside this script, whatever the venv has installed.
+            "PYTHONPATH": str(ROOT / "src"),
             "CHATMEM_REDIS_URL": f"redis://127.0.0.1:{redis.port}/0",
             "CHATMEM_DATA_DIR": str(work / "data"),
             "CHATMEM_LLM_PROVIDER": "openai",

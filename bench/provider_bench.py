@@ -1,5 +1,7 @@
 """Provider costs on this machine, each next to its peer.
 
+0. CPU per whole upstream request (a 10-delta reply) with chatmem's own HTTP/1.1
+   client and with httpx, under the same provider, alternating.
 1. CPU per relayed chunk of OpenAICompatProvider against a fast fake server that
    runs in a process of its own (so only the client's CPU is counted), next to
    the official `openai` SDK reading the very same streams. Target: ≤ 30 µs.
@@ -7,7 +9,7 @@
    prompt (target ≤ 0.5 s) and decode speed (target ≥ 40 tokens/s).
 
     .venv/bin/python bench/provider_bench.py [--streams 20 --chunks 1000] [--skip-local]
-        [--skip-relay] [--pace-ms 0.5] [--max-tokens 128] [--threads N ...]
+        [--skip-relay] [--requests 2000] [--pace-ms 0.5] [--max-tokens 128] [--threads N ...]
 """
 
 from __future__ import annotations
@@ -32,7 +34,10 @@ from tests.fake_openai_process import serve_in_process  # noqa: E402
 
 from chatmem.config import LLMSettings  # noqa: E402
 from chatmem.providers.base import GenerationParams  # noqa: E402
+from chatmem.providers.http1_pool import Http1Client  # noqa: E402
+from chatmem.providers.httpx_upstream import HttpxUpstream  # noqa: E402
 from chatmem.providers.openai_compat import OpenAICompatProvider  # noqa: E402
+from chatmem.providers.upstream import Timeouts  # noqa: E402
 
 MESSAGES = [{"role": "user", "content": "Tell me a long story."}]
 TARGET_US_PER_CHUNK = 30.0
@@ -135,6 +140,30 @@ async def breakdown_bench(base_url: str, chunks: int) -> None:
             pass
         writer.close()
 
+    class Reader(asyncio.Protocol):
+        def __init__(self, done: asyncio.Future[None]) -> None:
+            self.done = done
+
+        def data_received(self, data: bytes) -> None:
+            if data.endswith(b"0\r\n\r\n"):
+                self.done.set_result(None)
+
+    async def bare_protocol() -> None:
+        done = asyncio.get_running_loop().create_future()
+        transport, _ = await asyncio.get_running_loop().create_connection(
+            lambda: Reader(done), "127.0.0.1", port
+        )
+        transport.write(head.encode() + body)
+        await done
+        transport.close()
+
+    own = Http1Client(base_url, headers={}, timeouts=Timeouts(5, 5, 5, 5), max_connections=4)
+
+    async def own_bytes() -> None:
+        async with own.post("chat/completions", body) as resp:
+            async for _ in resp.aiter_bytes():
+                pass
+
     async with httpx.AsyncClient(base_url=base_url) as client:
 
         async def httpx_bytes() -> None:
@@ -144,7 +173,9 @@ async def breakdown_bench(base_url: str, chunks: int) -> None:
 
         provider = OpenAICompatProvider(LLMSettings(base_url=base_url, api_key="bench"))
         rows: list[tuple[str, Callable[[], Awaitable[Any]]]] = [
-            ("a bare asyncio socket read, no HTTP", bare_socket),
+            ("a bare asyncio socket read (streams)", bare_socket),
+            ("a bare asyncio Protocol, no HTTP", bare_protocol),
+            ("chatmem Http1Client, bytes only", own_bytes),
             ("httpx, bytes only (aiter_raw)", httpx_bytes),
             ("OpenAICompatProvider, parsed chunks", lambda: chatmem_stream(provider)),
         ]
@@ -158,7 +189,7 @@ async def breakdown_bench(base_url: str, chunks: int) -> None:
                     async for _ in resp.content.iter_any():
                         pass
 
-            rows.insert(1, ("aiohttp, bytes only", aiohttp_bytes))
+            rows.insert(3, ("aiohttp, bytes only", aiohttp_bytes))
         except ImportError:
             session = None
         try:
@@ -172,6 +203,7 @@ async def breakdown_bench(base_url: str, chunks: int) -> None:
                 print(f"  {name:38s} user {user:4.0f} µs + sys {system:3.0f} µs per chunk")
         finally:
             await provider.aclose()
+            await own.aclose()
             if session is not None:
                 await session.close()
 
@@ -180,6 +212,52 @@ def run_breakdown(chunks: int, delay_s: float) -> None:
     print(f"paced chunk breakdown: one stream of {chunks} chunks, {delay_s * 1000:g} ms apart")
     with fake_server(chunks, delay_s) as base_url:
         asyncio.run(breakdown_bench(base_url, chunks))
+
+
+async def request_bench(base_url: str, requests: int) -> None:
+    """CPU per whole upstream request (connect once, then keep-alive), alternating
+    chatmem's own client and httpx under the same provider, round by round."""
+    settings = LLMSettings(base_url=base_url, api_key="bench")
+    t = Timeouts(5, 60, 60, 5)
+    kw: dict[str, Any] = {"headers": {"Authorization": "Bearer bench"}, "timeouts": t}
+    providers = {
+        "chatmem Http1Client": OpenAICompatProvider(
+            settings, upstream=Http1Client(base_url, max_connections=8, **kw)
+        ),
+        "httpx (plain pool)": OpenAICompatProvider(
+            settings, upstream=HttpxUpstream(base_url, max_connections=8, **kw)
+        ),
+    }
+    cpu = dict.fromkeys(providers, 0.0)
+    try:
+        for provider in providers.values():
+            for _ in range(20):
+                await chatmem_stream(provider)
+        for _ in range(5):
+            for name, provider in providers.items():
+                cpu0 = time.process_time()
+                for _ in range(requests // 5):
+                    await chatmem_stream(provider)
+                cpu[name] += time.process_time() - cpu0
+    finally:
+        for provider in providers.values():
+            await provider.aclose()
+    per = {name: total / requests * 1e6 for name, total in cpu.items()}
+    for name, us in per.items():
+        print(f"  {name:30s} {us:7.1f} µs CPU per request")
+    ours, theirs = per.values()
+    print(f"  own / httpx: {ours / theirs:.2f}")
+
+
+def run_requests(requests: int, chunks: int) -> None:
+    print(f"whole requests: {requests} each, a {chunks}-delta reply, unpaced, keep-alive")
+    with fake_server(chunks) as base_url:
+        print(" asyncio loop:")
+        asyncio.run(request_bench(base_url, requests))
+        import uvloop
+
+        print(" uvloop:")
+        uvloop.run(request_bench(base_url, requests))
 
 
 PROMPTS = [
@@ -250,6 +328,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--skip-local", action="store_true")
     parser.add_argument("--skip-relay", action="store_true")
+    parser.add_argument("--requests", type=int, default=2000, help="whole requests (0: skip)")
     parser.add_argument(
         "--threads", type=int, action="append", help="llama.cpp threads (repeatable)"
     )
@@ -259,6 +338,8 @@ def main() -> None:
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average {load}")
     # Unpaced, several chunks often share one socket read; paced, each chunk
     # arrives alone, as tokens from a real model do: the costlier, honest case.
+    if args.requests:
+        run_requests(args.requests, 10)
     if not args.skip_relay:
         run_relay(args.streams, args.chunks, 0.0)
         run_relay(args.streams, args.chunks, args.pace_ms / 1000)

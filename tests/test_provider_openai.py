@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, cast
 
 import pytest
-from httpcore import AsyncHTTPConnection
 
 from chatmem.config import LLMSettings
 from chatmem.errors import (
@@ -19,8 +19,9 @@ from chatmem.errors import (
     ProviderTimeout,
     ProviderUnavailable,
 )
-from chatmem.providers import GenerationParams, StreamChunk, TokenUsage, make_provider
-from chatmem.providers.http_pool import LeanConnectionPool, OneWriteStream
+from chatmem.providers import GenerationParams, StreamChunk, TokenUsage, http1_pool, make_provider
+from chatmem.providers.http1 import Http1Connection
+from chatmem.providers.http1_pool import Http1Client
 from chatmem.providers.local import LocalLlamaProvider
 from chatmem.providers.openai_compat import OpenAICompatProvider, _SSEDecoder
 from chatmem.providers.tool_calls import ToolCallAssembler, whole_calls
@@ -161,49 +162,51 @@ async def test_the_pool_keeps_its_books_in_one_pass(
 ) -> None:
     """Regression: httpcore's pool counted every connection again for each idle one, and
     polled every idle socket, each time a request started or ended (quadratic in the
-    pool: 32 turns in flight cost ~0.5 ms a turn, 1 000 streams stalled the loop)."""
-    pool = provider._client._transport._pool  # type: ignore[attr-defined]
-    assert type(pool) is LeanConnectionPool
+    pool: 32 turns in flight cost ~0.5 ms a turn, 1 000 streams stalled the loop). The
+    own client's pool takes the newest idle connection and looks at no other."""
+    client = provider._upstream
+    assert isinstance(client, Http1Client)
     fake.script(*[Reply(text="hello", delay_s=0.02) for _ in range(30)])
     await asyncio.gather(*(collect(provider) for _ in range(30)))
     assert fake.connections == 30
-    idle_checks = 0
-    real_is_idle = AsyncHTTPConnection.is_idle
+    checks = 0
+    real_reusable = Http1Connection.reusable
 
-    def counted(self: AsyncHTTPConnection) -> bool:
-        nonlocal idle_checks
-        idle_checks += 1
-        return real_is_idle(self)
+    def counted(self: Http1Connection) -> bool:
+        nonlocal checks
+        checks += 1
+        return bool(real_reusable.fget(self))  # type: ignore[attr-defined]
 
-    monkeypatch.setattr(AsyncHTTPConnection, "is_idle", counted)
+    monkeypatch.setattr(Http1Connection, "reusable", property(counted))
+    monkeypatch.setattr(http1_pool, "SWEEP_S", 3600.0)
+    client._swept_at = time.monotonic()  # type: ignore[attr-defined]
     for _ in range(3):  # sequential: each reuses an idle connection
         await collect(provider)
     assert fake.connections == 30
-    # Linear: a pass looks at each of the 30 connections about once (httpcore's own
-    # pool: ~30 × 30 for each pass, two passes a request).
-    assert idle_checks <= 3 * 2 * 2 * 30
+    assert client.open_connections == 30  # type: ignore[attr-defined]
+    assert checks <= 3 * 3  # taking one, giving it back: not 30 each time
 
 
 async def test_a_request_goes_out_in_one_write(
     provider: OpenAICompatProvider, fake: FakeOpenAI
 ) -> None:
-    """httpcore writes a request's head and body separately: two syscalls and two
-    wake-ups of the server per request; one now."""
+    """httpcore wrote a request's head and body separately: two syscalls and two
+    wake-ups of the server per request; one here."""
     await collect(provider)
-    pool = provider._client._transport._pool  # type: ignore[attr-defined]
-    stream = pool.connections[0]._connection._network_stream
-    assert isinstance(stream, OneWriteStream)
+    [conn] = provider._upstream._idle  # type: ignore[attr-defined]
+    transport = conn.transport
     writes: list[bytes] = []
-    real_write = stream._inner.write
+    real_write = transport.write
 
-    async def counted(data: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
-        writes.append(data)
-        await real_write(data, timeout)
+    def counted(data: bytes) -> None:
+        writes.append(bytes(data))
+        real_write(data)
 
-    stream._inner.write = counted
+    transport.write = counted
     assert reply_text(await collect(provider)) == "Hello from the fake model."
     assert len(writes) == 1
-    assert writes[0].startswith(b"POST ") and writes[0].endswith(b"}")  # head and JSON body
+    assert writes[0].startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")
+    assert writes[0].endswith(b"}")  # head and JSON body
     assert fake.connections == 1
 
 

@@ -1,10 +1,9 @@
 """Any OpenAI-compatible chat endpoint (OpenAI, DeepSeek, DashScope, Ark, vLLM, Ollama…).
 
-Deliberately raw httpx rather than the official `openai` SDK: the SDK builds a
-pydantic object per streamed chunk and costs several times more CPU per relayed
-chunk (bench/provider_bench.py, figures in docs/performance.md), and its own
-retries would retry after the first token. Here the SSE bytes are split and
-parsed with orjson directly, tolerating what compatible servers really send:
+Deliberately chatmem's own HTTP/1.1 client (providers/upstream.py) rather than the
+`openai` SDK: the SDK builds a pydantic object per streamed chunk (several times the
+CPU per relayed chunk, docs/performance.md), and would retry after the first token.
+The SSE bytes are split and parsed with orjson, tolerating what servers really send:
 `usage: null`, chunks with empty `choices`, comment lines, `reasoning_content`,
 an `error` object inside the stream, or a plain JSON reply to a streamed request.
 The model's tool calls, streamed in fragments, are joined (providers/tool_calls.py)
@@ -25,7 +24,6 @@ import random
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
-import httpx
 import orjson
 
 from chatmem.config import LLMSettings
@@ -38,8 +36,20 @@ from chatmem.errors import (
     ProviderUnavailable,
 )
 from chatmem.providers.base import GenerationParams, ModelInfo, StreamChunk, TokenUsage
-from chatmem.providers.http_pool import upstream_transport
+from chatmem.providers.http1_pool import Http1Client
+from chatmem.providers.httpx_upstream import HttpxUpstream
 from chatmem.providers.tool_calls import ToolCallAssembler, whole_calls
+from chatmem.providers.upstream import (
+    ConnectTimeout,
+    Timeouts,
+    Upstream,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamResponse,
+    UpstreamTimeout,
+    proxied,
+)
 from chatmem.redact import redact
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -58,7 +68,12 @@ MAX_RETRY_DELAY_S = 10.0
 DRAIN_AFTER_DONE_S = 0.2
 MAX_ERROR_MESSAGE_CHARS = 500
 
-_RETRYABLE = (ProviderUnavailable, ProviderRateLimited, ProviderTimeout)
+
+class UpstreamMalformed(ProviderError):  # a 502, retried before the first token
+    """The model provider sent an invalid response."""
+
+
+_RETRYABLE = (ProviderUnavailable, ProviderRateLimited, ProviderTimeout, UpstreamMalformed)
 
 
 class UpstreamRateLimited(ProviderRateLimited):
@@ -80,32 +95,11 @@ class OpenAICompatProvider:
     the consumer; once a chunk is out, a failure is raised as is.
     """
 
-    def __init__(
-        self, settings: LLMSettings, *, transport: httpx.AsyncBaseTransport | None = None
-    ) -> None:
+    def __init__(self, settings: LLMSettings, *, upstream: Upstream | None = None) -> None:
         self._settings = settings
         self._model = settings.model or DEFAULT_MODEL
         self._base_url = (settings.base_url or DEFAULT_BASE_URL).rstrip("/")
-        headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
-        if settings.api_key:
-            headers["Authorization"] = f"Bearer {settings.api_key}"
-        # Each stream holds one connection: a stream past max_connections waits for
-        # one (up to connect_timeout_s, then fails), so this caps the streams at once.
-        limits = httpx.Limits(
-            max_connections=settings.max_connections, max_keepalive_connections=64
-        )
-        self._client = httpx.AsyncClient(
-            base_url=self._base_url + "/",
-            headers=headers,
-            timeout=httpx.Timeout(
-                connect=settings.connect_timeout_s,
-                read=settings.read_timeout_s,
-                write=settings.read_timeout_s,
-                pool=settings.connect_timeout_s,
-            ),
-            limits=limits,  # for proxies' transports, if the environment names one
-            transport=transport or upstream_transport(limits),
-        )
+        self._upstream = upstream or open_upstream(self._base_url, settings)
         # Cleared for good the first time the server rejects `stream_options`.
         self._ask_usage = True
         if "context_window" in settings.model_fields_set:
@@ -119,7 +113,7 @@ class OpenAICompatProvider:
         return self._info
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._upstream.aclose()
 
     async def stream(
         self, messages: Sequence[Mapping[str, Any]], params: GenerationParams
@@ -130,8 +124,8 @@ class OpenAICompatProvider:
             relayed = False
             body = self._request_body(messages, params)
             try:
-                async with self._client.stream("POST", "chat/completions", content=body) as resp:
-                    if resp.status_code >= 300:  # redirects too: a base URL to fix
+                async with self._upstream.post("chat/completions", body) as resp:
+                    if resp.status >= 300:  # redirects too: a base URL to fix
                         raise await _status_error(resp)
                     async for chunk in _relay(resp):
                         relayed = True
@@ -139,7 +133,7 @@ class OpenAICompatProvider:
                 return
             except ProviderError as exc:
                 error: ProviderError = exc
-            except httpx.HTTPError as exc:
+            except UpstreamError as exc:
                 error = _transport_error(exc, self._base_url)
                 error.__cause__ = exc
             if not relayed and self._ask_usage and _rejects_stream_options(error):
@@ -215,7 +209,7 @@ class _SSEDecoder:
         return self.feed(b"\n\n") if self._pending or self._data else []
 
 
-async def _relay(resp: httpx.Response) -> AsyncIterator[StreamChunk]:
+async def _relay(resp: UpstreamResponse) -> AsyncIterator[StreamChunk]:
     """Turn an SSE (or, from lax servers, a plain JSON) body into chunks."""
     if resp.headers.get("content-type", "").startswith("application/json"):
         yield _completion_chunk(_loads(await resp.aread()))
@@ -310,13 +304,13 @@ def _usage(raw: Any) -> TokenUsage | None:
         return None  # unusable figures: the service counts tokens itself
 
 
-async def _status_error(resp: httpx.Response) -> ProviderError:
+async def _status_error(resp: UpstreamResponse) -> ProviderError:
     body = await resp.aread()
     try:
         parsed: Any = orjson.loads(body)
     except orjson.JSONDecodeError:
         parsed = body.decode("utf-8", "replace")
-    error = _error_from_body(parsed, status=resp.status_code)
+    error = _error_from_body(parsed, status=resp.status)
     if isinstance(error, UpstreamRateLimited):
         error.retry_after_s = _retry_after_s(resp.headers.get("retry-after"))
     return error
@@ -369,14 +363,35 @@ def _retry_after_s(header: str | None) -> float | None:
         return None  # an HTTP date: rare from model APIs, and backoff still applies
 
 
-def _transport_error(exc: httpx.HTTPError, base_url: str) -> ProviderError:
-    if isinstance(exc, httpx.ConnectTimeout):
+def _transport_error(exc: UpstreamError, base_url: str) -> ProviderError:
+    if isinstance(exc, ConnectTimeout):
         return ProviderTimeout(f"connecting to {base_url} timed out")
-    if isinstance(exc, httpx.TimeoutException):
+    if isinstance(exc, UpstreamTimeout):
         return ProviderTimeout(f"{base_url} did not answer in time ({type(exc).__name__})")
-    if isinstance(exc, httpx.ConnectError):
+    if isinstance(exc, UpstreamProtocolError):
+        return UpstreamMalformed(f"{base_url} sent an invalid response: {exc}")
+    if isinstance(exc, UpstreamConnectError):
         return ProviderUnavailable(f"cannot connect to {base_url}: {exc}")
     return ProviderUnavailable(f"connection to {base_url} failed: {exc or type(exc).__name__}")
+
+
+def open_upstream(base_url: str, settings: LLMSettings) -> Upstream:
+    """chatmem's own HTTP/1.1 client, or httpx if the environment names a proxy for
+    `base_url`. A stream holds a connection: max_connections caps the streams at once
+    (one past it waits for a connection up to connect_timeout_s, then fails)."""
+    headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+    if settings.api_key:
+        headers["Authorization"] = f"Bearer {settings.api_key}"
+    timeouts = Timeouts(
+        connect_s=settings.connect_timeout_s,
+        read_s=settings.read_timeout_s,
+        write_s=settings.read_timeout_s,
+        pool_s=settings.connect_timeout_s,
+    )
+    client = HttpxUpstream if proxied(base_url) else Http1Client
+    return client(
+        base_url, headers=headers, timeouts=timeouts, max_connections=settings.max_connections
+    )
 
 
 def _rejects_stream_options(error: ProviderError) -> bool:

@@ -2,7 +2,7 @@
 
 A turn that relays nothing (a JSON turn) needs the reply only once it is whole: asked
 for it in one piece, the upstream sends one JSON body, read once, instead of a chunk per
-token, each an httpx read, an SSE parse and a chunk object (~150 µs a chunk when the
+token, each a read, an SSE parse and a chunk object (~50 µs a chunk when the
 model paces them; docs/performance.md). The catch is why it is opt-in: a whole reply
 stopped half-way (POST …/stop, a shutdown) has no partial text to keep, where a streamed
 one keeps what was said (SPEC §3.6). `providers.base.reply_chunks` picks `whole` for
@@ -15,7 +15,6 @@ import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
-import httpx
 import orjson
 
 from chatmem.errors import ProviderError
@@ -27,6 +26,7 @@ from chatmem.providers.openai_compat import (
     _status_error,
     _transport_error,
 )
+from chatmem.providers.upstream import Timeouts, UpstreamError
 
 # A reply asked for whole arrives when the model has finished: its read timeout grows
 # with the tokens it may write (4 tokens/s at the least).
@@ -56,19 +56,17 @@ class OpenAIWholeReplies(OpenAICompatProvider):
         body = _whole_body(self._request_body(messages, params))
         s = self._settings
         max_tokens = params.max_tokens or s.max_tokens
-        timeout = httpx.Timeout(
-            connect=s.connect_timeout_s,
-            read=s.read_timeout_s + WHOLE_READ_S_PER_TOKEN * max_tokens,
-            write=s.read_timeout_s,
-            pool=s.connect_timeout_s,
+        timeouts = Timeouts(
+            connect_s=s.connect_timeout_s,
+            read_s=s.read_timeout_s + WHOLE_READ_S_PER_TOKEN * max_tokens,
+            write_s=s.read_timeout_s,
+            pool_s=s.connect_timeout_s,
         )
         attempt = 0
         while True:
             try:
-                async with self._client.stream(
-                    "POST", "chat/completions", content=body, timeout=timeout
-                ) as resp:
-                    if resp.status_code >= 300:
+                async with self._upstream.post("chat/completions", body, timeouts) as resp:
+                    if resp.status >= 300:
                         raise await _status_error(resp)
                     chunks = [chunk async for chunk in _relay(resp)]
                 for chunk in chunks:
@@ -76,7 +74,7 @@ class OpenAIWholeReplies(OpenAICompatProvider):
                 return
             except ProviderError as exc:
                 error: ProviderError = exc
-            except httpx.HTTPError as exc:
+            except UpstreamError as exc:
                 error = _transport_error(exc, self._base_url)
                 error.__cause__ = exc
             if attempt >= s.max_retries or not isinstance(error, _RETRYABLE):
