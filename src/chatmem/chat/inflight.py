@@ -4,6 +4,13 @@
   `async with`): the Redis lock cannot say so while Redis is down, and a local wait
   costs no round trip. A reservation that gets a generation (`run`) is held until the
   generation's task ends; one that does not is released when the block exits.
+- **Admission.** At most `starts` turns are starting at once (reserved, not yet
+  running their generation: the begin round trip, the context, the task's creation);
+  the others wait in line for a place, in order, without a time limit and without being
+  refused. A burst of 1 000 starts would otherwise take the event loop in lockstep
+  (every start's next step queued behind every other's) and the deltas of the streams
+  already running would wait behind all of them. A session's own wait (one turn at a
+  time, `lock_wait_ms`) comes first and is unchanged.
 - **Generations.** Their tasks are created and awaited here, and nowhere else.
 - **The tick.** One task per process, every TICK_S while generations run, makes one
   pipelined round trip for all of them (Coordinator.tick): the coalesced deltas of
@@ -55,10 +62,15 @@ class Slot:
 
 
 class InFlight:
-    def __init__(self, coordinator: Coordinator, health: StoreHealth, *, lock_wait_ms: int) -> None:
+    def __init__(
+        self, coordinator: Coordinator, health: StoreHealth, *, lock_wait_ms: int, starts: int = 0
+    ) -> None:
         self.coordinator = coordinator
         self.health = health
         self.lock_wait_ms = lock_wait_ms
+        # Admission: None when unbounded (starts 0).
+        self._starts = asyncio.Semaphore(starts) if starts > 0 else None
+        self.starts_waiting = 0
         self._slots: dict[SessionKey, Slot] = {}
         self._freed: dict[SessionKey, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[TurnDone | None]] = set()
@@ -79,10 +91,27 @@ class InFlight:
                 raise SessionBusy() from None
         slot = self._slots[key] = Slot(key)
         try:
-            yield slot
+            async with self._admitted():
+                yield slot
         finally:
             if slot.generation is None or slot.generation.task is None:
                 self._release(slot)
+
+    @asynccontextmanager
+    async def _admitted(self) -> AsyncIterator[None]:
+        """A place among the turn starts in flight, waited for in line."""
+        if self._starts is None:
+            yield
+            return
+        self.starts_waiting += 1
+        try:
+            await self._starts.acquire()
+        finally:
+            self.starts_waiting -= 1
+        try:
+            yield
+        finally:
+            self._starts.release()
 
     def _release(self, slot: Slot) -> None:
         if self._slots.get(slot.key) is slot:

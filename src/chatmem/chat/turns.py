@@ -86,8 +86,12 @@ class Turns:
         self._metrics = metrics
         self.outbox = outbox
         self.replayer = replayer
+        limits = settings.limits
         self.inflight = InFlight(
-            turn_store.coordinator, replayer, lock_wait_ms=settings.limits.session_lock_wait_ms
+            turn_store.coordinator,
+            replayer,
+            lock_wait_ms=limits.session_lock_wait_ms,
+            starts=limits.starts_in_flight,
         )
         self.resumer = Resumer(turn_store, streams, self.inflight, metrics)
         self.degraded = DegradedTurns(settings, characters, prompter, metrics, outbox, replayer)
