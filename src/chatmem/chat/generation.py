@@ -157,7 +157,9 @@ class Generation:
     _stop: bool = False
     _reading: bool = False
     _final: TurnDone | ChatmemError | None = None
-    _changed: asyncio.Future[None] | None = None
+    # One future per waiting subscriber (most generations have one), set at each change:
+    # a subscriber that leaves cancels only its own.
+    _waiters: list[asyncio.Future[None]] = field(default_factory=list)
 
     @property
     def session_id(self) -> str:
@@ -272,9 +274,11 @@ class Generation:
         self._notify()
 
     def _notify(self) -> None:
-        if self._changed is not None:
-            self._changed.set_result(None)
-            self._changed = None
+        if self._waiters:
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     # --- what subscribers and the event stream see ---------------------------------------
 
@@ -346,7 +350,11 @@ class Generation:
         yield [self._final]
 
     async def _next_change(self) -> None:
-        if self._changed is None:
-            self._changed = asyncio.get_running_loop().create_future()
-        # Shielded: one subscriber leaving must not cancel the future the others wait on.
-        await asyncio.shield(self._changed)
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if waiter.cancelled():  # its subscriber left (a change took it off already)
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
