@@ -305,6 +305,11 @@ class Generation:
             out.append(Delta(part[max(0, offset - (end - len(part))) :], end))
         return out
 
+    @property
+    def unflushed(self) -> bool:
+        """Whether some text is not yet in the event stream."""
+        return self._length > self.flushed
+
     def take_unflushed(self) -> tuple[int, str] | None:
         """The text not yet in the event stream, as (offset, text); now counted in."""
         if self._length <= self.flushed:

@@ -172,26 +172,30 @@ class InFlight:
     async def _tick(self, now: float, poll: bool) -> None:
         items: list[TickItem] = []
         gens: list[Generation] = []
-        appending: list[asyncio.Event] = []
+        # One event for all the appends of this tick (a generation's finish waits for its
+        # append: deltas stay in order), not one per generation per tick.
+        appended = asyncio.Event()
         ttl_s = self.coordinator.lock_ttl_ms / 1000
         for gen in self.running:
             if gen.degraded or gen.settling or gen.task is None:
                 continue
+            append = gen.relay and gen.appending is None and gen.unflushed
+            item_poll = poll and not gen.stop_requested
+            renew = now >= self._renew_at.get(gen, now + 1)
+            if not (append or item_poll or renew):
+                continue  # nothing to do: no item built (1 000 streams, every 50 ms)
             if self.health.is_down(gen.user_id):
                 continue  # a stop reaches it through its own process meanwhile
             item = TickItem(gen.user_id, gen.session_id, gen.lock_token, gen.generation_id)
-            if gen.relay and gen.appending is None:
+            if append:
                 item.append = gen.take_unflushed()
-                if item.append is not None:
-                    gen.appending = asyncio.Event()
-                    appending.append(gen.appending)
-            item.poll = poll and not gen.stop_requested
-            if now >= self._renew_at.get(gen, now + 1):
+                gen.appending = appended
+            item.poll = item_poll
+            if renew:
                 item.renew = True
                 self._renew_at[gen] = now + ttl_s / 3
-            if item.append is not None or item.poll or item.renew:
-                items.append(item)
-                gens.append(gen)
+            items.append(item)
+            gens.append(gen)
         if not items:
             return
         try:
@@ -202,9 +206,9 @@ class InFlight:
                     gen.flushed = min(gen.flushed, item.append[0])
             raise
         finally:
+            appended.set()
             for gen in gens:
-                if gen.appending is not None and gen.appending in appending:
-                    gen.appending.set()
+                if gen.appending is appended:
                     gen.appending = None
         for gen, res in zip(gens, results, strict=True):
             if res.stop:
