@@ -7,10 +7,9 @@ handed down the same way, and stopped when uvicorn returns. Settings that would 
 the app from starting (auth keys, the JWT secret) are checked first, so a start-up that
 fails leaves no redis-server behind.
 
-The served app tunes Python's garbage collector once its start-up is complete
-(`SettledGC`): what start-up built is frozen (never traversed again), and collections
-are made rarer, so that a full collection does not stop every stream for a second
-(docs/performance.md, "1 000 streams, again").
+The served app settles Python's garbage collector once its start-up is complete
+(cli/collector.py `SettledGC`), so that a full collection does not stop every stream for
+a second (docs/performance.md, "1 000 streams, again").
 
 uvicorn rewrites the client address from X-Forwarded-For only for the proxies in
 `CHATMEM_SERVER_TRUSTED_PROXIES` (by default for none, not uvicorn's 127.0.0.1): that
@@ -20,52 +19,13 @@ address is what failed authentication is throttled by and what the access log sh
 from __future__ import annotations
 
 import contextlib
-import gc
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from chatmem.cli.collector import SettledGC
 from chatmem.config import Settings
 from chatmem.errors import StoreUnavailable
-
-if TYPE_CHECKING:
-    from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-# The collector's thresholds once the app has started (Python's are 700, 10, 10). With
-# 1 000 streams open a process holds ~600 000 objects that live for seconds; at the
-# default thresholds a full collection (every ~70 000 allocations, when a quarter of the
-# old generation is new) traversed all of them, 0.4–1.5 s on this box, and every
-# stream stood still meanwhile. Now the youngest generation is collected every 10 000
-# allocations (~5 ms), the middle one every 20 of those, the old one every 100 of those.
-GC_THRESHOLDS = (10_000, 20, 100)
-
-
-def settle_gc() -> None:
-    """Freeze what exists now (modules, the app, its settings and pools: never garbage,
-    never traversed again) and make collections rarer."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
-
-
-class SettledGC:
-    """The app, with the collector settled (`settle_gc`) once its lifespan's start-up is
-    complete; everything else passes through untouched."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "lifespan":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_then_settle(message: Message) -> None:
-            await send(message)
-            if message["type"] == "lifespan.startup.complete":
-                settle_gc()
-
-        await self.app(scope, receive, send_then_settle)
 
 
 def served_app() -> SettledGC:
