@@ -15,7 +15,8 @@
 - **The tick.** One task per process, every TICK_S while generations run, makes one
   pipelined round trip for all of them (Coordinator.tick): the coalesced deltas of
   relayed generations go to their event streams (at most one append per generation per
-  TICK_S), stop flags are polled every STOP_POLL_S (a stop asked through another
+  TICK_S), stop flags are polled every STOP_POLL_S, each generation's counted from its
+  start so that 1 000 polls are not one burst (a stop asked through another
   process), and locks are renewed every lock_ttl / 3.
 - **Shutdown.** `drain(grace_s)` waits for the generations, stops those still running
   after the grace period and waits for them to be stored.
@@ -75,6 +76,7 @@ class InFlight:
         self._freed: dict[SessionKey, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[TurnDone | None]] = set()
         self._renew_at: dict[Generation, float] = {}
+        self._poll_at: dict[Generation, float] = {}
         self._ticker: asyncio.Task[None] | None = None
 
     # --- reservations ----------------------------------------------------------------
@@ -141,6 +143,7 @@ class InFlight:
         if not gen.degraded:
             ttl_s = self.coordinator.lock_ttl_ms / 1000
             self._renew_at[gen] = time.monotonic() + ttl_s / 3
+            self._poll_at[gen] = time.monotonic() + STOP_POLL_S
         if self._ticker is None or self._ticker.done():
             self._ticker = asyncio.create_task(self._tick_loop(), name="generation ticker")
 
@@ -149,27 +152,24 @@ class InFlight:
             return await gen.run()
         finally:
             self._renew_at.pop(gen, None)
+            self._poll_at.pop(gen, None)
             self._release(slot)
 
     # --- the tick --------------------------------------------------------------------
 
     async def _tick_loop(self) -> None:
         """Ends when no generation is left (run() starts it again)."""
-        next_poll = time.monotonic() + STOP_POLL_S
         while self._tasks:
             await asyncio.sleep(TICK_S)
             now = time.monotonic()
-            poll = now >= next_poll
-            if poll:
-                next_poll = now + STOP_POLL_S
             try:
-                await self._tick(now, poll)
+                await self._tick(now)
             except StoreUnavailable as exc:
                 self.health.mark_down(exc)
             except Exception:
                 log.exception("generation tick failed")
 
-    async def _tick(self, now: float, poll: bool) -> None:
+    async def _tick(self, now: float) -> None:
         items: list[TickItem] = []
         gens: list[Generation] = []
         # One event for all the appends of this tick (a generation's finish waits for its
@@ -180,7 +180,7 @@ class InFlight:
             if gen.degraded or gen.settling or gen.task is None:
                 continue
             append = gen.relay and gen.appending is None and gen.unflushed
-            item_poll = poll and not gen.stop_requested
+            item_poll = now >= self._poll_at.get(gen, now + 1) and not gen.stop_requested
             renew = now >= self._renew_at.get(gen, now + 1)
             if not (append or item_poll or renew):
                 continue  # nothing to do: no item built (1 000 streams, every 50 ms)
@@ -191,6 +191,8 @@ class InFlight:
                 item.append = gen.take_unflushed()
                 gen.appending = appended
             item.poll = item_poll
+            if item_poll:
+                self._poll_at[gen] = now + STOP_POLL_S
             if renew:
                 item.renew = True
                 self._renew_at[gen] = now + ttl_s / 3
