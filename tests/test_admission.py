@@ -161,3 +161,50 @@ async def test_streamed_turns_start_within_the_bound_and_all_finish(
 def test_the_default_bounds_starts() -> None:
     settings = make_test_settings("redis://127.0.0.1:1/0", "http://127.0.0.1:1/v1", Path("."))
     assert settings.limits.starts_in_flight == 16
+
+
+@pytest.mark.fake_model(default=Reply(text="one two", chunks=2))
+@pytest.mark.parametrize("starts", [1, 0])
+async def test_finishes_are_bounded_alike(
+    starts: int,
+    redis_url: str,
+    redis_client: AnyRedis,
+    fake: FakeOpenAI,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Streams that end together store their replies a bounded number at a time (their
+    deltas are all out: only their final events wait)."""
+    from chatmem.chat.turns import Turns
+
+    now = most = 0
+    original = Turns.persist
+
+    async def persist(turns: Turns, *args: Any, **kwargs: Any) -> Any:
+        nonlocal now, most
+        now += 1
+        most = max(most, now)
+        try:
+            await asyncio.sleep(0.1)
+            return await original(turns, *args, **kwargs)
+        finally:
+            now -= 1
+
+    monkeypatch.setattr(Turns, "persist", persist)
+    settings = make_test_settings(
+        redis_url, fake.base_url, tmp_path, limits={"starts_in_flight": starts}
+    )
+    async with running_app(settings) as (_, client):
+        users = [f"user-{i}" for i in range(6)]
+        sids = [await new_session(client, user) for user in users]
+
+        async def stream(user: str, sid: str) -> None:
+            r = await client.post(
+                f"/v1/sessions/{sid}/messages",
+                json={"content": "hi", "stream": True},
+                headers={"X-User-Id": user},
+            )
+            assert sse_events(r.text)[-1].event == "done"
+
+        await asyncio.gather(*(stream(u, s) for u, s in zip(users, sids, strict=True)))
+    assert most == 1 if starts == 1 else most > 2

@@ -146,6 +146,8 @@ class Generation:
     revision: str = ""
     revises: Message | None = None
     task: asyncio.Task[TurnDone | None] | None = None
+    # Bounds the finishes in flight in the process (set by InFlight.run; None: none).
+    finishing: asyncio.Semaphore | None = None
     # Set while this generation's text is being appended to its event stream.
     appending: asyncio.Event | None = None
     flushed: int = 0  # how much of the text is in the event stream
@@ -245,7 +247,10 @@ class Generation:
         )
         outcome = "stopped" if self._stop else "error" if error else "ok"
         try:
-            done = await self.host.persist(self, reading)
+            # In line with the other finishes of the process (InFlight's admission): its
+            # deltas are all out, so waiting delays only its final event, not a stream.
+            async with self.finishing or contextlib.nullcontext():
+                done = await self.host.persist(self, reading)
         except ChatmemError as exc:
             self._settle(exc)
             return None

@@ -10,7 +10,9 @@
   refused. A burst of 1 000 starts would otherwise take the event loop in lockstep
   (every start's next step queued behind every other's) and the deltas of the streams
   already running would wait behind all of them. A session's own wait (one turn at a
-  time, `lock_wait_ms`) comes first and is unchanged.
+  time, `lock_wait_ms`) comes first and is unchanged. Finishes (storing the reply, once
+  its last delta is out) are bounded alike: 1 000 streams that end together would
+  otherwise stall the ones still streaming.
 - **Generations.** Their tasks are created and awaited here, and nowhere else.
 - **The tick.** One task per process, every TICK_S while generations run, makes one
   pipelined round trip for all of them (Coordinator.tick): the coalesced deltas of
@@ -71,6 +73,7 @@ class InFlight:
         self.lock_wait_ms = lock_wait_ms
         # Admission: None when unbounded (starts 0).
         self._starts = asyncio.Semaphore(starts) if starts > 0 else None
+        self._finishes = asyncio.Semaphore(starts) if starts > 0 else None
         self.starts_waiting = 0
         self._slots: dict[SessionKey, Slot] = {}
         self._freed: dict[SessionKey, asyncio.Event] = {}
@@ -136,6 +139,7 @@ class InFlight:
     def run(self, slot: Slot, gen: Generation) -> None:
         """Start the generation's task; the slot is held until it ends."""
         slot.generation = gen
+        gen.finishing = self._finishes
         task = asyncio.create_task(self._own(slot, gen), name=f"generation {gen.session_id}")
         gen.task = task
         self._tasks.add(task)
