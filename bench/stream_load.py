@@ -21,7 +21,15 @@ every process during the run.
     .venv/bin/python bench/stream_load.py [--streams 1000] [--workers 1]
         [--chunks 20 --delay-ms 50]   the model's pace (500 ms: streams long enough
                                       that all N are open at once)
+        [--ramp-s 0]                  the N starts spread evenly over this long, as
+                                      users who do not all press send in one instant
         [--profile FILE]              chatmem under cProfile (pstats file)
+        [--env CHATMEM_X=V ...]       more settings for chatmem (say
+                                      CHATMEM_LIMITS_STARTS_IN_FLIGHT=0)
+        [--gc-stats]                  chatmem's garbage collections during the run
+        [--timeline]                  the run second by second: starts, deltas, gaps
+        [--py-spy FILE]               py-spy samples of chatmem during the measured
+                                      run (raw collapsed stacks), and where they go
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import asyncio
 import os
 import re
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -52,7 +61,11 @@ from tests.fake_openai_process import serve_in_process  # noqa: E402
 from tests.redis_servers import RedisProcess  # noqa: E402
 from tests.support import free_port  # noqa: E402
 
+import turn_profile  # noqa: E402  (bench/ is this script's own folder)
+
 # The model's pace (--chunks, --delay-ms change it for the whole run).
+EXTRA_ENV: dict[str, str] = {}  # --env
+RAMP_S = 0.0  # --ramp-s: the N starts spread evenly over this long (0: all at once)
 CHUNKS = 20
 CHUNK_DELAY_S = 0.05
 STARTUP_TIMEOUT_S = 60.0
@@ -75,6 +88,28 @@ except SystemExit:
 finally:
     prof.dump_stats(path)
 """
+# `python -c GC_STATS_SERVE <json file> serve ...`: chatmem with every garbage collection
+# timed, as [generation, perf_counter at its start, seconds] (perf_counter is the system's
+# monotonic clock, the same in the bench's process).
+GC_STATS_SERVE = """
+import gc, json, runpy, signal, sys, time
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+path, sys.argv = sys.argv[1], ["chatmem", *sys.argv[2:]]
+pauses, began = [], [0.0]
+def timed(phase, info):
+    if phase == "start":
+        began[0] = time.perf_counter()
+    else:
+        pauses.append((info["generation"], began[0], time.perf_counter() - began[0]))
+gc.callbacks.append(timed)
+try:
+    runpy.run_module("chatmem", run_name="__main__")
+except SystemExit:
+    pass
+finally:
+    with open(path, "w") as f:
+        json.dump(pauses, f)
+"""
 
 
 # --- processes -------------------------------------------------------------------------
@@ -95,9 +130,10 @@ def fake_model(log: Path) -> Iterator[tuple[int, int]]:
 
 @contextmanager
 def chatmem(
-    work: Path, redis_url: str, fake_port: int, workers: int, profile: Path | None = None
+    work: Path, redis_url: str, fake_port: int, workers: int, wrap: list[str] | None = None
 ) -> Iterator[tuple[int, int]]:
-    """`python -m chatmem serve`, configured by environment only; yields port and pid."""
+    """`python -m chatmem serve`, configured by environment only; yields port and pid.
+    `wrap`: the code that runs it instead of `-m`, and its first argument."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHATMEM_")}
     env |= {
@@ -109,11 +145,11 @@ def chatmem(
         "CHATMEM_LLM_MODEL": "fake-model",
         "CHATMEM_LIMITS_REQUESTS_PER_MINUTE": "1000000",
         "CHATMEM_LIMITS_STREAMS_PER_USER": "100000",
-    }
+    } | EXTRA_ENV
     log = work / "chatmem.log"
     cmd = [sys.executable, "-m", "chatmem", "serve", "--port", str(port)]
-    if profile is not None:
-        cmd[1:3] = ["-c", PROFILED_SERVE, str(profile)]
+    if wrap is not None:
+        cmd[1:3] = ["-c", *wrap]
     cmd += ["--workers", str(workers), "--log-level", "warning"]
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, env=env, cwd=work, stdout=out, stderr=subprocess.STDOUT)
@@ -161,6 +197,7 @@ def cpu_s(pid: int) -> float:
 @dataclass
 class Stream:
     sent_at: float = 0.0
+    opened_at: float = 0.0  # the response's head read
     deltas: list[float] = field(default_factory=list)
     done_at: float = 0.0
     error: str = ""
@@ -174,9 +211,17 @@ class Gauge:
 
 
 async def read_sse(
-    port: int, path: str, headers: dict[str, str], body: bytes, chatmem_events: bool, g: Gauge
+    port: int,
+    path: str,
+    headers: dict[str, str],
+    body: bytes,
+    chatmem_events: bool,
+    g: Gauge,
+    start_after_s: float = 0.0,
 ) -> Stream:
     s = Stream()
+    if start_after_s:
+        await asyncio.sleep(start_after_s)
     head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n"
     head += "Content-Type: application/json\r\nAccept: text/event-stream\r\n"
     head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
@@ -198,6 +243,7 @@ async def read_sse(
             return s
         g.open += 1
         opened = True
+        s.opened_at = time.perf_counter()
         buf = b""
         while True:
             size = int((await reader.readline()).split(b";")[0], 16)
@@ -247,6 +293,7 @@ class Run:
     wall_s: float
     samples: list[tuple[float, int, int]]  # (time, open streams, server RSS)
     cpu_s: dict[str, float]
+    t0: float = 0.0
     idle_rss: int = 0
 
     @property
@@ -299,7 +346,12 @@ async def load(
     sampling = asyncio.create_task(sampler())
     t0 = time.perf_counter()
     streams = await asyncio.wait_for(
-        asyncio.gather(*(read_sse(port, p, h, b, chatmem_events, gauge) for p, h, b in requests)),
+        asyncio.gather(
+            *(
+                read_sse(port, p, h, b, chatmem_events, gauge, RAMP_S * i / len(requests))
+                for i, (p, h, b) in enumerate(requests)
+            )
+        ),
         STREAM_TIMEOUT_S,
     )
     wall = time.perf_counter() - t0
@@ -307,7 +359,7 @@ async def load(
     await sampling
     cpu = {who: cpu_s(pid) - cpu0[who] for who, pid in pids.items()}
     cpu["client"] = time.process_time() - cpu0["client"]
-    return Run(name, streams, wall, samples, cpu)
+    return Run(name, streams, wall, samples, cpu, t0)
 
 
 async def create_sessions(port: int, n: int) -> list[str]:
@@ -358,6 +410,30 @@ def pct(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
+def timeline(r: Run, step_s: float = 1.0) -> None:
+    """Per `step_s` of the run: responses started, first deltas, deltas, and the added
+    gap p99 of the deltas that arrived in it (when starts crowd out running streams,
+    the gaps of one second grow with the starts of that second)."""
+    n = int(r.wall_s / step_s) + 1
+    opened, firsts, deltas = [0] * n, [0] * n, [0] * n
+    gaps: list[list[float]] = [[] for _ in range(n)]
+    for s in r.streams:
+        if s.opened_at:
+            opened[min(n - 1, int((s.opened_at - r.t0) / step_s))] += 1
+        for i, t in enumerate(s.deltas):
+            b = min(n - 1, int((t - r.t0) / step_s))
+            deltas[b] += 1
+            if i == 0:
+                firsts[b] += 1
+            else:
+                gaps[b].append((t - s.deltas[i - 1] - CHUNK_DELAY_S) * 1000)
+    print(f"\n{r.name}, by {step_s:g} s of the run")
+    print(f"{'from s':>8}{'started':>9}{'1st delta':>10}{'deltas':>8}{'gap p99 ms':>12}")
+    for b in range(n):
+        p99 = f"{pct(gaps[b], 0.99):12.1f}" if gaps[b] else f"{'':>12}"
+        print(f"{b * step_s:>8.1f}{opened[b]:>9}{firsts[b]:>10}{deltas[b]:>8}{p99}")
+
+
 def report(runs: list[Run], streams: int, workers: int, who: dict[str, str]) -> None:
     la = os.getloadavg()
     print(
@@ -397,14 +473,46 @@ def report(runs: list[Run], streams: int, workers: int, who: dict[str, str]) -> 
             print(f"  {r.name} error ×{count}: {kind}")
 
 
-async def run(work: Path, streams: int, workers: int, profile: Path | None) -> None:
+def stop_spy(spy: subprocess.Popen[bytes], out: Path) -> None:
+    spy.send_signal(signal.SIGINT)
+    _, err = spy.communicate(timeout=60)
+    if not out.exists():
+        raise SystemExit(f"py-spy failed: {err.decode(errors='replace')[-2000:]}")
+
+
+def gc_report(stats: Path, run: Run) -> None:
+    """chatmem's collections during the run: how many per generation, their total and
+    longest pause (every stream stands still meanwhile)."""
+    if not stats.exists():
+        print("\n(no GC statistics: chatmem did not write them)")
+        return
+    rows: dict[int, list[float]] = {}
+    for gen, at, pause in orjson.loads(stats.read_bytes()):
+        if run.t0 <= at <= run.t0 + run.wall_s:
+            rows.setdefault(gen, []).append(pause * 1000)
+    print(f"\nchatmem's garbage collections during the run ({run.name})")
+    print(f"{'generation':>12}{'count':>8}{'total ms':>10}{'p50 ms':>8}{'max ms':>8}")
+    for gen, pauses in sorted(rows.items()):
+        print(
+            f"{gen:>12}{len(pauses):>8}{sum(pauses):>10.0f}{pct(pauses, 0.5):>8.1f}"
+            f"{max(pauses):>8.1f}"
+        )
+
+
+async def run(work: Path, opts: argparse.Namespace) -> None:
+    streams, workers, spy_out = opts.streams, opts.workers, opts.py_spy
+    wrap = None
+    if opts.profile is not None:
+        wrap = [PROFILED_SERVE, str(opts.profile)]
+    elif opts.gc_stats:
+        wrap = [GC_STATS_SERVE, str(work / "gc.json")]
     with ExitStack() as stack:
         redis = RedisProcess(work)
         redis.start()
         stack.callback(redis.stop)
         assert redis.proc is not None
         fake_port, fake_pid = stack.enter_context(fake_model(work / "fake.log"))
-        port, pid = stack.enter_context(chatmem(work, redis.url, fake_port, workers, profile))
+        port, pid = stack.enter_context(chatmem(work, redis.url, fake_port, workers, wrap))
         pids = {"chatmem": pid, "fake model": fake_pid, "redis": redis.proc.pid}
 
         warm = await create_sessions(port, WARM_UP_STREAMS)
@@ -413,10 +521,17 @@ async def run(work: Path, streams: int, workers: int, profile: Path | None) -> N
         sids = sids[WARM_UP_STREAMS:]
         await asyncio.sleep(1.0)
         idle = rss(pid)
+        spy = None
+        if spy_out is not None:
+            # Long enough for the run (it is stopped when the run ends).
+            spy = turn_profile.record(pid, STREAM_TIMEOUT_S, spy_out, rate=100)
+            await asyncio.sleep(0.5)
         via = await load(
             "through chatmem", port, chatmem_requests(sids, WARM_UP_STREAMS), True, pids, pid
         )
         via.idle_rss = idle
+        if spy is not None:
+            stop_spy(spy, spy_out)
         await asyncio.sleep(1.0)
         direct = await load(
             "fake model directly", fake_port, fake_requests(streams), False, pids, pid
@@ -425,21 +540,42 @@ async def run(work: Path, streams: int, workers: int, profile: Path | None) -> N
             info = await r.info("server")
         versions = {"python": sys.version.split()[0], "redis-server": info["redis_version"]}
         report([via, direct], streams, workers, versions)
+        if opts.timeline:
+            timeline(via)
+        if spy_out is not None:
+            per_stream = via.cpu_s["chatmem"] / streams * 1000
+            turn_profile.report(
+                "chatmem (py-spy) per stream", turn_profile.breakdown(spy_out), per_stream
+            )
         if via.errors:
             lines = (work / "chatmem.log").read_text(errors="replace").splitlines()
             print("\nchatmem's log, the last lines:", *lines[-15:], sep="\n  ")
+    if opts.gc_stats:  # written when chatmem exited
+        gc_report(work / "gc.json", via)
 
 
 def main() -> None:
-    global CHUNKS, CHUNK_DELAY_S
+    global CHUNKS, CHUNK_DELAY_S, RAMP_S
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--streams", type=int, default=1000)
     p.add_argument("--workers", type=int, default=1, help="chatmem worker processes")
     p.add_argument("--profile", type=Path, help="run chatmem under cProfile, stats to this file")
+    p.add_argument("--env", action="append", default=[], help="CHATMEM_X=V for chatmem")
+    p.add_argument("--py-spy", type=Path, help="sample chatmem with py-spy, to this file")
+    p.add_argument("--gc-stats", action="store_true", help="chatmem's GC pauses in the run")
+    p.add_argument("--timeline", action="store_true", help="print the run second by second")
     p.add_argument("--chunks", type=int, default=CHUNKS, help="text deltas per reply")
+    p.add_argument("--ramp-s", type=float, default=0.0, help="starts spread over this long")
     p.add_argument("--delay-ms", type=float, default=CHUNK_DELAY_S * 1000, help="between deltas")
     args = p.parse_args()
-    CHUNKS, CHUNK_DELAY_S = args.chunks, args.delay_ms / 1000
+    if args.profile and args.gc_stats:
+        raise SystemExit("--profile and --gc-stats each run chatmem their own way: one of them")
+    CHUNKS, CHUNK_DELAY_S, RAMP_S = args.chunks, args.delay_ms / 1000, args.ramp_s
+    for item in args.env:
+        name, eq, value = item.partition("=")
+        if not eq or not name.startswith("CHATMEM_"):
+            raise SystemExit(f"--env takes CHATMEM_NAME=value, not {item!r}")
+        EXTRA_ENV[name] = value
     # Every stream is a socket here, one in chatmem and one to the model there.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = min(hard, max(soft, 4 * args.streams + 1024))
@@ -449,7 +585,7 @@ def main() -> None:
     import uvloop
 
     with tempfile.TemporaryDirectory(prefix="chatmem-stream-load-") as tmp:
-        uvloop.run(run(Path(tmp), args.streams, args.workers, args.profile))
+        uvloop.run(run(Path(tmp), args))
 
 
 if __name__ == "__main__":

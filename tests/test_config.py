@@ -67,6 +67,7 @@ DOCUMENTED: dict[str, tuple[str, str, Any]] = {
     "CHATMEM_LIMITS_STREAMS_PER_USER": ("2", "limits.streams_per_user", 2),
     "CHATMEM_LIMITS_SESSION_LOCK_WAIT_MS": ("250", "limits.session_lock_wait_ms", 250),
     "CHATMEM_LIMITS_SESSION_LOCK_TTL_MS": ("9000", "limits.session_lock_ttl_ms", 9000),
+    "CHATMEM_LIMITS_STARTS_IN_FLIGHT": ("4", "limits.starts_in_flight", 4),
     "CHATMEM_LIMITS_MAX_BODY_BYTES": ("20000", "limits.max_body_bytes", 20000),
     "CHATMEM_LIMITS_MAX_METADATA_BYTES": ("100", "limits.max_metadata_bytes", 100),
     "CHATMEM_LIMITS_MAX_SESSIONS_PER_USER": ("7", "limits.max_sessions_per_user", 7),

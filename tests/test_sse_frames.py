@@ -3,14 +3,18 @@ frames that are ready together written at once."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
+import anyio
 import orjson
+import pytest
 from sse_starlette import ServerSentEvent
+from starlette.types import Message
 
 from chatmem.api.sse.events import error_event, native_event
-from chatmem.api.sse.response import subscribe
+from chatmem.api.sse.response import FrameStream, subscribe
 from chatmem.chat.generation import Delta, Ended, Generation
 
 
@@ -58,3 +62,46 @@ async def test_frames_sse_starlette_encodes_go_one_by_one() -> None:
     gen = Batches([[Delta("a", 1), Delta("b", 2)]])
     frames = await frames_of(gen, lambda e: {"data": e.text})
     assert frames == [{"data": "a"}, {"data": "b"}]
+
+
+async def test_frames_are_sent_without_a_cancel_scope_each(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No send timeout is set, so a frame is one plain ASGI send (sse-starlette wraps
+    each in `anyio.move_on_after(None)`, ~12 µs); a failed send still marks the stream
+    interrupted, as sse-starlette's own does."""
+    scopes = 0
+    original = anyio.move_on_after
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        nonlocal scopes
+        scopes += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(anyio, "move_on_after", counting)
+    frames = [native_event(Delta(str(i), i + 1), "g") for i in range(10)]
+
+    async def body() -> AsyncIterator[bytes]:
+        for f in frames:
+            yield f
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    async def receive() -> Message:
+        await asyncio.sleep(10)
+        return {"type": "http.disconnect"}
+
+    await FrameStream(body(), ping=0)({"type": "http", "method": "GET"}, receive, send)
+    assert [m.get("body") for m in sent[1:-1]] == frames
+    assert scopes == 0
+
+    async def failing(message: Message) -> None:
+        raise OSError("the client went away")
+
+    stream = FrameStream(body(), ping=0)
+    with pytest.raises(OSError):
+        await stream._send_with_timeout(failing, {"type": "http.response.body"})
+    assert stream._send_interrupted

@@ -190,6 +190,11 @@ class LimitSettings(BaseModel):
     # stops renewing, and its session is free (and its reply recovered) within this.
     session_lock_ttl_ms: int = Field(10_000, ge=300)
     session_lock_wait_ms: int = 1500
+    # Turn starts in flight at once per process (a start: from its session reserved to
+    # its generation running), and finishes (storing a reply whose deltas are out);
+    # more wait in line, none is refused, so that a burst of starts or ends cannot
+    # starve the streams still running (0: no bound).
+    starts_in_flight: int = Field(16, ge=0)
     # Bounded input (SPEC §3.1, §8): past these a request is refused with a 4xx.
     max_body_bytes: int = Field(64 * 1024, ge=1024)
     # Character imports and writes (a Card V2 with its lorebook can be large; admins only).

@@ -148,6 +148,8 @@ class Generation:
     revision: str = ""
     revises: Message | None = None
     task: asyncio.Task[TurnDone | None] | None = None
+    # Bounds the finishes in flight in the process (set by InFlight.run; None: none).
+    finishing: asyncio.Semaphore | None = None
     # Set while this generation's text is being appended to its event stream.
     appending: asyncio.Event | None = None
     flushed: int = 0  # how much of the text is in the event stream
@@ -159,7 +161,9 @@ class Generation:
     _stop: bool = False
     _reading: bool = False
     _final: TurnDone | ChatmemError | None = None
-    _changed: asyncio.Future[None] | None = None
+    # One future per waiting subscriber (most generations have one), set at each change:
+    # a subscriber that leaves cancels only its own.
+    _waiters: list[asyncio.Future[None]] = field(default_factory=list)
 
     @property
     def session_id(self) -> str:
@@ -245,7 +249,10 @@ class Generation:
         )
         outcome = "stopped" if self._stop else "error" if error else "ok"
         try:
-            done = await self.host.persist(self, reading)
+            # In line with the other finishes of the process (InFlight's admission): its
+            # deltas are all out, so waiting delays only its final event, not a stream.
+            async with self.finishing or contextlib.nullcontext():
+                done = await self.host.persist(self, reading)
         except ChatmemError as exc:
             self._settle(exc)
             return None
@@ -274,9 +281,11 @@ class Generation:
         self._notify()
 
     def _notify(self) -> None:
-        if self._changed is not None:
-            self._changed.set_result(None)
-            self._changed = None
+        if self._waiters:
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     # --- what subscribers and the event stream see ---------------------------------------
 
@@ -302,6 +311,11 @@ class Generation:
             part = self._parts[j]
             out.append(Delta(part[max(0, offset - (end - len(part))) :], end))
         return out
+
+    @property
+    def unflushed(self) -> bool:
+        """Whether some text is not yet in the event stream."""
+        return self._length > self.flushed
 
     def take_unflushed(self) -> tuple[int, str] | None:
         """The text not yet in the event stream, as (offset, text); now counted in."""
@@ -348,7 +362,11 @@ class Generation:
         yield [self._final]
 
     async def _next_change(self) -> None:
-        if self._changed is None:
-            self._changed = asyncio.get_running_loop().create_future()
-        # Shielded: one subscriber leaving must not cancel the future the others wait on.
-        await asyncio.shield(self._changed)
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if waiter.cancelled():  # its subscriber left (a change took it off already)
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)

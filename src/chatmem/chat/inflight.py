@@ -4,11 +4,21 @@
   `async with`): the Redis lock cannot say so while Redis is down, and a local wait
   costs no round trip. A reservation that gets a generation (`run`) is held until the
   generation's task ends; one that does not is released when the block exits.
+- **Admission.** At most `starts` turns are starting at once (reserved, not yet
+  running their generation: the begin round trip, the context, the task's creation);
+  the others wait in line for a place, in order, without a time limit and without being
+  refused. A burst of 1 000 starts would otherwise take the event loop in lockstep
+  (every start's next step queued behind every other's) and the deltas of the streams
+  already running would wait behind all of them. A session's own wait (one turn at a
+  time, `lock_wait_ms`) comes first and is unchanged. Finishes (storing the reply, once
+  its last delta is out) are bounded alike: 1 000 streams that end together would
+  otherwise stall the ones still streaming.
 - **Generations.** Their tasks are created and awaited here, and nowhere else.
 - **The tick.** One task per process, every TICK_S while generations run, makes one
   pipelined round trip for all of them (Coordinator.tick): the coalesced deltas of
   relayed generations go to their event streams (at most one append per generation per
-  TICK_S), stop flags are polled every STOP_POLL_S (a stop asked through another
+  TICK_S), stop flags are polled every STOP_POLL_S, each generation's counted from its
+  start so that 1 000 polls are not one burst (a stop asked through another
   process), and locks are renewed every lock_ttl / 3.
 - **Shutdown.** `drain(grace_s)` waits for the generations, stops those still running
   after the grace period and waits for them to be stored.
@@ -55,14 +65,21 @@ class Slot:
 
 
 class InFlight:
-    def __init__(self, coordinator: Coordinator, health: StoreHealth, *, lock_wait_ms: int) -> None:
+    def __init__(
+        self, coordinator: Coordinator, health: StoreHealth, *, lock_wait_ms: int, starts: int = 0
+    ) -> None:
         self.coordinator = coordinator
         self.health = health
         self.lock_wait_ms = lock_wait_ms
+        # Admission: None when unbounded (starts 0).
+        self._starts = asyncio.Semaphore(starts) if starts > 0 else None
+        self._finishes = asyncio.Semaphore(starts) if starts > 0 else None
+        self.starts_waiting = 0
         self._slots: dict[SessionKey, Slot] = {}
         self._freed: dict[SessionKey, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[TurnDone | None]] = set()
         self._renew_at: dict[Generation, float] = {}
+        self._poll_at: dict[Generation, float] = {}
         self._ticker: asyncio.Task[None] | None = None
 
     # --- reservations ----------------------------------------------------------------
@@ -79,10 +96,27 @@ class InFlight:
                 raise SessionBusy() from None
         slot = self._slots[key] = Slot(key)
         try:
-            yield slot
+            async with self._admitted():
+                yield slot
         finally:
             if slot.generation is None or slot.generation.task is None:
                 self._release(slot)
+
+    @asynccontextmanager
+    async def _admitted(self) -> AsyncIterator[None]:
+        """A place among the turn starts in flight, waited for in line."""
+        if self._starts is None:
+            yield
+            return
+        self.starts_waiting += 1
+        try:
+            await self._starts.acquire()
+        finally:
+            self.starts_waiting -= 1
+        try:
+            yield
+        finally:
+            self._starts.release()
 
     def _release(self, slot: Slot) -> None:
         if self._slots.get(slot.key) is slot:
@@ -105,6 +139,7 @@ class InFlight:
     def run(self, slot: Slot, gen: Generation) -> None:
         """Start the generation's task; the slot is held until it ends."""
         slot.generation = gen
+        gen.finishing = self._finishes
         task = asyncio.create_task(self._own(slot, gen), name=f"generation {gen.session_id}")
         gen.task = task
         self._tasks.add(task)
@@ -112,6 +147,7 @@ class InFlight:
         if not gen.degraded:
             ttl_s = self.coordinator.lock_ttl_ms / 1000
             self._renew_at[gen] = time.monotonic() + ttl_s / 3
+            self._poll_at[gen] = time.monotonic() + STOP_POLL_S
         if self._ticker is None or self._ticker.done():
             self._ticker = asyncio.create_task(self._tick_loop(), name="generation ticker")
 
@@ -120,49 +156,52 @@ class InFlight:
             return await gen.run()
         finally:
             self._renew_at.pop(gen, None)
+            self._poll_at.pop(gen, None)
             self._release(slot)
 
     # --- the tick --------------------------------------------------------------------
 
     async def _tick_loop(self) -> None:
         """Ends when no generation is left (run() starts it again)."""
-        next_poll = time.monotonic() + STOP_POLL_S
         while self._tasks:
             await asyncio.sleep(TICK_S)
             now = time.monotonic()
-            poll = now >= next_poll
-            if poll:
-                next_poll = now + STOP_POLL_S
             try:
-                await self._tick(now, poll)
+                await self._tick(now)
             except StoreUnavailable as exc:
                 self.health.mark_down(exc)
             except Exception:
                 log.exception("generation tick failed")
 
-    async def _tick(self, now: float, poll: bool) -> None:
+    async def _tick(self, now: float) -> None:
         items: list[TickItem] = []
         gens: list[Generation] = []
-        appending: list[asyncio.Event] = []
+        # One event for all the appends of this tick (a generation's finish waits for its
+        # append: deltas stay in order), not one per generation per tick.
+        appended = asyncio.Event()
         ttl_s = self.coordinator.lock_ttl_ms / 1000
         for gen in self.running:
             if gen.degraded or gen.settling or gen.task is None:
                 continue
+            append = gen.relay and gen.appending is None and gen.unflushed
+            item_poll = now >= self._poll_at.get(gen, now + 1) and not gen.stop_requested
+            renew = now >= self._renew_at.get(gen, now + 1)
+            if not (append or item_poll or renew):
+                continue  # nothing to do: no item built (1 000 streams, every 50 ms)
             if self.health.is_down(gen.user_id):
                 continue  # a stop reaches it through its own process meanwhile
             item = TickItem(gen.user_id, gen.session_id, gen.lock_token, gen.generation_id)
-            if gen.relay and gen.appending is None:
+            if append:
                 item.append = gen.take_unflushed()
-                if item.append is not None:
-                    gen.appending = asyncio.Event()
-                    appending.append(gen.appending)
-            item.poll = poll and not gen.stop_requested
-            if now >= self._renew_at.get(gen, now + 1):
+                gen.appending = appended
+            item.poll = item_poll
+            if item_poll:
+                self._poll_at[gen] = now + STOP_POLL_S
+            if renew:
                 item.renew = True
                 self._renew_at[gen] = now + ttl_s / 3
-            if item.append is not None or item.poll or item.renew:
-                items.append(item)
-                gens.append(gen)
+            items.append(item)
+            gens.append(gen)
         if not items:
             return
         try:
@@ -173,9 +212,9 @@ class InFlight:
                     gen.flushed = min(gen.flushed, item.append[0])
             raise
         finally:
+            appended.set()
             for gen in gens:
-                if gen.appending is not None and gen.appending in appending:
-                    gen.appending.set()
+                if gen.appending is appended:
                     gen.appending = None
         for gen, res in zip(gens, results, strict=True):
             if res.stop:

@@ -83,8 +83,12 @@ class Turns:
         )
         self.settings, self.characters, self.prompter = settings, characters, prompter
         self._metrics, self.outbox, self.replayer = metrics, outbox, replayer
+        limits = settings.limits
         self.inflight = InFlight(
-            turn_store.coordinator, replayer, lock_wait_ms=settings.limits.session_lock_wait_ms
+            turn_store.coordinator,
+            replayer,
+            lock_wait_ms=limits.session_lock_wait_ms,
+            starts=limits.starts_in_flight,
         )
         self.resumer = Resumer(turn_store, streams, self.inflight, metrics)
 

@@ -7,6 +7,10 @@ handed down the same way, and stopped when uvicorn returns. Settings that would 
 the app from starting (auth keys, the JWT secret) are checked first, so a start-up that
 fails leaves no redis-server behind.
 
+The served app settles Python's garbage collector once its start-up is complete
+(cli/collector.py `SettledGC`), so that a full collection does not stop every stream for
+a second (docs/performance.md, "1 000 streams, again").
+
 uvicorn rewrites the client address from X-Forwarded-For only for the proxies in
 `CHATMEM_SERVER_TRUSTED_PROXIES` (by default for none, not uvicorn's 127.0.0.1): that
 address is what failed authentication is throttled by and what the access log shows.
@@ -19,8 +23,16 @@ import os
 from pathlib import Path
 from typing import Any
 
+from chatmem.cli.collector import SettledGC
 from chatmem.config import Settings
 from chatmem.errors import StoreUnavailable
+
+
+def served_app() -> SettledGC:
+    """What `chatmem serve`'s workers run (uvicorn's app factory)."""
+    from chatmem.api.app import create_app
+
+    return SettledGC(create_app())
 
 
 def fast_io() -> dict[str, str]:
@@ -37,7 +49,7 @@ def fast_io() -> dict[str, str]:
 
 
 LOG_LEVELS = frozenset({"critical", "error", "warning", "info", "debug", "trace"})
-APP_FACTORY = "chatmem.api.app:create_app"
+APP_FACTORY = "chatmem.cli.serve:served_app"
 
 
 def startup_banner(settings: Settings, *, workers: int = 1) -> str:
@@ -100,7 +112,7 @@ def run_server(
     if workers == 1 and not reload:
         # uvicorn re-raises Ctrl+C after a clean shutdown; the user asked for exactly that.
         with contextlib.suppress(KeyboardInterrupt):
-            uvicorn.run(create_app(settings), **common)
+            uvicorn.run(SettledGC(create_app(settings)), **common)
         return
     Authenticator(settings.auth)  # raises on bad keys or secret, before Redis starts
     os.environ["CHATMEM_SERVER_HOST"] = server.host
