@@ -104,6 +104,44 @@ async def test_import_is_for_admins_and_checked_before_anything_is_stored(
     assert again["messages_added"] == 0 and again["messages_skipped"] == 3
 
 
+# What an outside tester imported and got stored broken or past every limit (each case
+# alone in an otherwise good file): refused whole, 400, nothing stored.
+BAD_IMPORTS: dict[str, tuple[str, Any]] = {
+    "a TTL Redis cannot hold": ("meta.ttl_s", 10**15),
+    "a TTL past a year": ("meta.ttl_s", 365 * 24 * 3600 + 1),
+    "a TTL that is not a number": ("meta.ttl_s", "60"),
+    "a window past the most": ("meta.window_size", 21),
+    "a title past the most": ("meta.title", "t" * 1000),
+    "an unknown state": ("meta.state", "frozen"),
+    "an unknown character": ("meta.character_id", "no-such-character"),
+    "a message id with a space": ("message.msg_id", "not an id"),
+    "a message of 200 000 characters": ("message.content", "x" * 200_000),
+    "a message with 300 KB of metadata": ("message.metadata", {"k": "v" * 300_000}),
+    "a token count that is text": ("message.token_count", "12"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_IMPORTS))
+async def test_an_import_with_one_bad_value_is_refused_whole(
+    client: httpx.AsyncClient, case: str
+) -> None:
+    sid = await chat_as(client, "alice", "keep me")
+    doc = (await client.get("/v1/export", headers=bearer("alice"))).json()
+    assert (await client.delete(f"/v1/sessions/{sid}", headers=bearer("alice"))).status_code == 204
+    good = json.loads(json.dumps(doc["sessions"][0]))
+    good["meta"]["session_id"] = "first-and-good"
+    where, value = BAD_IMPORTS[case]
+    part, name = where.split(".")
+    target = doc["sessions"][0]["meta"] if part == "meta" else doc["sessions"][0]["messages"][-1]
+    target[name] = value
+    doc["sessions"].insert(0, good)
+
+    r = await client.post("/v1/import", json=doc, headers=bearer("root"))
+    assert r.status_code == 400, r.text
+    assert "session #2" in r.json()["error"]["message"], r.json()
+    assert (await client.get("/v1/sessions", headers=bearer("alice"))).json()["sessions"] == []
+
+
 def test_cli_export_and_import_take_url(
     redis_url: str, fake: FakeOpenAI, tmp_path: Path, redis_client: Any
 ) -> None:

@@ -65,6 +65,9 @@ async def test_create_existing_session(store: RedisMemoryStore) -> None:
     ("kwargs", "code"),
     [
         ({"ttl_s": 59}, "invalid_ttl"),
+        # Past a year; 10**15 s is past what Redis can expire (it broke an imported session).
+        ({"ttl_s": 365 * 24 * 3600 + 1}, "invalid_ttl"),
+        ({"ttl_s": 10**15}, "invalid_ttl"),
         ({"window_size": 0}, "invalid_window"),
         ({"window_size": 21}, "invalid_window"),
         ({"title": "x" * 201}, "invalid_title"),
@@ -98,6 +101,7 @@ async def test_update_session(store: RedisMemoryStore) -> None:
     [
         ({"ttl_s": 59}, "invalid_ttl"),
         ({"ttl_s": 0}, "invalid_ttl"),
+        ({"ttl_s": 10**15}, "invalid_ttl"),
         ({"window_size": 0}, "invalid_window"),
         ({"window_size": 21}, "invalid_window"),
         ({"title": "x" * 201}, "invalid_title"),

@@ -22,9 +22,9 @@ The routes (api/routes/compat/) keep only the seeds' HTTP shapes.
 from __future__ import annotations
 
 from chatmem.chat.service import ChatService, Generation
-from chatmem.errors import InvalidInput, SessionNotFound, StoreUnavailable
+from chatmem.errors import SessionNotFound, StoreUnavailable
 from chatmem.models import SessionMeta
-from chatmem.store.keys import MIN_TTL_S, WINDOW_MAX
+from chatmem.store.keys import MAX_TTL_S, MIN_TTL_S, WINDOW_MAX
 from chatmem.store.rules import validate_ttl
 
 __all__ = [
@@ -35,7 +35,6 @@ __all__ = [
     "SEED_COMPANION_HISTORY_MESSAGES",
     "WINDOW_MAX",
     "character_session_id",
-    "check_ttl",
     "create_conversation",
     "prepare_conversation_turn",
 ]
@@ -44,8 +43,6 @@ __all__ = [
 DEFAULT_SESSION_ID = "default"
 # Seed 004: one conversation per character; `char.<character id>` stays a valid id.
 CHARACTER_SESSION_PREFIX = "char."
-# Beyond a year a TTL is a mistake, and Redis refuses expiries past 64-bit milliseconds.
-MAX_TTL_S = 365 * 24 * 3600
 # Seed 001's `POST /chat`: its document takes any TTL (its expiry test: 5 s).
 SEED_CHAT_MIN_TTL_S = 1
 # Seed 004: `get_context_messages(max_messages=50)`, then its token budget.
@@ -54,13 +51,6 @@ SEED_COMPANION_HISTORY_MESSAGES = 50
 
 def character_session_id(character_id: str) -> str:
     return CHARACTER_SESSION_PREFIX + character_id
-
-
-def check_ttl(ttl_s: int, minimum_s: int = MIN_TTL_S) -> int:
-    validate_ttl(ttl_s, minimum_s)
-    if ttl_s > MAX_TTL_S:
-        raise InvalidInput(f"ttl must be at most {MAX_TTL_S} seconds", code="invalid_ttl")
-    return ttl_s
 
 
 async def create_conversation(
@@ -115,7 +105,7 @@ async def prepare_conversation_turn(
     """
     service.validate_content(content)
     if ttl_s is not None:
-        check_ttl(ttl_s, min_ttl_s)
+        validate_ttl(ttl_s, min_ttl_s)
 
     # What a session this turn creates starts with (also when its replay creates it).
     created_ttl_s = ttl_s if ttl_s is not None else new_ttl_s

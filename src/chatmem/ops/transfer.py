@@ -32,12 +32,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from chatmem.errors import InvalidInput, SessionNotFound
-from chatmem.models import Message, Role, SessionMeta, SessionState, Usage
+from chatmem.models import TEMPERATURE_MAX, Message, Role, SessionMeta, SessionState, Usage
 from chatmem.store.conversations import RedisMemoryStore
-from chatmem.store.keys import MAX_APPEND_MESSAGES, validate_id
+from chatmem.store.keys import MAX_APPEND_MESSAGES, MAX_TTL_S, WINDOW_MAX, WINDOW_MIN, validate_id
 from chatmem.store.memories import Memory, MemoryOp, MemoryStore
 from chatmem.store.profiles import ProfileStore, validate_display_name
+from chatmem.store.rules import validate_title
 
 FORMAT = "chatmem-export"
 VERSION = 1
@@ -46,8 +49,14 @@ MAX_SESSIONS_PER_USER = 100_000
 # Memories imported get this sliding TTL (the server's default `memory.memory_ttl_s`).
 IMPORTED_MEMORY_TTL_S = 90 * 24 * 3600
 
+# An imported message is held to these (a turn holds a user's message to
+# `memory.max_message_chars`; a reply, its alternatives and tool calls can be longer).
+MAX_IMPORTED_CHARS = 100_000
+MAX_IMPORTED_METADATA_BYTES = 256 * 1024
+
 Progress = Callable[[int], None]
 _STATES = {s.value for s in SessionState}
+_ROLES = {role.value for role in Role}
 
 
 async def _all_users(store: RedisMemoryStore) -> list[str]:
@@ -201,7 +210,60 @@ def parse_export(doc: Any) -> list[dict[str, Any]]:
             and isinstance(item.get("messages"), list)
         ):
             raise InvalidInput(f"session #{n}: expected {{'meta': {{…}}, 'messages': […]}}")
+        _check(n, item)
     return sessions
+
+
+def _whole(value: Any, low: int, high: int) -> bool:
+    """Left out (0 or null: the server's default), or a whole number within the range."""
+    return not value or (type(value) is int and low <= value <= high)
+
+
+def _check(n: int, item: dict[str, Any]) -> None:
+    """What would fail, or be stored broken, half-way through an import, found before
+    anything is stored: an import is refused whole or done whole."""
+    meta, where = item["meta"], f"session #{n}"
+    for name in ("user_id", "session_id", "character_id"):
+        validate_id(meta.get(name), f"{where}: {name}")
+    if not _whole(meta.get("ttl_s"), 1, MAX_TTL_S):
+        raise InvalidInput(f"{where}: ttl_s must be a whole number from 1 to {MAX_TTL_S}")
+    if not _whole(meta.get("window_size"), WINDOW_MIN, WINDOW_MAX):
+        raise InvalidInput(f"{where}: window_size must be from {WINDOW_MIN} to {WINDOW_MAX}")
+    t = meta.get("temperature")
+    if t is not None and (type(t) not in (int, float) or not 0 <= t <= TEMPERATURE_MAX):
+        raise InvalidInput(f"{where}: temperature must be a number from 0 to 2, or null")
+    title = meta.get("title") or ""
+    if not isinstance(title, str):
+        raise InvalidInput(f"{where}: title must be text")
+    try:
+        validate_title(title)
+    except InvalidInput as exc:
+        raise InvalidInput(f"{where}: {exc.message}", code=exc.code) from None
+    if meta.get("state") is not None and meta["state"] not in _STATES:
+        raise InvalidInput(f"{where}: state must be one of {sorted(_STATES)}")
+    for i, msg in enumerate(item["messages"]):
+        _check_message(msg, f"{where}, message #{i}")
+
+
+def _check_message(msg: Any, where: str) -> None:
+    if not (
+        isinstance(msg, dict)
+        and msg.get("role") in _ROLES
+        and isinstance(msg.get("content"), str)
+        and type(msg.get("token_count", 0)) is int
+        and type(msg.get("timestamp", 0.0)) in (int, float)
+        and isinstance(msg.get("metadata") or {}, dict)
+    ):
+        raise InvalidInput(f"{where}: not a message of an export")
+    validate_id(msg.get("msg_id", ""), f"{where}: msg_id")
+    if len(msg["content"]) > MAX_IMPORTED_CHARS:
+        raise InvalidInput(f"{where}: longer than {MAX_IMPORTED_CHARS} characters")
+    try:
+        size = len(orjson.dumps(msg.get("metadata") or {}))
+    except orjson.JSONEncodeError:
+        raise InvalidInput(f"{where}: its metadata cannot be stored") from None
+    if size > MAX_IMPORTED_METADATA_BYTES:
+        raise InvalidInput(f"{where}: metadata over {MAX_IMPORTED_METADATA_BYTES} bytes")
 
 
 def _message(raw: dict[str, Any], where: str) -> Message:

@@ -21,6 +21,8 @@ USERS_INDEX_KEY = f"{PREFIX}:users"
 
 # Limits of the store.
 MIN_TTL_S = 60
+# Beyond a year a TTL is a mistake, and Redis refuses expiries past 64-bit milliseconds.
+MAX_TTL_S = 365 * 24 * 3600
 WINDOW_MIN, WINDOW_MAX = 1, 20
 PREVIEW_CHARS = 100
 MAX_TITLE_CHARS = 200

@@ -8,14 +8,17 @@ from chatmem.errors import InvalidInput, StorageQuotaExceeded, TooManySessions
 from chatmem.models import TEMPERATURE_MAX, TEMPERATURE_MIN, Message
 from chatmem.store import keys
 from chatmem.store.codec import check_text
-from chatmem.store.keys import MIN_TTL_S, PREVIEW_CHARS, WINDOW_MAX, WINDOW_MIN
+from chatmem.store.keys import MAX_TTL_S, MIN_TTL_S, PREVIEW_CHARS, WINDOW_MAX, WINDOW_MIN
 
 
 def validate_ttl(ttl_s: int, minimum_s: int = MIN_TTL_S) -> int:
     """At least `minimum_s` (MIN_TTL_S but for seed 001's `POST /chat`, which takes any
-    TTL of a second or more, as its document does)."""
+    TTL of a second or more, as its document does), at most MAX_TTL_S: every write of a
+    TTL, an import's too, passes here."""
     if ttl_s < max(1, minimum_s):
         raise InvalidInput(f"ttl must be at least {max(1, minimum_s)} seconds", code="invalid_ttl")
+    if ttl_s > MAX_TTL_S:
+        raise InvalidInput(f"ttl must be at most {MAX_TTL_S} seconds", code="invalid_ttl")
     return ttl_s
 
 

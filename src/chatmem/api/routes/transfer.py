@@ -13,9 +13,7 @@ from fastapi import APIRouter, Body, Query
 
 from chatmem.api.deps import Admin, Caller, Service
 from chatmem.auth import resolve_user
-from chatmem.errors import Forbidden, InvalidInput, SessionNotFound
-from chatmem.ids import validate_id
-from chatmem.models import TEMPERATURE_MAX, Role
+from chatmem.errors import CharacterNotFound, Forbidden, InvalidInput, SessionNotFound
 from chatmem.ops.transfer import (
     export_sessions,
     import_sessions,
@@ -63,8 +61,17 @@ async def import_(
     sessions = parse_export(doc)
     memories = parse_memories(doc)
     profiles = parse_profiles(doc)
+    # Each session's character must exist here: a session without one cannot take a turn.
     for n, item in enumerate(sessions, start=1):
-        _check(n, item)
+        character_id = item["meta"]["character_id"]
+        try:
+            await service.characters.get(character_id)
+        except CharacterNotFound:
+            raise InvalidInput(
+                f"session #{n}: character {character_id!r} does not exist on this server "
+                "(create it first)",
+                code="unknown_character",
+            ) from None
     report = await import_sessions(service.store, sessions, None, memories, profiles)
     return {
         "sessions": report.sessions,
@@ -72,31 +79,3 @@ async def import_(
         "messages_skipped": report.messages_skipped,
         "memories_added": report.memories_added,
     }
-
-
-_ROLES = {role.value for role in Role}
-
-
-def _check(n: int, item: dict[str, Any]) -> None:
-    """What would fail half-way through an import, found before anything is stored."""
-    meta, where = item["meta"], f"session #{n}"
-    for name in ("user_id", "session_id", "character_id"):
-        validate_id(meta.get(name), f"{where}: {name}")
-    for name in ("ttl_s", "window_size"):
-        value = meta.get(name)
-        if value is not None and (type(value) is not int or value < 0):
-            raise InvalidInput(f"{where}: {name} must be a whole number")
-    t = meta.get("temperature")
-    if t is not None and (type(t) not in (int, float) or not 0 <= t <= TEMPERATURE_MAX):
-        raise InvalidInput(f"{where}: temperature must be a number from 0 to 2, or null")
-    for i, msg in enumerate(item["messages"]):
-        if not (
-            isinstance(msg, dict)
-            and msg.get("role") in _ROLES
-            and isinstance(msg.get("content"), str)
-            and isinstance(msg.get("msg_id"), str)
-            and isinstance(msg.get("token_count", 0), int)
-            and isinstance(msg.get("timestamp", 0.0), int | float)
-            and isinstance(msg.get("metadata") or {}, dict)
-        ):
-            raise InvalidInput(f"{where}, message #{i}: not a message of an export")

@@ -32,13 +32,13 @@ from chatmem.chat.conversations import (
     DEFAULT_SESSION_ID,
     SEED_CHAT_MIN_TTL_S,
     WINDOW_MAX,
-    check_ttl,
     prepare_conversation_turn,
 )
 from chatmem.chat.service import ChatService
 from chatmem.config import Settings
 from chatmem.errors import StoreUnavailable, UserNotFound
 from chatmem.models import SessionSnapshot
+from chatmem.store.rules import validate_ttl
 from chatmem.tokens import price_for
 
 router = APIRouter(tags=["seed 000/001: one conversation per user"])
@@ -196,7 +196,7 @@ async def update_ttl(
 ) -> dict[str, Any]:
     """Seconds the conversation lives after its last write: at least 60, else 400."""
     uid = resolve_user(caller, user_id)
-    check_ttl(new_ttl)
+    validate_ttl(new_ttl)
     meta = await service.update_session(uid, DEFAULT_SESSION_ID, ttl_s=new_ttl)
     return {
         "message": "TTL updated",
