@@ -131,11 +131,14 @@ async def test_nothing_to_regenerate_is_400_and_frees_the_session(
     r = await client.post(f"/v1/sessions/{sid}/regenerate", headers=H)
     assert (r.status_code, r.json()["error"]["code"]) == (400, "no_reply")
     assert await redis_client.exists(keys.session_lock_key("alice", sid)) == 0
+    # Nothing happened: nothing to re-attach to (the page showed the 400 again on reload).
+    assert (await client.get(f"/v1/sessions/{sid}/stream", headers=H)).status_code == 204
     r = await client.post(f"/v1/sessions/{sid}/messages", json={"content": "hi"}, headers=H)
     assert r.status_code == 200
     await client.delete(f"/v1/sessions/{sid}/messages", headers=H)
     r = await client.post(f"/v1/sessions/{sid}/continue", headers=H)
     assert (r.status_code, r.json()["error"]["code"]) == (400, "no_reply")
+    assert (await client.get(f"/v1/sessions/{sid}/stream", headers=H)).status_code == 204
     r = await client.post("/v1/sessions/nosuch/regenerate", headers=H)
     assert r.status_code == 404
     r = await client.post(f"/v1/sessions/{sid}/regenerate", json={"bogus": 1}, headers=H)

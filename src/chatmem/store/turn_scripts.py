@@ -168,7 +168,9 @@ return {'ok', seq, redis.call('HGETALL', KEYS[2]), ttl_ms, as_json_array(msgs),
 # ARGV[11] - cost (usage, added only with a reply newly stored)
 # ARGV[12] - lock token, ARGV[13] - generation id
 # ARGV[14] - text not yet in the event stream ('' for none), ARGV[15] - its offset
-# ARGV[16] - payload of the end event, ARGV[17] - the stream's expiry after the end, ms
+# ARGV[16] - payload of the end event, ARGV[17] - the stream's expiry after the end, ms;
+#   '0': the turn was refused before it began (a client's mistake): the stream is deleted,
+#   so that nothing is left to re-attach to
 # ARGV[18] - MAXLEN of the event stream
 # ARGV[19] - a revision (regenerate, continue: SPEC §3b): the id of the newest message,
 #   which the reply replaces (its alternatives or its longer text) instead of being
@@ -212,7 +214,9 @@ elseif ARGV[5] ~= '' and not ended then
     ARGV[5], ARGV[6], tonumber(ARGV[7]), ARGV[8], 'assistant', tonumber(ARGV[9]),
     tonumber(ARGV[10]), ARGV[11], 0, '', tonumber(ARGV[20]))
 end
-if mine and not ended then
+if mine and not ended and ARGV[17] == '0' then
+  redis.call('DEL', KEYS[7])
+elseif mine and not ended then
   if ARGV[14] ~= '' then
     redis.call('XADD', KEYS[7], 'MAXLEN', ARGV[18], '*', 't', 'd', 'o', ARGV[15],
                'x', ARGV[14])

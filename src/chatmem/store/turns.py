@@ -24,6 +24,7 @@ from chatmem.errors import (
     ChatmemError,
     Conflict,
     InvalidInput,
+    NotFound,
     NotReplicated,
     RateLimited,
     SessionNotFound,
@@ -257,6 +258,7 @@ class TurnStore:
         user_message: Message | None = None,
         figures: bool = False,
         start_summary: bool = False,
+        events_ttl_ms: int | None = None,
     ) -> FinishResult:
         """The reply with its usage and totals, the lock released and the event stream
         ended, in one round trip. Returns whether the reply was stored now (None: the
@@ -265,7 +267,8 @@ class TurnStore:
         the place of the newest message, of that id. `ordinal`: begin's. `user_message`:
         the turn's, stored again before the reply if a failover lost it. `figures`: the
         session's figures after the write too, in the same round trip. `start_summary`:
-        the session's summary state starts with this write (if it has none yet)."""
+        the session's summary state starts with this write (if it has none yet).
+        `events_ttl_ms`: how long the ended event stream stays (0: deleted at once)."""
         if not 0 <= usage.cost_usd < math.inf:
             raise InvalidInput(f"invalid usage {usage}", code="invalid_usage")
         ks = keys.turn_keys(user_id, session_id)
@@ -283,7 +286,8 @@ class TurnStore:
         args += [usage.prompt_tokens, usage.completion_tokens, repr(usage.cost_usd)]
         args += [token, generation_id]
         args += [tail[1], tail[0]] if tail else ["", 0]
-        args += [orjson.dumps(end_payload).decode(), keys.EVENTS_TTL_AFTER_END_MS]
+        events_ttl = keys.EVENTS_TTL_AFTER_END_MS if events_ttl_ms is None else events_ttl_ms
+        args += [orjson.dumps(end_payload).decode(), events_ttl]
         args += [keys.EVENTS_MAXLEN, keys.validate_id(replaces, "message id") if replaces else ""]
         args += [ordinal]
         if user_message is not None and user_message.msg_id:
@@ -314,13 +318,15 @@ class TurnStore:
         error: ChatmemError | None,
     ) -> None:
         """End a begun turn that will not run (no reply): its lock released, its event
-        stream ended with `error` (or a generic one)."""
+        stream ended with `error` (or a generic one) — or deleted if `error` is the
+        client's (a 4xx: nothing happened, a re-attach finds nothing, 204)."""
         code, message = "turn_abandoned", "the turn ended before its reply"
         if error is not None:
             code, message = error.code, error.message
         await self.finish(
             user_id, session_id, None, Usage(), token=token, generation_id=generation_id,
             tail=None, end_payload={"code": code, "message": message},
+            events_ttl_ms=0 if isinstance(error, InvalidInput | NotFound) else None,
         )  # fmt: skip
 
     async def place(
