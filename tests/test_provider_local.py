@@ -77,6 +77,20 @@ async def test_streams_a_reply_with_usage(model: LocalLlamaProvider) -> None:
 
 
 @pytest.mark.local_model
+async def test_a_history_with_tool_calls_is_read_as_text(model: LocalLlamaProvider) -> None:
+    """A session imported from a model with tools: its tool calls have no text (None),
+    which the chat template could not join (a 503 with the user message left alone)."""
+    history = [
+        *MESSAGES,
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function"}]},
+        {"role": "tool", "content": "42", "tool_call_id": "c1"},
+        {"role": "user", "content": "And then?"},
+    ]
+    chunks = [c async for c in model.stream(history, GenerationParams(max_tokens=8))]
+    assert chunks[-1].finish_reason in ("stop", "length")
+
+
+@pytest.mark.local_model
 async def test_respects_max_tokens(model: LocalLlamaProvider) -> None:
     long_answer = [{"role": "user", "content": "Write a long story about a dragon."}]
     chunks = [

@@ -174,7 +174,8 @@ class LocalLlamaProvider:
             except RuntimeError:  # the consumer's loop is gone: nobody to generate for
                 cancel.set()
 
-        job = self._worker.submit(self._generate, [dict(m) for m in messages], params, push, cancel)
+        plain = [_plain(m) for m in messages]
+        job = self._worker.submit(self._generate, plain, params, push, cancel)
         job.add_done_callback(self._release)
         try:
             while (item := await queue.get()) is not _END:
@@ -300,6 +301,13 @@ class LocalLlamaProvider:
         if not self._path.is_file():
             raise ProviderUnavailable(f"the local model file {self._path} does not exist")
         return self._path
+
+
+def _plain(message: Mapping[str, Any]) -> dict[str, Any]:
+    """What the chat template reads of a message: role and text. An assistant's tool
+    calls (a session imported from, or shared with, a model that has tools) have no text
+    (`content` None): this model, which has no tools, sees an empty turn there."""
+    return {"role": message["role"], "content": message.get("content") or ""}
 
 
 def _special_text(llama: Any, token: int) -> str:
