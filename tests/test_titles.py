@@ -35,6 +35,9 @@ def test_title_is_the_first_line_made_short() -> None:
     assert title_from_message("\n\n# Plan for **today**\n- a") == "Plan for today"
     assert title_from_message("> quoted question") == "quoted question"
     assert title_from_message("   \n  ") == ""
+    # Control and format characters never reach a title (a terminal's ESC, U+202E).
+    assert title_from_message("a\x00b\x1b[31mred \u202eevil") == "a b [31mred evil"
+    assert clean_title("Title: \u202eSorting\x1b lists", "Luna") == "Sorting lists"
     long = "word " * 40
     title = title_from_message(long)
     assert len(title) <= MAX_TITLE_CHARS and title.endswith("word…")

@@ -33,6 +33,7 @@ def title_from_message(content: str) -> str:
     """The first non-blank line of `content`, one-spaced, cut at a word to at most
     MAX_TITLE_CHARS characters (with an ellipsis when cut); "" if there is no text."""
     line = next((ln for ln in content.splitlines() if ln.strip()), "")
+    line = "".join(" " if _is_control(ch) else ch for ch in line)
     text = " ".join(_LINE_OPENER.sub("", line).replace("*", "").replace("`", "").split())
     if len(text) <= MAX_TITLE_CHARS:
         return text
@@ -43,9 +44,15 @@ def title_from_message(content: str) -> str:
     return cut.rstrip(" ,.;:-") + "…"
 
 
+def _is_control(ch: str) -> bool:
+    """NUL, ESC and the like, and format characters (U+202E turns a list's text around)."""
+    return unicodedata.category(ch) in ("Cc", "Cf")
+
+
 def _is_noise(ch: str) -> bool:
     return (
-        ch in _EMOJI_PARTS
+        _is_control(ch)
+        or ch in _EMOJI_PARTS
         or unicodedata.category(ch) in ("So", "Cs", "Co")
         or (
             "\U0001f3fb" <= ch <= "\U0001f3ff"  # skin tones
