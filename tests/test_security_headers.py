@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from chatmem.api.app import WEB_DIR
-from chatmem.api.security_headers import PAGE_CSP
+from chatmem.api.security_headers import DOCS_CSP, PAGE_CSP
 
 EVERY = {
     "x-frame-options": "DENY",
@@ -55,8 +55,23 @@ async def test_every_response_refuses_framing_and_sniffing(
 ) -> None:
     r = await client.request(method, path)
     assert {k: r.headers.get(k) for k in EVERY} == EVERY
-    # The API is not a page: no CSP (and /docs runs Swagger UI's inline scripts).
+    # The API is not a page: no CSP.
     assert "content-security-policy" not in r.headers
+
+
+@pytest.mark.parametrize("path", ["/docs", "/redoc"])
+async def test_the_api_documentation_pages_carry_their_own_policy(
+    client: httpx.AsyncClient, path: str
+) -> None:
+    """Swagger UI and ReDoc run an inline script and chatmem's copy of their assets:
+    that and no more (no CDN: the page works offline)."""
+    r = await client.get(path)
+    assert r.status_code == 200
+    policy = r.headers["content-security-policy"]
+    assert policy == DOCS_CSP and "frame-ancestors 'none'" in policy
+    assets = re.findall(r'(?:src|href)="([^"]+)"', r.text)
+    assert assets and all(a.startswith("/") for a in assets), assets
+    assert {k: r.headers.get(k) for k in EVERY} == EVERY
 
 
 async def test_a_stream_carries_them_too(client: httpx.AsyncClient) -> None:

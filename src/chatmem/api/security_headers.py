@@ -3,9 +3,10 @@
 Every response: `X-Frame-Options: DENY`, `X-Content-Type-Options: nosniff`,
 `Referrer-Policy: no-referrer`. The page (`/` and `/static/*`) also gets its
 Content-Security-Policy as a header: the policy of the meta tag in web/index.html plus
-`frame-ancestors 'none'`, which a meta tag cannot carry. Not on /docs: Swagger UI and
-ReDoc run inline scripts that this policy would block. A header the app already set
-wins.
+`frame-ancestors 'none'`, which a meta tag cannot carry. /docs and /redoc (Swagger UI
+and ReDoc, their assets served by chatmem, started by an inline script) get a policy of
+their own that allows just that: nothing loads from elsewhere, and no site frames them.
+A header the app already set wins.
 """
 
 from __future__ import annotations
@@ -16,6 +17,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 PAGE_CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
+# The documentation pages: their inline start-up script, their assets (served by chatmem,
+# fastapi-offline), nothing from elsewhere.
+DOCS_CSP = (
+    "default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; font-src 'self' data:; worker-src 'self' blob:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; "
     "frame-ancestors 'none'"
 )
 EVERY_RESPONSE: tuple[tuple[bytes, bytes], ...] = (
@@ -29,8 +38,21 @@ PAGE: tuple[tuple[bytes, bytes], ...] = (
 )
 
 
+DOCS: tuple[tuple[bytes, bytes], ...] = (
+    *EVERY_RESPONSE,
+    (b"content-security-policy", DOCS_CSP.encode()),
+)
+DOCS_PATHS = ("/docs", "/docs/oauth2-redirect", "/redoc")
+
+
 def is_page(path: str) -> bool:
     return path == "/" or path.startswith("/static/")
+
+
+def headers_for(path: str) -> tuple[tuple[bytes, bytes], ...]:
+    if is_page(path):
+        return PAGE
+    return DOCS if path in DOCS_PATHS else EVERY_RESPONSE
 
 
 class SecurityHeadersMiddleware:
@@ -41,7 +63,7 @@ class SecurityHeadersMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        extra = PAGE if is_page(scope["path"]) else EVERY_RESPONSE
+        extra = headers_for(scope["path"])
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
