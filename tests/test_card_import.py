@@ -4,6 +4,8 @@ over `POST /v1/characters/import` and in characters/png_card.py."""
 from __future__ import annotations
 
 import base64
+import binascii
+import struct
 
 import httpx
 import pytest
@@ -55,6 +57,15 @@ def test_png_card_chunks() -> None:
         card_from_png(b"GIF89a")
     with pytest.raises(InvalidInput, match="truncated"):
         card_from_png(png_with_card(V2, image)[:60])
+    # A card that is not base64 JSON: said plainly, without Python's own words.
+    from chatmem.characters import png_card
+
+    for payload in (b"chara\0!!not base64!!", b"chara\0" + base64.b64encode(b"{oops")):
+        chunk = png_card._CHUNK_HEAD.pack(len(payload), b"tEXt") + payload
+        chunk += struct.pack(">I", binascii.crc32(b"tEXt" + payload))
+        with pytest.raises(InvalidInput) as err:
+            card_from_png(image[:33] + chunk + image[33:])
+        assert err.value.message == "the PNG's card is not base64-encoded JSON"
 
 
 async def test_import_json_v3_and_png_over_http(client: httpx.AsyncClient) -> None:

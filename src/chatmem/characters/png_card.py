@@ -46,7 +46,7 @@ def card_from_png(data: bytes) -> Any:
     try:
         return json.loads(base64.b64decode(raw, validate=True))
     except (binascii.Error, ValueError) as exc:
-        raise _invalid(f"the PNG's card is not base64-encoded JSON ({exc})") from exc
+        raise _invalid("the PNG's card is not base64-encoded JSON") from exc
 
 
 def png_with_card(card: Any, image: bytes, keyword: bytes = b"chara") -> bytes:
