@@ -190,6 +190,23 @@ async def test_titles_are_bounded(client: httpx.AsyncClient) -> None:
     assert r.status_code == 422
 
 
+async def test_numbers_and_booleans_are_not_guessed(client: httpx.AsyncClient) -> None:
+    """`true` is no window size and "yes" no boolean: 422, nothing stored or sent."""
+    for body in ({"window_size": True}, {"ttl_s": "3600"}, {"window_size": 2.0}):
+        r = await client.post("/v1/sessions", json=body, headers=H)
+        assert r.status_code == 422, (body, r.text)
+    sid = await new_session(client)
+    r = await client.patch(f"/v1/sessions/{sid}", json={"window_size": True}, headers=H)
+    assert r.status_code == 422
+    for body in ({"content": "hi", "stream": "yes"}, {"content": "hi", "stream": 1}):
+        r = await client.post(f"/v1/sessions/{sid}/messages", json=body, headers=H)
+        assert r.status_code == 422, (body, r.text)
+    r = await client.post(f"/v1/sessions/{sid}/regenerate", json={"stream": "no"}, headers=H)
+    assert r.status_code == 422
+    r = await client.get(f"/v1/sessions/{sid}/messages", headers=H)
+    assert [m["role"] for m in r.json()["messages"]] in ([], ["assistant"])  # the greeting
+
+
 # --- per-user caps ------------------------------------------------------------------------
 
 

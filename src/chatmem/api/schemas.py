@@ -1,4 +1,7 @@
-"""Request bodies of the native API (responses are the domain values' dicts)."""
+"""Request bodies of the native API (responses are the domain values' dicts).
+
+Numbers and booleans are strict: `"window_size": true` or `"stream": "yes"` is a client's
+mistake (400), not 1 or True."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from chatmem.models import SessionState
+from chatmem.store.keys import MAX_TTL_S, MIN_TTL_S, WINDOW_MAX, WINDOW_MIN
 
 
 class CreateSession(BaseModel):
@@ -14,8 +18,8 @@ class CreateSession(BaseModel):
 
     character_id: str | None = Field(None, max_length=64)
     title: str = Field("", max_length=200)
-    ttl_s: int | None = Field(None, ge=60, le=365 * 24 * 3600)
-    window_size: int | None = Field(None, ge=1, le=20)
+    ttl_s: int | None = Field(None, ge=MIN_TTL_S, le=MAX_TTL_S, strict=True)
+    window_size: int | None = Field(None, ge=WINDOW_MIN, le=WINDOW_MAX, strict=True)
     # The chat's own; null: the character's, else the server's.
     temperature: float | None = Field(None, ge=0.0, le=2.0, strict=True)
 
@@ -24,8 +28,8 @@ class UpdateSession(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     title: str | None = Field(None, max_length=200)
-    ttl_s: int | None = Field(None, ge=60, le=365 * 24 * 3600)
-    window_size: int | None = Field(None, ge=1, le=20)
+    ttl_s: int | None = Field(None, ge=MIN_TTL_S, le=MAX_TTL_S, strict=True)
+    window_size: int | None = Field(None, ge=WINDOW_MIN, le=WINDOW_MAX, strict=True)
     state: SessionState | None = None
     # Null: back to the character's temperature (left out: unchanged).
     temperature: float | None = Field(None, ge=0.0, le=2.0, strict=True)
@@ -44,7 +48,7 @@ class SendMessage(BaseModel):
 
     # Length is checked by the service so that the error carries its own code.
     content: str
-    stream: bool = False
+    stream: bool = Field(False, strict=True)
     client_message_id: str | None = Field(None, min_length=1, max_length=128)
     metadata: dict[str, Any] = Field(default_factory=dict)
     # A streamed reply goes on when its client disconnects (re-attach with
@@ -58,7 +62,7 @@ class ChangeMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     content: str | None = None
-    selected: int | None = Field(None, ge=0)
+    selected: int | None = Field(None, ge=0, strict=True)
 
 
 class ForkSession(BaseModel):
@@ -73,5 +77,5 @@ class Revise(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    stream: bool = False
+    stream: bool = Field(False, strict=True)
     on_disconnect: Literal["continue", "stop"] = "continue"
