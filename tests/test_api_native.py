@@ -164,6 +164,12 @@ async def test_idempotency_key_replays_the_stored_reply(
     assert fake.request_count == 1
     hist = (await client.get(f"/v1/sessions/{sid}/messages", headers=H)).json()["messages"]
     assert [m["content"] for m in hist[1:]] == ["q", "first answer"]
+    # The same key for another message: the client's mistake, not "q"'s reply again.
+    c = await client.post(f"/v1/sessions/{sid}/messages", json={"content": "q2"}, headers=hdr)
+    assert (c.status_code, c.json()["error"]["code"]) == (409, "idempotency_key_reused")
+    assert fake.request_count == 1
+    hist = (await client.get(f"/v1/sessions/{sid}/messages", headers=H)).json()["messages"]
+    assert [m["content"] for m in hist[1:]] == ["q", "first answer"]
 
 
 async def test_system_prompt_tokens_count_in_the_context_budget(

@@ -64,6 +64,16 @@ def idempotent_ids(key: str) -> tuple[str, str]:
     return f"k{digest}", f"k{digest}a"
 
 
+def same_request(stored: Message, sent: Message) -> None:
+    """A retry with an Idempotency-Key must send what the first request sent: a key used
+    again for another message is the client's mistake (409), not that message's reply."""
+    if sent.content and stored.content != sent.content:
+        raise Conflict(
+            "this Idempotency-Key was used for another message: use a new key",
+            code="idempotency_key_reused",
+        )
+
+
 class Turns:
     def __init__(
         self,
@@ -136,6 +146,7 @@ class Turns:
             user_msg.msg_id, reply_id = idempotent_ids(idempotency_key)
             local = self.inflight.local((user_id, session_id))
             if local is not None and local.user_message.msg_id == user_msg.msg_id:
+                same_request(local.user_message, user_msg)
                 return local  # a retry of the generation running here: re-attach
         async with self.inflight.reserve((user_id, session_id)) as slot:
             gen: Generation | None = None
@@ -228,6 +239,7 @@ class Turns:
                 continue
             if res.kind == "replay":
                 assert res.user_message is not None
+                same_request(res.user_message, req.user_msg)
                 if res.reply is not None:
                     done = TurnDone(res.reply, res.user_message, Usage(), replayed=True)
                     return await self._replayed(user_id, session_id, done, token, gen_id)
