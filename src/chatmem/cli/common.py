@@ -65,6 +65,9 @@ class App(typer.Typer):
     """A typer app whose commands (and itself) show `--help` as the flag it is."""
 
     def __init__(self, *, cls: type[TyperGroup] | None = None, **kwargs: Any) -> None:
+        # Markdown: a docstring's paragraph is wrapped to the terminal, not cut where
+        # the source breaks its lines.
+        kwargs.setdefault("rich_markup_mode", "markdown")
         super().__init__(cls=cls or _FlagHelpGroup, **kwargs)
 
     def command(

@@ -51,8 +51,10 @@ def export(
     url: str | None = UrlOpt,
     api_key: str | None = KeyOpt,
 ) -> None:
-    """Export sessions with their meta and messages as JSON (from the store, or from a
-    running server with --url: there, without an admin key, only your own)."""
+    """Export sessions with their meta and messages as JSON.
+
+    From the store, or from a running server with --url (there, without an admin key,
+    only your own)."""
     from chatmem.ids import validate_id
     from chatmem.permissions import write_private
 
@@ -112,8 +114,9 @@ def import_(
     url: str | None = UrlOpt,
     api_key: str | None = KeyOpt,
 ) -> None:
-    """Import an export: ids kept, whatever is already there skipped (idempotent); into
-    the store, or into a running server with --url."""
+    """Import an export (ids kept, what is already there skipped).
+
+    Into the store, or into a running server with --url."""
     from chatmem.chat.runtime import open_store
     from chatmem.ops.transfer import import_sessions, parse_export, parse_memories, parse_profiles
 
