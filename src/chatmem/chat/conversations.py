@@ -37,6 +37,7 @@ __all__ = [
     "character_session_id",
     "create_conversation",
     "prepare_conversation_turn",
+    "validate_ttl",
 ]
 
 # Seeds 000/001: the user's one conversation, with the default character.

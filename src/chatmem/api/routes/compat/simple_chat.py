@@ -33,12 +33,12 @@ from chatmem.chat.conversations import (
     SEED_CHAT_MIN_TTL_S,
     WINDOW_MAX,
     prepare_conversation_turn,
+    validate_ttl,
 )
 from chatmem.chat.service import ChatService
 from chatmem.config import Settings
 from chatmem.errors import StoreUnavailable, UserNotFound
 from chatmem.models import SessionSnapshot
-from chatmem.store.rules import validate_ttl
 from chatmem.tokens import price_for
 
 router = APIRouter(tags=["seed 000/001: one conversation per user"])
