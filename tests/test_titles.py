@@ -63,6 +63,10 @@ def test_title_is_the_first_line_made_short() -> None:
         ("🌸✨🎉", ""),
         ("Luna", ""),
         ("Luna: “Luna”", ""),
+        # The model echoes its prompt's "Chat:" (seen with SmolLM2 on the screenshots).
+        ("Chat", ""),
+        ("Chat: Kitten names", "Kitten names"),
+        ("New chat.", ""),
         ("  \n ", ""),
     ],
 )

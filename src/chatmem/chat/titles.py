@@ -23,7 +23,9 @@ MAX_TITLE_WORDS = 8
 _LINE_OPENER = re.compile(r"^\s*(?:#{1,6}\s+|>\s*|[-*+]\s+|\d+[.)]\s+)+")
 _QUOTES = "\"'“”‘’«»„`"
 # Who speaks, as small models write it before their answer ("Luna: …", "Title: …").
-_SPEAKERS = ("title", "chat title", "assistant", "ai", "bot", "answer", "user")
+_SPEAKERS = ("title", "chat title", "chat", "assistant", "ai", "bot", "answer", "user")
+# Titles that name no chat (the 135M model echoes its prompt's "Chat:" as the title).
+_GENERIC = {"chat", "a chat", "new chat", "chat title", "title", "conversation", "untitled"}
 _SENTENCE_ENDS = (".", "!", "?")
 # Joiners and presentation selectors of emoji sequences (the emoji are category So).
 _EMOJI_PARTS = {"\u200d", "\ufe0e", "\ufe0f", "\u20e3"}
@@ -89,7 +91,10 @@ def clean_title(text: str, character_name: str) -> str:
     while len(" ".join(words)) > MAX_TITLE_CHARS:
         words.pop()
     title = " ".join(words).strip(_QUOTES + " ,.;:-–—!。，！")
-    if not any(ch.isalnum() for ch in title) or title.casefold() == character_name.casefold():
+    if not any(ch.isalnum() for ch in title) or title.casefold() in {
+        *_GENERIC,
+        character_name.casefold(),
+    }:
         return ""
     return title
 
