@@ -145,6 +145,8 @@ def chatmem(
         "CHATMEM_LLM_MODEL": "fake-model",
         "CHATMEM_LIMITS_REQUESTS_PER_MINUTE": "1000000",
         "CHATMEM_LIMITS_STREAMS_PER_USER": "100000",
+        # chatmem from the sources beside this file (a worktree's, not the venv's install)
+        "PYTHONPATH": str(ROOT / "src"),
     } | EXTRA_ENV
     log = work / "chatmem.log"
     cmd = [sys.executable, "-m", "chatmem", "serve", "--port", str(port)]
