@@ -80,6 +80,18 @@ async def test_context_hides_prompts_from_non_admins(client: httpx.AsyncClient) 
     tokens = r.json()["tokens"]
     assert tokens["system"] == count_tokens(PROMPT) + count_tokens(POST_HISTORY)
 
+    # Counted as sent: with the user's name in place of {{user}} (a name of many tokens).
+    named = {"id": "named", "name": "Named", "system_prompt": "Greet {{user}} warmly."}
+    assert (await client.post("/v1/characters", json=named, headers=ROOT)).status_code == 201
+    name = "Bartholomew Quentin Montgomery-Fitzwilliam"
+    r = await client.patch("/v1/me", json={"display_name": name}, headers=ALICE)
+    assert r.status_code == 200, r.text
+    r = await client.post("/v1/sessions", json={"character_id": "named"}, headers=ALICE)
+    sid = r.json()["session"]["session_id"]
+    view = (await client.get(f"/v1/sessions/{sid}/context", headers=ALICE)).json()
+    sent = count_tokens(f"Greet {name} warmly.")
+    assert view["messages"][0]["token_count"] == sent == view["tokens"]["system"]
+
     # The admin's own session shows them.
     r = await client.post("/v1/sessions", json={"character_id": "vault"}, headers=ROOT)
     sid = r.json()["session"]["session_id"]

@@ -147,6 +147,15 @@ class Prompter:
             name = await self.profiles.cached_name(user_id) or USER_NAME
         return [fill(t, character.name, name) for t in texts]
 
+    async def prompt_tokens(self, user_id: str, character: Character) -> tuple[int, int]:
+        """Tokens of the character's system prompt and post-history instructions as this
+        user's turns send them (placeholders filled in)."""
+        name = await self.user_name(user_id, character)
+        return (
+            self.count_cached(fill(character.system_prompt, character.name, name)),
+            self.count_cached(fill(character.post_history_instructions, character.name, name)),
+        )
+
     def count_cached(self, text: str) -> int:
         n = self._system_tokens.get(text)
         if n is None:

@@ -350,11 +350,12 @@ class ChatService(SessionMethods):
         character = await self.characters.get(snap.meta.character_id)
         limits = self.prompter.limits_for(snap.meta, character)
         ctx = await self.prompter.assemble_turn(snap.meta, character, snap.messages, None, limits)
+        system_tokens, post_history_tokens = await self.prompter.prompt_tokens(user_id, character)
         messages = context_messages(
             ctx,
             character,
-            system_tokens=self.prompter.count_cached(character.system_prompt),
-            post_history_tokens=self.prompter.count_cached(character.post_history_instructions),
+            system_tokens=system_tokens,
+            post_history_tokens=post_history_tokens,
             show_prompts=show_prompts,
         )
         summary = snap.meta.summary
