@@ -66,8 +66,9 @@ async def test_session_lifecycle_and_memory(client: httpx.AsyncClient, fake: Fak
     ]
     assert [m["seq"] for m in hist["messages"]] == [1, 2, 3, 4, 5]
     page = (await client.get(f"/v1/sessions/{sid}/messages?limit=2&before=4", headers=H)).json()
-    assert [m["seq"] for m in page["messages"]] == [2, 3]
-
+    assert [m["seq"] for m in page["messages"]] == [2, 3] and page["next_before"] == 2
+    page = (await client.get(f"/v1/sessions/{sid}/messages?limit=2&before=2", headers=H)).json()
+    assert [m["seq"] for m in page["messages"]] == [1] and page["next_before"] is None
     listed = (await client.get("/v1/sessions", headers=H)).json()["sessions"]
     assert listed[0]["session_id"] == sid
     assert listed[0]["preview"] == "It has 2 million people."
@@ -78,6 +79,17 @@ async def test_session_lifecycle_and_memory(client: httpx.AsyncClient, fake: Fak
     ctx = (await client.get(f"/v1/sessions/{sid}/context", headers=H)).json()
     assert ctx["messages"][-1]["content"] == "It has 2 million people."
     assert ctx["tokens"]["total"] == ctx["tokens"]["system"] + ctx["tokens"]["history"]
+
+    # After the oldest is deleted, a page that holds all the rest offers no older page
+    # (the cursor was computed from counts a delete changes: it offered an empty one).
+    r = await client.delete(
+        f"/v1/sessions/{sid}/messages/{hist['messages'][0]['msg_id']}", headers=H
+    )
+    assert r.status_code == 204
+    page = (await client.get(f"/v1/sessions/{sid}/messages?limit=4", headers=H)).json()
+    assert [m["seq"] for m in page["messages"]] == [2, 3, 4, 5] and page["next_before"] is None
+    page = (await client.get(f"/v1/sessions/{sid}/messages?limit=3", headers=H)).json()
+    assert [m["seq"] for m in page["messages"]] == [3, 4, 5] and page["next_before"] == 3
 
     r = await client.patch(
         f"/v1/sessions/{sid}", json={"title": "Geo", "window_size": 1}, headers=H

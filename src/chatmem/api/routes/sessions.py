@@ -75,15 +75,17 @@ async def history(
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     before: Annotated[int | None, Query(ge=1, description="seq cursor: older than this")] = None,
 ) -> dict[str, Any]:
+    # One more than asked: whether anything older is stored (a delete leaves the seqs as
+    # they were, so they cannot tell: a cursor from them offered empty pages).
     snap = await service.read_history(
-        caller.user_id, session_id, last=limit, before_seq=before or 0
+        caller.user_id, session_id, last=limit + 1, before_seq=before or 0
     )
-    first = snap.messages[0].seq if snap.messages else None
-    oldest_stored = snap.meta.message_count - snap.meta.stored_messages + 1
+    older = len(snap.messages) > limit
+    messages = snap.messages[1:] if older else snap.messages
     return {
         "session_id": session_id,
-        "messages": [m.to_dict() for m in snap.messages],
-        "next_before": first if first is not None and first > oldest_stored else None,
+        "messages": [m.to_dict() for m in messages],
+        "next_before": messages[0].seq if older else None,
         "stored_messages": snap.meta.stored_messages,
     }
 
