@@ -21,7 +21,7 @@ import uvloop
 
 from chatmem.config import LLMSettings
 from chatmem.errors import ProviderTimeout, ProviderUnavailable
-from chatmem.providers import GenerationParams
+from chatmem.providers import GenerationParams, http1, sse_decoder
 from chatmem.providers.http1 import MAX_HEAD_BYTES, Http1Connection, parse_head
 from chatmem.providers.http1_pool import Http1Client
 from chatmem.providers.httpx_upstream import HttpxUpstream
@@ -337,6 +337,35 @@ async def test_the_read_timeout_counts_from_the_last_byte_not_the_first_wait() -
             assert 0.45 < time.monotonic() - last < 2.0
 
 
+async def test_a_head_trickled_a_byte_at_a_time_is_a_read_timeout_all_the_same() -> None:
+    """Each byte in time for the read timeout, the head not: a JSON turn was held past
+    60 s by a server that sent its head a byte a second (or `100 Continue` every second)."""
+    trickle = [bytes([b]) for b in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"y" * 200]
+    continues = [b"HTTP/1.1 100 Continue\r\n\r\n"] * 200
+    for parts in (trickle, continues):
+        async with serving(respond(*parts, pause_s=0.05)) as server:
+            t = Timeouts(connect_s=1, read_s=0.4, write_s=1, pool_s=1)
+            async with client_for(server, timeouts=t) as c:
+                started = time.monotonic()
+                with pytest.raises(ReadTimeout):
+                    await post(c)
+                assert time.monotonic() - started < 1.5
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "identity"])
+async def test_a_body_past_the_bound_is_refused_not_held(encoding: str) -> None:
+    """A 300 KB gzip bomb of 300 MB took the server to 1 GB: the body is decoded step by
+    step and refused past MAX_BODY_BYTES."""
+    size = http1.MAX_BODY_BYTES + 1024
+    if encoding == "gzip":
+        body, extra = gzip.compress(b"x" * size), "Content-Encoding: gzip"
+    else:
+        body, extra = b"x" * size, "X-Plain: 1"
+    async with serving(respond(ok(body, extra))) as server, client_for(server) as c:
+        with pytest.raises(UpstreamProtocolError, match="over"):
+            await post(c)
+
+
 async def test_a_tls_handshake_that_never_comes_is_a_connect_timeout() -> None:
     async with serving(respond()) as server:  # plain TCP: the TLS hello is never answered
         t = Timeouts(connect_s=0.2, read_s=1, write_s=1, pool_s=1)
@@ -458,6 +487,33 @@ async def test_a_malformed_upstream_response_is_a_502_for_the_client(
         "message": "The model provider sent an invalid response.",
     }
     assert len(server.requests) == 1  # max_retries=0 in the tests' settings
+
+
+async def test_an_event_line_without_end_is_a_502_not_a_stall() -> None:
+    """A stream line of 50 MB without a newline took 3.8 s of CPU (re-joined at every
+    read); past a MiB it is a malformed response."""
+    head = chunked(b"")[0]
+    line = b"data: " + b"x" * (sse_decoder.MAX_EVENT_BYTES + 10)
+    body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(line), line)
+    async with serving(respond(head, body)) as server:
+        with pytest.raises(UpstreamMalformed, match="event line over"):
+            await reply(provider_for(f"http://127.0.0.1:{server.port}/v1", max_retries=0))
+
+
+async def test_a_reply_past_max_tokens_ends_as_cut_off() -> None:
+    """A server that ignores max_tokens sent 20 MB of deltas, all stored: the reply ends
+    at MAX_CHARS_PER_TOKEN × max_tokens, `finish_reason` "length"."""
+    delta = b'data: {"choices":[{"delta":{"content":"' + b"z" * 100 + b'"}}]}\n\n'
+    wire = chunked(*([delta] * 20))
+    async with serving(respond(*wire)) as server:
+        provider = provider_for(f"http://127.0.0.1:{server.port}/v1")
+        params = GenerationParams(max_tokens=20)  # 640 characters
+        try:
+            chunks = [c async for c in provider.stream([{"role": "user", "content": "x"}], params)]
+        finally:
+            await provider.aclose()
+    text = "".join(c.text for c in chunks)
+    assert len(text) == 600 and chunks[-1].finish_reason == "length"
 
 
 async def test_read_and_connect_failures_keep_their_provider_errors() -> None:

@@ -23,7 +23,8 @@ from chatmem.providers import GenerationParams, StreamChunk, TokenUsage, http1_p
 from chatmem.providers.http1 import Http1Connection
 from chatmem.providers.http1_pool import Http1Client
 from chatmem.providers.local import LocalLlamaProvider
-from chatmem.providers.openai_compat import OpenAICompatProvider, _SSEDecoder
+from chatmem.providers.openai_compat import OpenAICompatProvider
+from chatmem.providers.sse_decoder import SSEDecoder
 from chatmem.providers.tool_calls import ToolCallAssembler, whole_calls
 from tests.fake_openai import FakeOpenAI, Reply
 from tests.fake_openai_tools import ToolCall
@@ -386,7 +387,7 @@ def test_factory_picks_openai_when_a_url_or_key_is_set_else_local() -> None:
 
 
 def test_sse_decoder_handles_split_blocks_crlf_comments_and_multiline_data() -> None:
-    decoder = _SSEDecoder()
+    decoder = SSEDecoder()
     stream = b': hi\r\ndata: {"a":\r\ndata: 1}\r\n\r\nevent: x\nid: 3\ndata:[DONE]\n\ndata: tail'
     payloads: list[bytes] = []
     for i in range(0, len(stream), 5):  # cut everywhere, even inside `\r\n`

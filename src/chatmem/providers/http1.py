@@ -15,7 +15,10 @@ connection's close; `1xx` heads skipped; gzip or deflate bodies decoded (asked f
 server says `Connection: close`, speaks HTTP/1.0, or the body is close-delimited. A head
 over MAX_HEAD_BYTES, a malformed status line, header or chunk is an
 `UpstreamProtocolError`, a body cut short `UpstreamDisconnected`; every wait for bytes
-is bounded by the read timeout.
+is bounded by the read timeout, and the whole head by it too (a server that trickles a
+byte at a time, or a `100 Continue` every second, would otherwise hold a turn for ever).
+A body is at most MAX_BODY_BYTES once decoded, decompressed step by step within that
+bound: a 300 KB gzip bomb of 300 MB is refused at 16 MiB, not held in memory.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from chatmem.providers.upstream import (
 )
 
 MAX_HEAD_BYTES = 64 * 1024
+# A whole reply of 4 096 tokens is ~1 MB of SSE; an error body is read only to be logged.
+MAX_BODY_BYTES = 16 * 1024 * 1024
 MAX_CHUNK_LINE_BYTES = 4 * 1024
 # The loop stops reading a connection whose unread bytes pass this (and resumes below
 # a quarter of it): a slow consumer cannot make the process buffer a whole body.
@@ -196,7 +201,9 @@ class Http1Connection(asyncio.Protocol):
 
     async def read_head(self, read_s: float) -> tuple[int, dict[str, str], bool]:
         """The next final response's status, headers (lower-case names; repeated
-        ones joined with ", ") and whether it is HTTP/1.1."""
+        ones joined with ", ") and whether it is HTTP/1.1, all within `read_s`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + read_s
         while True:
             end = self._buffer.find(b"\r\n\r\n")
             if end >= 0:
@@ -206,7 +213,9 @@ class Http1Connection(asyncio.Protocol):
                 if end < 0:
                     if len(self._buffer) > MAX_HEAD_BYTES:
                         raise UpstreamProtocolError("the response head is too large")
-                    await self._wait(read_s)
+                    if (left := deadline - loop.time()) <= 0:
+                        raise ReadTimeout(f"the response head took over {read_s:g} s")
+                    await self._wait(left)
                     continue
                 head, skip = self._take(end), 2
             self._take(skip)
@@ -252,6 +261,7 @@ class Http1Response:
     __slots__ = (
         "_conn",
         "_crlf_due",
+        "_decoded",
         "_decoder",
         "_framing",
         "_left",
@@ -277,6 +287,7 @@ class Http1Response:
         self._read_s = read_s
         self.reusable = http11 and "close" not in headers.get("connection", "").lower()
         self._left = 0
+        self._decoded = 0
         self._crlf_due = False
         self._trailers = False
         if status in _NO_BODY_STATUSES:
@@ -309,11 +320,16 @@ class Http1Response:
             block = await self._read_raw()
             if self._decoder is not None:
                 try:
-                    block = self._decoder.decompress(block)
+                    # At most one byte past the bound: all of `block` is consumed unless
+                    # the body is too large anyway (then nothing more is read).
+                    block = self._decoder.decompress(block, MAX_BODY_BYTES - self._decoded + 1)
                     if self.done:
                         block += self._decoder.flush()
                 except zlib.error as exc:
                     raise UpstreamProtocolError(f"undecodable compressed body: {exc}") from None
+            self._decoded += len(block)
+            if self._decoded > MAX_BODY_BYTES:
+                raise UpstreamProtocolError(f"the response body is over {MAX_BODY_BYTES} bytes")
             if block:
                 yield block
 

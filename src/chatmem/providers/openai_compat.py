@@ -14,6 +14,11 @@ Upstream errors become chatmem's own (`ProviderError` subclasses, whose client-f
 message is their class's): what the upstream said, with its status, is the error's
 `detail`, for the server's log only, with the API key and anything shaped like a
 credential redacted. An upstream's body can echo the key or name internal hosts.
+
+Bounds against an upstream that misbehaves: an SSE line or event over a MiB is a 502
+(providers/sse_decoder.py), and a reply longer
+than MAX_CHARS_PER_TOKEN × its `max_tokens` (a server that ignores `max_tokens`) ends
+there, `finish_reason` "length", as if the model had been cut off.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from chatmem.errors import (
 from chatmem.providers.base import GenerationParams, ModelInfo, StreamChunk, TokenUsage
 from chatmem.providers.http1_pool import Http1Client
 from chatmem.providers.httpx_upstream import HttpxUpstream
+from chatmem.providers.sse_decoder import SSEDecoder
 from chatmem.providers.tool_calls import ToolCallAssembler, whole_calls
 from chatmem.providers.upstream import (
     ConnectTimeout,
@@ -67,6 +73,8 @@ MAX_RETRY_DELAY_S = 10.0
 # connection go back to the pool, but a server that lingers must not hold the reply.
 DRAIN_AFTER_DONE_S = 0.2
 MAX_ERROR_MESSAGE_CHARS = 500
+# No tokenizer's token is this long: past it, the server is not holding to max_tokens.
+MAX_CHARS_PER_TOKEN = 32
 
 
 class UpstreamMalformed(ProviderError):  # a 502, retried before the first token
@@ -123,12 +131,17 @@ class OpenAICompatProvider:
         while True:
             relayed = False
             body = self._request_body(messages, params)
+            chars_left = (params.max_tokens or self._settings.max_tokens) * MAX_CHARS_PER_TOKEN
             try:
                 async with self._upstream.post("chat/completions", body) as resp:
                     if resp.status >= 300:  # redirects too: a base URL to fix
                         raise await _status_error(resp)
                     async for chunk in _relay(resp):
                         relayed = True
+                        chars_left -= len(chunk.text) + len(chunk.reasoning)
+                        if chars_left < 0:
+                            yield StreamChunk(finish_reason="length")
+                            return
                         yield chunk
                 return
             except ProviderError as exc:
@@ -179,42 +192,12 @@ class OpenAICompatProvider:
         return min(delay, MAX_RETRY_DELAY_S)
 
 
-class _SSEDecoder:
-    """SSE framing, bytes in and `data` payloads out; comments and other fields dropped."""
-
-    __slots__ = ("_data", "_pending")
-
-    def __init__(self) -> None:
-        self._pending = b""
-        self._data: list[bytes] = []
-
-    def feed(self, block: bytes) -> list[bytes]:
-        lines = (self._pending + block).split(b"\n") if self._pending else block.split(b"\n")
-        self._pending = lines.pop()
-        data = self._data
-        payloads = []
-        for line in lines:
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            if line.startswith(b"data:"):
-                data.append(line[6:] if line.startswith(b"data: ") else line[5:])
-            elif not line and data:
-                payloads.append(data[0] if len(data) == 1 else b"\n".join(data))
-                data.clear()
-            # else: a comment (`:`), an `event:`/`id:`/`retry:` field, or an idle blank line
-        return payloads
-
-    def close(self) -> list[bytes]:
-        """Flush an event that the server did not terminate with a blank line."""
-        return self.feed(b"\n\n") if self._pending or self._data else []
-
-
 async def _relay(resp: UpstreamResponse) -> AsyncIterator[StreamChunk]:
     """Turn an SSE (or, from lax servers, a plain JSON) body into chunks."""
     if resp.headers.get("content-type", "").startswith("application/json"):
         yield _completion_chunk(_loads(await resp.aread()))
         return
-    decoder = _SSEDecoder()
+    decoder = SSEDecoder()
     tools = ToolCallAssembler()
     blocks = resp.aiter_bytes()
     async for block in blocks:
