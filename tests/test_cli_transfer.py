@@ -118,6 +118,13 @@ BAD_IMPORTS: dict[str, tuple[str, Any]] = {
     "a message of 200 000 characters": ("message.content", "x" * 200_000),
     "a message with 300 KB of metadata": ("message.metadata", {"k": "v" * 300_000}),
     "a token count that is text": ("message.token_count", "12"),
+    # Found by a second outside test: 500s, or 400s after the first session was stored.
+    "usage tokens that are text": ("meta.usage", {"prompt_tokens": "z"}),
+    "usage tokens past any count": ("meta.usage", {"prompt_tokens": 10**30}),
+    "a negative cost": ("meta.usage", {"cost_usd": -1}),
+    "a system message": ("message.role", "system"),
+    "a fork that is not an id": ("meta.forked_from", {"x": 1}),
+    "a title with an escape": ("meta.title", "a\x1b[31mb"),
 }
 
 

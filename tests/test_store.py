@@ -71,6 +71,8 @@ async def test_create_existing_session(store: RedisMemoryStore) -> None:
         ({"window_size": 0}, "invalid_window"),
         ({"window_size": 21}, "invalid_window"),
         ({"title": "x" * 201}, "invalid_title"),
+        ({"title": "a\x1b[31mb"}, "invalid_title"),
+        ({"title": "evil\u202etxt.exe"}, "invalid_title"),
     ],
 )
 async def test_create_session_validates(
@@ -80,6 +82,12 @@ async def test_create_session_validates(
         await store.create_session("alice", "assistant", session_id="s1", **kwargs)  # type: ignore[arg-type]
     assert err.value.code == code
     assert await all_keys(redis_client) == set()
+
+
+async def test_a_title_keeps_emoji_sequences(store: RedisMemoryStore) -> None:
+    family = "Plans 👨\u200d👩\u200d👧 ✈\ufe0f"  # joiners and selectors are no control
+    meta = await store.create_session("alice", "assistant", session_id="s1", title=family)
+    assert meta.title == family
 
 
 async def test_update_session(store: RedisMemoryStore) -> None:

@@ -56,7 +56,9 @@ MAX_IMPORTED_METADATA_BYTES = 256 * 1024
 
 Progress = Callable[[int], None]
 _STATES = {s.value for s in SessionState}
-_ROLES = {role.value for role in Role}
+# A session holds no system message (the character's prompt is not stored with it): one
+# imported would land in the middle of the model's context.
+_ROLES = {role.value for role in Role} - {Role.SYSTEM.value}
 
 
 async def _all_users(store: RedisMemoryStore) -> list[str]:
@@ -241,8 +243,27 @@ def _check(n: int, item: dict[str, Any]) -> None:
         raise InvalidInput(f"{where}: {exc.message}", code=exc.code) from None
     if meta.get("state") is not None and meta["state"] not in _STATES:
         raise InvalidInput(f"{where}: state must be one of {sorted(_STATES)}")
+    for name in ("forked_from", "forked_at"):
+        if meta.get(name) is not None and not isinstance(meta[name], str):
+            raise InvalidInput(f"{where}: {name} must be a message or session id")
+    _check_usage(meta.get("usage"), where)
     for i, msg in enumerate(item["messages"]):
         _check_message(msg, f"{where}, message #{i}")
+
+
+def _check_usage(usage: Any, where: str) -> None:
+    """Whole token counts and a cost in dollars, none negative (or no usage at all)."""
+    if usage is None:
+        return
+    if not isinstance(usage, dict):
+        raise InvalidInput(f"{where}: usage must be an object")
+    for name in ("prompt_tokens", "completion_tokens"):
+        n = usage.get(name, 0)
+        if type(n) is not int or not 0 <= n < 2**53:
+            raise InvalidInput(f"{where}: usage.{name} must be a whole number of tokens")
+    cost = usage.get("cost_usd", 0.0)
+    if type(cost) not in (int, float) or not 0 <= cost < 1e12:
+        raise InvalidInput(f"{where}: usage.cost_usd must be a number of dollars")
 
 
 def _check_message(msg: Any, where: str) -> None:

@@ -4,6 +4,8 @@ turn scripts' callers)."""
 
 from __future__ import annotations
 
+import re
+
 from chatmem.errors import InvalidInput, StorageQuotaExceeded, TooManySessions
 from chatmem.models import TEMPERATURE_MAX, TEMPERATURE_MIN, Message
 from chatmem.store import keys
@@ -44,10 +46,19 @@ def validate_temperature(value: float | None) -> float | None:
     return float(value)
 
 
+# Control characters (NUL, ESC: a terminal's escapes) and the bidirectional overrides
+# and isolates (U+202E shows a list's text reversed); joiners stay (emoji sequences).
+_NOT_IN_TITLES = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
 def validate_title(title: str) -> str:
     if len(title) > keys.MAX_TITLE_CHARS:
         raise InvalidInput(
             f"title must be at most {keys.MAX_TITLE_CHARS} characters", code="invalid_title"
+        )
+    if _NOT_IN_TITLES.search(title):
+        raise InvalidInput(
+            "title must not hold control or text-direction characters", code="invalid_title"
         )
     return check_text(title, "title")
 
