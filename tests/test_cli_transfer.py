@@ -149,6 +149,27 @@ async def test_an_import_with_one_bad_value_is_refused_whole(
     assert (await client.get("/v1/sessions", headers=bearer("alice"))).json()["sessions"] == []
 
 
+async def test_a_bad_memory_or_profile_refuses_the_import_whole(client: httpx.AsyncClient) -> None:
+    """Memories and profiles were stored first and checked one by one: a bad one late in
+    the list left the ones before it, and every session, behind a 400."""
+    sid = await chat_as(client, "alice", "keep me")
+    doc = (await client.get("/v1/export", headers=bearer("alice"))).json()
+    assert (await client.delete(f"/v1/sessions/{sid}", headers=bearer("alice"))).status_code == 204
+    good = {"user_id": "alice", "character_id": "assistant", "memory_id": "m1", "text": "Likes tea"}
+    for bad in ({**good, "memory_id": "not an id"}, {"user_id": "alice"}):
+        doc["memories"] = [good, bad]
+        r = await client.post("/v1/import", json=doc, headers=bearer("root"))
+        assert r.status_code == 400 and "memory #2" in r.json()["error"]["message"], r.text
+    doc["memories"] = [good]
+    doc["profiles"] = [{"user_id": "alice", "display_name": "Alice"}, {"user_id": "bob"}]
+    r = await client.post("/v1/import", json=doc, headers=bearer("root"))
+    assert r.status_code == 400, r.text
+    assert (await client.get("/v1/sessions", headers=bearer("alice"))).json()["sessions"] == []
+    assert (await client.get("/v1/memories", headers=bearer("alice"))).json()["memories"] == []
+    me = (await client.get("/v1/me", headers=bearer("alice"))).json()
+    assert me["display_name"] == "User"
+
+
 def test_cli_export_and_import_take_url(
     redis_url: str, fake: FakeOpenAI, tmp_path: Path, redis_client: Any
 ) -> None:

@@ -156,20 +156,16 @@ async def export_memories(store: RedisMemoryStore, users: Iterable[str]) -> list
     return out
 
 
-def parse_memories(doc: Any) -> list[dict[str, Any]]:
-    """The memories of an export document (none in one made before they existed)."""
+ImportedMemory = tuple[str, str, Memory]  # user id, character id, the memory
+
+
+def parse_memories(doc: Any) -> list[ImportedMemory]:
+    """The memories of an export document (none in one made before they existed), each
+    checked before anything is stored."""
     raw = doc.get("memories", []) if isinstance(doc, dict) else []
     if not isinstance(raw, list) or not all(isinstance(m, dict) for m in raw):
         raise InvalidInput("the export's 'memories' must be a list of objects")
-    return raw
-
-
-async def import_memories(
-    store: RedisMemoryStore, raw: list[dict[str, Any]], *, ttl_s: int = IMPORTED_MEMORY_TTL_S
-) -> int:
-    """Add the memories whose ids are not there yet; returns how many were added."""
-    memories = MemoryStore(store, ttl_s=ttl_s)
-    added = 0
+    out = []
     for n, item in enumerate(raw, start=1):
         try:
             uid = validate_id(str(item["user_id"]), "user id")
@@ -182,8 +178,23 @@ async def import_memories(
                 updated_at=float(item.get("updated_at", 0.0)),
                 tokens=int(item.get("token_count", 0)),
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InvalidInput(f"memory #{n}: bad memory ({exc})") from exc
+        except KeyError as exc:
+            raise InvalidInput(f"memory #{n}: it lacks {exc}") from None
+        except InvalidInput as exc:
+            raise InvalidInput(f"memory #{n}: {exc.message}", code=exc.code) from None
+        except (TypeError, ValueError):
+            raise InvalidInput(f"memory #{n}: not a memory of an export") from None
+        out.append((uid, cid, mem))
+    return out
+
+
+async def import_memories(
+    store: RedisMemoryStore, parsed: list[ImportedMemory], *, ttl_s: int = IMPORTED_MEMORY_TTL_S
+) -> int:
+    """Add the memories whose ids are not there yet; returns how many were added."""
+    memories = MemoryStore(store, ttl_s=ttl_s)
+    added = 0
+    for uid, cid, mem in parsed:
         added += await memories.apply(uid, cid, [MemoryOp("new", mem.memory_id, mem)]) or 0
     return added
 
@@ -320,7 +331,7 @@ async def import_sessions(
     store: RedisMemoryStore,
     sessions: list[dict[str, Any]],
     on_session: Progress | None = None,
-    memories: list[dict[str, Any]] | None = None,
+    memories: list[ImportedMemory] | None = None,
     profiles: list[tuple[str, str]] | None = None,
 ) -> ImportReport:
     report = ImportReport()
