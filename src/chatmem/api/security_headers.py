@@ -5,7 +5,8 @@ Every response: `X-Frame-Options: DENY`, `X-Content-Type-Options: nosniff`,
 Content-Security-Policy as a header: the policy of the meta tag in web/index.html plus
 `frame-ancestors 'none'`, which a meta tag cannot carry. /docs and /redoc (Swagger UI
 and ReDoc, their assets served by chatmem, started by an inline script) get a policy of
-their own that allows just that: nothing loads from elsewhere, and no site frames them.
+their own: chatmem's scripts and inline ones (any inline script: the pages are FastAPI's
+fixed HTML with no user content), nothing from elsewhere, and no site frames them.
 A header the app already set wins.
 """
 
