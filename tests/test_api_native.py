@@ -135,7 +135,13 @@ async def test_accept_header_selects_sse(client: httpx.AsyncClient) -> None:
 
 @pytest.mark.parametrize(
     ("content", "code"),
-    [("", "empty_message"), ("   \n ", "empty_message"), ("x" * 4001, "message_too_long")],
+    [
+        ("", "empty_message"),
+        ("   \n ", "empty_message"),
+        ("\u200b \u200b", "empty_message"),  # only invisible: zero-width spaces
+        ("\x00", "empty_message"),
+        ("x" * 4001, "message_too_long"),
+    ],
 )
 async def test_bad_messages_are_4xx_with_a_code(
     client: httpx.AsyncClient, content: str, code: str

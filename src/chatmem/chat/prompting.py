@@ -20,6 +20,7 @@ configured one (a request's own, on the OpenAI route, goes over all of them).
 from __future__ import annotations
 
 import logging
+import unicodedata
 
 from chatmem.characters.card import greetings_of
 from chatmem.characters.placeholders import USER_NAME, fill, mentions_user
@@ -82,9 +83,10 @@ class Prompter:
             self._without_memories.add(character.id)
 
     def validate_content(self, content: str) -> str:
-        """The message as stored: trimmed, not empty, within `max_message_chars`."""
+        """The message as stored: trimmed, not empty (nor only invisible characters:
+        zero-width spaces, NULs), within `max_message_chars`."""
         text = content.strip() if isinstance(content, str) else ""
-        if not text:
+        if not text or not any(unicodedata.category(ch)[0] not in "ZC" for ch in text):
             raise InvalidInput("message must not be empty", code="empty_message")
         limit = self.settings.memory.max_message_chars
         if len(text) > limit:
