@@ -211,6 +211,14 @@ def test_export_then_import_into_an_empty_redis_gives_identical_histories(
         # Idempotent: a second import adds nothing.
         res = runner.invoke(app, ["import", str(dump), "--redis-url", target.url])
         assert "0 messages added, 15 already there" in res.stderr
+        # A session whose character this server lacks: refused whole, as over HTTP.
+        orphan = json.loads(dump.read_text())
+        orphan["sessions"][-1]["meta"] |= {"session_id": "orphan", "character_id": "nobody"}
+        (tmp_path / "orphan.json").write_text(json.dumps(orphan))
+        res = runner.invoke(
+            app, ["import", str(tmp_path / "orphan.json"), "--redis-url", target.url]
+        )
+        assert res.exit_code == 2 and "'nobody' does not exist" in res.stderr, res.output
 
         again = run_cli(env, "export", "--redis-url", target.url, cwd=tmp_path)
         assert again.returncode == 0, again.stderr

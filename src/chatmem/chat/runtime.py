@@ -80,6 +80,15 @@ def _store(redis: AnyRedis, settings: Settings, metrics: Metrics | None) -> Redi
     return store
 
 
+def character_registry(redis: AnyRedis, settings: Settings) -> CharacterRegistry:
+    """The characters the server would offer: built-ins, the directory, Redis."""
+    return CharacterRegistry(
+        CharacterStore(redis),
+        settings.characters_dir,
+        preferred_default=settings.default_character or suggested_character(settings.llm),
+    )
+
+
 @asynccontextmanager
 async def open_store(settings: Settings) -> AsyncIterator[RedisMemoryStore]:
     """The memory store the server would use: the configured Redis, or the embedded one."""
@@ -121,11 +130,7 @@ async def running(
         redis = await _connect(settings, stack)
         metrics = Metrics()
         store = _store(redis, settings, metrics)
-        characters = CharacterRegistry(
-            CharacterStore(redis),
-            settings.characters_dir,
-            preferred_default=settings.default_character or suggested_character(settings.llm),
-        )
+        characters = character_registry(redis, settings)
         lim = settings.limits
         coordinator = Coordinator(
             redis,

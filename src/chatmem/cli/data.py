@@ -117,8 +117,14 @@ def import_(
     """Import an export (ids kept, what is already there skipped).
 
     Into the store, or into a running server with --url."""
-    from chatmem.chat.runtime import open_store
-    from chatmem.ops.transfer import import_sessions, parse_export, parse_memories, parse_profiles
+    from chatmem.chat.runtime import character_registry, open_store
+    from chatmem.ops.transfer import (
+        check_characters,
+        import_sessions,
+        parse_export,
+        parse_memories,
+        parse_profiles,
+    )
 
     doc = read_json(file)
     with reported_errors():
@@ -136,6 +142,7 @@ def import_(
 
     async def main() -> Any:
         async with open_store(settings) as store:
+            await check_characters(sessions, character_registry(store.redis, settings))
             with _progress() as progress:
                 task = progress.add_task("importing", total=len(sessions))
                 return await import_sessions(

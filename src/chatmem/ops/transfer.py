@@ -34,7 +34,8 @@ from typing import Any
 
 import orjson
 
-from chatmem.errors import InvalidInput, SessionNotFound
+from chatmem.characters import CharacterRegistry
+from chatmem.errors import CharacterNotFound, InvalidInput, SessionNotFound
 from chatmem.models import TEMPERATURE_MAX, Message, Role, SessionMeta, SessionState, Usage
 from chatmem.store.conversations import RedisMemoryStore
 from chatmem.store.keys import MAX_APPEND_MESSAGES, MAX_TTL_S, WINDOW_MAX, WINDOW_MIN, validate_id
@@ -325,6 +326,20 @@ def _fork_of(meta: dict[str, Any]) -> tuple[str, str] | None:
     if not meta.get("forked_from"):
         return None
     return str(meta["forked_from"]), str(meta.get("forked_at") or "")
+
+
+async def check_characters(sessions: list[dict[str, Any]], registry: CharacterRegistry) -> None:
+    """Each session's character must exist here: a session without one cannot take a turn."""
+    for n, item in enumerate(sessions, start=1):
+        character_id = item["meta"]["character_id"]
+        try:
+            await registry.get(character_id)
+        except CharacterNotFound:
+            raise InvalidInput(
+                f"session #{n}: character {character_id!r} does not exist on this server "
+                "(create it first)",
+                code="unknown_character",
+            ) from None
 
 
 async def import_sessions(

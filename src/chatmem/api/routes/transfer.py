@@ -13,8 +13,9 @@ from fastapi import APIRouter, Body, Query
 
 from chatmem.api.deps import Admin, Caller, Service
 from chatmem.auth import resolve_user
-from chatmem.errors import CharacterNotFound, Forbidden, InvalidInput, SessionNotFound
+from chatmem.errors import Forbidden, SessionNotFound
 from chatmem.ops.transfer import (
+    check_characters,
     export_sessions,
     import_sessions,
     parse_export,
@@ -61,17 +62,7 @@ async def import_(
     sessions = parse_export(doc)
     memories = parse_memories(doc)
     profiles = parse_profiles(doc)
-    # Each session's character must exist here: a session without one cannot take a turn.
-    for n, item in enumerate(sessions, start=1):
-        character_id = item["meta"]["character_id"]
-        try:
-            await service.characters.get(character_id)
-        except CharacterNotFound:
-            raise InvalidInput(
-                f"session #{n}: character {character_id!r} does not exist on this server "
-                "(create it first)",
-                code="unknown_character",
-            ) from None
+    await check_characters(sessions, service.characters)
     report = await import_sessions(service.store, sessions, None, memories, profiles)
     return {
         "sessions": report.sessions,
