@@ -16,6 +16,7 @@ from chatmem.errors import SessionNotFound
 from chatmem.memory_prompts import title_prompt
 from chatmem.models import Role
 from chatmem.store.jobs import Job
+from chatmem.store.rules import without_title_controls
 
 MAX_TITLE_CHARS = 60
 MAX_TITLE_WORDS = 8
@@ -35,7 +36,7 @@ def title_from_message(content: str) -> str:
     """The first non-blank line of `content`, one-spaced, cut at a word to at most
     MAX_TITLE_CHARS characters (with an ellipsis when cut); "" if there is no text."""
     line = next((ln for ln in content.splitlines() if ln.strip()), "")
-    line = "".join(" " if _is_control(ch) else ch for ch in line)
+    line = without_title_controls(line)
     text = " ".join(_LINE_OPENER.sub("", line).replace("*", "").replace("`", "").split())
     if len(text) <= MAX_TITLE_CHARS:
         return text
@@ -46,15 +47,9 @@ def title_from_message(content: str) -> str:
     return cut.rstrip(" ,.;:-") + "…"
 
 
-def _is_control(ch: str) -> bool:
-    """NUL, ESC and the like, and format characters (U+202E turns a list's text around)."""
-    return unicodedata.category(ch) in ("Cc", "Cf")
-
-
 def _is_noise(ch: str) -> bool:
     return (
-        _is_control(ch)
-        or ch in _EMOJI_PARTS
+        ch in _EMOJI_PARTS
         or unicodedata.category(ch) in ("So", "Cs", "Co")
         or (
             "\U0001f3fb" <= ch <= "\U0001f3ff"  # skin tones
@@ -77,7 +72,7 @@ def clean_title(text: str, character_name: str) -> str:
     MAX_TITLE_WORDS words and MAX_TITLE_CHARS characters (cut at a word); "" when
     nothing usable is left (the character's name alone is no title either)."""
     line = next((ln for ln in text.splitlines() if ln.strip()), "")
-    line = "".join(" " if _is_noise(ch) else ch for ch in line)
+    line = "".join(" " if _is_noise(ch) else ch for ch in without_title_controls(line))
     line = _LINE_OPENER.sub("", line).replace("*", "").replace("__", "")
     speakers = {*_SPEAKERS, character_name.casefold()}
     while True:

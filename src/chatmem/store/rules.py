@@ -51,6 +51,12 @@ def validate_temperature(value: float | None) -> float | None:
 _NOT_IN_TITLES = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
+def without_title_controls(text: str) -> str:
+    """`text` with what a title may not hold replaced by spaces (for titles made from
+    a message or by the model)."""
+    return _NOT_IN_TITLES.sub(" ", text)
+
+
 def validate_title(title: str) -> str:
     if len(title) > keys.MAX_TITLE_CHARS:
         raise InvalidInput(
