@@ -129,25 +129,26 @@ class Prompter:
         )
 
     async def user_name(self, user_id: str, character: Character) -> str:
-        """What `{{user}}` becomes in this character's prompts for this user: no read
-        unless they have `{{user}}` (then the cached profile; "User" if Redis fails)."""
-        if self.profiles is None or not mentions_user(
-            character.system_prompt, character.post_history_instructions
-        ):
+        """What `{{user}}` becomes in this character's prompts for this user."""
+        prompts = (character.system_prompt, character.post_history_instructions)
+        return await self._name_for(user_id, *prompts)
+
+    async def greetings(self, user_id: str, character: Character) -> list[str]:
+        """The character's greetings for a new session of this user, filled in."""
+        texts = greetings_of(character)
+        name = await self._name_for(user_id, *texts)
+        return [fill(t, character.name, name) for t in texts]
+
+    async def _name_for(self, user_id: str, *texts: str) -> str:
+        """The user's display name if `texts` have `{{user}}` (no read otherwise: the
+        cached profile), "User" without one or if Redis fails."""
+        if self.profiles is None or not mentions_user(*texts):
             return USER_NAME
         try:
             return await self.profiles.cached_name(user_id) or USER_NAME
         except StoreUnavailable as exc:
             log.warning("display name unavailable for this turn: %s", exc)
             return USER_NAME
-
-    async def greetings(self, user_id: str, character: Character) -> list[str]:
-        """The character's greetings for a new session of this user, filled in."""
-        texts = greetings_of(character)
-        name = USER_NAME
-        if self.profiles is not None and mentions_user(*texts):
-            name = await self.profiles.cached_name(user_id) or USER_NAME
-        return [fill(t, character.name, name) for t in texts]
 
     async def prompt_tokens(self, user_id: str, character: Character) -> tuple[int, int]:
         """Tokens of the character's system prompt and post-history instructions as this
