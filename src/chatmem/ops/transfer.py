@@ -36,12 +36,17 @@ import orjson
 
 from chatmem.characters import CharacterRegistry
 from chatmem.errors import CharacterNotFound, InvalidInput, SessionNotFound
-from chatmem.models import TEMPERATURE_MAX, Message, Role, SessionMeta, SessionState, Usage
+from chatmem.models import Message, Role, SessionMeta, SessionState, Usage
 from chatmem.store.conversations import RedisMemoryStore
-from chatmem.store.keys import MAX_APPEND_MESSAGES, MAX_TTL_S, WINDOW_MAX, WINDOW_MIN, validate_id
+from chatmem.store.keys import MAX_APPEND_MESSAGES, validate_id
 from chatmem.store.memories import Memory, MemoryOp, MemoryStore
 from chatmem.store.profiles import ProfileStore, validate_display_name
-from chatmem.store.rules import validate_title
+from chatmem.store.rules import (
+    validate_temperature,
+    validate_title,
+    validate_ttl,
+    validate_window,
+)
 
 FORMAT = "chatmem-export"
 VERSION = 1
@@ -228,28 +233,24 @@ def parse_export(doc: Any) -> list[dict[str, Any]]:
     return sessions
 
 
-def _whole(value: Any, low: int, high: int) -> bool:
-    """Left out (0 or null: the server's default), or a whole number within the range."""
-    return not value or (type(value) is int and low <= value <= high)
-
-
 def _check(n: int, item: dict[str, Any]) -> None:
     """What would fail, or be stored broken, half-way through an import, found before
-    anything is stored: an import is refused whole or done whole."""
+    anything is stored: an import is refused whole or done whole. The values go through
+    the store's own rules (store/rules.py), after a type check (an import is JSON)."""
     meta, where = item["meta"], f"session #{n}"
     for name in ("user_id", "session_id", "character_id"):
         validate_id(meta.get(name), f"{where}: {name}")
-    if not _whole(meta.get("ttl_s"), 1, MAX_TTL_S):
-        raise InvalidInput(f"{where}: ttl_s must be a whole number from 1 to {MAX_TTL_S}")
-    if not _whole(meta.get("window_size"), WINDOW_MIN, WINDOW_MAX):
-        raise InvalidInput(f"{where}: window_size must be from {WINDOW_MIN} to {WINDOW_MAX}")
-    t = meta.get("temperature")
-    if t is not None and (type(t) not in (int, float) or not 0 <= t <= TEMPERATURE_MAX):
-        raise InvalidInput(f"{where}: temperature must be a number from 0 to 2, or null")
-    title = meta.get("title") or ""
+    ttl, window, title = meta.get("ttl_s"), meta.get("window_size"), meta.get("title") or ""
+    if (ttl and type(ttl) is not int) or (window and type(window) is not int):
+        raise InvalidInput(f"{where}: ttl_s and window_size must be whole numbers")
     if not isinstance(title, str):
         raise InvalidInput(f"{where}: title must be text")
     try:
+        if ttl:  # 0 or null: the server's default; 1 s and up, as seed 001's sessions have
+            validate_ttl(ttl, minimum_s=1)
+        if window:
+            validate_window(window)
+        validate_temperature(meta.get("temperature"))
         validate_title(title)
     except InvalidInput as exc:
         raise InvalidInput(f"{where}: {exc.message}", code=exc.code) from None
