@@ -46,12 +46,12 @@ def paced(body: Any) -> Reply:
 
 def refuses_connections(url: str) -> bool:
     """Whether nothing listens on `url` any more (a connection accepted while uvicorn was
-    closing its socket, and dropped unanswered, counts as "not yet")."""
+    closing its socket, and dropped unanswered or reset, counts as "not yet")."""
     try:
         httpx.get(url + "/health", timeout=5)
     except httpx.ConnectError:
         return True
-    except httpx.RemoteProtocolError:
+    except (httpx.RemoteProtocolError, httpx.ReadError):
         pass
     return False
 
