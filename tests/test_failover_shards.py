@@ -106,7 +106,9 @@ async def test_a_dead_master_degrades_only_the_users_of_its_slots(
                 assert "before" in sent and sent[-1] == f"down {round_}"
         # A long reply of a spared user: its lock is renewed all along (the renewals of
         # every generation stopped while "Redis is down" was one flag per process).
-        fake.script(Reply(text="a slow reply " * 10, chunks=20, delay_s=0.1))
+        # 4 s: the lock is looked at 1.8 s after the send, with time to spare before the
+        # reply ends and releases it (a 2 s reply left 0.2 s, too little on a loaded box).
+        fake.script(Reply(text="a slow reply " * 10, chunks=40, delay_s=0.1))
         slow = asyncio.create_task(send(client, spared[0], "slow"))
         await asyncio.sleep(3 * LOCK_TTL_MS / 1000)
         lock = keys.session_lock_key(spared[0], SESSIONS[spared[0]])

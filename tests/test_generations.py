@@ -226,7 +226,10 @@ async def test_stream_cap_one_gives_one_stream_and_429s(
         first = asyncio.create_task(
             c.post(f"/v1/sessions/{sids[0]}/messages", json={"content": "go"}, headers=H)
         )
-        await asyncio.sleep(0.3)
+        # Its stream counts from its begin, before the model is asked: once it is asked
+        # (not after a fixed pause a loaded machine may not have begun it in), the cap
+        # is taken for the reply's ~1 s.
+        await fake.wait_requests(1)
         others = await asyncio.gather(
             *(
                 c.post(f"/v1/sessions/{s}/messages", json={"content": "go"}, headers=H)
@@ -300,7 +303,9 @@ async def test_stop_before_the_first_token_stores_an_empty_interrupted_reply(
     send = asyncio.create_task(
         c.post(f"/v1/sessions/{sid}/messages", json={"content": "hm"}, headers=H)
     )
-    await asyncio.sleep(0.3)
+    # The generation runs once the model is asked (a fixed pause may end before a loaded
+    # machine has begun the turn: nothing to stop yet); its first token is 5 s away.
+    await fake.wait_requests(1)
     stop = await c.post(f"/v1/sessions/{sid}/stop", headers=H)
     assert stop.json()["stopped"] is True
     r = await send

@@ -15,10 +15,13 @@ from typing import Any
 import httpx
 import pytest
 
+from chatmem.config import RedisSettings
+from chatmem.store.client import make_redis
+from chatmem.store.streams import GenerationStreams
 from tests.api_support import sse_stream
 from tests.fake_openai import FakeOpenAI, Reply
 from tests.live_uvicorn import ChatmemProcess, two_processes
-from tests.support import process_env
+from tests.support import eventually, process_env
 
 LOCK_TTL_MS = 2000
 
@@ -46,6 +49,11 @@ async def new_session(c: httpx.AsyncClient, url: str, user: str) -> str:
     assert r.status_code == 201, r.text
     sid: str = r.json()["session"]["session_id"]
     return sid
+
+
+async def holds(streams: GenerationStreams, user: str, sid: str, said: str) -> bool:
+    """Whether the session's event stream in Redis holds at least `said`."""
+    return (await streams.snapshot(user, sid)).text().startswith(said)
 
 
 async def read_events(resp: httpx.Response, stop_after_deltas: int | None = None) -> list[Any]:
@@ -81,7 +89,10 @@ def test_stream_cap_holds_across_two_processes(
             first = asyncio.create_task(
                 c.post(f"{a.url}/v1/sessions/{s1}/messages", json={"content": "x"}, headers=user)
             )
-            await asyncio.sleep(0.4)
+            # Its stream counts from its begin, before the model is asked: once it is
+            # asked (not after a fixed pause a loaded machine may not have begun it in),
+            # the cap is taken for the reply's ~1 s.
+            await fake.wait_requests(1)
             r = await c.post(
                 f"{b.url}/v1/sessions/{s2}/messages", json={"content": "y"}, headers=user
             )
@@ -171,6 +182,14 @@ def test_sigkill_mid_stream_next_send_or_reattach_stores_the_partial_reply(
                 return await read_events(r)
 
         async def scenario() -> None:
+            redis_client = make_redis(redis_url, RedisSettings(url=redis_url))
+            streams = GenerationStreams(redis_client)
+            try:
+                await kill_mid_stream(streams)
+            finally:
+                await redis_client.aclose()
+
+        async def kill_mid_stream(streams: GenerationStreams) -> None:
             async with httpx.AsyncClient(timeout=20) as c:
                 sa = await new_session(c, victim.url, "kill-a")
                 sb = await new_session(c, victim.url, "kill-b")
@@ -182,7 +201,18 @@ def test_sigkill_mid_stream_next_send_or_reattach_stores_the_partial_reply(
                 (resp_a, seen_a), (resp_b, seen_b) = await asyncio.gather(
                     open_stream(c, sa, ua), open_stream(c, sb, ub)
                 )
-                await asyncio.sleep(0.2)  # the coalesced deltas reach Redis
+                said_a = "".join(d["content"] for e, d, _ in seen_a if e == "delta")
+                said_b = "".join(d["content"] for e, d, _ in seen_b if e == "delta")
+                # The clients are sent the deltas from memory; the process's tick appends
+                # them to Redis up to 50 ms later, or later on a loaded machine: wait
+                # until each event stream holds what its client saw before the kill.
+                a_held: bool = await eventually(
+                    lambda: holds(streams, "kill-a", sa, said_a), "session a's deltas in Redis"
+                )
+                b_held: bool = await eventually(
+                    lambda: holds(streams, "kill-b", sb, said_b), "session b's deltas in Redis"
+                )
+                assert a_held and b_held
                 victim.kill()
                 killed_at = time.monotonic()
                 await resp_a.aclose()
@@ -202,7 +232,6 @@ def test_sigkill_mid_stream_next_send_or_reattach_stores_the_partial_reply(
                     ("user", "secon"),
                     ("assistant", "fresh"),
                 ]
-                said_a = "".join(d["content"] for e, d, _ in seen_a if e == "delta")
                 partial = msgs[2]
                 assert partial["metadata"]["interrupted"] is True
                 assert partial["content"].startswith(said_a)
@@ -212,7 +241,6 @@ def test_sigkill_mid_stream_next_send_or_reattach_stores_the_partial_reply(
                 assert rest[-1][0] == "done"
                 recovered = rest[-1][1]["message"]
                 assert recovered["metadata"]["interrupted"] is True
-                said_b = "".join(d["content"] for e, d, _ in seen_b if e == "delta")
                 more = "".join(d["content"] for e, d, _ in rest[:-1])
                 assert said_b + more == recovered["content"]
                 stored_b = (await messages(c, other.url, "kill-b", sb))[-1]

@@ -16,6 +16,7 @@ from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 from tests.fake_openai import FakeOpenAI, Reply
 from tests.live_server import LiveServer
+from tests.support import wait_until
 from tests.web.conftest import (
     DEFAULT_REPLY,
     LUNA_GREETING,
@@ -96,6 +97,9 @@ def test_stop_really_stops_and_the_partial_reply_survives_reload(
     shown = stopped.locator(".bubble").text_content() or ""
     assert shown.startswith("w0 w1") and len(shown) < len(long_reply)
     request = fake.chat_requests[-1]
+    # The fake model records how the reply ended in its own thread, once it has seen the
+    # connection close: the page can be idle (the partial reply stored) before that.
+    wait_until(lambda: request.outcome != "pending", "the fake model to see the reply end")
     assert request.outcome == "client_closed", "the upstream generation went on"
     assert request.chunks_sent < 300
 

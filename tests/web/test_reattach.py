@@ -22,6 +22,7 @@ from tests.cutting_proxy import CuttingProxy
 from tests.fake_openai import FakeOpenAI, Reply
 from tests.live_server import LiveServer
 from tests.stream_tap import StreamTap
+from tests.support import wait_until
 from tests.web.conftest import PageWatch, chat, open_page, send, user_id, wait_idle, web_settings
 
 pytestmark = pytest.mark.browser
@@ -79,6 +80,15 @@ def stored(target: Target, page: Page) -> list[dict[str, Any]]:
     return messages
 
 
+def upstream_outcome(fake: FakeOpenAI) -> str:
+    """How the last reply ended, as the fake model saw it. It records that in its own
+    thread once it has written the end or seen the connection close, which can be a
+    moment after the page is idle: wait for it rather than race it."""
+    request = fake.chat_requests[-1]
+    wait_until(lambda: request.outcome != "pending", "the fake model to see the reply end")
+    return request.outcome
+
+
 def reload(page: Page) -> None:
     page.reload()
     page.wait_for_selector("body[data-ready=true]")
@@ -110,7 +120,7 @@ def test_reload_mid_reply_the_reply_continues_and_completes(
     last = stored(target, tab)[-1]
     assert last["content"] == LONG_REPLY and not last["metadata"].get("interrupted")
     expect(reply).to_have_attribute("data-msg-id", last["msg_id"])
-    assert fake.chat_requests[-1].outcome == "completed"
+    assert upstream_outcome(fake) == "completed"
 
 
 def test_stop_works_on_a_reattached_reply(tab: Page, target: Target, fake: FakeOpenAI) -> None:
@@ -127,7 +137,7 @@ def test_stop_works_on_a_reattached_reply(tab: Page, target: Target, fake: FakeO
     assert last["metadata"].get("interrupted") is True
     assert 0 < len(last["content"]) < len(LONG_REPLY)
     expect(reply.locator(".bubble")).to_have_text(last["content"])
-    assert fake.chat_requests[-1].outcome == "client_closed", "the model went on"
+    assert upstream_outcome(fake) == "client_closed", "the model went on"
 
 
 def test_a_reply_that_just_ended_is_not_shown_twice(tab: Page, target: Target) -> None:
