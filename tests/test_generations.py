@@ -145,7 +145,8 @@ async def test_a_reply_longer_than_the_lock_ttl_keeps_the_session(
     # process's own reservation).
     async with running_app(settings) as (_, c), running_app(settings) as (_, c2):
         sid = await new_session(c)
-        fake.script(Reply(text="slow " * 40, delay_s=0.05))  # ~2 s, over 3 lock TTLs
+        # ~3 s, 5 lock TTLs: the second send at 1.5 s finds it running with time to spare.
+        fake.script(Reply(text="slow " * 60, delay_s=0.05))
         first = asyncio.create_task(
             c.post(f"/v1/sessions/{sid}/messages", json={"content": "u1"}, headers=H)
         )
