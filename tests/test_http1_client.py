@@ -500,6 +500,42 @@ async def test_an_event_line_without_end_is_a_502_not_a_stall() -> None:
             await reply(provider_for(f"http://127.0.0.1:{server.port}/v1", max_retries=0))
 
 
+@pytest.mark.parametrize(
+    "wire",
+    [
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+        b"".join(chunked()),
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: 0\r\n\r\n",
+    ],
+    ids=["204", "chunked-no-event", "length-0"],
+)
+async def test_a_body_without_a_single_event_is_a_502_not_an_empty_reply(wire: bytes) -> None:
+    """It was relayed as a reply with no text and stored as the model's answer."""
+    async with serving(respond(wire)) as server:
+        with pytest.raises(UpstreamMalformed, match="empty response"):
+            await reply(provider_for(f"http://127.0.0.1:{server.port}/v1"))
+    assert len(server.requests) == 2  # retried once (max_retries=1), nothing relayed
+
+
+async def test_an_empty_upstream_response_is_not_stored_as_the_reply(
+    redis_url: str, tmp_data_dir: Path
+) -> None:
+    async with serving(respond(b"HTTP/1.1 204 No Content\r\n\r\n")) as server:
+        base = f"http://127.0.0.1:{server.port}/v1"
+        settings = make_test_settings(redis_url, base, tmp_data_dir)
+        async with running_app(settings) as (_, client):
+            sid = await new_session(client)
+            r = await client.post(
+                f"/v1/sessions/{sid}/messages", json={"content": "hi"}, headers=USER
+            )
+            assert r.status_code == 502, r.text
+            assert r.json()["error"]["code"] == "provider_error"
+            history = await client.get(f"/v1/sessions/{sid}/messages", headers=USER)
+    # The greeting and the user message (durable before the model is asked, kept for
+    # the client's retry), no empty reply.
+    assert [m["role"] for m in history.json()["messages"]] == ["assistant", "user"]
+
+
 async def test_a_reply_past_max_tokens_ends_as_cut_off() -> None:
     """A server that ignores max_tokens sent 20 MB of deltas, all stored: the reply ends
     at MAX_CHARS_PER_TOKEN × max_tokens, `finish_reason` "length"."""

@@ -200,8 +200,10 @@ async def _relay(resp: UpstreamResponse) -> AsyncIterator[StreamChunk]:
     decoder = SSEDecoder()
     tools = ToolCallAssembler()
     blocks = resp.aiter_bytes()
+    events = 0
     async for block in blocks:
         for payload in decoder.feed(block):
+            events += 1
             if payload == b"[DONE]":
                 await _drain(blocks)
                 if calls := tools.calls():
@@ -211,10 +213,15 @@ async def _relay(resp: UpstreamResponse) -> AsyncIterator[StreamChunk]:
             if chunk is not None:
                 yield chunk
     for payload in decoder.close():
+        events += 1
         if payload != b"[DONE]":
             chunk = _delta_chunk(tools.take(_loads(payload)))
             if chunk is not None:
                 yield chunk
+    if not events:
+        # A 204, or a 200 without a single event: not a model that said nothing (that
+        # is a stream of empty deltas), so nothing to store as its reply.
+        raise UpstreamMalformed("the model provider sent an empty response")
     if calls := tools.calls():
         yield StreamChunk(tool_calls=calls)
 
