@@ -10,6 +10,7 @@ import contextlib
 import gzip
 import ssl
 import time
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -174,6 +175,28 @@ async def test_a_gzip_body_is_decoded() -> None:
     ):
         got = await post(c)
     assert got == (200, b'{"text":"' + b"x" * 5000 + b'"}')
+
+
+@pytest.mark.parametrize("wbits", [zlib.MAX_WBITS, -zlib.MAX_WBITS], ids=["zlib", "raw"])
+async def test_a_deflate_body_is_decoded_wrapped_or_raw(wbits: int) -> None:
+    """`deflate` is meant zlib-wrapped; some servers send it raw (it was a 502)."""
+    text = b'{"text":"' + b"y" * 5000 + b'"}'
+    packer = zlib.compressobj(wbits=wbits)
+    body = packer.compress(text) + packer.flush()
+    async with (
+        serving(respond(ok(body, "Content-Encoding: deflate"))) as server,
+        client_for(server) as c,
+    ):
+        assert await post(c) == (200, text)
+
+
+async def test_a_corrupt_deflate_body_is_a_protocol_error() -> None:
+    async with (
+        serving(respond(ok(b"\xff" * 64, "Content-Encoding: deflate"))) as server,
+        client_for(server) as c,
+    ):
+        with pytest.raises(UpstreamProtocolError, match="undecodable"):
+            await post(c)
 
 
 async def test_a_close_delimited_body_is_read_to_the_end_and_not_reused() -> None:

@@ -18,16 +18,16 @@ over MAX_HEAD_BYTES, a malformed status line, header or chunk is an
 is bounded by the read timeout, and the whole head by it too (a server that trickles a
 byte at a time, or a `100 Continue` every second, would otherwise hold a turn for ever).
 A body is at most MAX_BODY_BYTES once decoded, decompressed step by step within that
-bound: a 300 KB gzip bomb of 300 MB is refused at 16 MiB, not held in memory.
+bound (body_decoding.py): a 300 KB gzip bomb of 300 MB is refused at 16 MiB.
 """
 
 from __future__ import annotations
 
 import asyncio
-import zlib
 from collections.abc import AsyncIterator
 from typing import cast
 
+from chatmem.providers.body_decoding import BodyDecoder
 from chatmem.providers.upstream import (
     ReadTimeout,
     UpstreamDisconnected,
@@ -303,14 +303,7 @@ class Http1Response:
             self._framing = _UNTIL_CLOSE
             self.reusable = False
         self.done = self._framing == _NONE or (self._framing == _LENGTH and not self._left)
-        encoding = headers.get("content-encoding", "").strip().lower()
-        self._decoder = (
-            zlib.decompressobj(16 + zlib.MAX_WBITS)
-            if encoding in ("gzip", "x-gzip")
-            else zlib.decompressobj()
-            if encoding == "deflate"
-            else None
-        )
+        self._decoder = BodyDecoder.for_encoding(headers.get("content-encoding", ""))
 
     async def aread(self) -> bytes:
         return b"".join([block async for block in self.aiter_bytes()])
@@ -319,14 +312,10 @@ class Http1Response:
         while not self.done:
             block = await self._read_raw()
             if self._decoder is not None:
-                try:
-                    # At most one byte past the bound: all of `block` is consumed unless
-                    # the body is too large anyway (then nothing more is read).
-                    block = self._decoder.decompress(block, MAX_BODY_BYTES - self._decoded + 1)
-                    if self.done:
-                        block += self._decoder.flush()
-                except zlib.error as exc:
-                    raise UpstreamProtocolError(f"undecodable compressed body: {exc}") from None
+                # One byte past the bound at most: all of `block` is consumed unless the
+                # body is too large anyway (then nothing more is read).
+                room = MAX_BODY_BYTES - self._decoded + 1
+                block = self._decoder.decode(block, room, last=self.done)
             self._decoded += len(block)
             if self._decoded > MAX_BODY_BYTES:
                 raise UpstreamProtocolError(f"the response body is over {MAX_BODY_BYTES} bytes")
