@@ -288,6 +288,10 @@ async def test_session_creation_has_its_own_write_budget(
         sid = (await c.get("/v1/sessions", headers=H)).json()["sessions"][0]["session_id"]
         r = await c.post(f"/v1/sessions/{sid}/messages", json={"content": "hi"}, headers=H)
         assert r.status_code == 200
+        # Changing one's name is a write too (it was unlimited).
+        r = await c.patch("/v1/me", json={"display_name": "Ann"}, headers=H)
+        assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limited"
+        assert (await c.get("/v1/me", headers=H)).json()["display_name"] == "User"
 
 
 # --- stop and re-attach ---------------------------------------------------------------------

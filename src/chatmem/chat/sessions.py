@@ -25,6 +25,7 @@ from chatmem.models import (
 )
 from chatmem.providers.base import ChatProvider
 from chatmem.store.conversations import MIN_TTL_S, RedisMemoryStore
+from chatmem.store.locks import Coordinator
 from chatmem.store.profiles import ProfileStore
 
 # Per-user reads in flight at once when counting every user's messages (well under the
@@ -42,6 +43,7 @@ class SessionMethods:
     metrics: Metrics
     replayer: OutboxReplayer
     profiles: ProfileStore
+    coordinator: Coordinator
 
     # --- sessions --------------------------------------------------------------------
 
@@ -108,7 +110,9 @@ class SessionMethods:
         return await self.profiles.display_name(user_id) or USER_NAME
 
     async def set_display_name(self, user_id: str, name: str | None) -> str:
-        """Set the name (1-64 characters, trimmed) or, with None, go back to "User"."""
+        """Set the name (1-64 characters, trimmed) or, with None, go back to "User";
+        a write of the user's `writes_per_minute`, as creating a session is."""
+        await self.coordinator.check_write_rate(user_id)
         return await self.profiles.set_display_name(user_id, name) or USER_NAME
 
     async def list_users(self, *, limit: int = 1000, offset: int = 0) -> list[str]:
