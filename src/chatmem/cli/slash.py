@@ -185,9 +185,10 @@ def _context(chat: Chat, _: str) -> None:
         count = msg.get("token_count")
         table.add_row(str(msg.get("role")), "" if count is None else str(count), content)
     chat.console.print(table)
-    summary = view.get("summary") or tokens.get("summary")
-    if isinstance(summary, str) and summary:
-        chat.console.print(Text(f"summary of earlier messages: {printable(summary)}", "dim"))
+    summary = (view.get("memory") or {}).get("summary") or {}
+    text = summary.get("text") if isinstance(summary, dict) else None
+    if isinstance(text, str) and text:
+        chat.console.print(Text(f"summary of earlier messages: {printable(text)}", "dim"))
     total, budget = int(tokens.get("total", 0)), int(tokens.get("budget", 0))
     dropped = sum(
         int(tokens.get(k, 0))
