@@ -38,6 +38,7 @@ DOCUMENTED: dict[str, tuple[str, str, Any]] = {
     "CHATMEM_LLM_API_KEY": ("sk-test", "llm.api_key", "sk-test"),
     "CHATMEM_LLM_MODEL": ("deepseek-chat", "llm.model", "deepseek-chat"),
     "CHATMEM_LLM_CONNECT_TIMEOUT_S": ("9", "llm.connect_timeout_s", 9.0),
+    "CHATMEM_LLM_MAX_RETRIES": ("5", "llm.max_retries", 5),
     "CHATMEM_LLM_TEMPERATURE": ("0.2", "llm.temperature", 0.2),
     "CHATMEM_LLM_CONTEXT_WINDOW": ("4096", "llm.context_window", 4096),
     "CHATMEM_LLM_LOCAL_THREADS": ("3", "llm.local_threads", 3),

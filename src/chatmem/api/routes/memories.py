@@ -38,7 +38,8 @@ async def list_memories(
     service: Service,
     character_id: Annotated[str | None, Query(max_length=64)] = None,
 ) -> dict[str, Any]:
-    """All of the caller's memories, or those with one character; newest first."""
+    """All of the caller's memories (grouped by character id), or those with one
+    character; within a character, the most recently updated first."""
     return {"memories": await service.memories.list_for(caller.user_id, character_id)}
 
 
