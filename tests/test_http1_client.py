@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trustme
 import uvloop
@@ -492,11 +493,12 @@ async def test_a_malformed_status_line_is_a_502_retried_before_the_first_token()
     assert len(server.requests) == 2  # retried once (max_retries=1)
 
 
-async def test_a_malformed_upstream_response_is_a_502_for_the_client(
-    redis_url: str, tmp_data_dir: Path
-) -> None:
-    """Through the app: a 502 `provider_error` with chatmem's sentence, not the bytes."""
-    async with serving(respond(b"HTTP/1.1 OK SECRET-HOST\r\n\r\n")) as server:
+async def turn_through_app(
+    wire: bytes, redis_url: str, tmp_data_dir: Path
+) -> tuple[httpx.Response, list[str], int]:
+    """One turn of the app against an upstream that answers `wire`: the response, the
+    roles then stored in the session, and how many requests the upstream got."""
+    async with serving(respond(wire)) as server:
         base = f"http://127.0.0.1:{server.port}/v1"
         settings = make_test_settings(redis_url, base, tmp_data_dir)
         async with running_app(settings) as (_, client):
@@ -504,12 +506,22 @@ async def test_a_malformed_upstream_response_is_a_502_for_the_client(
             r = await client.post(
                 f"/v1/sessions/{sid}/messages", json={"content": "hi"}, headers=USER
             )
+            history = await client.get(f"/v1/sessions/{sid}/messages", headers=USER)
+    return r, [m["role"] for m in history.json()["messages"]], len(server.requests)
+
+
+async def test_a_malformed_upstream_response_is_a_502_for_the_client(
+    redis_url: str, tmp_data_dir: Path
+) -> None:
+    """Through the app: a 502 `provider_error` with chatmem's sentence, not the bytes."""
+    wire = b"HTTP/1.1 OK SECRET-HOST\r\n\r\n"
+    r, _, requests = await turn_through_app(wire, redis_url, tmp_data_dir)
     assert r.status_code == 502, r.text
     assert r.json()["error"] == {
         "code": "provider_error",
         "message": "The model provider sent an invalid response.",
     }
-    assert len(server.requests) == 1  # max_retries=0 in the tests' settings
+    assert requests == 1  # max_retries=0 in the tests' settings
 
 
 async def test_an_event_line_without_end_is_a_502_not_a_stall() -> None:
@@ -543,20 +555,13 @@ async def test_a_body_without_a_single_event_is_a_502_not_an_empty_reply(wire: b
 async def test_an_empty_upstream_response_is_not_stored_as_the_reply(
     redis_url: str, tmp_data_dir: Path
 ) -> None:
-    async with serving(respond(b"HTTP/1.1 204 No Content\r\n\r\n")) as server:
-        base = f"http://127.0.0.1:{server.port}/v1"
-        settings = make_test_settings(redis_url, base, tmp_data_dir)
-        async with running_app(settings) as (_, client):
-            sid = await new_session(client)
-            r = await client.post(
-                f"/v1/sessions/{sid}/messages", json={"content": "hi"}, headers=USER
-            )
-            assert r.status_code == 502, r.text
-            assert r.json()["error"]["code"] == "provider_error"
-            history = await client.get(f"/v1/sessions/{sid}/messages", headers=USER)
+    wire = b"HTTP/1.1 204 No Content\r\n\r\n"
+    r, roles, _ = await turn_through_app(wire, redis_url, tmp_data_dir)
+    assert r.status_code == 502, r.text
+    assert r.json()["error"]["code"] == "provider_error"
     # The greeting and the user message (durable before the model is asked, kept for
     # the client's retry), no empty reply.
-    assert [m["role"] for m in history.json()["messages"]] == ["assistant", "user"]
+    assert roles == ["assistant", "user"]
 
 
 async def test_a_reply_past_max_tokens_ends_as_cut_off() -> None:
