@@ -131,7 +131,8 @@ async def test_degraded_turn_shape_ready_and_replay(
 
     redis_server.start()
     assert await wait_ready(client) == READY
-    assert outbox_files(settings.data_dir) == []
+    # Ready once no record is left to store; the emptied file is removed a moment later.
+    await eventually(lambda: outbox_files(settings.data_dir) == [], "the outbox file removed")
     msgs = await history(client, teacher)
     assert [m["content"] for m in msgs[1:]] == [
         "Capital of France?",
@@ -339,7 +340,7 @@ async def test_outbox_of_a_dead_process_is_replayed_at_start_up(
             assert await service.outbox.adopt_orphans() == 2
             await wait_ready(client)
             assert len(await history(client, "alive")) == 2
-            assert outbox_files(data_dir) == []
+            await eventually(lambda: outbox_files(data_dir) == [], "the adopted file removed")
     finally:
         for proc in (dead, alive):
             if proc.poll() is None:
