@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from chatmem.chat.conversations import MAX_TTL_S, MIN_TTL_S, WINDOW_MAX, WINDOW_MIN
 from chatmem.models import SessionState
 
 
@@ -17,8 +18,8 @@ class CreateSession(BaseModel):
 
     character_id: str | None = Field(None, max_length=64)
     title: str = Field("", max_length=200)
-    ttl_s: int | None = Field(None, ge=60, le=365 * 24 * 3600, strict=True)
-    window_size: int | None = Field(None, ge=1, le=20, strict=True)
+    ttl_s: int | None = Field(None, ge=MIN_TTL_S, le=MAX_TTL_S, strict=True)
+    window_size: int | None = Field(None, ge=WINDOW_MIN, le=WINDOW_MAX, strict=True)
     # The chat's own; null: the character's, else the server's.
     temperature: float | None = Field(None, ge=0.0, le=2.0, strict=True)
 
@@ -27,8 +28,8 @@ class UpdateSession(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     title: str | None = Field(None, max_length=200)
-    ttl_s: int | None = Field(None, ge=60, le=365 * 24 * 3600, strict=True)
-    window_size: int | None = Field(None, ge=1, le=20, strict=True)
+    ttl_s: int | None = Field(None, ge=MIN_TTL_S, le=MAX_TTL_S, strict=True)
+    window_size: int | None = Field(None, ge=WINDOW_MIN, le=WINDOW_MAX, strict=True)
     state: SessionState | None = None
     # Null: back to the character's temperature (left out: unchanged).
     temperature: float | None = Field(None, ge=0.0, le=2.0, strict=True)

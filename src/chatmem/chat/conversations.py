@@ -24,16 +24,18 @@ from __future__ import annotations
 from chatmem.chat.service import ChatService, Generation
 from chatmem.errors import SessionNotFound, StoreUnavailable
 from chatmem.models import SessionMeta
-from chatmem.store.keys import MAX_TTL_S, MIN_TTL_S, WINDOW_MAX
+from chatmem.store.keys import MAX_TTL_S, MIN_TTL_S, WINDOW_MAX, WINDOW_MIN
 from chatmem.store.rules import validate_ttl
 
 __all__ = [
     "CHARACTER_SESSION_PREFIX",
     "DEFAULT_SESSION_ID",
     "MAX_TTL_S",
+    "MIN_TTL_S",
     "SEED_CHAT_MIN_TTL_S",
     "SEED_COMPANION_HISTORY_MESSAGES",
     "WINDOW_MAX",
+    "WINDOW_MIN",
     "character_session_id",
     "create_conversation",
     "prepare_conversation_turn",

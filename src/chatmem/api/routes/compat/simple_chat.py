@@ -32,6 +32,7 @@ from chatmem.chat.conversations import (
     DEFAULT_SESSION_ID,
     SEED_CHAT_MIN_TTL_S,
     WINDOW_MAX,
+    WINDOW_MIN,
     prepare_conversation_turn,
     validate_ttl,
 )
@@ -54,7 +55,10 @@ class ChatRequest(BaseModel):
     user_id: str = Field(description="the user (with auth on: the caller, or any if admin)")
     message: str = Field(description="the user's message")
     window_size: int | None = Field(
-        None, ge=1, le=20, description="rounds of history sent to the model; kept if omitted"
+        None,
+        ge=WINDOW_MIN,
+        le=WINDOW_MAX,
+        description="rounds of history sent to the model; kept if omitted",
     )
     ttl: int | None = Field(None, description="seconds the conversation lives; kept if omitted")
 
